@@ -1,0 +1,192 @@
+//! The draws, on the CPU: categorical draws by inverse CDF (one uniform each) and Gumbel
+//! noise (K uniforms each), both from Philox counters laid out as in [`crate::philox`].
+//! These are the CPU twins of `shaders/score_function.wgsl` and `shaders/relaxed.wgsl`.
+
+use crate::philox::{self, philox4x32_10, STREAM_CATEGORICAL, STREAM_GUMBEL};
+
+/// Largest K served by the fixed-width (vectorisable) threshold comparison.
+const FIXED_K: usize = 17;
+/// A threshold no 24-bit uniform reaches.
+const NEVER: u32 = 1 << 24;
+
+/// Inverse-CDF table of a categorical distribution on the 24-bit uniform grid.
+///
+/// With `m = word >> 8` and `U = m 2^-24`, the category is the least `k` with `U < C_k`
+/// (`C_k = p_0 + ... + p_k`), and `U` past the total goes to the last category with nonzero
+/// probability. `U < C_k` is `m < ceil(C_k 2^24)`, so the table holds those integers and the
+/// category is `#{j : m >= T_j}`: branch-free, and exactly the f64 comparison.
+#[derive(Clone, Debug)]
+pub struct CategoricalTable {
+    thresholds: Vec<u32>,
+    fixed: [u32; FIXED_K - 1],
+    last_nonzero: u32,
+}
+
+impl CategoricalTable {
+    /// The table of probabilities `p` (non-negative, summing to about 1).
+    pub fn new(p: &[f64]) -> Self {
+        let mut cdf = 0.0;
+        let thresholds: Vec<u32> = p[..p.len() - 1]
+            .iter()
+            .map(|pk| {
+                cdf += pk;
+                (cdf * f64::from(NEVER)).ceil().min(f64::from(NEVER)) as u32
+            })
+            .collect();
+        let mut fixed = [NEVER; FIXED_K - 1];
+        if p.len() <= FIXED_K {
+            fixed[..thresholds.len()].copy_from_slice(&thresholds);
+        }
+        let last_nonzero = p.iter().rposition(|&v| v > 0.0).unwrap_or(p.len() - 1) as u32;
+        Self { thresholds, fixed, last_nonzero }
+    }
+
+    /// The inverse-CDF thresholds `ceil(C_k 2^24)`, K - 1 of them.
+    pub fn thresholds(&self) -> &[u32] {
+        &self.thresholds
+    }
+
+    /// The last category with nonzero probability.
+    pub fn last_nonzero(&self) -> u32 {
+        self.last_nonzero
+    }
+
+    /// The category drawn by one random word.
+    #[inline(always)]
+    pub fn category(&self, word: u32) -> usize {
+        let m = word >> 8;
+        let below = if self.thresholds.len() < FIXED_K {
+            self.fixed.iter().map(|&t| u32::from(m >= t)).sum::<u32>()
+        } else {
+            self.thresholds.iter().map(|&t| u32::from(m >= t)).sum::<u32>()
+        };
+        below.min(self.last_nonzero) as usize
+    }
+}
+
+/// Counts the categories of the S draws of repetition `rep` at sweep point `point` into
+/// `counts` (which it zeroes first). Draw `i` uses word `i % 4` of Philox block `i / 4`.
+pub fn count_categories(
+    table: &CategoricalTable,
+    key: [u32; 2],
+    rep: u32,
+    point: u32,
+    samples: u32,
+    counts: &mut [u32],
+) {
+    counts.iter_mut().for_each(|c| *c = 0);
+    let full_blocks = samples / 4;
+    for block in 0..full_blocks {
+        let words = philox4x32_10(philox::counter(block, rep, STREAM_CATEGORICAL, 0, point), key);
+        for w in words {
+            counts[table.category(w)] += 1;
+        }
+    }
+    let rest = (samples % 4) as usize;
+    if rest > 0 {
+        let words =
+            philox4x32_10(philox::counter(full_blocks, rep, STREAM_CATEGORICAL, 0, point), key);
+        for &w in &words[..rest] {
+            counts[table.category(w)] += 1;
+        }
+    }
+}
+
+/// The categories of the S draws of one repetition, in draw order (for tests and pinning).
+pub fn categories(table: &CategoricalTable, key: [u32; 2], rep: u32, point: u32, samples: u32) -> Vec<u32> {
+    (0..samples)
+        .map(|i| {
+            let words = philox4x32_10(philox::counter(i / 4, rep, STREAM_CATEGORICAL, 0, point), key);
+            table.category(words[(i % 4) as usize]) as u32
+        })
+        .collect()
+}
+
+/// Gumbel-softmax inputs: `(a - max a)` in f32 and `1 / tau`.
+#[derive(Clone, Debug)]
+pub struct RelaxedTable {
+    shifted_logits: Vec<f32>,
+    inv_tau: f32,
+}
+
+impl RelaxedTable {
+    /// The table of logits `a` at temperature `tau`.
+    pub fn new(a: &[f64], tau: f64) -> Self {
+        let max = a.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
+        Self { shifted_logits: a.iter().map(|v| (v - max) as f32).collect(), inv_tau: (1.0 / tau) as f32 }
+    }
+
+    /// `a - max(a)` in f32.
+    pub fn shifted_logits(&self) -> &[f32] {
+        &self.shifted_logits
+    }
+
+    /// `1 / tau` in f32.
+    pub fn inv_tau(&self) -> f32 {
+        self.inv_tau
+    }
+
+    /// One relaxed draw: fills `y = softmax((a + G) / tau)` from the draw's Gumbel noise and
+    /// returns `z = argmax(a + G)`. `h` is scratch of K floats.
+    pub fn draw(
+        &self,
+        key: [u32; 2],
+        rep: u32,
+        point: u32,
+        draw: u32,
+        h: &mut [f32],
+        y: &mut [f64],
+    ) -> usize {
+        let k = self.shifted_logits.len();
+        let mut words = [0u32; 4];
+        let mut z = 0;
+        let mut hmax = f32::NEG_INFINITY;
+        for c in 0..k {
+            if c % 4 == 0 {
+                words = philox4x32_10(philox::counter(draw, rep, STREAM_GUMBEL, (c / 4) as u32, point), key);
+            }
+            let u = philox::open_uniform_f32(words[c % 4]);
+            let g = -(-u.ln()).ln();
+            h[c] = self.shifted_logits[c] + g;
+            if h[c] > hmax {
+                hmax = h[c];
+                z = c;
+            }
+        }
+        let mut sum = 0.0f32;
+        for c in 0..k {
+            let e = ((h[c] - hmax) * self.inv_tau).exp();
+            h[c] = e;
+            sum += e;
+        }
+        let inv = 1.0 / sum;
+        for (yc, hc) in y.iter_mut().zip(h.iter()) {
+            *yc = f64::from(hc * inv);
+        }
+        z
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn thresholds_match_f64_comparison() {
+        let p = [0.1, 0.0, 0.25, 0.65];
+        let table = CategoricalTable::new(&p);
+        let cdf = [0.1, 0.1, 0.35, 1.0];
+        for m in (0u32..(1 << 24)).step_by(4099).chain([0, (1 << 24) - 1]) {
+            let u = f64::from(m) / f64::from(NEVER);
+            let want = cdf.iter().position(|&c| u < c).unwrap_or(3);
+            assert_eq!(table.category(m << 8), want, "m = {m}");
+        }
+    }
+
+    #[test]
+    fn mass_past_the_total_goes_to_last_nonzero_class() {
+        // Total 0.5: any u >= 0.5 must go to class 1, the last with nonzero probability.
+        let table = CategoricalTable::new(&[0.25, 0.25, 0.0]);
+        assert_eq!(table.category(u32::MAX), 1);
+    }
+}

@@ -1,0 +1,328 @@
+//! The Monte Carlo engine: for every draw count S of a sweep, R independent repetitions of
+//! every selected estimator's S-draw estimate, reduced to per-coordinate moments.
+//!
+//! All estimators share one pass over the draws per family: the score-function family reads
+//! only each repetition's category counts, the relaxed family each draw's Gumbel sample. The
+//! pass is parallel over repetitions; the moments are then accumulated per (loss, estimator)
+//! in repetition order, so a seed gives bit-identical results on any number of threads.
+//! The [`Engine`] trait is what the CPU and GPU engines share.
+
+use std::time::Instant;
+
+use rayon::prelude::*;
+
+use crate::draws::{count_categories, CategoricalTable, RelaxedTable};
+use crate::error::{Error, Result};
+use crate::estimators::{Context, Estimator, Family, MovingAverage, RelaxedDraw};
+use crate::loss::Loss;
+use crate::philox::key_of;
+use crate::problem::Problem;
+use crate::stats::EstimateMoments;
+
+/// Repetitions per block: bounds the memory of a pass whatever R is.
+pub const REP_BLOCK: u32 = 1 << 14;
+
+/// What to sweep: the problem, losses, estimators, draw counts and repetitions.
+#[derive(Clone, Debug)]
+pub struct SweepSpec {
+    /// The softmax-categorical problem.
+    pub problem: Problem,
+    /// Losses, each swept separately.
+    pub losses: Vec<Loss>,
+    /// Estimators.
+    pub estimators: Vec<&'static dyn Estimator>,
+    /// Draw counts S (one sweep point each, in this order).
+    pub samples: Vec<u32>,
+    /// Repetitions R per sweep point.
+    pub reps: u32,
+    /// Seed of every random number.
+    pub seed: u64,
+    /// Gumbel-softmax temperature.
+    pub tau: f64,
+}
+
+impl SweepSpec {
+    /// Checks the spec.
+    ///
+    /// # Errors
+    /// [`Error::InvalidArgument`] for R < 2, S = 0, a non-positive tau, or nothing to do.
+    pub fn validate(&self) -> Result<()> {
+        if self.reps < 2 {
+            return Err(Error::InvalidArgument(format!(
+                "--reps must be at least 2 to estimate a variance (got {})",
+                self.reps
+            )));
+        }
+        if self.samples.is_empty() || self.samples.contains(&0) {
+            return Err(Error::InvalidArgument("--samples must be positive draw counts".into()));
+        }
+        if !(self.tau.is_finite() && self.tau > 0.0) {
+            return Err(Error::InvalidArgument(format!("--tau must be positive (got {})", self.tau)));
+        }
+        if self.losses.is_empty() || self.estimators.is_empty() {
+            return Err(Error::InvalidArgument("nothing to sweep: no loss or no estimator".into()));
+        }
+        Ok(())
+    }
+
+    /// The estimators that run at draw count `s` (those whose minimum S it meets).
+    pub fn estimators_at(&self, s: u32) -> Vec<&'static dyn Estimator> {
+        self.estimators.iter().copied().filter(|e| s >= e.min_samples()).collect()
+    }
+
+    /// Total number of draws of the sweep (both families), for progress reporting.
+    pub fn total_draws(&self) -> u64 {
+        self.samples
+            .iter()
+            .map(|&s| {
+                let fams = families(&self.estimators_at(s));
+                u64::from(s) * u64::from(self.reps) * (u64::from(fams.0) + u64::from(fams.1))
+            })
+            .sum()
+    }
+}
+
+/// Whether a list of estimators has (score-function, relaxed) members.
+pub fn families(estimators: &[&dyn Estimator]) -> (bool, bool) {
+    (
+        estimators.iter().any(|e| e.family() == Family::ScoreFunction),
+        estimators.iter().any(|e| e.family() == Family::Relaxed),
+    )
+}
+
+/// The moments of one (loss, estimator) at one draw count.
+#[derive(Clone, Debug)]
+pub struct Cell {
+    /// The loss.
+    pub loss: Loss,
+    /// The estimator.
+    pub estimator: &'static dyn Estimator,
+    /// Moments of its R estimates.
+    pub moments: EstimateMoments,
+    /// Wall seconds of its family's shared pass at this S plus its own reduction.
+    pub seconds: f64,
+}
+
+/// The cells of one sweep point.
+#[derive(Clone, Debug)]
+pub struct PointMoments {
+    /// Draw count S.
+    pub samples: u32,
+    /// One cell per (loss, estimator), losses outermost, in spec order.
+    pub cells: Vec<Cell>,
+}
+
+/// Where a sweep ran.
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct BackendInfo {
+    /// `cpu` or `gpu`.
+    pub engine: String,
+    /// The adapter's name (GPU) or the CPU's description.
+    pub adapter: String,
+    /// The graphics backend (Vulkan, Gl, ...) for the GPU engine.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub graphics_backend: Option<String>,
+    /// The driver and its version, for the GPU engine.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub driver: Option<String>,
+    /// Worker threads of the CPU engine.
+    pub threads: usize,
+}
+
+/// An engine that runs the sweep points.
+pub trait Engine {
+    /// Where it runs.
+    fn backend_info(&self) -> BackendInfo;
+
+    /// Runs sweep point `point` (the index into `spec.samples`); calls `progress` with the
+    /// number of draws done as it goes.
+    ///
+    /// # Errors
+    /// Engine failures (for the GPU: a lost device, a failed map).
+    fn run_point(&self, spec: &SweepSpec, point: usize, progress: &(dyn Fn(u64) + Sync)) -> Result<PointMoments>;
+}
+
+/// The CPU engine: rayon over repetitions on a pool of its own.
+pub struct CpuEngine {
+    pool: rayon::ThreadPool,
+}
+
+impl CpuEngine {
+    /// A CPU engine with `threads` workers (0: one per core).
+    ///
+    /// # Errors
+    /// [`Error::InvalidArgument`] if the thread pool cannot be built.
+    pub fn new(threads: usize) -> Result<Self> {
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(threads)
+            .build()
+            .map_err(|e| Error::InvalidArgument(format!("--threads: {e}")))?;
+        Ok(Self { pool })
+    }
+
+    /// Worker threads.
+    pub fn threads(&self) -> usize {
+        self.pool.current_num_threads()
+    }
+}
+
+impl Engine for CpuEngine {
+    fn backend_info(&self) -> BackendInfo {
+        BackendInfo {
+            engine: "cpu".into(),
+            adapter: format!("{} CPU", std::env::consts::ARCH),
+            graphics_backend: None,
+            driver: None,
+            threads: self.threads(),
+        }
+    }
+
+    fn run_point(&self, spec: &SweepSpec, point: usize, progress: &(dyn Fn(u64) + Sync)) -> Result<PointMoments> {
+        Ok(self.pool.install(|| cpu_point(spec, point, progress)))
+    }
+}
+
+struct CellState {
+    loss_index: usize,
+    /// Index among the score-function or among the relaxed estimators.
+    family_index: usize,
+    estimator: &'static dyn Estimator,
+    moments: EstimateMoments,
+    baseline: MovingAverage,
+    seconds: f64,
+}
+
+fn cpu_point(spec: &SweepSpec, point: usize, progress: &(dyn Fn(u64) + Sync)) -> PointMoments {
+    let s = spec.samples[point];
+    let k = spec.problem.k;
+    let key = key_of(spec.seed);
+    let point_id = point as u32;
+    let logits = spec.problem.logits();
+    let contexts: Vec<Context> =
+        spec.losses.iter().map(|&l| Context::from_logits(&logits, &spec.problem.t, l, spec.tau)).collect();
+    let estimators = spec.estimators_at(s);
+    let sf: Vec<_> = estimators.iter().copied().filter(|e| e.family() == Family::ScoreFunction).collect();
+    let rel: Vec<_> = estimators.iter().copied().filter(|e| e.family() == Family::Relaxed).collect();
+    let table = CategoricalTable::new(&contexts[0].p);
+    let relaxed_table = RelaxedTable::new(&logits, spec.tau);
+
+    let mut cells: Vec<CellState> = Vec::new();
+    for loss_index in 0..spec.losses.len() {
+        for &estimator in &estimators {
+            let family = if estimator.family() == Family::ScoreFunction { &sf } else { &rel };
+            let family_index = family.iter().position(|e| e.id() == estimator.id()).unwrap_or(0);
+            cells.push(CellState {
+                loss_index,
+                family_index,
+                estimator,
+                moments: EstimateMoments::new(k),
+                baseline: MovingAverage::default(),
+                seconds: 0.0,
+            });
+        }
+    }
+
+    let (mut sf_seconds, mut rel_seconds) = (0.0, 0.0);
+    let rel_width = spec.losses.len() * rel.len() * k;
+    let mut block_start = 0u32;
+    while block_start < spec.reps {
+        let nb = REP_BLOCK.min(spec.reps - block_start);
+        let mut counts = vec![0u32; if sf.is_empty() { 0 } else { nb as usize * k }];
+        if !sf.is_empty() {
+            let t0 = Instant::now();
+            counts.par_chunks_mut(k).enumerate().for_each(|(i, c)| {
+                count_categories(&table, key, block_start + i as u32, point_id, s, c);
+            });
+            sf_seconds += t0.elapsed().as_secs_f64();
+            progress(u64::from(nb) * u64::from(s));
+        }
+        let mut relaxed = vec![0f64; if rel.is_empty() { 0 } else { nb as usize * rel_width }];
+        if !rel.is_empty() {
+            let t0 = Instant::now();
+            relaxed.par_chunks_mut(rel_width).enumerate().for_each(|(i, acc)| {
+                relaxed_repetition(
+                    &relaxed_table, &contexts, &rel, key, block_start + i as u32, point_id, s, acc,
+                );
+            });
+            rel_seconds += t0.elapsed().as_secs_f64();
+            progress(u64::from(nb) * u64::from(s));
+        }
+        cells.par_iter_mut().for_each(|cell| {
+            let t0 = Instant::now();
+            let ctx = &contexts[cell.loss_index];
+            let mut estimate = vec![0.0; k];
+            for r in 0..nb as usize {
+                match cell.estimator.family() {
+                    Family::ScoreFunction => {
+                        let c = &counts[r * k..(r + 1) * k];
+                        let b = cell.baseline.value();
+                        cell.estimator.estimate_from_counts(ctx, c, s, b, &mut estimate);
+                        if let Some(signal) = cell.estimator.baseline_signal(ctx, c, s) {
+                            cell.baseline.push(signal);
+                        }
+                        cell.moments.push(&estimate, &ctx.grad);
+                    }
+                    Family::Relaxed => {
+                        let off = r * rel_width + (cell.loss_index * rel.len() + cell.family_index) * k;
+                        cell.moments.push(&relaxed[off..off + k], &ctx.grad);
+                    }
+                }
+            }
+            cell.seconds += t0.elapsed().as_secs_f64();
+        });
+        block_start += nb;
+    }
+
+    let cells = cells
+        .into_iter()
+        .map(|c| {
+            let pass = if c.estimator.family() == Family::ScoreFunction { sf_seconds } else { rel_seconds };
+            Cell {
+                loss: spec.losses[c.loss_index],
+                estimator: c.estimator,
+                moments: c.moments,
+                seconds: pass + c.seconds,
+            }
+        })
+        .collect();
+    PointMoments { samples: s, cells }
+}
+
+/// One repetition of the relaxed family: averages every (loss, relaxed estimator)'s per-draw
+/// estimate over the S draws into `acc` (laid out loss-major, then estimator, then K).
+#[allow(clippy::too_many_arguments)]
+fn relaxed_repetition(
+    table: &RelaxedTable,
+    contexts: &[Context],
+    rel: &[&'static dyn Estimator],
+    key: [u32; 2],
+    rep: u32,
+    point: u32,
+    s: u32,
+    acc: &mut [f64],
+) {
+    let k = table.shifted_logits().len();
+    let mut h = vec![0f32; k];
+    let mut y = vec![0f64; k];
+    acc.iter_mut().for_each(|a| *a = 0.0);
+    for draw in 0..s {
+        let z = table.draw(key, rep, point, draw, &mut h, &mut y);
+        for (li, ctx) in contexts.iter().enumerate() {
+            for (ei, est) in rel.iter().enumerate() {
+                let off = (li * rel.len() + ei) * k;
+                est.add_relaxed_draw(ctx, RelaxedDraw { y: &y, z }, &mut acc[off..off + k]);
+            }
+        }
+    }
+    let inv = 1.0 / f64::from(s);
+    acc.iter_mut().for_each(|a| *a *= inv);
+}
+
+/// Runs every point of a sweep on `engine`.
+///
+/// # Errors
+/// The spec's validation errors and the engine's failures.
+pub fn run_sweep(spec: &SweepSpec, engine: &dyn Engine, progress: &(dyn Fn(u64) + Sync)) -> Result<Vec<PointMoments>> {
+    spec.validate()?;
+    (0..spec.samples.len()).map(|i| engine.run_point(spec, i, progress)).collect()
+}

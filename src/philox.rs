@@ -1,0 +1,175 @@
+//! Philox4x32-10 (Salmon et al., SC'11; Random123), the counter-based generator the CPU and
+//! the GPU share. u32 arithmetic only, so `shaders/common.wgsl` mirrors it bit for bit.
+//!
+//! Counter layout (keep in sync with `shaders/common.wgsl`): the key is the seed, and the
+//! 128-bit counter is `[block, repetition, stream << 16 | lane, sweep_point]`:
+//! - categorical draws (stream [`STREAM_CATEGORICAL`]): one Philox block gives the uniforms of
+//!   four consecutive draws, `block = draw / 4`, word `draw % 4`;
+//! - Gumbel noise (stream [`STREAM_GUMBEL`]): one block per draw and group of four categories,
+//!   `block = draw`, `lane = category / 4`, word `category % 4`;
+//! - the seed problem's numbers (stream [`STREAM_PROBLEM`]).
+//!
+//! Repetition and draw have 32-bit fields of their own, so no counter repeats below
+//! 2^32 repetitions x 2^32 blocks, whatever S x R is: S x R beyond 2^32 is safe.
+
+/// Philox multiplier for words 0 and 1.
+pub const M0: u32 = 0xD251_1F53;
+/// Philox multiplier for words 2 and 3.
+pub const M1: u32 = 0xCD9E_8D57;
+/// Weyl increment of key word 0.
+pub const W0: u32 = 0x9E37_79B9;
+/// Weyl increment of key word 1.
+pub const W1: u32 = 0xBB67_AE85;
+
+/// Stream of the categorical (inverse-CDF) draws.
+pub const STREAM_CATEGORICAL: u32 = 0;
+/// Stream of the Gumbel noise of the relaxed estimators.
+pub const STREAM_GUMBEL: u32 = 1;
+/// Stream of the seed problem's x, W and T.
+pub const STREAM_PROBLEM: u32 = 2;
+/// Stream of training data and minibatch order.
+pub const STREAM_TRAIN: u32 = 3;
+
+#[inline(always)]
+fn mulhilo(a: u32, b: u32) -> (u32, u32) {
+    let p = u64::from(a) * u64::from(b);
+    ((p >> 32) as u32, p as u32)
+}
+
+/// One Philox4x32 round.
+#[inline(always)]
+fn round(ctr: [u32; 4], key: [u32; 2]) -> [u32; 4] {
+    let (hi0, lo0) = mulhilo(M0, ctr[0]);
+    let (hi1, lo1) = mulhilo(M1, ctr[2]);
+    [hi1 ^ ctr[1] ^ key[0], lo1, hi0 ^ ctr[3] ^ key[1], lo0]
+}
+
+/// Philox4x32 with 10 rounds: four 32-bit random words from a counter and a key.
+///
+/// # Example
+/// ```
+/// // Random123's known-answer vector.
+/// assert_eq!(
+///     mcgrad::philox::philox4x32_10([0; 4], [0; 2]),
+///     [0x6627e8d5, 0xe169c58d, 0xbc57ac4c, 0x9b00dbd8]
+/// );
+/// ```
+#[inline(always)]
+pub fn philox4x32_10(mut ctr: [u32; 4], mut key: [u32; 2]) -> [u32; 4] {
+    ctr = round(ctr, key);
+    for _ in 1..10 {
+        key = [key[0].wrapping_add(W0), key[1].wrapping_add(W1)];
+        ctr = round(ctr, key);
+    }
+    ctr
+}
+
+/// The key of a seed: its low and high 32-bit halves.
+#[inline]
+pub fn key_of(seed: u64) -> [u32; 2] {
+    [seed as u32, (seed >> 32) as u32]
+}
+
+/// The counter of one Philox block (see the module doc for the layout).
+#[inline(always)]
+pub fn counter(block: u32, repetition: u32, stream: u32, lane: u32, sweep_point: u32) -> [u32; 4] {
+    [block, repetition, (stream << 16) | lane, sweep_point]
+}
+
+/// A uniform in [0, 1) from a random word: `u32 >> 8` times 2^-24, exactly as in WGSL.
+#[inline(always)]
+pub fn uniform_f32(word: u32) -> f32 {
+    (word >> 8) as f32 * (1.0 / 16_777_216.0)
+}
+
+/// A uniform in (0, 1), never 0 or 1, for `-log(-log u)`: `(u32 >> 8) + 0.5` times 2^-24.
+#[inline(always)]
+pub fn open_uniform_f32(word: u32) -> f32 {
+    ((word >> 8) as f32 + 0.5) * (1.0 / 16_777_216.0)
+}
+
+/// A uniform f64 in [0, 1) with 53 random bits from two words.
+#[inline]
+pub fn uniform_f64(hi: u32, lo: u32) -> f64 {
+    let bits = (u64::from(hi) << 21) ^ u64::from(lo >> 11);
+    (bits & ((1u64 << 53) - 1)) as f64 * (1.0 / 9_007_199_254_740_992.0)
+}
+
+/// A sequential stream of uniforms over one Philox stream, for the host's own needs
+/// (the seed problem, training data): word `i` comes from block `i / 4`.
+#[derive(Clone, Debug)]
+pub struct PhiloxStream {
+    key: [u32; 2],
+    stream: u32,
+    sub: u32,
+    block: u64,
+    buf: [u32; 4],
+    used: usize,
+}
+
+impl PhiloxStream {
+    /// A stream keyed by `seed`, on Philox stream `stream` and sub-stream `sub`.
+    pub fn new(seed: u64, stream: u32, sub: u32) -> Self {
+        Self { key: key_of(seed), stream, sub, block: 0, buf: [0; 4], used: 4 }
+    }
+
+    /// The next 32-bit word.
+    pub fn next_u32(&mut self) -> u32 {
+        if self.used == 4 {
+            let ctr = [self.block as u32, (self.block >> 32) as u32, self.stream << 16, self.sub];
+            self.buf = philox4x32_10(ctr, self.key);
+            self.block += 1;
+            self.used = 0;
+        }
+        let w = self.buf[self.used];
+        self.used += 1;
+        w
+    }
+
+    /// The next uniform f64 in [0, 1).
+    pub fn next_f64(&mut self) -> f64 {
+        let hi = self.next_u32();
+        let lo = self.next_u32();
+        uniform_f64(hi, lo)
+    }
+
+    /// The next integer in `0..n` (Lemire's multiply-shift; n > 0, bias below 2^-32 * n).
+    pub fn next_below(&mut self, n: u32) -> u32 {
+        ((u64::from(self.next_u32()) * u64::from(n)) >> 32) as u32
+    }
+
+    /// A standard normal (Box-Muller).
+    pub fn next_normal(&mut self) -> f64 {
+        let u1 = 1.0 - self.next_f64();
+        let u2 = self.next_f64();
+        (-2.0 * u1.ln()).sqrt() * (std::f64::consts::TAU * u2).cos()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn known_answer_vectors() {
+        // Random123 kat_vectors, philox4x32_10.
+        assert_eq!(philox4x32_10([0; 4], [0; 2]), [0x6627e8d5, 0xe169c58d, 0xbc57ac4c, 0x9b00dbd8]);
+        assert_eq!(
+            philox4x32_10([u32::MAX; 4], [u32::MAX; 2]),
+            [0x408f276d, 0x41c83b0e, 0xa20bc7c6, 0x6d5451fd]
+        );
+        assert_eq!(
+            philox4x32_10([0x243f6a88, 0x85a308d3, 0x13198a2e, 0x03707344], [0xa4093822, 0x299f31d0]),
+            [0xd16cfe09, 0x94fdcceb, 0x5001e420, 0x24126ea1]
+        );
+    }
+
+    #[test]
+    fn uniforms_stay_in_range() {
+        assert_eq!(uniform_f32(0), 0.0);
+        assert!(uniform_f32(u32::MAX) < 1.0);
+        assert!(open_uniform_f32(0) > 0.0);
+        assert!(open_uniform_f32(u32::MAX) < 1.0);
+        assert!(uniform_f64(u32::MAX, u32::MAX) < 1.0);
+    }
+}
