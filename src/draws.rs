@@ -2,7 +2,8 @@
 //! noise (K uniforms each), both from Philox counters laid out as in [`crate::philox`].
 //! These are the CPU twins of `shaders/score_function.wgsl` and `shaders/relaxed.wgsl`.
 
-use crate::philox::{self, philox4x32_10, STREAM_CATEGORICAL, STREAM_GUMBEL};
+use crate::fastmath::{self, exp_nonpositive};
+use crate::philox::{self, philox4x32_10, philox4x32_10_lanes, STREAM_CATEGORICAL, STREAM_GUMBEL};
 
 /// Largest K served by the fixed-width (vectorisable) threshold comparison.
 const FIXED_K: usize = 17;
@@ -38,7 +39,11 @@ impl CategoricalTable {
             fixed[..thresholds.len()].copy_from_slice(&thresholds);
         }
         let last_nonzero = p.iter().rposition(|&v| v > 0.0).unwrap_or(p.len() - 1) as u32;
-        Self { thresholds, fixed, last_nonzero }
+        Self {
+            thresholds,
+            fixed,
+            last_nonzero,
+        }
     }
 
     /// The inverse-CDF thresholds `ceil(C_k 2^24)`, K - 1 of them.
@@ -58,7 +63,10 @@ impl CategoricalTable {
         let below = if self.thresholds.len() < FIXED_K {
             self.fixed.iter().map(|&t| u32::from(m >= t)).sum::<u32>()
         } else {
-            self.thresholds.iter().map(|&t| u32::from(m >= t)).sum::<u32>()
+            self.thresholds
+                .iter()
+                .map(|&t| u32::from(m >= t))
+                .sum::<u32>()
         };
         below.min(self.last_nonzero) as usize
     }
@@ -77,15 +85,20 @@ pub fn count_categories(
     counts.iter_mut().for_each(|c| *c = 0);
     let full_blocks = samples / 4;
     for block in 0..full_blocks {
-        let words = philox4x32_10(philox::counter(block, rep, STREAM_CATEGORICAL, 0, point), key);
+        let words = philox4x32_10(
+            philox::counter(block, rep, STREAM_CATEGORICAL, 0, point),
+            key,
+        );
         for w in words {
             counts[table.category(w)] += 1;
         }
     }
     let rest = (samples % 4) as usize;
     if rest > 0 {
-        let words =
-            philox4x32_10(philox::counter(full_blocks, rep, STREAM_CATEGORICAL, 0, point), key);
+        let words = philox4x32_10(
+            philox::counter(full_blocks, rep, STREAM_CATEGORICAL, 0, point),
+            key,
+        );
         for &w in &words[..rest] {
             counts[table.category(w)] += 1;
         }
@@ -93,19 +106,33 @@ pub fn count_categories(
 }
 
 /// The categories of the S draws of one repetition, in draw order (for tests and pinning).
-pub fn categories(table: &CategoricalTable, key: [u32; 2], rep: u32, point: u32, samples: u32) -> Vec<u32> {
+pub fn categories(
+    table: &CategoricalTable,
+    key: [u32; 2],
+    rep: u32,
+    point: u32,
+    samples: u32,
+) -> Vec<u32> {
     (0..samples)
         .map(|i| {
-            let words = philox4x32_10(philox::counter(i / 4, rep, STREAM_CATEGORICAL, 0, point), key);
+            let words = philox4x32_10(
+                philox::counter(i / 4, rep, STREAM_CATEGORICAL, 0, point),
+                key,
+            );
             table.category(words[(i % 4) as usize]) as u32
         })
         .collect()
 }
 
+/// Lanes of the fixed-width relaxed draw (K up to this many categories).
+const RELAXED_LANES: usize = 16;
+
 /// Gumbel-softmax inputs: `(a - max a)` in f32 and `1 / tau`.
 #[derive(Clone, Debug)]
 pub struct RelaxedTable {
     shifted_logits: Vec<f32>,
+    /// `shifted_logits` padded to [`RELAXED_LANES`] (unused lanes hold 0 and are masked).
+    padded: [f32; RELAXED_LANES],
     inv_tau: f32,
 }
 
@@ -113,7 +140,16 @@ impl RelaxedTable {
     /// The table of logits `a` at temperature `tau`.
     pub fn new(a: &[f64], tau: f64) -> Self {
         let max = a.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
-        Self { shifted_logits: a.iter().map(|v| (v - max) as f32).collect(), inv_tau: (1.0 / tau) as f32 }
+        let shifted_logits: Vec<f32> = a.iter().map(|v| (v - max) as f32).collect();
+        let mut padded = [0.0; RELAXED_LANES];
+        if a.len() <= RELAXED_LANES {
+            padded[..a.len()].copy_from_slice(&shifted_logits);
+        }
+        Self {
+            shifted_logits,
+            padded,
+            inv_tau: (1.0 / tau) as f32,
+        }
     }
 
     /// `a - max(a)` in f32.
@@ -126,8 +162,9 @@ impl RelaxedTable {
         self.inv_tau
     }
 
-    /// One relaxed draw: fills `y = softmax((a + G) / tau)` from the draw's Gumbel noise and
-    /// returns `z = argmax(a + G)`. `h` is scratch of K floats.
+    /// One relaxed draw: fills `y = softmax((a + G) / tau)` from the draw's Gumbel noise
+    /// `G_c = -ln(-ln u_c)` and returns `z = argmax(a + G)` (the lowest index on ties).
+    /// `h` is scratch of K floats. Arithmetic in f32, as on the GPU.
     pub fn draw(
         &self,
         key: [u32; 2],
@@ -138,26 +175,24 @@ impl RelaxedTable {
         y: &mut [f64],
     ) -> usize {
         let k = self.shifted_logits.len();
+        if k <= RELAXED_LANES {
+            return self.draw_fixed(key, rep, point, draw, y);
+        }
         let mut words = [0u32; 4];
-        let mut z = 0;
-        let mut hmax = f32::NEG_INFINITY;
         for c in 0..k {
             if c % 4 == 0 {
-                words = philox4x32_10(philox::counter(draw, rep, STREAM_GUMBEL, (c / 4) as u32, point), key);
+                words = philox4x32_10(
+                    philox::counter(draw, rep, STREAM_GUMBEL, (c / 4) as u32, point),
+                    key,
+                );
             }
-            let u = philox::open_uniform_f32(words[c % 4]);
-            let g = -(-u.ln()).ln();
-            h[c] = self.shifted_logits[c] + g;
-            if h[c] > hmax {
-                hmax = h[c];
-                z = c;
-            }
+            h[c] = self.shifted_logits[c] + gumbel(words[c % 4]);
         }
+        let (z, hmax) = argmax(&h[..k]);
         let mut sum = 0.0f32;
-        for c in 0..k {
-            let e = ((h[c] - hmax) * self.inv_tau).exp();
-            h[c] = e;
-            sum += e;
+        for hc in h.iter_mut() {
+            *hc = exp_nonpositive((*hc - hmax) * self.inv_tau);
+            sum += *hc;
         }
         let inv = 1.0 / sum;
         for (yc, hc) in y.iter_mut().zip(h.iter()) {
@@ -165,6 +200,109 @@ impl RelaxedTable {
         }
         z
     }
+
+    /// [`Self::draw`] for K up to 16, over fixed-width arrays the compiler vectorises.
+    #[inline(always)]
+    fn draw_fixed(&self, key: [u32; 2], rep: u32, point: u32, draw: u32, y: &mut [f64]) -> usize {
+        let mut e = [0f32; RELAXED_LANES];
+        let (z, inv) = self.weights_fixed(key, rep, point, draw, &mut e);
+        for (yc, ec) in y.iter_mut().zip(&e) {
+            *yc = f64::from(ec * inv);
+        }
+        z
+    }
+
+    /// The unnormalised softmax weights `e` of one draw (K <= 16), its argmax, and
+    /// `1 / sum(e)`.
+    #[inline(always)]
+    fn weights_fixed(
+        &self,
+        key: [u32; 2],
+        rep: u32,
+        point: u32,
+        draw: u32,
+        e: &mut [f32; RELAXED_LANES],
+    ) -> (usize, f32) {
+        let k = self.shifted_logits.len();
+        // The four Philox blocks of this draw (lanes 0..4 of the category groups), at once.
+        let ctr = [
+            [draw; 4],
+            [rep; 4],
+            [0, 1, 2, 3].map(|l| (STREAM_GUMBEL << 16) | l),
+            [point; 4],
+        ];
+        let out = philox4x32_10_lanes(ctr, key);
+        let mut h = [0f32; RELAXED_LANES];
+        for c in 0..RELAXED_LANES {
+            h[c] = self.padded[c] + gumbel(out[c % 4][c / 4]);
+        }
+        let (z, hmax) = argmax(&h[..k]);
+        for c in 0..RELAXED_LANES {
+            e[c] = exp_nonpositive((h[c] - hmax) * self.inv_tau);
+        }
+        let sum: f32 = e[..k].iter().sum();
+        (z, 1.0 / sum)
+    }
+
+    /// Draws `first .. first + n` of one repetition into a batch: `y` (category-major,
+    /// `y[c * n + d]`), `z` and `y_z`. Same arithmetic as [`Self::draw`].
+    #[allow(clippy::too_many_arguments)]
+    pub fn draw_batch(
+        &self,
+        key: [u32; 2],
+        rep: u32,
+        point: u32,
+        first: u32,
+        n: usize,
+        y: &mut [f32],
+        z: &mut [u32],
+        y_z: &mut [f32],
+    ) {
+        let k = self.shifted_logits.len();
+        if k <= RELAXED_LANES {
+            fastmath::with_avx2(|| {
+                let mut e = [0f32; RELAXED_LANES];
+                for d in 0..n {
+                    let (zd, inv) = self.weights_fixed(key, rep, point, first + d as u32, &mut e);
+                    for c in 0..k {
+                        y[c * n + d] = e[c] * inv;
+                    }
+                    z[d] = zd as u32;
+                    y_z[d] = y[zd * n + d];
+                }
+            });
+        } else {
+            let (mut h, mut yd) = (vec![0f32; k], vec![0f64; k]);
+            for d in 0..n {
+                let zd = self.draw(key, rep, point, first + d as u32, &mut h, &mut yd);
+                for c in 0..k {
+                    y[c * n + d] = yd[c] as f32;
+                }
+                z[d] = zd as u32;
+                y_z[d] = y[zd * n + d];
+            }
+        }
+    }
+}
+
+/// A standard Gumbel variable `-ln(-ln u)` from one random word, `u` in (0, 1).
+#[inline(always)]
+pub fn gumbel(word: u32) -> f32 {
+    -fastmath::ln(-fastmath::ln(philox::open_uniform_f32(word)))
+}
+
+/// Index and value of the first maximum.
+#[inline(always)]
+fn argmax(h: &[f32]) -> (usize, f32) {
+    let mut z = 0;
+    let mut hmax = f32::NEG_INFINITY;
+    for (c, &v) in h.iter().enumerate() {
+        if v > hmax {
+            hmax = v;
+            z = c;
+        }
+    }
+    (z, hmax)
 }
 
 #[cfg(test)]

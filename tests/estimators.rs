@@ -25,11 +25,21 @@ fn spread_problem() -> Problem {
     Problem::new(x, w, t).unwrap()
 }
 
-fn sweep(problem: Problem, losses: &[Loss], ids: &[&str], samples: &[u32], reps: u32, seed: u64) -> Vec<Record> {
+fn sweep(
+    problem: Problem,
+    losses: &[Loss],
+    ids: &[&str],
+    samples: &[u32],
+    reps: u32,
+    seed: u64,
+) -> Vec<Record> {
     let spec = SweepSpec {
         problem,
         losses: losses.to_vec(),
-        estimators: ids.iter().map(|id| estimators::by_id(id).unwrap()).collect(),
+        estimators: ids
+            .iter()
+            .map(|id| estimators::by_id(id).unwrap())
+            .collect(),
         samples: samples.to_vec(),
         reps,
         seed,
@@ -58,7 +68,10 @@ fn exact_gradient_matches_central_differences_in_w() {
                     minus.w[i * problem.k + j] -= h;
                     let fd = (objective(&plus, loss) - objective(&minus, loss)) / (2.0 * h);
                     let analytic = problem.x[i] * ctx.grad[j];
-                    assert!((fd - analytic).abs() < 1e-7, "{loss} W[{i},{j}]: fd {fd} vs {analytic}");
+                    assert!(
+                        (fd - analytic).abs() < 1e-7,
+                        "{loss} W[{i},{j}]: fd {fd} vs {analytic}"
+                    );
                 }
             }
         }
@@ -82,7 +95,12 @@ fn check_against_exact(r: &Record, est: &dyn Estimator, ctx: &Context) {
             linear_form_moments(&ctx.p, &centred, &vec![0.0; ctx.k], r.samples).var
         }
         (None, "muprop-c") => {
-            let mean: f64 = ctx.p.iter().zip(&ctx.muprop_signal).map(|(p, l)| p * l).sum();
+            let mean: f64 = ctx
+                .p
+                .iter()
+                .zip(&ctx.muprop_signal)
+                .map(|(p, l)| p * l)
+                .sum();
             let centred: Vec<f64> = ctx.muprop_signal.iter().map(|l| l - mean).collect();
             linear_form_moments(&ctx.p, &centred, &ctx.muprop_mean_field, r.samples).var
         }
@@ -91,7 +109,13 @@ fn check_against_exact(r: &Record, est: &dyn Estimator, ctx: &Context) {
     for j in 0..ctx.k {
         let se = r.mean_se[j].max((reference_var[j] / n).sqrt()).max(1e-14);
         let z = (r.mean[j] - ctx.grad[j]).abs() / se;
-        assert!(z < 5.0, "{} {} S={} coord {j}: mean off by {z:.1} SE", r.estimator, r.loss, r.samples);
+        assert!(
+            z < 5.0,
+            "{} {} S={} coord {j}: mean off by {z:.1} SE",
+            r.estimator,
+            r.loss,
+            r.samples
+        );
     }
     let Some(mut exact) = exact else { return };
     if exact.m4.is_none() {
@@ -110,7 +134,11 @@ fn check_against_exact(r: &Record, est: &dyn Estimator, ctx: &Context) {
         assert!(
             diff <= 5.0 * se + (1e-12 * scale).powi(2),
             "{} {} S={} coord {j}: var {} vs exact {} (se {se})",
-            r.estimator, r.loss, r.samples, r.var[j], exact.var[j]
+            r.estimator,
+            r.loss,
+            r.samples,
+            r.var[j],
+            exact.var[j]
         );
     }
 }
@@ -118,11 +146,23 @@ fn check_against_exact(r: &Record, est: &dyn Estimator, ctx: &Context) {
 /// Exact mean, variance and fourth central moment of a score-function estimator with a
 /// fixed baseline, by enumerating every count vector of S draws over K categories with its
 /// multinomial probability: an oracle independent of the closed forms (small S only).
-fn multinomial_moments(est: &dyn Estimator, ctx: &Context, s: u32) -> (Vec<f64>, Vec<f64>, Vec<f64>) {
+fn multinomial_moments(
+    est: &dyn Estimator,
+    ctx: &Context,
+    s: u32,
+) -> (Vec<f64>, Vec<f64>, Vec<f64>) {
     let k = ctx.k;
     let mut outcomes: Vec<(f64, Vec<f64>)> = Vec::new();
     let mut counts = vec![0u32; k];
-    fn walk(j: usize, left: u32, counts: &mut Vec<u32>, est: &dyn Estimator, ctx: &Context, s: u32, out: &mut Vec<(f64, Vec<f64>)>) {
+    fn walk(
+        j: usize,
+        left: u32,
+        counts: &mut Vec<u32>,
+        est: &dyn Estimator,
+        ctx: &Context,
+        s: u32,
+        out: &mut Vec<(f64, Vec<f64>)>,
+    ) {
         let k = counts.len();
         if j == k - 1 {
             counts[j] = left;
@@ -145,9 +185,18 @@ fn multinomial_moments(est: &dyn Estimator, ctx: &Context, s: u32) -> (Vec<f64>,
         }
     }
     walk(0, s, &mut counts, est, ctx, s, &mut outcomes);
-    let mean: Vec<f64> = (0..k).map(|j| outcomes.iter().map(|(p, g)| p * g[j]).sum()).collect();
+    let mean: Vec<f64> = (0..k)
+        .map(|j| outcomes.iter().map(|(p, g)| p * g[j]).sum())
+        .collect();
     let central = |q: i32| -> Vec<f64> {
-        (0..k).map(|j| outcomes.iter().map(|(p, g)| p * (g[j] - mean[j]).powi(q)).sum()).collect()
+        (0..k)
+            .map(|j| {
+                outcomes
+                    .iter()
+                    .map(|(p, g)| p * (g[j] - mean[j]).powi(q))
+                    .sum()
+            })
+            .collect()
     };
     (mean.clone(), central(2), central(4))
 }
@@ -163,11 +212,27 @@ fn closed_forms_agree_with_multinomial_enumeration() {
                     let closed = est.exact_moments(&ctx, s).unwrap();
                     let (mean, var, m4) = multinomial_moments(est, &ctx, s);
                     for j in 0..ctx.k {
-                        let scale = ctx.p.iter().zip(&ctx.f).map(|(p, f)| p * f.abs()).sum::<f64>();
-                        assert!((closed.mean[j] - mean[j]).abs() < 1e-12 * scale, "{id} {loss} S={s} mean {j}");
-                        assert!((closed.var[j] - var[j]).abs() < 1e-10 * var[j] + 1e-24 * scale * scale, "{id} {loss} S={s} var {j}: {} vs {}", closed.var[j], var[j]);
+                        let scale = ctx
+                            .p
+                            .iter()
+                            .zip(&ctx.f)
+                            .map(|(p, f)| p * f.abs())
+                            .sum::<f64>();
+                        assert!(
+                            (closed.mean[j] - mean[j]).abs() < 1e-12 * scale,
+                            "{id} {loss} S={s} mean {j}"
+                        );
+                        assert!(
+                            (closed.var[j] - var[j]).abs() < 1e-10 * var[j] + 1e-24 * scale * scale,
+                            "{id} {loss} S={s} var {j}: {} vs {}",
+                            closed.var[j],
+                            var[j]
+                        );
                         if let Some(c4) = &closed.m4 {
-                            assert!((c4[j] - m4[j]).abs() < 1e-9 * m4[j] + 1e-40, "{id} {loss} S={s} m4 {j}");
+                            assert!(
+                                (c4[j] - m4[j]).abs() < 1e-9 * m4[j] + 1e-40,
+                                "{id} {loss} S={s} m4 {j}"
+                            );
                         }
                     }
                 }
@@ -178,7 +243,14 @@ fn closed_forms_agree_with_multinomial_enumeration() {
 
 #[test]
 fn unbiased_estimators_agree_with_exact_moments() {
-    let ids = ["exact", "reinforce", "reinforce-ema", "rloo", "muprop", "muprop-c"];
+    let ids = [
+        "exact",
+        "reinforce",
+        "reinforce-ema",
+        "rloo",
+        "muprop",
+        "muprop-c",
+    ];
     for (problem, seed) in [(spread_problem(), 11), (Problem::seeded(5, 784, 10), 12)] {
         let recs = sweep(problem.clone(), &Loss::ALL, &ids, &[1, 4, 8], 20_000, seed);
         assert_eq!(recs.len(), 3 * (6 + 6 + 5), "rloo is skipped at S = 1 only");
@@ -192,14 +264,38 @@ fn unbiased_estimators_agree_with_exact_moments() {
 
 #[test]
 fn gumbel_estimators_show_their_bias() {
-    let recs = sweep(spread_problem(), &[Loss::Squared, Loss::Linear], &["gumbel-softmax", "st-gumbel"], &[64], 4000, 3);
+    let recs = sweep(
+        spread_problem(),
+        &[Loss::Squared, Loss::Linear],
+        &["gumbel-softmax", "st-gumbel"],
+        &[64],
+        4000,
+        3,
+    );
     for r in &recs {
-        assert!(r.bias_p_value < 1e-6, "{} {}: bias p = {}", r.estimator, r.loss, r.bias_p_value);
+        assert!(
+            r.bias_p_value < 1e-6,
+            "{} {}: bias p = {}",
+            r.estimator,
+            r.loss,
+            r.bias_p_value
+        );
         assert!(!r.unbiased && r.exact_var.is_none());
     }
     // ...while an unbiased one under the same test does not.
-    let recs = sweep(spread_problem(), &[Loss::Squared], &["reinforce"], &[64], 4000, 3);
-    assert!(recs[0].bias_p_value > 0.001, "reinforce bias p = {}", recs[0].bias_p_value);
+    let recs = sweep(
+        spread_problem(),
+        &[Loss::Squared],
+        &["reinforce"],
+        &[64],
+        4000,
+        3,
+    );
+    assert!(
+        recs[0].bias_p_value > 0.001,
+        "reinforce bias p = {}",
+        recs[0].bias_p_value
+    );
 }
 
 #[test]
@@ -208,19 +304,39 @@ fn zero_variance_facts() {
     // seed loss: exact gradient 0, REINFORCE variance > 0, MuProp and ideal baseline 0.
     let ctx = Context::new(&problem, Loss::Seed, 1.0);
     assert!(ctx.grad.iter().all(|g| g.abs() < 1e-15), "{:?}", ctx.grad);
-    let reinforce = estimators::by_id("reinforce").unwrap().exact_moments(&ctx, 1).unwrap();
+    let reinforce = estimators::by_id("reinforce")
+        .unwrap()
+        .exact_moments(&ctx, 1)
+        .unwrap();
     assert!(reinforce.var.iter().sum::<f64>() > 1e-6);
-    let muprop = estimators::by_id("muprop").unwrap().exact_moments(&ctx, 1).unwrap();
-    assert!(muprop.var.iter().all(|v| v.abs() < 1e-28), "{:?}", muprop.var);
+    let muprop = estimators::by_id("muprop")
+        .unwrap()
+        .exact_moments(&ctx, 1)
+        .unwrap();
+    assert!(
+        muprop.var.iter().all(|v| v.abs() < 1e-28),
+        "{:?}",
+        muprop.var
+    );
     let centred: Vec<f64> = ctx.f.iter().map(|f| f - ctx.fbar).collect();
     let ideal = linear_form_moments(&ctx.p, &centred, &vec![0.0; ctx.k], 1);
     assert!(ideal.var.iter().all(|v| v.abs() < 1e-28));
     // linear loss: MuProp is exact.
     let ctx = Context::new(&spread_problem(), Loss::Linear, 1.0);
-    let muprop = estimators::by_id("muprop").unwrap().exact_moments(&ctx, 1).unwrap();
+    let muprop = estimators::by_id("muprop")
+        .unwrap()
+        .exact_moments(&ctx, 1)
+        .unwrap();
     assert!(muprop.var.iter().all(|v| v.abs() < 1e-28));
     // ... and so is its Monte Carlo variance, and REINFORCE's is not.
-    let recs = sweep(spread_problem(), &[Loss::Linear, Loss::Seed], &["muprop", "reinforce"], &[8], 500, 1);
+    let recs = sweep(
+        spread_problem(),
+        &[Loss::Linear, Loss::Seed],
+        &["muprop", "reinforce"],
+        &[8],
+        500,
+        1,
+    );
     for r in recs {
         let zero = r.var.iter().all(|v| *v < 1e-25);
         assert_eq!(zero, r.estimator == "muprop", "{} {}", r.estimator, r.loss);
@@ -235,7 +351,14 @@ fn rank_one_figures_match_a_direct_d_by_k_computation() {
     let (d, k) = (problem.d, problem.k);
     let reps = 400u32;
     let s = 4u32;
-    let recs = sweep(problem.clone(), &[Loss::Squared], &["reinforce"], &[s], reps, 21);
+    let recs = sweep(
+        problem.clone(),
+        &[Loss::Squared],
+        &["reinforce"],
+        &[s],
+        reps,
+        21,
+    );
     let r = &recs[0];
 
     let ctx = Context::new(&problem, Loss::Squared, 1.0);

@@ -19,14 +19,38 @@ fn malformed_problems_name_their_cause() {
         ("[1, 2]", "expected a JSON object"),
         (r#"{"w": [[1, 2]], "t": [1, 2]}"#, "`x` is missing"),
         (r#"{"x": [], "w": [], "t": [1, 2]}"#, "`x` is empty"),
-        (r#"{"x": [1], "w": [[1]], "t": [1]}"#, "K must be at least 2"),
-        (r#"{"x": [1, 2], "w": [[1, 2]], "t": [1, 2]}"#, "`w` has 1 rows, expected D = 2"),
-        (r#"{"x": [1], "w": [[1, 2, 3]], "t": [1, 2]}"#, "`w[0]` has 3 numbers, expected K = 2"),
-        (r#"{"x": [1], "w": [[1, "a"]], "t": [1, 2]}"#, "`w[0]`[1] is not a finite number"),
-        (r#"{"x": [NaN], "w": [[1, 2]], "t": [1, 2]}"#, "not valid JSON"),
-        (r#"{"x": [1e999], "w": [[1, 2]], "t": [1, 2]}"#, "not valid JSON"),
-        (r#"{"x": [1], "w": [[1, 2]], "t": [null, 2]}"#, "`t`[0] is not a finite number"),
-        (r#"{"x": 3, "w": [[1, 2]], "t": [1, 2]}"#, "`x` is not an array"),
+        (
+            r#"{"x": [1], "w": [[1]], "t": [1]}"#,
+            "K must be at least 2",
+        ),
+        (
+            r#"{"x": [1, 2], "w": [[1, 2]], "t": [1, 2]}"#,
+            "`w` has 1 rows, expected D = 2",
+        ),
+        (
+            r#"{"x": [1], "w": [[1, 2, 3]], "t": [1, 2]}"#,
+            "`w[0]` has 3 numbers, expected K = 2",
+        ),
+        (
+            r#"{"x": [1], "w": [[1, "a"]], "t": [1, 2]}"#,
+            "`w[0]`[1] is not a finite number",
+        ),
+        (
+            r#"{"x": [NaN], "w": [[1, 2]], "t": [1, 2]}"#,
+            "not valid JSON",
+        ),
+        (
+            r#"{"x": [1e999], "w": [[1, 2]], "t": [1, 2]}"#,
+            "not valid JSON",
+        ),
+        (
+            r#"{"x": [1], "w": [[1, 2]], "t": [null, 2]}"#,
+            "`t`[0] is not a finite number",
+        ),
+        (
+            r#"{"x": 3, "w": [[1, 2]], "t": [1, 2]}"#,
+            "`x` is not an array",
+        ),
     ];
     for (text, want) in cases {
         let got = error_of(text);
@@ -41,5 +65,8 @@ fn a_valid_file_loads_and_a_missing_one_is_a_read_error() {
     std::fs::write(&path, r#"{"x": [1e4], "w": [[1, 2]], "t": [0.5, 0.5]}"#).unwrap();
     let p = Problem::load(&path).unwrap();
     assert!(p.probs().iter().all(|v| v.is_finite()));
-    assert!(matches!(Problem::load(&dir.path().join("missing.json")), Err(Error::Read { .. })));
+    assert!(matches!(
+        Problem::load(&dir.path().join("missing.json")),
+        Err(Error::Read { .. })
+    ));
 }

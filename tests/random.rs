@@ -12,7 +12,10 @@ use mcgrad::record::records;
 
 #[test]
 fn philox_known_answer() {
-    assert_eq!(philox4x32_10([0; 4], [0; 2]), [0x6627e8d5, 0xe169c58d, 0xbc57ac4c, 0x9b00dbd8]);
+    assert_eq!(
+        philox4x32_10([0; 4], [0; 2]),
+        [0x6627e8d5, 0xe169c58d, 0xbc57ac4c, 0x9b00dbd8]
+    );
 }
 
 /// Upper 0.001 quantile of the chi-square distribution with 9 degrees of freedom.
@@ -33,11 +36,19 @@ fn category_frequencies_pass_chi_square_at_alpha_0_001() {
         }
     }
     let n = 1e6;
-    let chi2: f64 = total.iter().zip(p).map(|(&o, p)| (o as f64 - n * p).powi(2) / (n * p)).sum();
+    let chi2: f64 = total
+        .iter()
+        .zip(p)
+        .map(|(&o, p)| (o as f64 - n * p).powi(2) / (n * p))
+        .sum();
     assert!(chi2 < CHI2_9_0001, "chi-square {chi2} >= {CHI2_9_0001}");
     // The test has power: a 1% shift of mass between two classes is caught.
     let shifted = [0.02, 0.05, 0.08, 0.1, 0.15, 0.19, 0.13, 0.1, 0.08, 0.1];
-    let chi2: f64 = total.iter().zip(shifted).map(|(&o, p)| (o as f64 - n * p).powi(2) / (n * p)).sum();
+    let chi2: f64 = total
+        .iter()
+        .zip(shifted)
+        .map(|(&o, p)| (o as f64 - n * p).powi(2) / (n * p))
+        .sum();
     assert!(chi2 > CHI2_9_0001, "a wrong distribution passed: {chi2}");
 }
 
@@ -55,7 +66,11 @@ fn gumbel_max_draws_follow_the_softmax() {
         total[z] += 1.0;
     }
     let n = f64::from(n);
-    let chi2: f64 = total.iter().zip(&p).map(|(o, p)| (o - n * p).powi(2) / (n * p)).sum();
+    let chi2: f64 = total
+        .iter()
+        .zip(&p)
+        .map(|(o, p)| (o - n * p).powi(2) / (n * p))
+        .sum();
     // Upper 0.001 quantile of chi-square with 4 degrees of freedom.
     assert!(chi2 < 18.467, "chi-square {chi2}");
 }
@@ -67,12 +82,17 @@ fn draws_are_pinned_for_a_fixed_seed() {
     let drawn = categories(&table, key_of(42), 0, 0, 24);
     let spread = CategoricalTable::new(&[0.1; 10]);
     let uniform = categories(&spread, key_of(42), 3, 1, 16);
-    assert_eq!((drawn, uniform), (PINNED_SEED_PROBLEM.to_vec(), PINNED_UNIFORM.to_vec()));
+    assert_eq!(
+        (drawn, uniform),
+        (PINNED_SEED_PROBLEM.to_vec(), PINNED_UNIFORM.to_vec())
+    );
 }
 
 /// Value stability (as rand pins its samples): changing these is a breaking change of every
 /// published figure, so it must be deliberate.
-const PINNED_SEED_PROBLEM: [u32; 24] = [2, 2, 2, 2, 4, 2, 2, 2, 4, 2, 2, 2, 2, 2, 2, 2, 2, 4, 2, 2, 2, 2, 2, 2];
+const PINNED_SEED_PROBLEM: [u32; 24] = [
+    2, 2, 2, 2, 4, 2, 2, 2, 4, 2, 2, 2, 2, 2, 2, 2, 2, 4, 2, 2, 2, 2, 2, 2,
+];
 const PINNED_UNIFORM: [u32; 16] = [7, 0, 6, 1, 3, 2, 8, 5, 8, 1, 0, 6, 1, 2, 4, 4];
 
 #[test]
@@ -90,8 +110,17 @@ fn results_do_not_depend_on_the_thread_count() {
         rs.iter_mut().for_each(|r| r.seconds = 0.0);
         rs
     };
-    let one = strip(records(&spec, &run_sweep(&spec, &CpuEngine::new(1).unwrap(), &|_| {}).unwrap()));
-    let many = strip(records(&spec, &run_sweep(&spec, &CpuEngine::new(4).unwrap(), &|_| {}).unwrap()));
+    let one = strip(records(
+        &spec,
+        &run_sweep(&spec, &CpuEngine::new(1).unwrap(), &|_| {}).unwrap(),
+    ));
+    let many = strip(records(
+        &spec,
+        &run_sweep(&spec, &CpuEngine::new(4).unwrap(), &|_| {}).unwrap(),
+    ));
     // Bit-identical, NaN-free comparison through the JSON text.
-    assert_eq!(serde_json::to_string(&one).unwrap(), serde_json::to_string(&many).unwrap());
+    assert_eq!(
+        serde_json::to_string(&one).unwrap(),
+        serde_json::to_string(&many).unwrap()
+    );
 }

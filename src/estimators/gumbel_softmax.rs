@@ -4,7 +4,7 @@
 //! `f(y)`, with `f` extended off the vertices by its own formula. Biased for every tau > 0;
 //! one f and one grad f per draw, K uniforms.
 
-use super::{Context, Estimator, Family, RelaxedDraw};
+use super::{batch_sum, Context, Estimator, Family, RelaxedBatch, RELAXED_BATCH};
 
 /// The Gumbel-softmax (relaxed) estimator at temperature tau.
 pub struct GumbelSoftmax;
@@ -19,14 +19,26 @@ impl Estimator for GumbelSoftmax {
     fn is_unbiased(&self) -> bool {
         false
     }
-    fn add_relaxed_draw(&self, ctx: &Context, draw: RelaxedDraw<'_>, acc: &mut [f64]) {
-        // grad f(y) = 2 alpha y + beta, then (1/tau) (diag(y) - y y^T) grad f(y), in O(K).
-        let q = &ctx.quad;
-        let v = |j: usize| 2.0 * q.alpha * draw.y[j] + q.beta[j];
-        let yv: f64 = draw.y.iter().enumerate().map(|(j, y)| y * v(j)).sum();
-        let inv_tau = 1.0 / ctx.tau;
-        for (j, (a, y)) in acc.iter_mut().zip(draw.y).enumerate() {
-            *a += inv_tau * y * (v(j) - yv);
-        }
+    fn add_relaxed_batch(&self, ctx: &Context, batch: &RelaxedBatch<'_>, acc: &mut [f64]) {
+        // grad f(y) = 2 alpha y + beta; estimate_c = (1/tau) y_c (grad_c - y . grad).
+        crate::fastmath::with_avx2(|| {
+            let n = batch.n;
+            assert!(n <= RELAXED_BATCH);
+            let alpha2 = (2.0 * ctx.quad.alpha) as f32;
+            let inv_tau = 1.0 / ctx.tau;
+            let mut y_dot_grad = [0f32; RELAXED_BATCH];
+            for (c, &beta) in ctx.quad.beta.iter().enumerate() {
+                let yc = &batch.y[c * n..(c + 1) * n];
+                let beta = beta as f32;
+                for (acc_d, &y) in y_dot_grad.iter_mut().zip(yc) {
+                    *acc_d += y * (alpha2 * y + beta);
+                }
+            }
+            for (c, (a, &beta)) in acc.iter_mut().zip(&ctx.quad.beta).enumerate() {
+                let yc = &batch.y[c * n..(c + 1) * n];
+                let beta = beta as f32;
+                *a += inv_tau * batch_sum(n, |d| yc[d] * (alpha2 * yc[d] + beta - y_dot_grad[d]));
+            }
+        })
     }
 }

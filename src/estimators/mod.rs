@@ -53,11 +53,19 @@ pub const EMA_DECAY: f64 = 0.9;
 /// # Errors
 /// [`Error::Unknown`] listing the known ids.
 pub fn by_id(id: &str) -> Result<&'static dyn Estimator> {
-    REGISTRY.iter().copied().find(|e| e.id() == id).ok_or_else(|| Error::Unknown {
-        kind: "estimator",
-        name: id.to_string(),
-        known: REGISTRY.iter().map(|e| e.id()).collect::<Vec<_>>().join(", "),
-    })
+    REGISTRY
+        .iter()
+        .copied()
+        .find(|e| e.id() == id)
+        .ok_or_else(|| Error::Unknown {
+            kind: "estimator",
+            name: id.to_string(),
+            known: REGISTRY
+                .iter()
+                .map(|e| e.id())
+                .collect::<Vec<_>>()
+                .join(", "),
+        })
 }
 
 /// Which pass over the draws an estimator reads.
@@ -112,8 +120,11 @@ impl Context {
         let f_p = quad.value(&p);
         let grad_f_p = quad.grad(&p);
         let gp_dot_p: f64 = grad_f_p.iter().zip(&p).map(|(a, b)| a * b).sum();
-        let muprop_signal =
-            f.iter().zip(&grad_f_p).map(|(fk, gk)| fk - f_p - (gk - gp_dot_p)).collect();
+        let muprop_signal = f
+            .iter()
+            .zip(&grad_f_p)
+            .map(|(fk, gk)| fk - f_p - (gk - gp_dot_p))
+            .collect();
         let muprop_mean_field = jacobian_product(&p, &grad_f_p);
         Self {
             k: p.len(),
@@ -171,7 +182,11 @@ pub fn linear_form_moments(p: &[f64], signal: &[f64], c: &[f64], s: u32) -> Exac
         var[j] = m2 / s;
         m4[j] = (q4 + 3.0 * (s - 1.0) * m2 * m2) / (s * s * s);
     }
-    ExactMoments { mean, var, m4: Some(m4) }
+    ExactMoments {
+        mean,
+        var,
+        m4: Some(m4),
+    }
 }
 
 /// `sum_k counts_k signal_k (e_k - p)_j` for every j, in O(K):
@@ -195,6 +210,41 @@ pub struct RelaxedDraw<'a> {
     pub y: &'a [f64],
     /// `argmax(a + G)`: the category the Gumbel-max trick draws.
     pub z: usize,
+}
+
+/// Most draws in one [`RelaxedBatch`].
+pub const RELAXED_BATCH: usize = 64;
+
+/// Up to [`RELAXED_BATCH`] relaxed draws in structure-of-arrays form (f32, as on the GPU), so
+/// that an estimator's loops run over draws and vectorise.
+#[derive(Clone, Copy, Debug)]
+pub struct RelaxedBatch<'a> {
+    /// Number of draws n.
+    pub n: usize,
+    /// `y` of every draw, category-major: `y[c * n + d]` is `y_c` of draw d.
+    pub y: &'a [f32],
+    /// `z = argmax(a + G)` of every draw.
+    pub z: &'a [u32],
+    /// `y_z`, the relaxed weight of the drawn category, of every draw.
+    pub y_z: &'a [f32],
+}
+
+/// `sum_d term(d)` over the n draws of a batch: eight f32 partial sums (so the loop
+/// vectorises, in a fixed order), finished in f64.
+#[inline(always)]
+pub fn batch_sum(n: usize, term: impl Fn(usize) -> f32) -> f64 {
+    let mut lanes = [0f32; 8];
+    let full = n / 8 * 8;
+    for base in (0..full).step_by(8) {
+        for (l, lane) in lanes.iter_mut().enumerate() {
+            *lane += term(base + l);
+        }
+    }
+    let mut total: f64 = lanes.iter().map(|&v| f64::from(v)).sum();
+    for d in full..n {
+        total += f64::from(term(d));
+    }
+    total
 }
 
 /// A gradient estimator of `d E[f(z)] / d a`.
@@ -238,9 +288,21 @@ pub trait Estimator: Send + Sync {
         unreachable!("{} is not a score-function estimator", self.id())
     }
 
-    /// Relaxed family: adds this draw's estimate to `acc`.
-    fn add_relaxed_draw(&self, _ctx: &Context, _draw: RelaxedDraw<'_>, _acc: &mut [f64]) {
+    /// Relaxed family: adds the sum of a batch of draws' estimates to `acc`.
+    fn add_relaxed_batch(&self, _ctx: &Context, _batch: &RelaxedBatch<'_>, _acc: &mut [f64]) {
         unreachable!("{} is not a relaxed estimator", self.id())
+    }
+
+    /// Relaxed family: adds one draw's estimate to `acc` (a batch of one).
+    fn add_relaxed_draw(&self, ctx: &Context, draw: RelaxedDraw<'_>, acc: &mut [f64]) {
+        let y: Vec<f32> = draw.y.iter().map(|&v| v as f32).collect();
+        let batch = RelaxedBatch {
+            n: 1,
+            y: &y,
+            z: &[draw.z as u32],
+            y_z: &[y[draw.z]],
+        };
+        self.add_relaxed_batch(ctx, &batch, acc);
     }
 }
 

@@ -3,7 +3,7 @@
 //! `g_hat = (1/tau) (diag(y) - y y^T) grad f(z)`, `y = softmax((a + G) / tau)`. Biased; one f
 //! and one grad f per draw, K uniforms.
 
-use super::{Context, Estimator, Family, RelaxedDraw};
+use super::{batch_sum, Context, Estimator, Family, RelaxedBatch, RELAXED_BATCH};
 
 /// Straight-through Gumbel-softmax at temperature tau.
 pub struct StGumbel;
@@ -18,14 +18,32 @@ impl Estimator for StGumbel {
     fn is_unbiased(&self) -> bool {
         false
     }
-    fn add_relaxed_draw(&self, ctx: &Context, draw: RelaxedDraw<'_>, acc: &mut [f64]) {
-        // grad f(e_z) = 2 alpha e_z + beta
-        let q = &ctx.quad;
-        let v = |j: usize| 2.0 * q.alpha * f64::from(u8::from(j == draw.z)) + q.beta[j];
-        let yv: f64 = draw.y.iter().enumerate().map(|(j, y)| y * v(j)).sum();
-        let inv_tau = 1.0 / ctx.tau;
-        for (j, (a, y)) in acc.iter_mut().zip(draw.y).enumerate() {
-            *a += inv_tau * y * (v(j) - yv);
-        }
+    fn add_relaxed_batch(&self, ctx: &Context, batch: &RelaxedBatch<'_>, acc: &mut [f64]) {
+        // grad f(e_z) = 2 alpha e_z + beta; estimate_c = (1/tau) y_c (grad_c - y . grad),
+        // y . grad = 2 alpha y_z + y . beta.
+        crate::fastmath::with_avx2(|| {
+            let n = batch.n;
+            assert!(n <= RELAXED_BATCH);
+            let alpha2 = (2.0 * ctx.quad.alpha) as f32;
+            let inv_tau = 1.0 / ctx.tau;
+            let mut y_dot_grad = [0f32; RELAXED_BATCH];
+            for (acc_d, &yz) in y_dot_grad.iter_mut().zip(batch.y_z) {
+                *acc_d = alpha2 * yz;
+            }
+            for (c, &beta) in ctx.quad.beta.iter().enumerate() {
+                let yc = &batch.y[c * n..(c + 1) * n];
+                let beta = beta as f32;
+                for (acc_d, &y) in y_dot_grad.iter_mut().zip(yc) {
+                    *acc_d += y * beta;
+                }
+            }
+            for (c, (a, &beta)) in acc.iter_mut().zip(&ctx.quad.beta).enumerate() {
+                let yc = &batch.y[c * n..(c + 1) * n];
+                let beta = beta as f32;
+                let z = batch.z;
+                let hit = |d: usize| if z[d] == c as u32 { alpha2 } else { 0.0 };
+                *a += inv_tau * batch_sum(n, |d| yc[d] * (hit(d) + beta - y_dot_grad[d]));
+            }
+        })
     }
 }
