@@ -4,7 +4,7 @@
 //! `f(y)`, with `f` extended off the vertices by its own formula. Biased for every tau > 0;
 //! one f and one grad f per draw, K uniforms.
 
-use super::{batch_sum, Context, Estimator, Family, RelaxedBatch, RELAXED_BATCH};
+use super::{lane_sum, Context, Estimator, Family, RelaxedBatch, RELAXED_BATCH};
 
 /// The Gumbel-softmax (relaxed) estimator at temperature tau.
 pub struct GumbelSoftmax;
@@ -23,21 +23,24 @@ impl Estimator for GumbelSoftmax {
         // grad f(y) = 2 alpha y + beta; estimate_c = (1/tau) y_c (grad_c - y . grad).
         crate::fastmath::with_avx2(|| {
             let n = batch.n;
-            assert!(n <= RELAXED_BATCH);
             let alpha2 = (2.0 * ctx.quad.alpha) as f32;
-            let inv_tau = 1.0 / ctx.tau;
             let mut y_dot_grad = [0f32; RELAXED_BATCH];
+            let y_dot_grad = &mut y_dot_grad[..n];
             for (c, &beta) in ctx.quad.beta.iter().enumerate() {
-                let yc = &batch.y[c * n..(c + 1) * n];
                 let beta = beta as f32;
-                for (acc_d, &y) in y_dot_grad.iter_mut().zip(yc) {
-                    *acc_d += y * (alpha2 * y + beta);
+                for (s, &y) in y_dot_grad.iter_mut().zip(&batch.y[c * n..(c + 1) * n]) {
+                    *s += y * (alpha2 * y + beta);
                 }
             }
+            let mut terms = [0f32; RELAXED_BATCH];
+            let terms = &mut terms[..n];
             for (c, (a, &beta)) in acc.iter_mut().zip(&ctx.quad.beta).enumerate() {
-                let yc = &batch.y[c * n..(c + 1) * n];
                 let beta = beta as f32;
-                *a += inv_tau * batch_sum(n, |d| yc[d] * (alpha2 * yc[d] + beta - y_dot_grad[d]));
+                let yc = &batch.y[c * n..(c + 1) * n];
+                for ((t, &y), &ydg) in terms.iter_mut().zip(yc).zip(&*y_dot_grad) {
+                    *t = y * (alpha2 * y + beta - ydg);
+                }
+                *a += lane_sum(terms) / ctx.tau;
             }
         })
     }

@@ -229,22 +229,19 @@ pub struct RelaxedBatch<'a> {
     pub y_z: &'a [f32],
 }
 
-/// `sum_d term(d)` over the n draws of a batch: eight f32 partial sums (so the loop
-/// vectorises, in a fixed order), finished in f64.
+/// The sum of a batch's per-draw terms: eight f32 partial sums (so the loop vectorises, in
+/// a fixed order), finished in f64.
 #[inline(always)]
-pub fn batch_sum(n: usize, term: impl Fn(usize) -> f32) -> f64 {
+pub fn lane_sum(terms: &[f32]) -> f64 {
     let mut lanes = [0f32; 8];
-    let full = n / 8 * 8;
-    for base in (0..full).step_by(8) {
-        for (l, lane) in lanes.iter_mut().enumerate() {
-            *lane += term(base + l);
+    let chunks = terms.chunks_exact(8);
+    let rest = chunks.remainder();
+    for chunk in chunks {
+        for (lane, t) in lanes.iter_mut().zip(chunk) {
+            *lane += t;
         }
     }
-    let mut total: f64 = lanes.iter().map(|&v| f64::from(v)).sum();
-    for d in full..n {
-        total += f64::from(term(d));
-    }
-    total
+    lanes.iter().chain(rest).map(|&v| f64::from(v)).sum()
 }
 
 /// A gradient estimator of `d E[f(z)] / d a`.

@@ -3,7 +3,7 @@
 //! `g_hat = (1/tau) (diag(y) - y y^T) grad f(z)`, `y = softmax((a + G) / tau)`. Biased; one f
 //! and one grad f per draw, K uniforms.
 
-use super::{batch_sum, Context, Estimator, Family, RelaxedBatch, RELAXED_BATCH};
+use super::{lane_sum, Context, Estimator, Family, RelaxedBatch, RELAXED_BATCH};
 
 /// Straight-through Gumbel-softmax at temperature tau.
 pub struct StGumbel;
@@ -23,26 +23,29 @@ impl Estimator for StGumbel {
         // y . grad = 2 alpha y_z + y . beta.
         crate::fastmath::with_avx2(|| {
             let n = batch.n;
-            assert!(n <= RELAXED_BATCH);
             let alpha2 = (2.0 * ctx.quad.alpha) as f32;
-            let inv_tau = 1.0 / ctx.tau;
             let mut y_dot_grad = [0f32; RELAXED_BATCH];
-            for (acc_d, &yz) in y_dot_grad.iter_mut().zip(batch.y_z) {
-                *acc_d = alpha2 * yz;
+            let y_dot_grad = &mut y_dot_grad[..n];
+            for (s, &yz) in y_dot_grad.iter_mut().zip(batch.y_z) {
+                *s = alpha2 * yz;
             }
             for (c, &beta) in ctx.quad.beta.iter().enumerate() {
-                let yc = &batch.y[c * n..(c + 1) * n];
                 let beta = beta as f32;
-                for (acc_d, &y) in y_dot_grad.iter_mut().zip(yc) {
-                    *acc_d += y * beta;
+                for (s, &y) in y_dot_grad.iter_mut().zip(&batch.y[c * n..(c + 1) * n]) {
+                    *s += y * beta;
                 }
             }
+            let mut terms = [0f32; RELAXED_BATCH];
+            let terms = &mut terms[..n];
             for (c, (a, &beta)) in acc.iter_mut().zip(&ctx.quad.beta).enumerate() {
-                let yc = &batch.y[c * n..(c + 1) * n];
                 let beta = beta as f32;
-                let z = batch.z;
-                let hit = |d: usize| if z[d] == c as u32 { alpha2 } else { 0.0 };
-                *a += inv_tau * batch_sum(n, |d| yc[d] * (hit(d) + beta - y_dot_grad[d]));
+                let yc = &batch.y[c * n..(c + 1) * n];
+                for (((t, &y), &ydg), &z) in terms.iter_mut().zip(yc).zip(&*y_dot_grad).zip(batch.z)
+                {
+                    let hit = if z == c as u32 { alpha2 } else { 0.0 };
+                    *t = y * (hit + beta - ydg);
+                }
+                *a += lane_sum(terms) / ctx.tau;
             }
         })
     }
