@@ -248,12 +248,12 @@ impl Figure for MapFigure {
             root.draw_text(&row.label, &text, (20, y + 22))
                 .map_err(msg)?;
             let note = match row.kind {
-                RowKind::Gradient { max_abs } if max_abs == 0.0 => {
-                    "exactly 0 for this loss".to_string()
+                RowKind::Gradient { max_abs } if max_abs > 0.0 => {
+                    format!("max |G_ij| = {max_abs:.2e}")
                 }
-                RowKind::Gradient { max_abs } => format!("max |G_ij| = {max_abs:.2e}"),
-                RowKind::Variance { total } if total == 0.0 => "zero variance".to_string(),
-                RowKind::Variance { total } => format!("Σ Var = {total:.2e}"),
+                RowKind::Gradient { .. } => "exactly 0 for this loss".to_string(),
+                RowKind::Variance { total } if total > 0.0 => format!("Σ Var = {total:.2e}"),
+                RowKind::Variance { .. } => "zero variance".to_string(),
                 RowKind::NotANumber => "variance is NaN".to_string(),
             };
             root.draw_text(&note, &small, (20, y + 48)).map_err(msg)?;

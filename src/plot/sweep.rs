@@ -82,7 +82,8 @@ impl Metric {
             Metric::Snr => {
                 let var: f64 = r.exact_var.as_ref()?.iter().sum();
                 let signal = r.exact_grad.iter().map(|g| g * g).sum::<f64>().sqrt();
-                (r.unbiased && var > 0.0).then(|| signal / var.sqrt())
+                // A variance at rounding level (MuProp on a linear loss) is zero, not a huge SNR.
+                (r.unbiased && var > 1e-20 * signal * signal).then(|| signal / var.sqrt())
             }
         }
     }
@@ -142,7 +143,8 @@ impl SweepFigure {
                     .collect()
             };
             // Values below 1e-10 of the panel's largest are rounding error of a quantity that
-            // is exactly zero (seed loss): they are left out like zeros.
+            // is exactly zero (seed loss): they are left out like zeros. (Not for the SNR, a
+            // ratio whose small values are real.)
             let panel_max = summary
                 .records
                 .iter()
@@ -151,7 +153,11 @@ impl SweepFigure {
                 .flatten()
                 .filter(|v| v.is_finite())
                 .fold(0.0, f64::max);
-            let floor = panel_max * 1e-10;
+            let floor = if metric == Metric::Snr {
+                0.0
+            } else {
+                panel_max * 1e-10
+            };
             let drawable = |v: f64| v.is_finite() && v > floor && v > 0.0;
             let mut curves = Vec::new();
             for est in &summary.config.estimators {
