@@ -33,6 +33,8 @@ pub mod philox;
 pub mod plot;
 pub mod problem;
 pub mod record;
+pub mod run;
 pub mod stats;
+pub mod summary;
 
 pub use error::{Error, Result};

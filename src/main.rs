@@ -1,1 +1,14 @@
-fn main() {}
+//! The `mcgrad` binary: parses the command line, runs the subcommand, and prints any error
+//! on one line (`error: ...`) with exit code 2 for bad input or 1 for a failure while running.
+
+mod cli;
+
+use clap::Parser;
+
+fn main() {
+    let cli = cli::Cli::parse();
+    if let Err(err) = cli::dispatch(cli) {
+        eprintln!("error: {err}");
+        std::process::exit(err.exit_code());
+    }
+}
