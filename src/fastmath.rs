@@ -39,6 +39,25 @@ pub fn exp_nonpositive(x: f32) -> f32 {
     p * scale
 }
 
+/// Runs `f` compiled for AVX2 where the CPU has it, else as built. The results are
+/// bit-identical either way: vectorising element-wise IEEE arithmetic changes no rounding,
+/// and Rust never contracts `a * b + c` into a fused multiply-add on its own.
+#[inline(always)]
+pub fn with_avx2<R>(f: impl FnOnce() -> R) -> R {
+    #[cfg(target_arch = "x86_64")]
+    {
+        #[target_feature(enable = "avx2")]
+        fn avx2<R>(f: impl FnOnce() -> R) -> R {
+            f()
+        }
+        if std::is_x86_feature_detected!("avx2") {
+            // SAFETY: the CPU supports AVX2, checked just above.
+            return unsafe { avx2(f) };
+        }
+    }
+    f()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -77,23 +96,4 @@ mod tests {
             0.0f32.max(exp_nonpositive(-1000.0))
         );
     }
-}
-
-/// Runs `f` compiled for AVX2 where the CPU has it, else as built. The results are
-/// bit-identical either way: vectorising element-wise IEEE arithmetic changes no rounding,
-/// and Rust never contracts `a * b + c` into a fused multiply-add on its own.
-#[inline(always)]
-pub fn with_avx2<R>(f: impl FnOnce() -> R) -> R {
-    #[cfg(target_arch = "x86_64")]
-    {
-        #[target_feature(enable = "avx2")]
-        fn avx2<R>(f: impl FnOnce() -> R) -> R {
-            f()
-        }
-        if std::is_x86_feature_detected!("avx2") {
-            // SAFETY: the CPU supports AVX2, checked just above.
-            return unsafe { avx2(f) };
-        }
-    }
-    f()
 }

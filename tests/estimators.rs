@@ -6,6 +6,9 @@
 //! for one normal comparison that is a false-alarm probability of 5.7e-7, so even the few
 //! hundred comparisons here would all pass with probability above 0.999 for a fresh seed.
 
+// Index loops keep the formulas comparable to ESTIMATORS.md.
+#![allow(clippy::needless_range_loop)]
+
 use mcgrad::engine::{run_sweep, CpuEngine, SweepSpec};
 use mcgrad::estimators::{self, linear_form_moments, Context, Estimator};
 use mcgrad::loss::Loss;
