@@ -26,16 +26,19 @@ pub fn ln(x: f32) -> f32 {
 pub fn exp_nonpositive(x: f32) -> f32 {
     let x = x.max(-87.0);
     // exp(x) = 2^n exp(r), n = round(x / ln 2), |r| <= ln2 / 2.
-    // Round to nearest by the 1.5 * 2^23 trick (exact for |t| < 2^22; no libm call).
+    // Round to nearest by the 1.5 * 2^23 trick (exact for |t| < 2^22; no libm call); the
+    // integer then sits in the low bits of the sum, so no float-to-int conversion is needed.
     let t = x * std::f32::consts::LOG2_E;
-    let n = (t + 12_582_912.0) - 12_582_912.0;
+    let shifted = t + 12_582_912.0;
+    let n = shifted - 12_582_912.0;
+    let n_int = shifted.to_bits() as i32 - 0x4b40_0000;
     // Cody-Waite: ln 2 = C1 + C2 with C1 exact in 9 bits, so n * C1 is exact.
     let r = (x - n * 0.693_359_4) - n * -2.121_944_4e-4;
     let p = 1.0
         + r * (1.0
             + r * (0.5
                 + r * (1.0 / 6.0 + r * (1.0 / 24.0 + r * (1.0 / 120.0 + r * (1.0 / 720.0))))));
-    let scale = f32::from_bits(((n as i32 + 127).max(0) as u32) << 23);
+    let scale = f32::from_bits(((n_int + 127).max(0) as u32) << 23);
     p * scale
 }
 

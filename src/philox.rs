@@ -108,7 +108,7 @@ pub fn counter(block: u32, repetition: u32, stream: u32, lane: u32, sweep_point:
 /// A uniform in [0, 1) from a random word: `u32 >> 8` times 2^-24, exactly as in WGSL.
 #[inline(always)]
 pub fn uniform_f32(word: u32) -> f32 {
-    (word >> 8) as f32 * (1.0 / 16_777_216.0)
+    (word >> 8) as i32 as f32 * (1.0 / 16_777_216.0)
 }
 
 /// A uniform in (0, 1), never 0 or 1, for `-log(-log u)`: `(u32 >> 9) + 0.5` times 2^-23.
@@ -118,7 +118,7 @@ pub fn uniform_f32(word: u32) -> f32 {
 /// K = 10) and `-log(-log 1)` is infinite. With 23 random bits every step is exact in f32.
 #[inline(always)]
 pub fn open_uniform_f32(word: u32) -> f32 {
-    ((word >> 9) as f32 + 0.5) * (1.0 / 8_388_608.0)
+    ((word >> 9) as i32 as f32 + 0.5) * (1.0 / 8_388_608.0)
 }
 
 /// A uniform f64 in [0, 1) with 53 random bits from two words.

@@ -21,32 +21,45 @@ impl Estimator for StGumbel {
     fn add_relaxed_batch(&self, ctx: &Context, batch: &RelaxedBatch<'_>, acc: &mut [f64]) {
         // grad f(e_z) = 2 alpha e_z + beta; estimate_c = (1/tau) y_c (grad_c - y . grad),
         // y . grad = 2 alpha y_z + y . beta.
-        crate::fastmath::with_avx2(|| {
-            let n = batch.n;
-            let alpha2 = (2.0 * ctx.quad.alpha) as f32;
-            let mut y_dot_grad = [0f32; RELAXED_BATCH];
-            let y_dot_grad = &mut y_dot_grad[..n];
-            for (s, &yz) in y_dot_grad.iter_mut().zip(batch.y_z) {
-                *s = alpha2 * yz;
+        #[cfg(target_arch = "x86_64")]
+        if std::is_x86_feature_detected!("avx2") {
+            #[target_feature(enable = "avx2")]
+            fn avx2(ctx: &Context, batch: &RelaxedBatch<'_>, acc: &mut [f64]) {
+                straight_through_batch(ctx, batch, acc)
             }
-            for (c, &beta) in ctx.quad.beta.iter().enumerate() {
-                let beta = beta as f32;
-                for (s, &y) in y_dot_grad.iter_mut().zip(&batch.y[c * n..(c + 1) * n]) {
-                    *s += y * beta;
-                }
-            }
-            let mut terms = [0f32; RELAXED_BATCH];
-            let terms = &mut terms[..n];
-            for (c, (a, &beta)) in acc.iter_mut().zip(&ctx.quad.beta).enumerate() {
-                let beta = beta as f32;
-                let yc = &batch.y[c * n..(c + 1) * n];
-                for (((t, &y), &ydg), &z) in terms.iter_mut().zip(yc).zip(&*y_dot_grad).zip(batch.z)
-                {
-                    let hit = if z == c as u32 { alpha2 } else { 0.0 };
-                    *t = y * (hit + beta - ydg);
-                }
-                *a += lane_sum(terms) / ctx.tau;
-            }
-        })
+            // SAFETY: the CPU has AVX2, checked just above.
+            return unsafe { avx2(ctx, batch, acc) };
+        }
+        straight_through_batch(ctx, batch, acc)
+    }
+}
+
+/// The batch loop, compiled twice: for AVX2 (where the CPU has it) and as built. Same
+/// results either way (see [`crate::fastmath::with_avx2`]).
+#[inline(always)]
+fn straight_through_batch(ctx: &Context, batch: &RelaxedBatch<'_>, acc: &mut [f64]) {
+    let n = batch.n;
+    let alpha2 = (2.0 * ctx.quad.alpha) as f32;
+    let mut y_dot_grad = [0f32; RELAXED_BATCH];
+    let y_dot_grad = &mut y_dot_grad[..n];
+    for (s, &yz) in y_dot_grad.iter_mut().zip(batch.y_z) {
+        *s = alpha2 * yz;
+    }
+    for (c, &beta) in ctx.quad.beta.iter().enumerate() {
+        let beta = beta as f32;
+        for (s, &y) in y_dot_grad.iter_mut().zip(&batch.y[c * n..(c + 1) * n]) {
+            *s += y * beta;
+        }
+    }
+    let mut terms = [0f32; RELAXED_BATCH];
+    let terms = &mut terms[..n];
+    for (c, (a, &beta)) in acc.iter_mut().zip(&ctx.quad.beta).enumerate() {
+        let beta = beta as f32;
+        let yc = &batch.y[c * n..(c + 1) * n];
+        for (((t, &y), &ydg), &z) in terms.iter_mut().zip(yc).zip(&*y_dot_grad).zip(batch.z) {
+            let hit = if z == c as u32 { alpha2 } else { 0.0 };
+            *t = y * (hit + beta - ydg);
+        }
+        *a += lane_sum(terms) / ctx.tau;
     }
 }
