@@ -13,6 +13,7 @@ use rayon::prelude::*;
 
 use crate::draws::{count_categories, CategoricalTable, RelaxedTable};
 use crate::error::{Error, Result};
+use crate::faults;
 use crate::estimators::{Context, Estimator, Family, MovingAverage, RelaxedBatch, RELAXED_BATCH};
 use crate::loss::Loss;
 use crate::philox::key_of;
@@ -178,6 +179,11 @@ impl CpuEngine {
         Ok(Self { pool })
     }
 
+    /// Runs `f` on this engine's thread pool.
+    pub fn install<R: Send>(&self, f: impl FnOnce() -> R + Send) -> R {
+        self.pool.install(f)
+    }
+
     /// Worker threads.
     pub fn threads(&self) -> usize {
         self.pool.current_num_threads()
@@ -271,9 +277,11 @@ fn cpu_point(spec: &SweepSpec, point: usize, progress: &(dyn Fn(u64) + Sync)) ->
         let mut counts = vec![0u32; if sf.is_empty() { 0 } else { nb as usize * k }];
         if !sf.is_empty() {
             let t0 = Instant::now();
-            counts.par_chunks_mut(k).enumerate().for_each(|(i, c)| {
-                count_categories(&table, key, block_start + i as u32, point_id, s, c);
-            });
+            for _ in 0..faults::repeat_pass("score-function") {
+                counts.par_chunks_mut(k).enumerate().for_each(|(i, c)| {
+                    count_categories(&table, key, block_start + i as u32, point_id, s, c);
+                });
+            }
             sf_seconds += t0.elapsed().as_secs_f64();
             progress(u64::from(nb) * u64::from(s));
         }
@@ -287,21 +295,23 @@ fn cpu_point(spec: &SweepSpec, point: usize, progress: &(dyn Fn(u64) + Sync)) ->
         ];
         if !rel.is_empty() {
             let t0 = Instant::now();
-            relaxed
-                .par_chunks_mut(rel_width)
-                .enumerate()
-                .for_each(|(i, acc)| {
-                    relaxed_repetition(
-                        &relaxed_table,
-                        &contexts,
-                        &rel,
-                        key,
-                        block_start + i as u32,
-                        point_id,
-                        s,
-                        acc,
-                    );
-                });
+            for _ in 0..faults::repeat_pass("relaxed") {
+                relaxed
+                    .par_chunks_mut(rel_width)
+                    .enumerate()
+                    .for_each(|(i, acc)| {
+                        relaxed_repetition(
+                            &relaxed_table,
+                            &contexts,
+                            &rel,
+                            key,
+                            block_start + i as u32,
+                            point_id,
+                            s,
+                            acc,
+                        );
+                    });
+            }
             rel_seconds += t0.elapsed().as_secs_f64();
             progress(u64::from(nb) * u64::from(s));
         }
@@ -309,6 +319,7 @@ fn cpu_point(spec: &SweepSpec, point: usize, progress: &(dyn Fn(u64) + Sync)) ->
             let t0 = Instant::now();
             let ctx = &contexts[cell.loss_index];
             let mut estimate = vec![0.0; k];
+            let faulty = faults::any();
             for r in 0..nb as usize {
                 match cell.estimator.family() {
                     Family::ScoreFunction => {
@@ -319,14 +330,17 @@ fn cpu_point(spec: &SweepSpec, point: usize, progress: &(dyn Fn(u64) + Sync)) ->
                         if let Some(signal) = cell.estimator.baseline_signal(ctx, c, s) {
                             cell.baseline.push(signal);
                         }
-                        cell.moments.push(&estimate, &ctx.grad);
                     }
                     Family::Relaxed => {
                         let off =
                             r * rel_width + (cell.loss_index * rel.len() + cell.family_index) * k;
-                        cell.moments.push(&relaxed[off..off + k], &ctx.grad);
+                        estimate.copy_from_slice(&relaxed[off..off + k]);
                     }
                 }
+                if faulty {
+                    faults::distort(cell.estimator.id(), &ctx.grad, &mut estimate);
+                }
+                cell.moments.push(&estimate, &ctx.grad);
             }
             cell.seconds += t0.elapsed().as_secs_f64();
         });

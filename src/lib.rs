@@ -23,11 +23,13 @@
 //! }
 //! ```
 
+pub mod check;
 pub mod draws;
 pub mod engine;
 pub mod error;
 pub mod estimators;
 pub mod fastmath;
+pub mod faults;
 pub mod loss;
 pub mod philox;
 pub mod plot;

@@ -130,10 +130,14 @@ impl Record {
             .map(|(p, f)| p * f.abs())
             .sum::<f64>()
             .max(1e-300);
-        let bias_z_max = bias
-            .iter()
-            .zip(&mean_se)
-            .map(|(b, se)| b.abs() / se.max(1e-9 * scale))
+        // Standard errors no smaller than the estimator's reference variance allows (rare
+        // categories: see `Estimator::reference_variance`).
+        let reference = cell.estimator.reference_variance(ctx, samples);
+        let bias_z_max = (0..k)
+            .map(|j| {
+                let floor = reference.as_ref().map_or(0.0, |v| (v[j] / n).sqrt());
+                bias[j].abs() / mean_se[j].max(floor).max(1e-9 * scale)
+            })
             .fold(0.0, f64::max);
         let bias_p_value = (k as f64 * normal_two_sided(bias_z_max)).min(1.0);
 

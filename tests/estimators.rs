@@ -91,24 +91,7 @@ fn exact_gradient_matches_central_differences_in_w() {
 fn check_against_exact(r: &Record, est: &dyn Estimator, ctx: &Context) {
     let n = f64::from(r.reps);
     let exact = est.exact_moments(ctx, r.samples);
-    let reference_var = match (&exact, r.estimator.as_str()) {
-        (Some(e), _) => e.var.clone(),
-        (None, "reinforce-ema") => {
-            let centred: Vec<f64> = ctx.f.iter().map(|f| f - ctx.fbar).collect();
-            linear_form_moments(&ctx.p, &centred, &vec![0.0; ctx.k], r.samples).var
-        }
-        (None, "muprop-c") => {
-            let mean: f64 = ctx
-                .p
-                .iter()
-                .zip(&ctx.muprop_signal)
-                .map(|(p, l)| p * l)
-                .sum();
-            let centred: Vec<f64> = ctx.muprop_signal.iter().map(|l| l - mean).collect();
-            linear_form_moments(&ctx.p, &centred, &ctx.muprop_mean_field, r.samples).var
-        }
-        _ => panic!("no reference variance for {}", r.estimator),
-    };
+    let reference_var = est.reference_variance(ctx, r.samples).expect("unbiased estimators have one");
     for j in 0..ctx.k {
         let se = r.mean_se[j].max((reference_var[j] / n).sqrt()).max(1e-14);
         let z = (r.mean[j] - ctx.grad[j]).abs() / se;

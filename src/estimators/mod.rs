@@ -265,6 +265,14 @@ pub trait Estimator: Send + Sync {
         None
     }
 
+    /// Per-coordinate variance of the S-draw average that standard errors should not go
+    /// below: the exact variance where a closed form exists; for a moving-average baseline,
+    /// that of the fixed baseline the average converges to. With rare categories a sample
+    /// variance misses the draws that never happened; this floor keeps tests honest.
+    fn reference_variance(&self, ctx: &Context, s: u32) -> Option<Vec<f64>> {
+        self.exact_moments(ctx, s).map(|m| m.var)
+    }
+
     /// For estimators with a moving-average baseline: the value this repetition contributes
     /// to the average that later repetitions use (the average is never used by the
     /// repetition that produced it, so the estimator stays unbiased).

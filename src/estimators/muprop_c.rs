@@ -3,7 +3,7 @@
 //! bias-corrected moving average (decay 0.9) of the mean residual of *earlier* estimates.
 //! Unbiased (b does not depend on the current draws); no closed-form variance.
 
-use super::{score_sum, Context, Estimator, Family};
+use super::{linear_form_moments, score_sum, Context, Estimator, Family};
 
 /// MuProp with a moving-average-centred residual.
 pub struct MupropC;
@@ -17,6 +17,12 @@ impl Estimator for MupropC {
     }
     fn is_unbiased(&self) -> bool {
         true
+    }
+    fn reference_variance(&self, ctx: &Context, s: u32) -> Option<Vec<f64>> {
+        // The residual centred by its exact mean, which the moving average converges to.
+        let mean: f64 = ctx.p.iter().zip(&ctx.muprop_signal).map(|(p, l)| p * l).sum();
+        let centred: Vec<f64> = ctx.muprop_signal.iter().map(|l| l - mean).collect();
+        Some(linear_form_moments(&ctx.p, &centred, &ctx.muprop_mean_field, s).var)
     }
     fn baseline_signal(&self, ctx: &Context, counts: &[u32], s: u32) -> Option<f64> {
         let total: f64 = counts

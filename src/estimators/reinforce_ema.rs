@@ -4,7 +4,7 @@
 //! training steps would be). `b` is independent of the current draws, so the estimator is
 //! unbiased; its variance has no closed form (b is random), so none is reported.
 
-use super::{score_sum, Context, Estimator, Family};
+use super::{linear_form_moments, score_sum, Context, Estimator, Family};
 
 /// REINFORCE with an exponential-moving-average baseline.
 pub struct ReinforceEma;
@@ -18,6 +18,11 @@ impl Estimator for ReinforceEma {
     }
     fn is_unbiased(&self) -> bool {
         true
+    }
+    fn reference_variance(&self, ctx: &Context, s: u32) -> Option<Vec<f64>> {
+        // The ideal constant baseline fbar, which the moving average converges to.
+        let centred: Vec<f64> = ctx.f.iter().map(|f| f - ctx.fbar).collect();
+        Some(linear_form_moments(&ctx.p, &centred, &vec![0.0; ctx.k], s).var)
     }
     fn baseline_signal(&self, ctx: &Context, counts: &[u32], s: u32) -> Option<f64> {
         let total: f64 = counts
