@@ -33,5 +33,6 @@ pub mod plot;
 pub mod problem;
 pub mod record;
 pub mod stats;
+pub mod train;
 
 pub use error::{Error, Result};
