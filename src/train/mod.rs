@@ -78,7 +78,7 @@ pub struct TrainArgs {
     #[arg(long, conflicts_with = "lr_grid")]
     pub lr: Option<f64>,
     /// Learning rates to tune each estimator over, comma-separated
-    /// [default: 0.0003,0.001,0.003,0.01,0.03 for adam; 0.03,0.1,0.3,1,3 for sgd].
+    /// [default: 0.0003,0.001,0.003,0.01,0.03,0.1 for adam; 0.03,0.1,0.3,1,3,10 for sgd].
     #[arg(long, value_delimiter = ',')]
     pub lr_grid: Option<Vec<f64>>,
     /// Steps of each tuning run [default: a third of --steps].

@@ -28,8 +28,8 @@ impl OptimizerKind {
     /// The default learning-rate grid that `--lr-grid` replaces (factors of about 3).
     pub fn default_grid(self) -> Vec<f64> {
         match self {
-            OptimizerKind::Sgd => vec![0.03, 0.1, 0.3, 1.0, 3.0],
-            OptimizerKind::Adam => vec![0.0003, 0.001, 0.003, 0.01, 0.03],
+            OptimizerKind::Sgd => vec![0.03, 0.1, 0.3, 1.0, 3.0, 10.0],
+            OptimizerKind::Adam => vec![0.0003, 0.001, 0.003, 0.01, 0.03, 0.1],
         }
     }
 }

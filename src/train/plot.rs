@@ -44,6 +44,10 @@ struct LineFigure<'a> {
     title: String,
     x_label: &'a str,
     y_label: &'a str,
+    /// Whether x counts steps (labelled as integers).
+    x_steps: bool,
+    /// Where the legend goes (away from the lines).
+    legend: SeriesLabelPosition,
     series: Vec<(&'static str, Vec<(f64, f64)>)>,
 }
 
@@ -90,6 +94,13 @@ where
     chart
         .configure_mesh()
         .x_desc(fig.x_label)
+        .x_label_formatter(&|v| {
+            if fig.x_steps {
+                format!("{v:.0}")
+            } else {
+                format!("{v:.2}")
+            }
+        })
         .y_desc(fig.y_label)
         .label_style((FONT, 14))
         .axis_desc_style((FONT, 16))
@@ -115,7 +126,7 @@ where
     }
     chart
         .configure_series_labels()
-        .position(SeriesLabelPosition::UpperRight)
+        .position(fig.legend.clone())
         .label_font((FONT, 14))
         .background_style(WHITE.mix(0.85))
         .border_style(BLACK)
@@ -205,6 +216,8 @@ pub fn write_plots(dir: &Path, report: &TrainReport) -> Result<()> {
         &LineFigure {
             title: format!("Held-out loss against steps ({setting})"),
             x_label: "steps",
+            x_steps: true,
+            legend: SeriesLabelPosition::UpperRight,
             y_label: &loss_label,
             series: series(&|p| (f64::from(p.step), p.heldout_loss)),
         },
@@ -216,6 +229,8 @@ pub fn write_plots(dir: &Path, report: &TrainReport) -> Result<()> {
         &LineFigure {
             title: format!("Held-out loss against training time ({setting})"),
             x_label: "wall seconds of the training steps (one thread)",
+            x_steps: false,
+            legend: SeriesLabelPosition::UpperRight,
             y_label: &loss_label,
             series: series(&|p| (p.train_seconds, p.heldout_loss)),
         },
@@ -227,6 +242,8 @@ pub fn write_plots(dir: &Path, report: &TrainReport) -> Result<()> {
         &LineFigure {
             title: format!("Held-out accuracy against steps ({setting})"),
             x_label: "steps",
+            x_steps: true,
+            legend: SeriesLabelPosition::LowerRight,
             y_label: "accuracy of the most probable class",
             series: series(&|p| (f64::from(p.step), p.heldout_accuracy)),
         },
@@ -242,6 +259,8 @@ pub fn write_plots(dir: &Path, report: &TrainReport) -> Result<()> {
         &LineFigure {
             title: format!("Variance of the minibatch gradient estimate ({setting})"),
             x_label: "steps",
+            x_steps: true,
+            legend: SeriesLabelPosition::UpperRight,
             y_label: "E||G_hat - G||^2 on the probe batch (log)",
             series: var_series,
         },
