@@ -122,29 +122,31 @@ fn small_config(steps: u32) -> TrainConfig {
     }
 }
 
-/// Equal budgets: the same data order, steps, B, S, optimiser and learning rate (0.01, the
-/// rate the default grid picks for most estimators). Observed at this seed: reinforce ends
-/// near 1.20, exact near 0.48 and muprop-c near 0.58 (gaps 0.72 and 0.62); the test
-/// asks for a margin of 0.3.
+/// Equal budgets: the same data order, steps (500), B (16), S (2), optimiser (Adam) and draws.
+/// `exact` and `muprop-c` train at 0.01, the rate the default grid picks for most
+/// estimators; `reinforce` gets the better of 0.01 and 0.003 (its own pick in the reference
+/// runs), so the comparison favours it. Observed at this seed: reinforce ends at 1.15 (its
+/// best rate), exact at 0.48, muprop-c at 0.58 (gaps 0.68 and 0.57); the test asks for 0.3.
 #[test]
 fn exact_and_muprop_c_beat_reinforce_with_equal_budgets() {
     let splits = data::builtin(5, 2000, 500);
     let cfg = small_config(500);
-    let final_loss = |id: &str| {
+    let final_loss = |id: &str, lr: f64| {
+        let est = by_id(id).unwrap();
         let c = train::train_estimator(
             &splits.train,
             &splits.test,
-            by_id(id).unwrap(),
+            est,
             &cfg,
-            0.01,
+            lr,
             Record::FinalLoss,
             &|_| {},
         );
         c.last().heldout_loss
     };
-    let reinforce = final_loss("reinforce");
-    let exact = final_loss("exact");
-    let muprop_c = final_loss("muprop-c");
+    let reinforce = final_loss("reinforce", 0.01).min(final_loss("reinforce", 0.003));
+    let exact = final_loss("exact", 0.01);
+    let muprop_c = final_loss("muprop-c", 0.01);
     eprintln!("held-out loss after 500 steps: reinforce {reinforce:.4}, exact {exact:.4}, muprop-c {muprop_c:.4}");
     assert!(
         exact < reinforce - 0.3,
