@@ -38,5 +38,6 @@ pub mod record;
 pub mod run;
 pub mod stats;
 pub mod summary;
+pub mod train;
 
 pub use error::{Error, Result};

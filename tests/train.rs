@@ -1,0 +1,494 @@
+//! Library-level tests of `mcgrad train`: the optimiser step lowers the exact objective, the
+//! estimators' ranking under equal budgets, the IDX validation, the gradient-variance probe
+//! against Monte Carlo, reproducibility, and the files a run writes. All seeded, fast in debug.
+
+use std::io::Write;
+use std::path::Path;
+
+use mcgrad::estimators::by_id;
+use mcgrad::loss::Loss;
+use mcgrad::train::data::{self, Dataset, D, K};
+use mcgrad::train::model::{self, DrawKey, GradientSpec};
+use mcgrad::train::{self, Optimizer, OptimizerKind, Record, TrainArgs, TrainConfig};
+use mcgrad::Error;
+
+const SPEC: GradientSpec = GradientSpec {
+    loss: Loss::Squared,
+    samples: 2,
+    tau: 1.0,
+};
+
+fn small_batch(n: usize) -> Dataset {
+    data::synthetic(11, 0, n)
+}
+
+fn objective(x: &[f32], labels: &[u8], w: &[f64]) -> f64 {
+    let mut logits = vec![0.0; labels.len() * K];
+    model::forward_batch(x, w, &mut logits);
+    let key = DrawKey {
+        key: [0, 0],
+        step: 0,
+        rep_offset: 0,
+    };
+    let mut g = vec![0.0; D * K];
+    model::batch_gradient(
+        by_id("exact").unwrap(),
+        SPEC,
+        x,
+        labels,
+        &logits,
+        0.0,
+        key,
+        &mut g,
+    )
+    .objective
+}
+
+/// A W that is not 0, so that the objective's gradient has every sign.
+fn some_w() -> Vec<f64> {
+    (0..D * K)
+        .map(|i| 0.02 * (((i * 7919) % 201) as f64 - 100.0) / 100.0)
+        .collect()
+}
+
+#[test]
+fn one_sgd_step_with_exact_lowers_the_exact_objective() {
+    let batch = small_batch(8);
+    let (x, labels) = (&batch.x, &batch.labels);
+    let mut w = some_w();
+    let mut logits = vec![0.0; labels.len() * K];
+    model::forward_batch(x, &w, &mut logits);
+    let mut g = vec![0.0; D * K];
+    let key = DrawKey {
+        key: [0, 0],
+        step: 0,
+        rep_offset: 0,
+    };
+    let before = model::batch_gradient(
+        by_id("exact").unwrap(),
+        SPEC,
+        x,
+        labels,
+        &logits,
+        0.0,
+        key,
+        &mut g,
+    )
+    .objective;
+    assert!((before - objective(x, labels, &w)).abs() < 1e-12);
+
+    // The W gradient is the gradient of the objective: central differences on a few entries.
+    for idx in [
+        14 * 28 * K + 3,
+        13 * 28 * K + 14 * K,
+        15 * 28 * K + 16 * K + 7,
+    ] {
+        let (mut up, mut down) = (w.clone(), w.clone());
+        up[idx] += 1e-5;
+        down[idx] -= 1e-5;
+        let fd = (objective(x, labels, &up) - objective(x, labels, &down)) / 2e-5;
+        assert!(
+            (fd - g[idx]).abs() < 1e-7 * (1.0 + fd.abs()),
+            "entry {idx}: fd {fd} vs {}",
+            g[idx]
+        );
+    }
+
+    // One SGD step lowers it, by about lr ||G||^2 (first order) for a small step.
+    let lr = 0.05;
+    let g_sq: f64 = g.iter().map(|v| v * v).sum();
+    Optimizer::new(OptimizerKind::Sgd, lr, D * K).step(&mut w, &g);
+    let after = objective(x, labels, &w);
+    assert!(after < before, "objective rose: {before} -> {after}");
+    let predicted = lr * g_sq;
+    assert!(
+        ((before - after) - predicted).abs() < 0.1 * predicted,
+        "decrease {} vs first-order {predicted}",
+        before - after
+    );
+}
+
+fn small_config(steps: u32) -> TrainConfig {
+    TrainConfig {
+        loss: Loss::Squared,
+        samples: 2,
+        batch: 16,
+        steps,
+        eval_every: 50,
+        optimizer: OptimizerKind::Adam,
+        tau: 1.0,
+        seed: 5,
+        variance_reps: 8,
+    }
+}
+
+/// Equal budgets: the same data order, steps (500), B (16), S (2), optimiser (Adam) and draws.
+/// `exact` and `muprop-c` train at 0.01, the rate the default grid picks for most
+/// estimators; `reinforce` gets the better of 0.01 and 0.003 (its own pick in the reference
+/// runs), so the comparison favours it. Observed at this seed: reinforce ends at 1.15 (its
+/// best rate), exact at 0.48, muprop-c at 0.58 (gaps 0.68 and 0.57); the test asks for 0.3.
+#[test]
+fn exact_and_muprop_c_beat_reinforce_with_equal_budgets() {
+    let splits = data::builtin(5, 2000, 500);
+    let cfg = small_config(500);
+    let final_loss = |id: &str, lr: f64| {
+        let est = by_id(id).unwrap();
+        let c = train::train_estimator(
+            &splits.train,
+            &splits.test,
+            est,
+            &cfg,
+            lr,
+            Record::FinalLoss,
+            &|_| {},
+        );
+        c.last().heldout_loss
+    };
+    let reinforce = final_loss("reinforce", 0.01).min(final_loss("reinforce", 0.003));
+    let exact = final_loss("exact", 0.01);
+    let muprop_c = final_loss("muprop-c", 0.01);
+    eprintln!("held-out loss after 500 steps: reinforce {reinforce:.4}, exact {exact:.4}, muprop-c {muprop_c:.4}");
+    assert!(
+        exact < reinforce - 0.3,
+        "exact {exact} vs reinforce {reinforce}"
+    );
+    assert!(
+        muprop_c < reinforce - 0.3,
+        "muprop-c {muprop_c} vs reinforce {reinforce}"
+    );
+}
+
+/// The variance probe's closed forms (reinforce, rloo, muprop) and its enumeration with the
+/// baseline held fixed (muprop-c) agree with the sample variance of the minibatch estimate
+/// over 1500 independent repetitions (tolerance 12%: the relative standard error of a
+/// sample variance over 1500 heavy-tailed repetitions summed over 7840 coordinates is a few
+/// percent).
+#[test]
+fn variance_probe_matches_monte_carlo() {
+    let batch = small_batch(4);
+    let w = some_w();
+    let mut logits = vec![0.0; 4 * K];
+    model::forward_batch(&batch.x, &w, &mut logits);
+    let reps = 1500u32;
+    for (id, baseline) in [
+        ("reinforce", 0.0),
+        ("rloo", 0.0),
+        ("muprop", 0.0),
+        ("muprop-c", 0.3),
+    ] {
+        let est = by_id(id).unwrap();
+        let key = DrawKey {
+            key: [9, 9],
+            step: 3,
+            rep_offset: 0,
+        };
+        let probe = model::gradient_variance(
+            est,
+            SPEC,
+            &batch.x,
+            &batch.labels,
+            &logits,
+            baseline,
+            key,
+            2,
+        );
+        let (mut mean, mut m2) = (vec![0.0; D * K], vec![0.0; D * K]);
+        let mut g = vec![0.0; D * K];
+        for r in 0..reps {
+            let key = DrawKey {
+                key: [1, 2],
+                step: 0,
+                rep_offset: r * 4,
+            };
+            model::batch_gradient(
+                est,
+                SPEC,
+                &batch.x,
+                &batch.labels,
+                &logits,
+                baseline,
+                key,
+                &mut g,
+            );
+            let n = f64::from(r + 1);
+            for ((m, s), v) in mean.iter_mut().zip(&mut m2).zip(&g) {
+                let d = v - *m;
+                *m += d / n;
+                *s += d * (v - *m);
+            }
+        }
+        let sample: f64 = m2.iter().sum::<f64>() / f64::from(reps - 1);
+        let rel = (sample - probe.total).abs() / probe.total;
+        assert!(
+            rel < 0.12,
+            "{id}: probe {} vs Monte Carlo {sample} ({:?})",
+            probe.total,
+            probe.method
+        );
+    }
+}
+
+fn gzip(bytes: &[u8]) -> Vec<u8> {
+    let mut enc = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+    enc.write_all(bytes).unwrap();
+    enc.finish().unwrap()
+}
+
+fn idx_images(n: u32) -> Vec<u8> {
+    let mut b = vec![0, 0, 8, 3];
+    for v in [n, 28, 28] {
+        b.extend(v.to_be_bytes());
+    }
+    b.extend((0..n as usize * D).map(|i| (i % 251) as u8));
+    b
+}
+
+fn idx_labels(n: u32) -> Vec<u8> {
+    let mut b = vec![0, 0, 8, 1];
+    b.extend(n.to_be_bytes());
+    b.extend((0..n).map(|i| (i % 10) as u8));
+    b
+}
+
+fn write_mnist(dir: &Path, train_images: &[u8], gz: bool) {
+    let files = [
+        ("train-images-idx3-ubyte", train_images.to_vec()),
+        ("train-labels-idx1-ubyte", idx_labels(20)),
+        ("t10k-images-idx3-ubyte", idx_images(5)),
+        ("t10k-labels-idx1-ubyte", idx_labels(5)),
+    ];
+    for (name, bytes) in files {
+        if gz {
+            std::fs::write(dir.join(format!("{name}.gz")), gzip(&bytes)).unwrap();
+        } else {
+            std::fs::write(dir.join(name), bytes).unwrap();
+        }
+    }
+}
+
+fn assert_invalid_data(r: mcgrad::Result<impl std::fmt::Debug>, what: &str) {
+    match r {
+        Err(e @ Error::InvalidData { .. }) => {
+            assert_eq!(e.exit_code(), 2);
+            eprintln!("{what}: {e}");
+        }
+        other => panic!("{what}: expected InvalidData, got {other:?}"),
+    }
+}
+
+#[test]
+fn valid_mnist_files_load_gzip_or_not() {
+    for gz in [false, true] {
+        let dir = tempfile::tempdir().unwrap();
+        write_mnist(dir.path(), &idx_images(20), gz);
+        let s = data::load_mnist(dir.path()).unwrap();
+        // 20 training images: 2 (a tenth) become the validation split.
+        assert_eq!(
+            (s.train.len(), s.validation.len(), s.test.len()),
+            (18, 2, 5)
+        );
+        assert_eq!(s.train.x[1], 1.0 / 255.0);
+        assert_eq!(s.validation.labels, vec![8, 9]);
+    }
+}
+
+#[test]
+fn truncated_or_corrupted_idx_files_are_invalid_data() {
+    let p = Path::new("f");
+    let good = idx_images(3);
+    assert!(data::parse_idx(p, &good).is_ok());
+    assert_invalid_data(
+        data::parse_idx(p, &good[..good.len() - 1]),
+        "truncated data",
+    );
+    assert_invalid_data(data::parse_idx(p, &good[..10]), "truncated header");
+    assert_invalid_data(
+        data::parse_idx(p, &[&good[..], &[0]].concat()),
+        "trailing byte",
+    );
+    let mut bad_magic = good.clone();
+    bad_magic[0] = 0x42;
+    assert_invalid_data(data::parse_idx(p, &bad_magic), "bad magic");
+    let mut bad_type = good.clone();
+    bad_type[2] = 0x0d;
+    assert_invalid_data(data::parse_idx(p, &bad_type), "float elements");
+    let z = gzip(&good);
+    assert!(data::parse_idx(p, &z).is_ok());
+    assert_invalid_data(data::parse_idx(p, &z[..z.len() / 2]), "truncated gzip");
+    let mut flipped = z.clone();
+    let mid = flipped.len() / 2;
+    flipped[mid] ^= 0xff;
+    flipped[mid + 1] ^= 0x55;
+    assert_invalid_data(data::parse_idx(p, &flipped), "corrupted gzip");
+
+    // Through a folder, as `--mnist DIR` reads it; and the labels must match the images.
+    for (what, images) in [
+        ("truncated file", good[..good.len() - 7].to_vec()),
+        ("3 images, 20 labels", good),
+    ] {
+        let dir = tempfile::tempdir().unwrap();
+        write_mnist(dir.path(), &images, false);
+        assert_invalid_data(data::load_mnist(dir.path()), what);
+    }
+}
+
+#[test]
+fn run_train_rejects_bad_data_and_options_before_writing() {
+    let dir = tempfile::tempdir().unwrap();
+    let mnist = dir.path().join("mnist");
+    std::fs::create_dir(&mnist).unwrap();
+    let img = idx_images(20);
+    write_mnist(&mnist, &img[..img.len() / 2], true);
+    let out = dir.path().join("out");
+    let args = TrainArgs {
+        mnist: Some(mnist),
+        out: out.clone(),
+        quiet: true,
+        ..TrainArgs::default()
+    };
+    assert_invalid_data(
+        train::run_train(&args),
+        "run_train on a truncated gzip file",
+    );
+    assert!(!out.exists(), "nothing may be written");
+
+    let gpu = TrainArgs {
+        backend: train::TrainBackend::Gpu,
+        out: out.clone(),
+        ..TrainArgs::default()
+    };
+    assert!(matches!(
+        train::run_train(&gpu),
+        Err(Error::GpuUnavailable(_))
+    ));
+    let rloo_s1 = TrainArgs {
+        estimators: vec!["rloo".into()],
+        samples: 1,
+        out: out.clone(),
+        ..TrainArgs::default()
+    };
+    assert!(matches!(
+        train::run_train(&rloo_s1),
+        Err(Error::InvalidArgument(_))
+    ));
+    let seed_loss = TrainArgs {
+        loss: "seed".into(),
+        out: out.clone(),
+        ..TrainArgs::default()
+    };
+    assert!(matches!(
+        train::run_train(&seed_loss),
+        Err(Error::InvalidArgument(_))
+    ));
+    assert!(!out.exists());
+    // `all` with S = 1 leaves rloo out rather than failing.
+    let plan = train::plan(&TrainArgs {
+        samples: 1,
+        ..TrainArgs::default()
+    })
+    .unwrap();
+    assert!(plan.estimators.iter().all(|e| e.id() != "rloo") && plan.estimators.len() == 7);
+}
+
+fn tiny_args(out: &Path, seed: u64) -> TrainArgs {
+    TrainArgs {
+        estimators: vec![
+            "exact".into(),
+            "reinforce".into(),
+            "muprop-c".into(),
+            "gumbel-softmax".into(),
+        ],
+        steps: 60,
+        batch: 8,
+        lr_grid: Some(vec![0.003, 0.03]),
+        tune_steps: Some(20),
+        seed,
+        out: out.to_owned(),
+        train_size: Some(300),
+        test_size: Some(100),
+        eval_every: 20,
+        variance_reps: 4,
+        quiet: true,
+        ..TrainArgs::default()
+    }
+}
+
+fn curves_without_times(args: &TrainArgs) -> Vec<(String, f64, Vec<train::CurvePoint>, Vec<f64>)> {
+    let plan = train::plan(args).unwrap();
+    let splits = train::load_data(args).unwrap();
+    let report = train::run_plan(&plan, &splits, &|_| {});
+    report
+        .curves
+        .into_iter()
+        .map(|c| {
+            let pts = c
+                .points
+                .iter()
+                .map(|p| train::CurvePoint {
+                    train_seconds: 0.0,
+                    ..*p
+                })
+                .collect();
+            (c.estimator.to_string(), c.lr, pts, c.w)
+        })
+        .collect()
+}
+
+#[test]
+fn same_seed_gives_identical_curves() {
+    let dir = tempfile::tempdir().unwrap();
+    let a = curves_without_times(&tiny_args(dir.path(), 3));
+    let b = curves_without_times(&tiny_args(dir.path(), 3));
+    assert_eq!(a, b);
+    assert_eq!(a[0].2.len(), 4, "points at steps 0, 20, 40, 60");
+    let c = curves_without_times(&tiny_args(dir.path(), 4));
+    assert_ne!(a[1].2, c[1].2, "another seed must give other curves");
+}
+
+#[test]
+fn run_train_writes_its_files() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("nested").join("run");
+    train::run_train(&tiny_args(&out, 1)).unwrap();
+    let mut names: Vec<String> = std::fs::read_dir(&out)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect();
+    names.sort();
+    let mut want = vec![
+        "curves.csv".to_string(),
+        "curves.json".into(),
+        "weights.png".into(),
+    ];
+    for fig in [
+        "accuracy_vs_steps",
+        "grad_variance",
+        "loss_vs_seconds",
+        "loss_vs_steps",
+    ] {
+        want.push(format!("{fig}.png"));
+        want.push(format!("{fig}.svg"));
+    }
+    want.sort();
+    assert_eq!(names, want);
+    let csv = std::fs::read_to_string(out.join("curves.csv")).unwrap();
+    assert_eq!(csv.lines().count(), 1 + 4 * 4);
+    let json: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("curves.json")).unwrap()).unwrap();
+    assert_eq!(json["estimators"].as_array().unwrap().len(), 4);
+    assert_eq!(json["estimators"][3]["variance_method"], "monte-carlo");
+    assert_eq!(json["estimators"][2]["variance_method"], "enumeration");
+    // A second run replaces the earlier output; a foreign folder is refused.
+    train::run_train(&tiny_args(&out, 2)).unwrap();
+    assert!(!dir
+        .path()
+        .join("nested")
+        .read_dir()
+        .unwrap()
+        .any(|e| { e.unwrap().file_name().to_string_lossy().starts_with('.') }));
+    std::fs::remove_file(out.join("curves.json")).unwrap();
+    assert!(matches!(
+        train::run_train(&tiny_args(&out, 2)),
+        Err(Error::InvalidArgument(_))
+    ));
+}
