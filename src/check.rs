@@ -164,7 +164,13 @@ impl CheckReport {
             for f in bad {
                 out.push_str(&format!(
                     "  {:<8} {:<34} {:>12.4e} {:>12.4e} {:>10.3e} {:>10.3e}  {}\n",
-                    f.kind, f.subject, f.reference, f.now, f.statistic, f.threshold, f.reference_source
+                    f.kind,
+                    f.subject,
+                    f.reference,
+                    f.now,
+                    f.statistic,
+                    f.threshold,
+                    f.reference_source
                 ));
             }
             out.push_str(
@@ -190,7 +196,12 @@ pub struct CheckOptions {
 
 impl Default for CheckOptions {
     fn default() -> Self {
-        Self { seed: fresh_seed(), threads: 0, speed_repeats: 5, speed: true }
+        Self {
+            seed: fresh_seed(),
+            threads: 0,
+            speed_repeats: 5,
+            speed: true,
+        }
     }
 }
 
@@ -228,7 +239,11 @@ impl Baseline {
     pub fn measure(spec: &SweepSpec, options: &CheckOptions) -> Result<Self> {
         let engine = CpuEngine::new(options.threads)?;
         let recs = records(spec, &run_sweep(spec, &engine, &|_| {})?);
-        let speed = if options.speed { measure_speed(&engine, options.speed_repeats)? } else { Vec::new() };
+        let speed = if options.speed {
+            measure_speed(&engine, options.speed_repeats)?
+        } else {
+            Vec::new()
+        };
         Ok(Self {
             schema: SCHEMA.into(),
             mcgrad_version: env!("CARGO_PKG_VERSION").into(),
@@ -247,9 +262,14 @@ impl Baseline {
     /// # Errors
     /// [`Error::Read`], or [`Error::Baseline`] when it is not a baseline of this format.
     pub fn load(path: &Path) -> Result<Self> {
-        let text = std::fs::read_to_string(path).map_err(|source| Error::Read { path: path.into(), source })?;
-        let baseline: Baseline = serde_json::from_str(&text)
-            .map_err(|e| Error::Baseline { path: path.into(), message: format!("not a baseline file ({e})") })?;
+        let text = std::fs::read_to_string(path).map_err(|source| Error::Read {
+            path: path.into(),
+            source,
+        })?;
+        let baseline: Baseline = serde_json::from_str(&text).map_err(|e| Error::Baseline {
+            path: path.into(),
+            message: format!("not a baseline file ({e})"),
+        })?;
         if baseline.schema != SCHEMA {
             return Err(Error::Baseline {
                 path: path.into(),
@@ -269,9 +289,17 @@ impl Baseline {
             message: e.to_string(),
         })?;
         let tmp = path.with_extension("json.partial");
-        let write = |p: &Path, t: &str| std::fs::write(p, t).map_err(|source| Error::Write { path: p.into(), source });
+        let write = |p: &Path, t: &str| {
+            std::fs::write(p, t).map_err(|source| Error::Write {
+                path: p.into(),
+                source,
+            })
+        };
         write(&tmp, &(text + "\n"))?;
-        std::fs::rename(&tmp, path).map_err(|source| Error::Write { path: path.into(), source })
+        std::fs::rename(&tmp, path).map_err(|source| Error::Write {
+            path: path.into(),
+            source,
+        })
     }
 
     /// The sweep to rerun, with `seed`.
@@ -325,7 +353,9 @@ pub fn run_check(baseline: &Baseline, options: &CheckOptions) -> Result<CheckRep
     if options.speed && !baseline.speed.is_empty() {
         let measured = measure_speed(&engine, options.speed_repeats)?;
         for reference in &baseline.speed {
-            let Some(m) = measured.iter().find(|m| m.path == reference.path) else { continue };
+            let Some(m) = measured.iter().find(|m| m.path == reference.path) else {
+                continue;
+            };
             let slowdown = reference.ratio / m.ratio;
             findings.push(Finding {
                 kind: "speed".into(),
@@ -339,7 +369,11 @@ pub fn run_check(baseline: &Baseline, options: &CheckOptions) -> Result<CheckRep
             });
         }
     }
-    Ok(CheckReport { seed: options.seed, quality_tests, findings })
+    Ok(CheckReport {
+        seed: options.seed,
+        quality_tests,
+        findings,
+    })
 }
 
 fn quality_findings(baseline: &Baseline, now: &[Record]) -> Result<Vec<Finding>> {
@@ -353,15 +387,24 @@ fn quality_findings(baseline: &Baseline, now: &[Record]) -> Result<Vec<Finding>>
         let r = now
             .iter()
             .find(|r| r.loss == q.loss && r.estimator == q.estimator && r.samples == q.samples)
-            .ok_or_else(|| Error::InvalidArgument(format!("the rerun has no record for {subject}")))?;
+            .ok_or_else(|| {
+                Error::InvalidArgument(format!("the rerun has no record for {subject}"))
+            })?;
         // Variance (MSE) against the exact closed form where it exists, else the baseline.
         let (reference, ref_se, source) = match (q.unbiased, r.exact_total_var_w) {
             (true, Some(exact)) => (exact, 0.0, "exact"),
             _ => (q.mse_w, q.mse_w_se, "baseline"),
         };
         let se = (r.mse_w_se * r.mse_w_se + ref_se * ref_se).sqrt();
-        // Zero-variance cells (exact, MuProp on linear losses) compare at rounding level.
-        let floor = 1e-9 * reference.abs().max(r.mse_w.abs()) + 1e-300;
+        // Zero-variance cells (exact; MuProp on the seed and linear losses) differ only by
+        // rounding: the floor is 1e-20 of the loss's largest MSE, far below any real change.
+        let loss_scale = baseline
+            .quality
+            .iter()
+            .filter(|o| o.loss == q.loss)
+            .map(|o| o.mse_w)
+            .fold(0.0, f64::max);
+        let floor = 1e-20 * loss_scale + 1e-300;
         let z = (r.mse_w - reference) / se.max(floor);
         findings.push(Finding {
             kind: "variance".into(),
@@ -417,14 +460,21 @@ fn speed_paths() -> Vec<(&'static str, SweepSpec)> {
     let make = |family: Family, samples: u32, reps: u32| SweepSpec {
         problem: Problem::seeded(0, 784, 10),
         losses: Loss::ALL.to_vec(),
-        estimators: estimators::REGISTRY.iter().copied().filter(|e| e.family() == family).collect(),
+        estimators: estimators::REGISTRY
+            .iter()
+            .copied()
+            .filter(|e| e.family() == family)
+            .collect(),
         samples: vec![samples],
         reps,
         seed: 1,
         tau: 1.0,
     };
     vec![
-        ("cpu/score-function", make(Family::ScoreFunction, 4096, 1000)),
+        (
+            "cpu/score-function",
+            make(Family::ScoreFunction, 4096, 1000),
+        ),
         ("cpu/relaxed", make(Family::Relaxed, 256, 1000)),
     ]
 }

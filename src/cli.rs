@@ -35,6 +35,34 @@ pub struct Cli {
 pub enum Command {
     /// Sweep every estimator over draw counts S and write results and plots (the default).
     Run(RunArgs),
+    /// Learn the stochastic layer with each estimator and plot the learning curves.
+    Train(mcgrad::train::TrainArgs),
+    /// Rerun a baseline's configuration and fail (exit 1) on a quality or speed regression.
+    Check(CheckArgs),
+}
+
+/// The options of `mcgrad check`.
+#[derive(Debug, Args)]
+pub struct CheckArgs {
+    /// Baseline file to compare against (written by `--update`).
+    #[arg(long, value_name = "FILE", default_value = "results/baseline.json")]
+    pub baseline: PathBuf,
+    /// Write a new baseline to FILE instead of checking (reuses FILE's configuration if it
+    /// exists, else the default check configuration).
+    #[arg(long)]
+    pub update: bool,
+    /// Print the report as JSON on stdout.
+    #[arg(long)]
+    pub json: bool,
+    /// Seed of the rerun (default: fresh from the clock; the report names it).
+    #[arg(long, value_name = "N")]
+    pub seed: Option<u64>,
+    /// Skip the speed comparison.
+    #[arg(long)]
+    pub no_speed: bool,
+    /// CPU worker threads (0: one per core).
+    #[arg(long, value_name = "N", default_value_t = 0)]
+    pub threads: usize,
 }
 
 /// The raw options of `mcgrad run`, as typed.
@@ -161,7 +189,57 @@ impl RunArgs {
 pub fn dispatch(cli: Cli) -> Result<()> {
     match cli.command.unwrap_or(Command::Run(cli.run)) {
         Command::Run(args) => run(args),
+        Command::Train(args) => mcgrad::train::run_train(&args),
+        Command::Check(args) => check(args),
     }
+}
+
+fn check(args: CheckArgs) -> Result<()> {
+    use mcgrad::check::{default_spec, run_check, Baseline, CheckOptions};
+    let mut options = CheckOptions {
+        threads: args.threads,
+        speed: !args.no_speed,
+        ..CheckOptions::default()
+    };
+    if let Some(seed) = args.seed {
+        options.seed = seed;
+    }
+    if args.update {
+        let spec = if args.baseline.exists() {
+            Baseline::load(&args.baseline)?.spec(options.seed)?
+        } else {
+            default_spec(options.seed)
+        };
+        let baseline = Baseline::measure(&spec, &options)?;
+        baseline.save(&args.baseline)?;
+        println!(
+            "wrote baseline {} ({} quality figures, {} speed paths, seed {})",
+            args.baseline.display(),
+            baseline.quality.len(),
+            baseline.speed.len(),
+            baseline.seed
+        );
+        return Ok(());
+    }
+    let baseline = Baseline::load(&args.baseline)?;
+    let report = run_check(&baseline, &options)?;
+    if args.json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&report)
+                .map_err(|e| Error::InvalidArgument(e.to_string()))?
+        );
+    } else {
+        print!("{}", report.table());
+    }
+    if report.regressed() {
+        return Err(Error::Regression(format!(
+            "{} comparison(s) regressed against {}",
+            report.findings.iter().filter(|f| f.regressed).count(),
+            args.baseline.display()
+        )));
+    }
+    Ok(())
 }
 
 fn run(args: RunArgs) -> Result<()> {

@@ -13,8 +13,8 @@ use rayon::prelude::*;
 
 use crate::draws::{count_categories, CategoricalTable, RelaxedTable};
 use crate::error::{Error, Result};
-use crate::faults;
 use crate::estimators::{Context, Estimator, Family, MovingAverage, RelaxedBatch, RELAXED_BATCH};
+use crate::faults;
 use crate::loss::Loss;
 use crate::philox::key_of;
 use crate::problem::Problem;

@@ -56,6 +56,10 @@ pub enum Error {
     #[error("plot {name}: {message}")]
     Plot { name: String, message: String },
 
+    /// The regression check found a regression: the report above names each one.
+    #[error("regression: {0}")]
+    Regression(String),
+
     /// A regression check found a baseline file it cannot compare against.
     #[error("baseline {path}: {message}")]
     Baseline { path: PathBuf, message: String },
@@ -65,7 +69,7 @@ impl Error {
     /// The process exit code for this error: 2 for bad input, 1 for a failure while running.
     pub fn exit_code(&self) -> i32 {
         match self {
-            Error::Gpu(_) | Error::Plot { .. } => 1,
+            Error::Gpu(_) | Error::Plot { .. } | Error::Regression(_) => 1,
             _ => 2,
         }
     }

@@ -91,7 +91,9 @@ fn exact_gradient_matches_central_differences_in_w() {
 fn check_against_exact(r: &Record, est: &dyn Estimator, ctx: &Context) {
     let n = f64::from(r.reps);
     let exact = est.exact_moments(ctx, r.samples);
-    let reference_var = est.reference_variance(ctx, r.samples).expect("unbiased estimators have one");
+    let reference_var = est
+        .reference_variance(ctx, r.samples)
+        .expect("unbiased estimators have one");
     for j in 0..ctx.k {
         let se = r.mean_se[j].max((reference_var[j] / n).sqrt()).max(1e-14);
         let z = (r.mean[j] - ctx.grad[j]).abs() / se;

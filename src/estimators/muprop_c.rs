@@ -20,7 +20,12 @@ impl Estimator for MupropC {
     }
     fn reference_variance(&self, ctx: &Context, s: u32) -> Option<Vec<f64>> {
         // The residual centred by its exact mean, which the moving average converges to.
-        let mean: f64 = ctx.p.iter().zip(&ctx.muprop_signal).map(|(p, l)| p * l).sum();
+        let mean: f64 = ctx
+            .p
+            .iter()
+            .zip(&ctx.muprop_signal)
+            .map(|(p, l)| p * l)
+            .sum();
         let centred: Vec<f64> = ctx.muprop_signal.iter().map(|l| l - mean).collect();
         Some(linear_form_moments(&ctx.p, &centred, &ctx.muprop_mean_field, s).var)
     }
