@@ -27,6 +27,7 @@ pub mod draws;
 pub mod engine;
 pub mod error;
 pub mod estimators;
+pub mod gpu;
 pub mod loss;
 pub mod philox;
 pub mod plot;

@@ -58,7 +58,13 @@ impl Moments {
             + d2 * d2 * na * nb * (na * na - na * nb + nb * nb) / (n * n * n)
             + 6.0 * d2 * (na * na * b.m2 + nb * nb * self.m2) / (n * n)
             + 4.0 * d * (na * b.m3 - nb * self.m3) / n;
-        *self = Moments { n, mean: self.mean + d * nb / n, m2, m3, m4 };
+        *self = Moments {
+            n,
+            mean: self.mean + d * nb / n,
+            m2,
+            m3,
+            m4,
+        };
     }
 
     /// Unbiased sample variance (0 with fewer than two values).
@@ -104,6 +110,10 @@ pub fn variance_se(mu4: f64, var: f64, n: f64) -> f64 {
     ((mu4 - var * var * (n - 3.0) / (n - 1.0)).max(0.0) / n).sqrt()
 }
 
+/// Relative size below which an estimate counts as zero for its cosine (see
+/// [`EstimateMoments::push`]; keep in sync with `ZERO_ESTIMATE` in shaders/moments.wgsl).
+pub const ZERO_ESTIMATE: f64 = 1e-5;
+
 /// The moments of one estimator's repeated S-draw estimates `g_hat_r` (K-vectors): per
 /// coordinate, plus the per-repetition squared error `||g_hat_r - g||^2` and cosine
 /// `cos(g_hat_r, g)` against the exact gradient `g`.
@@ -113,14 +123,19 @@ pub struct EstimateMoments {
     pub coords: Vec<Moments>,
     /// Moments of `||g_hat_r - g||^2`.
     pub sq_error: Moments,
-    /// Moments of `cos(g_hat_r, g)` (empty when either vector is 0).
+    /// Moments of `cos(g_hat_r, g)` (without the estimates that are 0 up to rounding, and
+    /// empty when g is 0).
     pub cosine: Moments,
 }
 
 impl EstimateMoments {
     /// Empty moments for K coordinates.
     pub fn new(k: usize) -> Self {
-        Self { coords: vec![Moments::default(); k], sq_error: Moments::default(), cosine: Moments::default() }
+        Self {
+            coords: vec![Moments::default(); k],
+            sq_error: Moments::default(),
+            cosine: Moments::default(),
+        }
     }
 
     /// Adds one estimate, compared with the exact gradient `exact`.
@@ -134,7 +149,10 @@ impl EstimateMoments {
             ee += g * g;
         }
         self.sq_error.push(err);
-        if nn > 0.0 && ee > 0.0 {
+        // An estimate that is zero up to rounding (below ZERO_ESTIMATE of |g_hat - g| + |g|,
+        // as when every draw's loss equals its baseline) has no direction: its cosine is left
+        // out, on every engine alike (the GPU's f32 leaves about 1e-7 where f64 leaves 0).
+        if ee > 0.0 && nn > ZERO_ESTIMATE * ZERO_ESTIMATE * (err + ee) {
             self.cosine.push(dot / (nn * ee).sqrt());
         }
     }
@@ -167,7 +185,9 @@ mod tests {
 
     #[test]
     fn push_and_merge_agree_with_two_pass_moments() {
-        let xs: Vec<f64> = (0..1000).map(|i| ((i * 7919) % 1013) as f64 / 97.0 + 1e6).collect();
+        let xs: Vec<f64> = (0..1000)
+            .map(|i| ((i * 7919) % 1013) as f64 / 97.0 + 1e6)
+            .collect();
         let (mean, m2, m3, m4) = direct(&xs);
         let mut all = Moments::default();
         xs.iter().for_each(|&x| all.push(x));
