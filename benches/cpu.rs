@@ -18,11 +18,7 @@ fn spec(family: Family, samples: u32, reps: u32) -> SweepSpec {
     SweepSpec {
         problem: Problem::seeded(0, 784, 10),
         losses: Loss::ALL.to_vec(),
-        estimators: estimators::REGISTRY
-            .iter()
-            .copied()
-            .filter(|e| e.family() == family)
-            .collect(),
+        estimators: estimators::REGISTRY.iter().copied().filter(|e| e.family() == family).collect(),
         samples: vec![samples],
         reps,
         seed: 1,
@@ -34,35 +30,20 @@ fn families(c: &mut Criterion) {
     let engine = CpuEngine::new(0).unwrap();
     let mut group = c.benchmark_group("cpu_sweep");
     if quick() {
-        group
-            .sample_size(10)
-            .warm_up_time(std::time::Duration::from_millis(100));
+        group.sample_size(10).warm_up_time(std::time::Duration::from_millis(100));
         group.measurement_time(std::time::Duration::from_millis(300));
     } else {
         group.sample_size(10);
     }
-    let sizes: &[(u32, u32)] = if quick() {
-        &[(64, 50)]
-    } else {
-        &[(16, 20_000), (256, 4000), (4096, 1000)]
-    };
-    for (family, name) in [
-        (Family::ScoreFunction, "score-function"),
-        (Family::Relaxed, "relaxed"),
-    ] {
+    let sizes: &[(u32, u32)] = if quick() { &[(64, 50)] } else { &[(16, 20_000), (256, 4000), (4096, 1000)] };
+    for (family, name) in [(Family::ScoreFunction, "score-function"), (Family::Relaxed, "relaxed")] {
         for &(s, r) in sizes {
-            let r = if family == Family::Relaxed && !quick() {
-                r / 8
-            } else {
-                r
-            };
+            let r = if family == Family::Relaxed && !quick() { r / 8 } else { r };
             let spec = spec(family, s, r);
             group.throughput(Throughput::Elements(u64::from(s) * u64::from(r)));
-            group.bench_with_input(
-                BenchmarkId::new(name, format!("S={s}/R={r}")),
-                &spec,
-                |b, spec| b.iter(|| black_box(run_sweep(spec, &engine, &|_| {}).unwrap())),
-            );
+            group.bench_with_input(BenchmarkId::new(name, format!("S={s}/R={r}")), &spec, |b, spec| {
+                b.iter(|| black_box(run_sweep(spec, &engine, &|_| {}).unwrap()))
+            });
         }
     }
     group.finish();

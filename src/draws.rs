@@ -38,11 +38,7 @@ impl CategoricalTable {
             fixed[..thresholds.len()].copy_from_slice(&thresholds);
         }
         let last_nonzero = p.iter().rposition(|&v| v > 0.0).unwrap_or(p.len() - 1) as u32;
-        Self {
-            thresholds,
-            fixed,
-            last_nonzero,
-        }
+        Self { thresholds, fixed, last_nonzero }
     }
 
     /// The inverse-CDF thresholds `ceil(C_k 2^24)`, K - 1 of them.
@@ -62,10 +58,7 @@ impl CategoricalTable {
         let below = if self.thresholds.len() < FIXED_K {
             self.fixed.iter().map(|&t| u32::from(m >= t)).sum::<u32>()
         } else {
-            self.thresholds
-                .iter()
-                .map(|&t| u32::from(m >= t))
-                .sum::<u32>()
+            self.thresholds.iter().map(|&t| u32::from(m >= t)).sum::<u32>()
         };
         below.min(self.last_nonzero) as usize
     }
@@ -84,20 +77,15 @@ pub fn count_categories(
     counts.iter_mut().for_each(|c| *c = 0);
     let full_blocks = samples / 4;
     for block in 0..full_blocks {
-        let words = philox4x32_10(
-            philox::counter(block, rep, STREAM_CATEGORICAL, 0, point),
-            key,
-        );
+        let words = philox4x32_10(philox::counter(block, rep, STREAM_CATEGORICAL, 0, point), key);
         for w in words {
             counts[table.category(w)] += 1;
         }
     }
     let rest = (samples % 4) as usize;
     if rest > 0 {
-        let words = philox4x32_10(
-            philox::counter(full_blocks, rep, STREAM_CATEGORICAL, 0, point),
-            key,
-        );
+        let words =
+            philox4x32_10(philox::counter(full_blocks, rep, STREAM_CATEGORICAL, 0, point), key);
         for &w in &words[..rest] {
             counts[table.category(w)] += 1;
         }
@@ -105,19 +93,10 @@ pub fn count_categories(
 }
 
 /// The categories of the S draws of one repetition, in draw order (for tests and pinning).
-pub fn categories(
-    table: &CategoricalTable,
-    key: [u32; 2],
-    rep: u32,
-    point: u32,
-    samples: u32,
-) -> Vec<u32> {
+pub fn categories(table: &CategoricalTable, key: [u32; 2], rep: u32, point: u32, samples: u32) -> Vec<u32> {
     (0..samples)
         .map(|i| {
-            let words = philox4x32_10(
-                philox::counter(i / 4, rep, STREAM_CATEGORICAL, 0, point),
-                key,
-            );
+            let words = philox4x32_10(philox::counter(i / 4, rep, STREAM_CATEGORICAL, 0, point), key);
             table.category(words[(i % 4) as usize]) as u32
         })
         .collect()
@@ -134,10 +113,7 @@ impl RelaxedTable {
     /// The table of logits `a` at temperature `tau`.
     pub fn new(a: &[f64], tau: f64) -> Self {
         let max = a.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
-        Self {
-            shifted_logits: a.iter().map(|v| (v - max) as f32).collect(),
-            inv_tau: (1.0 / tau) as f32,
-        }
+        Self { shifted_logits: a.iter().map(|v| (v - max) as f32).collect(), inv_tau: (1.0 / tau) as f32 }
     }
 
     /// `a - max(a)` in f32.
@@ -167,10 +143,7 @@ impl RelaxedTable {
         let mut hmax = f32::NEG_INFINITY;
         for c in 0..k {
             if c % 4 == 0 {
-                words = philox4x32_10(
-                    philox::counter(draw, rep, STREAM_GUMBEL, (c / 4) as u32, point),
-                    key,
-                );
+                words = philox4x32_10(philox::counter(draw, rep, STREAM_GUMBEL, (c / 4) as u32, point), key);
             }
             let u = philox::open_uniform_f32(words[c % 4]);
             let g = -(-u.ln()).ln();

@@ -54,31 +54,20 @@ impl SweepSpec {
             )));
         }
         if self.samples.is_empty() || self.samples.contains(&0) {
-            return Err(Error::InvalidArgument(
-                "--samples must be positive draw counts".into(),
-            ));
+            return Err(Error::InvalidArgument("--samples must be positive draw counts".into()));
         }
         if !(self.tau.is_finite() && self.tau > 0.0) {
-            return Err(Error::InvalidArgument(format!(
-                "--tau must be positive (got {})",
-                self.tau
-            )));
+            return Err(Error::InvalidArgument(format!("--tau must be positive (got {})", self.tau)));
         }
         if self.losses.is_empty() || self.estimators.is_empty() {
-            return Err(Error::InvalidArgument(
-                "nothing to sweep: no loss or no estimator".into(),
-            ));
+            return Err(Error::InvalidArgument("nothing to sweep: no loss or no estimator".into()));
         }
         Ok(())
     }
 
     /// The estimators that run at draw count `s` (those whose minimum S it meets).
     pub fn estimators_at(&self, s: u32) -> Vec<&'static dyn Estimator> {
-        self.estimators
-            .iter()
-            .copied()
-            .filter(|e| s >= e.min_samples())
-            .collect()
+        self.estimators.iter().copied().filter(|e| s >= e.min_samples()).collect()
     }
 
     /// Total number of draws of the sweep (both families), for progress reporting.
@@ -96,9 +85,7 @@ impl SweepSpec {
 /// Whether a list of estimators has (score-function, relaxed) members.
 pub fn families(estimators: &[&dyn Estimator]) -> (bool, bool) {
     (
-        estimators
-            .iter()
-            .any(|e| e.family() == Family::ScoreFunction),
+        estimators.iter().any(|e| e.family() == Family::ScoreFunction),
         estimators.iter().any(|e| e.family() == Family::Relaxed),
     )
 }
@@ -152,12 +139,7 @@ pub trait Engine {
     ///
     /// # Errors
     /// Engine failures (for the GPU: a lost device, a failed map).
-    fn run_point(
-        &self,
-        spec: &SweepSpec,
-        point: usize,
-        progress: &(dyn Fn(u64) + Sync),
-    ) -> Result<PointMoments>;
+    fn run_point(&self, spec: &SweepSpec, point: usize, progress: &(dyn Fn(u64) + Sync)) -> Result<PointMoments>;
 }
 
 /// The CPU engine: rayon over repetitions on a pool of its own.
@@ -195,12 +177,7 @@ impl Engine for CpuEngine {
         }
     }
 
-    fn run_point(
-        &self,
-        spec: &SweepSpec,
-        point: usize,
-        progress: &(dyn Fn(u64) + Sync),
-    ) -> Result<PointMoments> {
+    fn run_point(&self, spec: &SweepSpec, point: usize, progress: &(dyn Fn(u64) + Sync)) -> Result<PointMoments> {
         Ok(self.pool.install(|| cpu_point(spec, point, progress)))
     }
 }
@@ -221,37 +198,19 @@ fn cpu_point(spec: &SweepSpec, point: usize, progress: &(dyn Fn(u64) + Sync)) ->
     let key = key_of(spec.seed);
     let point_id = point as u32;
     let logits = spec.problem.logits();
-    let contexts: Vec<Context> = spec
-        .losses
-        .iter()
-        .map(|&l| Context::from_logits(&logits, &spec.problem.t, l, spec.tau))
-        .collect();
+    let contexts: Vec<Context> =
+        spec.losses.iter().map(|&l| Context::from_logits(&logits, &spec.problem.t, l, spec.tau)).collect();
     let estimators = spec.estimators_at(s);
-    let sf: Vec<_> = estimators
-        .iter()
-        .copied()
-        .filter(|e| e.family() == Family::ScoreFunction)
-        .collect();
-    let rel: Vec<_> = estimators
-        .iter()
-        .copied()
-        .filter(|e| e.family() == Family::Relaxed)
-        .collect();
+    let sf: Vec<_> = estimators.iter().copied().filter(|e| e.family() == Family::ScoreFunction).collect();
+    let rel: Vec<_> = estimators.iter().copied().filter(|e| e.family() == Family::Relaxed).collect();
     let table = CategoricalTable::new(&contexts[0].p);
     let relaxed_table = RelaxedTable::new(&logits, spec.tau);
 
     let mut cells: Vec<CellState> = Vec::new();
     for loss_index in 0..spec.losses.len() {
         for &estimator in &estimators {
-            let family = if estimator.family() == Family::ScoreFunction {
-                &sf
-            } else {
-                &rel
-            };
-            let family_index = family
-                .iter()
-                .position(|e| e.id() == estimator.id())
-                .unwrap_or(0);
+            let family = if estimator.family() == Family::ScoreFunction { &sf } else { &rel };
+            let family_index = family.iter().position(|e| e.id() == estimator.id()).unwrap_or(0);
             cells.push(CellState {
                 loss_index,
                 family_index,
@@ -277,31 +236,14 @@ fn cpu_point(spec: &SweepSpec, point: usize, progress: &(dyn Fn(u64) + Sync)) ->
             sf_seconds += t0.elapsed().as_secs_f64();
             progress(u64::from(nb) * u64::from(s));
         }
-        let mut relaxed = vec![
-            0f64;
-            if rel.is_empty() {
-                0
-            } else {
-                nb as usize * rel_width
-            }
-        ];
+        let mut relaxed = vec![0f64; if rel.is_empty() { 0 } else { nb as usize * rel_width }];
         if !rel.is_empty() {
             let t0 = Instant::now();
-            relaxed
-                .par_chunks_mut(rel_width)
-                .enumerate()
-                .for_each(|(i, acc)| {
-                    relaxed_repetition(
-                        &relaxed_table,
-                        &contexts,
-                        &rel,
-                        key,
-                        block_start + i as u32,
-                        point_id,
-                        s,
-                        acc,
-                    );
-                });
+            relaxed.par_chunks_mut(rel_width).enumerate().for_each(|(i, acc)| {
+                relaxed_repetition(
+                    &relaxed_table, &contexts, &rel, key, block_start + i as u32, point_id, s, acc,
+                );
+            });
             rel_seconds += t0.elapsed().as_secs_f64();
             progress(u64::from(nb) * u64::from(s));
         }
@@ -314,16 +256,14 @@ fn cpu_point(spec: &SweepSpec, point: usize, progress: &(dyn Fn(u64) + Sync)) ->
                     Family::ScoreFunction => {
                         let c = &counts[r * k..(r + 1) * k];
                         let b = cell.baseline.value();
-                        cell.estimator
-                            .estimate_from_counts(ctx, c, s, b, &mut estimate);
+                        cell.estimator.estimate_from_counts(ctx, c, s, b, &mut estimate);
                         if let Some(signal) = cell.estimator.baseline_signal(ctx, c, s) {
                             cell.baseline.push(signal);
                         }
                         cell.moments.push(&estimate, &ctx.grad);
                     }
                     Family::Relaxed => {
-                        let off =
-                            r * rel_width + (cell.loss_index * rel.len() + cell.family_index) * k;
+                        let off = r * rel_width + (cell.loss_index * rel.len() + cell.family_index) * k;
                         cell.moments.push(&relaxed[off..off + k], &ctx.grad);
                     }
                 }
@@ -336,11 +276,7 @@ fn cpu_point(spec: &SweepSpec, point: usize, progress: &(dyn Fn(u64) + Sync)) ->
     let cells = cells
         .into_iter()
         .map(|c| {
-            let pass = if c.estimator.family() == Family::ScoreFunction {
-                sf_seconds
-            } else {
-                rel_seconds
-            };
+            let pass = if c.estimator.family() == Family::ScoreFunction { sf_seconds } else { rel_seconds };
             Cell {
                 loss: spec.losses[c.loss_index],
                 estimator: c.estimator,
@@ -386,13 +322,7 @@ fn relaxed_repetition(
 ///
 /// # Errors
 /// The spec's validation errors and the engine's failures.
-pub fn run_sweep(
-    spec: &SweepSpec,
-    engine: &dyn Engine,
-    progress: &(dyn Fn(u64) + Sync),
-) -> Result<Vec<PointMoments>> {
+pub fn run_sweep(spec: &SweepSpec, engine: &dyn Engine, progress: &(dyn Fn(u64) + Sync)) -> Result<Vec<PointMoments>> {
     spec.validate()?;
-    (0..spec.samples.len())
-        .map(|i| engine.run_point(spec, i, progress))
-        .collect()
+    (0..spec.samples.len()).map(|i| engine.run_point(spec, i, progress)).collect()
 }

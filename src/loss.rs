@@ -41,18 +41,12 @@ impl Quadratic {
 
     /// `grad f(y) = 2 alpha y + beta`.
     pub fn grad(&self, y: &[f64]) -> Vec<f64> {
-        y.iter()
-            .zip(&self.beta)
-            .map(|(v, b)| 2.0 * self.alpha * v + b)
-            .collect()
+        y.iter().zip(&self.beta).map(|(v, b)| 2.0 * self.alpha * v + b).collect()
     }
 
     /// `f(e_k)` for every k: `alpha + beta_k + gamma`.
     pub fn vertex_values(&self) -> Vec<f64> {
-        self.beta
-            .iter()
-            .map(|b| self.alpha + b + self.gamma)
-            .collect()
+        self.beta.iter().map(|b| self.alpha + b + self.gamma).collect()
     }
 }
 
@@ -74,34 +68,23 @@ impl Loss {
     /// # Errors
     /// [`Error::Unknown`] listing the known losses.
     pub fn parse(name: &str) -> Result<Self> {
-        Self::ALL
-            .into_iter()
-            .find(|l| l.name() == name)
-            .ok_or_else(|| Error::Unknown {
-                kind: "loss",
-                name: name.to_string(),
-                known: Self::ALL.map(Loss::name).join(", "),
-            })
+        Self::ALL.into_iter().find(|l| l.name() == name).ok_or_else(|| Error::Unknown {
+            kind: "loss",
+            name: name.to_string(),
+            known: Self::ALL.map(Loss::name).join(", "),
+        })
     }
 
     /// The quadratic form of this loss for target `t`.
     pub fn quadratic(self, t: &[f64]) -> Quadratic {
         match self {
-            Loss::Seed => Quadratic {
-                alpha: 0.0,
-                beta: vec![-1.0; t.len()],
-                gamma: t.iter().sum(),
-            },
+            Loss::Seed => Quadratic { alpha: 0.0, beta: vec![-1.0; t.len()], gamma: t.iter().sum() },
             Loss::Squared => Quadratic {
                 alpha: 1.0,
                 beta: t.iter().map(|v| -2.0 * v).collect(),
                 gamma: t.iter().map(|v| v * v).sum(),
             },
-            Loss::Linear => Quadratic {
-                alpha: 0.0,
-                beta: t.to_vec(),
-                gamma: 0.0,
-            },
+            Loss::Linear => Quadratic { alpha: 0.0, beta: t.to_vec(), gamma: 0.0 },
         }
     }
 }

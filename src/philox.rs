@@ -110,25 +110,13 @@ pub struct PhiloxStream {
 impl PhiloxStream {
     /// A stream keyed by `seed`, on Philox stream `stream` and sub-stream `sub`.
     pub fn new(seed: u64, stream: u32, sub: u32) -> Self {
-        Self {
-            key: key_of(seed),
-            stream,
-            sub,
-            block: 0,
-            buf: [0; 4],
-            used: 4,
-        }
+        Self { key: key_of(seed), stream, sub, block: 0, buf: [0; 4], used: 4 }
     }
 
     /// The next 32-bit word.
     pub fn next_u32(&mut self) -> u32 {
         if self.used == 4 {
-            let ctr = [
-                self.block as u32,
-                (self.block >> 32) as u32,
-                self.stream << 16,
-                self.sub,
-            ];
+            let ctr = [self.block as u32, (self.block >> 32) as u32, self.stream << 16, self.sub];
             self.buf = philox4x32_10(ctr, self.key);
             self.block += 1;
             self.used = 0;
@@ -165,19 +153,13 @@ mod tests {
     #[test]
     fn known_answer_vectors() {
         // Random123 kat_vectors, philox4x32_10.
-        assert_eq!(
-            philox4x32_10([0; 4], [0; 2]),
-            [0x6627e8d5, 0xe169c58d, 0xbc57ac4c, 0x9b00dbd8]
-        );
+        assert_eq!(philox4x32_10([0; 4], [0; 2]), [0x6627e8d5, 0xe169c58d, 0xbc57ac4c, 0x9b00dbd8]);
         assert_eq!(
             philox4x32_10([u32::MAX; 4], [u32::MAX; 2]),
             [0x408f276d, 0x41c83b0e, 0xa20bc7c6, 0x6d5451fd]
         );
         assert_eq!(
-            philox4x32_10(
-                [0x243f6a88, 0x85a308d3, 0x13198a2e, 0x03707344],
-                [0xa4093822, 0x299f31d0]
-            ),
+            philox4x32_10([0x243f6a88, 0x85a308d3, 0x13198a2e, 0x03707344], [0xa4093822, 0x299f31d0]),
             [0xd16cfe09, 0x94fdcceb, 0x5001e420, 0x24126ea1]
         );
     }

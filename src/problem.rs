@@ -56,9 +56,7 @@ impl Problem {
         let d = x.len();
         let k = t.len();
         if d == 0 {
-            return Err(Error::InvalidProblem(
-                "field `x` is empty (D must be at least 1)".into(),
-            ));
+            return Err(Error::InvalidProblem("field `x` is empty (D must be at least 1)".into()));
         }
         if k < 2 {
             return Err(Error::InvalidProblem(format!(
@@ -73,9 +71,7 @@ impl Problem {
         }
         for (name, v) in [("x", &x), ("w", &w), ("t", &t)] {
             if let Some(i) = v.iter().position(|z| !z.is_finite()) {
-                return Err(Error::InvalidProblem(format!(
-                    "field `{name}`[{i}] is not finite"
-                )));
+                return Err(Error::InvalidProblem(format!("field `{name}`[{i}] is not finite")));
             }
         }
         Ok(Self { d, k, x, w, t })
@@ -88,9 +84,9 @@ impl Problem {
     pub fn from_json_str(text: &str) -> Result<Self> {
         let value: Value = serde_json::from_str(text)
             .map_err(|e| Error::InvalidProblem(format!("not valid JSON ({e})")))?;
-        let obj = value.as_object().ok_or_else(|| {
-            Error::InvalidProblem("expected a JSON object with x, w and t".into())
-        })?;
+        let obj = value
+            .as_object()
+            .ok_or_else(|| Error::InvalidProblem("expected a JSON object with x, w and t".into()))?;
         let field = |name: &str| {
             obj.get(name)
                 .ok_or_else(|| Error::InvalidProblem(format!("field `{name}` is missing")))
@@ -128,10 +124,8 @@ impl Problem {
     /// [`Error::Read`] if the file cannot be read; [`Error::InvalidProblem`] (with the path)
     /// if it is malformed.
     pub fn load(path: &Path) -> Result<Self> {
-        let text = std::fs::read_to_string(path).map_err(|source| Error::Read {
-            path: path.to_owned(),
-            source,
-        })?;
+        let text = std::fs::read_to_string(path)
+            .map_err(|source| Error::Read { path: path.to_owned(), source })?;
         Self::from_json_str(&text).map_err(|e| match e {
             Error::InvalidProblem(m) => Error::InvalidProblem(format!("{}: {m}", path.display())),
             other => other,
@@ -140,11 +134,7 @@ impl Problem {
 
     /// The JSON form of the problem; numbers round-trip exactly.
     pub fn to_json(&self) -> Value {
-        let rows: Vec<Value> = self
-            .w
-            .chunks(self.k)
-            .map(|r| Value::from(r.to_vec()))
-            .collect();
+        let rows: Vec<Value> = self.w.chunks(self.k).map(|r| Value::from(r.to_vec())).collect();
         serde_json::json!({ "x": self.x, "w": rows, "t": self.t })
     }
 
@@ -171,9 +161,9 @@ impl Problem {
 }
 
 fn number_array(v: &Value, name: &str) -> Result<Vec<f64>> {
-    let arr = v.as_array().ok_or_else(|| {
-        Error::InvalidProblem(format!("field `{name}` is not an array of numbers"))
-    })?;
+    let arr = v
+        .as_array()
+        .ok_or_else(|| Error::InvalidProblem(format!("field `{name}` is not an array of numbers")))?;
     arr.iter()
         .enumerate()
         .map(|(i, e)| {
@@ -207,12 +197,7 @@ mod tests {
     #[test]
     fn seeded_problem_is_pinned() {
         let p = Problem::seeded(0, DEFAULT_D, DEFAULT_K);
-        assert!(p
-            .x
-            .iter()
-            .chain(&p.w)
-            .chain(&p.t)
-            .all(|v| (0.0..1.0).contains(v)));
+        assert!(p.x.iter().chain(&p.w).chain(&p.t).all(|v| (0.0..1.0).contains(v)));
         // Logits of the notebook's problem are about 196 +- 6.
         let a = p.logits();
         assert!(a.iter().all(|v| (150.0..250.0).contains(v)), "{a:?}");

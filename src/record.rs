@@ -76,17 +76,14 @@ fn finite(v: f64) -> Option<f64> {
 pub fn erfc(x: f64) -> f64 {
     let z = x.abs();
     let t = 1.0 / (1.0 + 0.5 * z);
-    let r = t
-        * (-z * z - 1.265_512_23
-            + t * (1.000_023_68
-                + t * (0.374_091_96
-                    + t * (0.096_784_18
-                        + t * (-0.186_288_06
-                            + t * (0.278_868_07
-                                + t * (-1.135_203_98
-                                    + t * (1.488_515_87
-                                        + t * (-0.822_152_23 + t * 0.170_872_77)))))))))
-            .exp();
+    let r = t * (-z * z - 1.265_512_23
+        + t * (1.000_023_68
+            + t * (0.374_091_96
+                + t * (0.096_784_18
+                    + t * (-0.186_288_06
+                        + t * (0.278_868_07
+                            + t * (-1.135_203_98 + t * (1.488_515_87 + t * (-0.822_152_23 + t * 0.170_872_77)))))))))
+        .exp();
     if x >= 0.0 {
         r
     } else {
@@ -123,13 +120,7 @@ impl Record {
             0.0
         };
         // A coordinate without variance is tested against rounding, at the scale of f.
-        let scale: f64 = ctx
-            .p
-            .iter()
-            .zip(&ctx.f)
-            .map(|(p, f)| p * f.abs())
-            .sum::<f64>()
-            .max(1e-300);
+        let scale: f64 = ctx.p.iter().zip(&ctx.f).map(|(p, f)| p * f.abs()).sum::<f64>().max(1e-300);
         let bias_z_max = bias
             .iter()
             .zip(&mean_se)
@@ -141,19 +132,11 @@ impl Record {
         let total_var_se: f64 = var_se.iter().sum();
         let snr = signal / sum_var.sqrt();
         let signal_se = if signal > 0.0 {
-            (mean
-                .iter()
-                .zip(&var)
-                .map(|(mu, v)| mu * mu * v)
-                .sum::<f64>()
-                / n)
-                .sqrt()
-                / signal
+            (mean.iter().zip(&var).map(|(mu, v)| mu * mu * v).sum::<f64>() / n).sqrt() / signal
         } else {
             noise_floor
         };
-        let snr_se =
-            snr * ((signal_se / signal).powi(2) + (total_var_se / (2.0 * sum_var)).powi(2)).sqrt();
+        let snr_se = snr * ((signal_se / signal).powi(2) + (total_var_se / (2.0 * sum_var)).powi(2)).sqrt();
 
         Record {
             loss: ctx.loss.name().to_string(),
@@ -166,9 +149,7 @@ impl Record {
             samples,
             reps,
             exact_grad: ctx.grad.clone(),
-            exact_total_var_w: exact
-                .as_ref()
-                .map(|e| x_norm_sq * e.var.iter().sum::<f64>()),
+            exact_total_var_w: exact.as_ref().map(|e| x_norm_sq * e.var.iter().sum::<f64>()),
             exact_var: exact.map(|e| e.var),
             mean,
             mean_se,
@@ -205,11 +186,7 @@ pub fn records(spec: &SweepSpec, points: &[PointMoments]) -> Vec<Record> {
         .iter()
         .flat_map(|point| {
             point.cells.iter().map(|cell| {
-                let li = spec
-                    .losses
-                    .iter()
-                    .position(|&l| l == cell.loss)
-                    .unwrap_or(0);
+                let li = spec.losses.iter().position(|&l| l == cell.loss).unwrap_or(0);
                 Record::new(cell, &contexts[li], point.samples, spec.reps, x_norm_sq)
             })
         })

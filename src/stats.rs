@@ -58,13 +58,7 @@ impl Moments {
             + d2 * d2 * na * nb * (na * na - na * nb + nb * nb) / (n * n * n)
             + 6.0 * d2 * (na * na * b.m2 + nb * nb * self.m2) / (n * n)
             + 4.0 * d * (na * b.m3 - nb * self.m3) / n;
-        *self = Moments {
-            n,
-            mean: self.mean + d * nb / n,
-            m2,
-            m3,
-            m4,
-        };
+        *self = Moments { n, mean: self.mean + d * nb / n, m2, m3, m4 };
     }
 
     /// Unbiased sample variance (0 with fewer than two values).
@@ -131,11 +125,7 @@ pub struct EstimateMoments {
 impl EstimateMoments {
     /// Empty moments for K coordinates.
     pub fn new(k: usize) -> Self {
-        Self {
-            coords: vec![Moments::default(); k],
-            sq_error: Moments::default(),
-            cosine: Moments::default(),
-        }
+        Self { coords: vec![Moments::default(); k], sq_error: Moments::default(), cosine: Moments::default() }
     }
 
     /// Adds one estimate, compared with the exact gradient `exact`.
@@ -185,9 +175,7 @@ mod tests {
 
     #[test]
     fn push_and_merge_agree_with_two_pass_moments() {
-        let xs: Vec<f64> = (0..1000)
-            .map(|i| ((i * 7919) % 1013) as f64 / 97.0 + 1e6)
-            .collect();
+        let xs: Vec<f64> = (0..1000).map(|i| ((i * 7919) % 1013) as f64 / 97.0 + 1e6).collect();
         let (mean, m2, m3, m4) = direct(&xs);
         let mut all = Moments::default();
         xs.iter().for_each(|&x| all.push(x));

@@ -23,7 +23,17 @@ use mcgrad::Error;
 /// A GPU engine on any adapter, or `None` (after saying so) where there is none.
 fn gpu() -> Option<GpuEngine> {
     match GpuEngine::new(&GpuPreference::Any) {
-        Ok(engine) => Some(engine),
+        Ok(engine) => {
+            let info = engine.backend_info();
+            let _ = writeln!(
+                std::io::stderr(),
+                "GPU adapter: {} ({:?}, {:?})",
+                info.adapter,
+                info.graphics_backend,
+                info.driver
+            );
+            Some(engine)
+        }
         Err(Error::GpuUnavailable(why)) => {
             if std::env::var("MCGRAD_REQUIRE_GPU").is_ok_and(|v| v == "1") {
                 panic!("MCGRAD_REQUIRE_GPU=1 but no GPU adapter: {why}");

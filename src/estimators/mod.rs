@@ -53,19 +53,11 @@ pub const EMA_DECAY: f64 = 0.9;
 /// # Errors
 /// [`Error::Unknown`] listing the known ids.
 pub fn by_id(id: &str) -> Result<&'static dyn Estimator> {
-    REGISTRY
-        .iter()
-        .copied()
-        .find(|e| e.id() == id)
-        .ok_or_else(|| Error::Unknown {
-            kind: "estimator",
-            name: id.to_string(),
-            known: REGISTRY
-                .iter()
-                .map(|e| e.id())
-                .collect::<Vec<_>>()
-                .join(", "),
-        })
+    REGISTRY.iter().copied().find(|e| e.id() == id).ok_or_else(|| Error::Unknown {
+        kind: "estimator",
+        name: id.to_string(),
+        known: REGISTRY.iter().map(|e| e.id()).collect::<Vec<_>>().join(", "),
+    })
 }
 
 /// Which pass over the draws an estimator reads.
@@ -120,11 +112,8 @@ impl Context {
         let f_p = quad.value(&p);
         let grad_f_p = quad.grad(&p);
         let gp_dot_p: f64 = grad_f_p.iter().zip(&p).map(|(a, b)| a * b).sum();
-        let muprop_signal = f
-            .iter()
-            .zip(&grad_f_p)
-            .map(|(fk, gk)| fk - f_p - (gk - gp_dot_p))
-            .collect();
+        let muprop_signal =
+            f.iter().zip(&grad_f_p).map(|(fk, gk)| fk - f_p - (gk - gp_dot_p)).collect();
         let muprop_mean_field = jacobian_product(&p, &grad_f_p);
         Self {
             k: p.len(),
@@ -182,11 +171,7 @@ pub fn linear_form_moments(p: &[f64], signal: &[f64], c: &[f64], s: u32) -> Exac
         var[j] = m2 / s;
         m4[j] = (q4 + 3.0 * (s - 1.0) * m2 * m2) / (s * s * s);
     }
-    ExactMoments {
-        mean,
-        var,
-        m4: Some(m4),
-    }
+    ExactMoments { mean, var, m4: Some(m4) }
 }
 
 /// `sum_k counts_k signal_k (e_k - p)_j` for every j, in O(K):

@@ -20,12 +20,7 @@ impl Estimator for Muprop {
         true
     }
     fn exact_moments(&self, ctx: &Context, s: u32) -> Option<ExactMoments> {
-        Some(linear_form_moments(
-            &ctx.p,
-            &ctx.muprop_signal,
-            &ctx.muprop_mean_field,
-            s,
-        ))
+        Some(linear_form_moments(&ctx.p, &ctx.muprop_signal, &ctx.muprop_mean_field, s))
     }
     fn estimate_from_counts(&self, ctx: &Context, counts: &[u32], s: u32, _: f64, out: &mut [f64]) {
         score_sum(counts, |k| ctx.muprop_signal[k], &ctx.p, out);

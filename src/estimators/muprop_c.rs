@@ -19,11 +19,8 @@ impl Estimator for MupropC {
         true
     }
     fn baseline_signal(&self, ctx: &Context, counts: &[u32], s: u32) -> Option<f64> {
-        let total: f64 = counts
-            .iter()
-            .zip(&ctx.muprop_signal)
-            .map(|(&n, l)| f64::from(n) * l)
-            .sum();
+        let total: f64 =
+            counts.iter().zip(&ctx.muprop_signal).map(|(&n, l)| f64::from(n) * l).sum();
         Some(total / f64::from(s))
     }
     fn estimate_from_counts(

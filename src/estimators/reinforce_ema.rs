@@ -20,11 +20,7 @@ impl Estimator for ReinforceEma {
         true
     }
     fn baseline_signal(&self, ctx: &Context, counts: &[u32], s: u32) -> Option<f64> {
-        let total: f64 = counts
-            .iter()
-            .zip(&ctx.f)
-            .map(|(&n, f)| f64::from(n) * f)
-            .sum();
+        let total: f64 = counts.iter().zip(&ctx.f).map(|(&n, f)| f64::from(n) * f).sum();
         Some(total / f64::from(s))
     }
     fn estimate_from_counts(

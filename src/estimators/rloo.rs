@@ -34,23 +34,14 @@ impl Estimator for Rloo {
         let var = (0..ctx.k)
             .map(|j| {
                 let pj = ctx.p[j];
-                one.var[j] / s
-                    + (sigma_f2 * pj * (1.0 - pj) + ctx.grad[j].powi(2)) / (s * (s - 1.0))
+                one.var[j] / s + (sigma_f2 * pj * (1.0 - pj) + ctx.grad[j].powi(2)) / (s * (s - 1.0))
             })
             .collect();
-        Some(ExactMoments {
-            mean: ctx.grad.clone(),
-            var,
-            m4: None,
-        })
+        Some(ExactMoments { mean: ctx.grad.clone(), var, m4: None })
     }
     fn estimate_from_counts(&self, ctx: &Context, counts: &[u32], s: u32, _: f64, out: &mut [f64]) {
-        let mean_f: f64 = counts
-            .iter()
-            .zip(&ctx.f)
-            .map(|(&n, f)| f64::from(n) * f)
-            .sum::<f64>()
-            / f64::from(s);
+        let mean_f: f64 =
+            counts.iter().zip(&ctx.f).map(|(&n, f)| f64::from(n) * f).sum::<f64>() / f64::from(s);
         score_sum(counts, |k| ctx.f[k] - mean_f, &ctx.p, out);
         let inv = 1.0 / (f64::from(s) - 1.0);
         out.iter_mut().for_each(|o| *o *= inv);

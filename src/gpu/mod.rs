@@ -227,7 +227,7 @@ impl GpuEngine {
             COUNTS_WG,
         );
         let t_relaxed = threads_per_rep(u64::from(samples), relaxed::DRAWS_PER_THREAD, RELAXED_WG);
-        let binding = u64::from(l.max_storage_buffer_binding_size).min(l.max_buffer_size);
+        let binding = l.max_storage_buffer_binding_size.min(l.max_buffer_size);
         let by_sums = binding / (MAX_RELAXED_CELLS as u64 * ROW_BYTES);
         let per_group_partials = (score_cells.max(MAX_RELAXED_CELLS) * (MAX_K + 2) * 20) as u64;
         let by_partials = binding / per_group_partials * u64::from(REP_ALIGN);

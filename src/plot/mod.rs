@@ -13,7 +13,6 @@ pub fn ensure_font() {
     static ONCE: Once = Once::new();
     ONCE.call_once(|| {
         // The font is compiled in and known to be valid.
-        let _ =
-            plotters::style::register_font(FONT, plotters::style::FontStyle::Normal, FONT_BYTES);
+        let _ = plotters::style::register_font(FONT, plotters::style::FontStyle::Normal, FONT_BYTES);
     });
 }
