@@ -29,12 +29,15 @@ if [ -z "$tests" ] || [ -z "$bench" ]; then
     echo "could not find the built binaries (tests: '$tests', bench: '$bench')" >&2
     exit 1
 fi
-cp "$tests" .device/bin/gpu-tests
-cp "$bench" .device/bin/gpu-bench
+# Without debug info: the device machine takes at most 64 MiB of carried files.
+strip -o .device/bin/gpu-tests "$tests"
+strip -o .device/bin/gpu-bench "$bench"
 echo "binaries: $(ls -l .device/bin | tail -n +2 | awk '{print $NF, $5}' | tr '\n' ' ')"
 
 # The Vulkan loader and GL/EGL dispatch libraries, as Debian packages (amd64).
-grep -qx '/.gl/' .git/info/exclude 2>/dev/null || echo /.gl/ >>.git/info/exclude
+exclude=$(git rev-parse --git-path info/exclude)  # a worktree's .git is a file
+mkdir -p "$(dirname "$exclude")"
+grep -qx '/.gl/' "$exclude" 2>/dev/null || echo /.gl/ >>"$exclude"
 mkdir -p .gl /tmp/amd64/partial
 o='-oAPT::Architecture=amd64 -oAPT::Architectures=amd64 -oDir::State::Lists=/tmp/amd64'
 # shellcheck disable=SC2086
