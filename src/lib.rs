@@ -30,6 +30,7 @@ pub mod error;
 pub mod estimators;
 pub mod fastmath;
 pub mod faults;
+pub mod gpu;
 pub mod loss;
 pub mod philox;
 pub mod plot;

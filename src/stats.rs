@@ -110,6 +110,10 @@ pub fn variance_se(mu4: f64, var: f64, n: f64) -> f64 {
     ((mu4 - var * var * (n - 3.0) / (n - 1.0)).max(0.0) / n).sqrt()
 }
 
+/// Relative size below which an estimate counts as zero for its cosine (see
+/// [`EstimateMoments::push`]; keep in sync with `ZERO_ESTIMATE` in shaders/moments.wgsl).
+pub const ZERO_ESTIMATE: f64 = 1e-5;
+
 /// The moments of one estimator's repeated S-draw estimates `g_hat_r` (K-vectors): per
 /// coordinate, plus the per-repetition squared error `||g_hat_r - g||^2` and cosine
 /// `cos(g_hat_r, g)` against the exact gradient `g`.
@@ -119,7 +123,8 @@ pub struct EstimateMoments {
     pub coords: Vec<Moments>,
     /// Moments of `||g_hat_r - g||^2`.
     pub sq_error: Moments,
-    /// Moments of `cos(g_hat_r, g)` (empty when either vector is 0).
+    /// Moments of `cos(g_hat_r, g)` (without the estimates that are 0 up to rounding, and
+    /// empty when g is 0).
     pub cosine: Moments,
 }
 
@@ -144,7 +149,10 @@ impl EstimateMoments {
             ee += g * g;
         }
         self.sq_error.push(err);
-        if nn > 0.0 && ee > 0.0 {
+        // An estimate that is zero up to rounding (below ZERO_ESTIMATE of |g_hat - g| + |g|,
+        // as when every draw's loss equals its baseline) has no direction: its cosine is left
+        // out, on every engine alike (the GPU's f32 leaves about 1e-7 where f64 leaves 0).
+        if ee > 0.0 && nn > ZERO_ESTIMATE * ZERO_ESTIMATE * (err + ee) {
             self.cosine.push(dot / (nn * ee).sqrt());
         }
     }

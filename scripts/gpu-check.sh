@@ -1,0 +1,38 @@
+#!/usr/bin/env bash
+for f in .gl/*.deb; do dpkg -x $f /; done; ldconfig;
+# Runs the GPU tests (MCGRAD_REQUIRE_GPU=1: a missing adapter fails) and the GPU benchmark
+# on a machine with an NVIDIA GPU and its driver but no Rust toolchain or registry, from the
+# binaries scripts/build-device-bundle.sh put in .device/bin/ and the Vulkan loader packages
+# in .gl/ (unpacked above). Writes everything under $OUT (tests.txt, bench.txt, adapter
+# details, criterion/), in well under 8 minutes. Exits non-zero if the tests fail.
+set -uo pipefail
+OUT=${OUT:-$PWD/gpu-check-out}
+mkdir -p "$OUT"
+cd "$(dirname "$0")/.." || exit 1
+export XDG_RUNTIME_DIR=${XDG_RUNTIME_DIR:-/tmp}
+
+# The NVIDIA Vulkan driver: use the loader's default places, else the container's.
+if ! ls /usr/share/vulkan/icd.d/*nvidia* /etc/vulkan/icd.d/*nvidia* >/dev/null 2>&1; then
+    export VK_DRIVER_FILES=/usr/local/nvidia/share/vulkan/icd.d/nvidia_icd.json
+fi
+{
+    echo "VK_DRIVER_FILES=${VK_DRIVER_FILES:-}"
+    nvidia-smi -L 2>&1 || true
+    ls -l .device/bin 2>&1
+} | tee "$OUT/machine.txt"
+
+status=0
+echo "== GPU tests" | tee "$OUT/tests.txt"
+MCGRAD_REQUIRE_GPU=1 timeout 240 .device/bin/gpu-tests --test-threads=1 2>&1 | tee -a "$OUT/tests.txt"
+test_status=${PIPESTATUS[0]}
+[ "$test_status" -eq 0 ] || status=$test_status
+echo "tests exit status: $test_status" | tee -a "$OUT/tests.txt"
+
+echo "== GPU bench" | tee "$OUT/bench.txt"
+CRITERION_HOME="$OUT/criterion" timeout 200 .device/bin/gpu-bench --bench \
+    --warm-up-time 1 --measurement-time 3 --noplot 2>&1 | tee -a "$OUT/bench.txt"
+bench_status=${PIPESTATUS[0]}
+echo "bench exit status: $bench_status" | tee -a "$OUT/bench.txt"
+grep -E "adapter|^gpu_|thrpt" "$OUT/bench.txt" >"$OUT/summary.txt" || true
+[ "$bench_status" -eq 0 ] || [ "$status" -ne 0 ] || status=$bench_status
+exit "$status"

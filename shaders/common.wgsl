@@ -1,0 +1,188 @@
+// Shared by every mcgrad kernel; src/gpu/shaders.rs prepends it to each kernel file.
+// Owns: the Philox4x32-10 generator and its counter layout (keep in sync with src/philox.rs),
+// the uniforms, the sweep parameters and tables (keep in sync with src/gpu/params.rs), and
+// f32 streaming moments (the Chan/Pebay merge of src/stats.rs).
+
+const PHILOX_M0: u32 = 0xD2511F53u;
+const PHILOX_M1: u32 = 0xCD9E8D57u;
+const PHILOX_W0: u32 = 0x9E3779B9u;
+const PHILOX_W1: u32 = 0xBB67AE85u;
+const STREAM_CATEGORICAL: u32 = 0u;
+const STREAM_GUMBEL: u32 = 1u;
+
+// Largest K the kernels serve (per-thread arrays are this long).
+const MAX_K: u32 = 16u;
+// A threshold no 24-bit uniform reaches.
+const NEVER: u32 = 16777216u;
+
+// Score-function cell kinds (keep in sync with src/gpu/params.rs).
+const BASELINE_NONE: u32 = 0u;
+const BASELINE_MOVING_AVERAGE: u32 = 1u;
+const BASELINE_LEAVE_ONE_OUT: u32 = 2u;
+// Relaxed cell kinds.
+const RELAXED_SOFT: u32 = 0u;
+const RELAXED_STRAIGHT_THROUGH: u32 = 1u;
+
+// The parameters of one dispatch (keep in sync with `SweepParams` in src/gpu/params.rs).
+struct SweepParams {
+    key: vec2<u32>,
+    point: u32,
+    samples: u32,
+    // Global repetition index (within the sweep point) of the chunk's first repetition.
+    rep_begin: u32,
+    chunk_reps: u32,
+    // Draws [draw_begin, draw_end) of every repetition of the chunk; draw_begin % 4 == 0.
+    draw_begin: u32,
+    draw_end: u32,
+    k: u32,
+    threads_per_rep: u32,
+    n_cells: u32,
+    inv_tau: f32,
+    samples_f: f32,
+    _pad0: u32,
+    _pad1: u32,
+    _pad2: u32,
+}
+
+// Per sweep point, shared by every cell (keep in sync with `PointTable`).
+struct PointTable {
+    // Inverse-CDF thresholds ceil(C_j 2^24); NEVER from the last nonzero class on.
+    thresholds: array<u32, 16>,
+    p: array<f32, 16>,
+    // S p_j split into an f32 and its f32 remainder, so n_j - S p_j keeps its digits.
+    expected_hi: array<f32, 16>,
+    expected_lo: array<f32, 16>,
+    // a - max(a) for the Gumbel draws.
+    shifted_logits: array<f32, 16>,
+}
+
+// Streaming central moments of one scalar, in f32 within a workgroup.
+struct PartialMoments {
+    n: f32,
+    mean: f32,
+    m2: f32,
+    m3: f32,
+    m4: f32,
+}
+
+// The high and low words of the 64-bit product a * b, from 16-bit limbs (WGSL has no u64).
+fn mulhilo(a: u32, b: u32) -> vec2<u32> {
+    let a_lo = a & 0xffffu;
+    let a_hi = a >> 16u;
+    let b_lo = b & 0xffffu;
+    let b_hi = b >> 16u;
+    let lo_lo = a_lo * b_lo;
+    let hi_lo = a_hi * b_lo;
+    let lo_hi = a_lo * b_hi;
+    let hi_hi = a_hi * b_hi;
+    // Cannot overflow: (2^16 - 1)^2 + 2 (2^16 - 1) = 2^32 - 1.
+    let cross = (lo_lo >> 16u) + (hi_lo & 0xffffu) + lo_hi;
+    let hi = hi_hi + (hi_lo >> 16u) + (cross >> 16u);
+    return vec2<u32>(hi, a * b);
+}
+
+fn philox_round(ctr: vec4<u32>, key: vec2<u32>) -> vec4<u32> {
+    let p0 = mulhilo(PHILOX_M0, ctr.x);
+    let p1 = mulhilo(PHILOX_M1, ctr.z);
+    return vec4<u32>(p1.x ^ ctr.y ^ key.x, p1.y, p0.x ^ ctr.w ^ key.y, p0.y);
+}
+
+// Philox4x32-10: four random words from a 128-bit counter and a 64-bit key.
+fn philox4x32_10(counter: vec4<u32>, key_in: vec2<u32>) -> vec4<u32> {
+    var key = key_in;
+    var ctr = philox_round(counter, key);
+    for (var i = 1u; i < 10u; i++) {
+        key += vec2<u32>(PHILOX_W0, PHILOX_W1);
+        ctr = philox_round(ctr, key);
+    }
+    return ctr;
+}
+
+// The counter of one Philox block: [block, repetition, stream << 16 | lane, sweep point].
+fn philox_counter(block: u32, rep: u32, stream: u32, lane: u32, point: u32) -> vec4<u32> {
+    return vec4<u32>(block, rep, (stream << 16u) | lane, point);
+}
+
+// A uniform in (0, 1), never 0 or 1: ((u >> 9) + 0.5) 2^-23, every step exact in f32
+// (keep in sync with philox::open_uniform_f32; 24 bits would round the top value to 1.0).
+fn open_uniform(word: u32) -> f32 {
+    return (f32(word >> 9u) + 0.5) * (1.0 / 8388608.0);
+}
+
+// ln(x) with a relative error of a few ulp everywhere: near 1, where the driver's log may
+// only promise an absolute error (2^-21 for Vulkan), it uses 2 atanh(s), s = (x-1)/(x+1),
+// |s| <= 1/3 for x in [0.5, 2] (x - 1 is exact there).
+fn accurate_log(x: f32) -> f32 {
+    if x < 0.5 || x > 2.0 {
+        return log(x);
+    }
+    let s = (x - 1.0) / (x + 1.0);
+    let s2 = s * s;
+    // 2 (s + s^3/3 + ... + s^17/17): the first omitted term is below 2^-30 of the sum.
+    var poly = 1.0 / 17.0;
+    poly = poly * s2 + 1.0 / 15.0;
+    poly = poly * s2 + 1.0 / 13.0;
+    poly = poly * s2 + 1.0 / 11.0;
+    poly = poly * s2 + 1.0 / 9.0;
+    poly = poly * s2 + 1.0 / 7.0;
+    poly = poly * s2 + 1.0 / 5.0;
+    poly = poly * s2 + 1.0 / 3.0;
+    return 2.0 * s * (poly * s2 + 1.0);
+}
+
+// Gumbel noise -log(-log u) of one random word.
+fn gumbel(word: u32) -> f32 {
+    return -accurate_log(-accurate_log(open_uniform(word)));
+}
+
+fn moments_of(x: f32, valid: bool) -> PartialMoments {
+    if valid {
+        return PartialMoments(1.0, x, 0.0, 0.0, 0.0);
+    }
+    return PartialMoments(0.0, 0.0, 0.0, 0.0, 0.0);
+}
+
+// Merges the moments of two sets of values (Chan et al.; Pebay 2008), as Moments::merge.
+fn moments_merge(a: PartialMoments, b: PartialMoments) -> PartialMoments {
+    if b.n == 0.0 {
+        return a;
+    }
+    if a.n == 0.0 {
+        return b;
+    }
+    let na = a.n;
+    let nb = b.n;
+    let n = na + nb;
+    let d = b.mean - a.mean;
+    let d2 = d * d;
+    let m2 = a.m2 + b.m2 + d2 * na * nb / n;
+    let m3 = a.m3 + b.m3 + d2 * d * na * nb * (na - nb) / (n * n)
+        + 3.0 * d * (na * b.m2 - nb * a.m2) / n;
+    let m4 = a.m4 + b.m4 + d2 * d2 * na * nb * (na * na - na * nb + nb * nb) / (n * n * n)
+        + 6.0 * d2 * (na * na * b.m2 + nb * nb * a.m2) / (n * n)
+        + 4.0 * d * (na * b.m3 - nb * a.m3) / n;
+    return PartialMoments(n, a.mean + d * nb / n, m2, m3, m4);
+}
+
+// One (loss, score-function estimator) (keep in sync with `ScoreCell` in src/gpu/params.rs).
+// See score_function_moments.wgsl for what the fields mean.
+struct ScoreCell {
+    centred_signal: array<f32, 16>,
+    kappa: array<f32, 16>,
+    grad: array<f32, 16>,
+    scale: f32,
+    mean_signal: f32,
+    baseline: u32,
+    cosine: u32,
+}
+
+// One (loss, relaxed estimator) (keep in sync with `RelaxedCell` in src/gpu/params.rs):
+// the loss f(y) = alpha ||y||^2 + beta.y + gamma, the exact gradient and the kind.
+struct RelaxedCell {
+    beta: array<f32, 16>,
+    grad: array<f32, 16>,
+    alpha: f32,
+    inv_tau: f32,
+    kind: u32,
+    cosine: u32,
+}

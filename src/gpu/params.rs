@@ -1,0 +1,275 @@
+//! The structs the host shares with the kernels: `#[repr(C)]`, `bytemuck::Pod`, each kept in
+//! sync with its twin in `shaders/common.wgsl` (or the kernel named on it), and the host-side
+//! arithmetic that fills them from a sweep point (estimator descriptors, expected counts).
+
+use bytemuck::{Pod, Zeroable};
+
+use crate::draws::{CategoricalTable, RelaxedTable};
+use crate::error::{Error, Result};
+use crate::estimators::{Context, Estimator};
+
+/// Largest K the kernels serve (keep in sync with `MAX_K` in shaders/common.wgsl).
+pub const MAX_K: usize = 16;
+/// Largest number of relaxed cells per point (keep in sync with `MAX_RELAXED_CELLS`).
+pub const MAX_RELAXED_CELLS: usize = 6;
+/// A threshold no 24-bit uniform reaches (keep in sync with `NEVER`).
+pub const NEVER: u32 = 1 << 24;
+
+/// Score-function cell baselines (keep in sync with `BASELINE_*` in shaders/common.wgsl).
+pub const BASELINE_NONE: u32 = 0;
+/// A bias-corrected moving average of earlier repetitions' mean loss signal.
+pub const BASELINE_MOVING_AVERAGE: u32 = 1;
+/// The mean loss signal of the repetition's own S draws (RLOO).
+pub const BASELINE_LEAVE_ONE_OUT: u32 = 2;
+/// Relaxed cell kinds (keep in sync with `RELAXED_*`): Gumbel-softmax.
+pub const RELAXED_SOFT: u32 = 0;
+/// Straight-through Gumbel-softmax.
+pub const RELAXED_STRAIGHT_THROUGH: u32 = 1;
+
+/// The parameters of one dispatch. Keep in sync with `SweepParams` in shaders/common.wgsl.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Pod, Zeroable)]
+pub struct SweepParams {
+    /// The Philox key (the seed's halves).
+    pub key: [u32; 2],
+    /// Sweep point index (the counter's last word).
+    pub point: u32,
+    /// Draws per repetition S.
+    pub samples: u32,
+    /// Index within the point of the chunk's first repetition.
+    pub rep_begin: u32,
+    /// Repetitions in the chunk.
+    pub chunk_reps: u32,
+    /// First draw of this dispatch (a multiple of 4).
+    pub draw_begin: u32,
+    /// One past the last draw of this dispatch.
+    pub draw_end: u32,
+    /// Number of categories K.
+    pub k: u32,
+    /// Threads sharing one repetition (a power of two).
+    pub threads_per_rep: u32,
+    /// Cells (loss x estimator) of the family.
+    pub n_cells: u32,
+    /// `1 / tau` for the Gumbel softmax.
+    pub inv_tau: f32,
+    /// S as f32.
+    pub samples_f: f32,
+    /// Padding to 16 bytes.
+    pub _pad: [u32; 3],
+}
+
+/// Per sweep point, shared by every cell. Keep in sync with `PointTable` in
+/// shaders/common.wgsl.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Pod, Zeroable)]
+pub struct PointTable {
+    /// Inverse-CDF thresholds `ceil(C_j 2^24)`, [`NEVER`] from the last nonzero class on.
+    pub thresholds: [u32; MAX_K],
+    /// Probabilities `p`.
+    pub p: [f32; MAX_K],
+    /// `S p_j` rounded to f32.
+    pub expected_hi: [f32; MAX_K],
+    /// `S p_j - expected_hi_j` rounded to f32.
+    pub expected_lo: [f32; MAX_K],
+    /// `a - max(a)` for the Gumbel draws.
+    pub shifted_logits: [f32; MAX_K],
+}
+
+impl PointTable {
+    /// The table of probabilities `p` (f64, from the host's problem) at S draws.
+    ///
+    /// The categories drawn on the GPU compare the same 24-bit integer with the same
+    /// integer thresholds as [`CategoricalTable`], so they are the CPU's, bit for bit.
+    pub fn new(p: &[f64], relaxed: &RelaxedTable, samples: u32) -> Self {
+        let table = CategoricalTable::new(p);
+        let mut thresholds = [NEVER; MAX_K];
+        for (j, &t) in table.thresholds().iter().enumerate() {
+            // Clamping to the last nonzero class is the same as never passing its threshold.
+            thresholds[j] = if (j as u32) < table.last_nonzero() {
+                t
+            } else {
+                NEVER
+            };
+        }
+        let mut out = Self {
+            thresholds,
+            p: [0.0; MAX_K],
+            expected_hi: [0.0; MAX_K],
+            expected_lo: [0.0; MAX_K],
+            shifted_logits: [0.0; MAX_K],
+        };
+        for (j, &pj) in p.iter().enumerate() {
+            let expected = f64::from(samples) * pj;
+            out.p[j] = pj as f32;
+            out.expected_hi[j] = expected as f32;
+            out.expected_lo[j] = (expected - f64::from(out.expected_hi[j])) as f32;
+        }
+        out.shifted_logits[..p.len()].copy_from_slice(relaxed.shifted_logits());
+        out
+    }
+}
+
+/// One (loss, score-function estimator). Keep in sync with `ScoreCell` in
+/// shaders/common.wgsl; shaders/score_function_moments.wgsl says what the fields mean.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Pod, Zeroable)]
+pub struct ScoreCell {
+    /// The learning signal minus its mean under p: `Lt = L - p.L`.
+    pub centred_signal: [f32; MAX_K],
+    /// The deterministic part of the deviation: `scale S p_j Lt_j + c_j - g_j`.
+    pub kappa: [f32; MAX_K],
+    /// The exact gradient g.
+    pub grad: [f32; MAX_K],
+    /// `1/S`, or `1/(S-1)` for RLOO.
+    pub scale: f32,
+    /// `p.L`.
+    pub mean_signal: f32,
+    /// `BASELINE_*`.
+    pub baseline: u32,
+    /// 1 where the cosine to g is defined (g != 0).
+    pub cosine: u32,
+}
+
+/// One (loss, relaxed estimator). Keep in sync with `RelaxedCell` in shaders/common.wgsl.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Pod, Zeroable)]
+pub struct RelaxedCell {
+    /// The loss's linear coefficients.
+    pub beta: [f32; MAX_K],
+    /// The exact gradient g.
+    pub grad: [f32; MAX_K],
+    /// The loss's coefficient of `||y||^2`.
+    pub alpha: f32,
+    /// `1 / tau` of the estimate's Jacobian.
+    pub inv_tau: f32,
+    /// `RELAXED_*`.
+    pub kind: u32,
+    /// 1 where the cosine to g is defined (g != 0).
+    pub cosine: u32,
+}
+
+/// Partial moments of one scalar over a workgroup. Keep in sync with `PartialMoments` in
+/// shaders/common.wgsl.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Pod, Zeroable)]
+pub struct PartialMoments {
+    /// Count.
+    pub n: f32,
+    /// Mean.
+    pub mean: f32,
+    /// Sum of squared deviations.
+    pub m2: f32,
+    /// Sum of cubed deviations.
+    pub m3: f32,
+    /// Sum of fourth-power deviations.
+    pub m4: f32,
+}
+
+fn padded(v: &[f64]) -> [f32; MAX_K] {
+    let mut out = [0.0; MAX_K];
+    for (o, x) in out.iter_mut().zip(v) {
+        *o = *x as f32;
+    }
+    out
+}
+
+fn cosine_defined(grad: &[f64]) -> u32 {
+    u32::from(grad.iter().map(|g| g * g).sum::<f64>() > 0.0)
+}
+
+/// The GPU descriptor of a score-function estimator under one loss at S draws.
+///
+/// Every score-function estimator of the registry is `scale sum_k n_k (L_k - b) (e_k - p) + c`
+/// for a signal L, a baseline b and a constant c; this names them per estimator id.
+///
+/// # Errors
+/// [`Error::InvalidArgument`] for an estimator the GPU kernels do not know.
+pub fn score_cell(estimator: &dyn Estimator, ctx: &Context, samples: u32) -> Result<ScoreCell> {
+    let k = ctx.k;
+    let zeros = vec![0.0; k];
+    let s = f64::from(samples);
+    let (signal, constant, scale, baseline): (&[f64], &[f64], f64, u32) = match estimator.id() {
+        "exact" => (&zeros, &ctx.grad, 0.0, BASELINE_NONE),
+        "reinforce" => (&ctx.f, &zeros, 1.0 / s, BASELINE_NONE),
+        "reinforce-ema" => (&ctx.f, &zeros, 1.0 / s, BASELINE_MOVING_AVERAGE),
+        "rloo" => (&ctx.f, &zeros, 1.0 / (s - 1.0), BASELINE_LEAVE_ONE_OUT),
+        "muprop" => (
+            &ctx.muprop_signal,
+            &ctx.muprop_mean_field,
+            1.0 / s,
+            BASELINE_NONE,
+        ),
+        "muprop-c" => (
+            &ctx.muprop_signal,
+            &ctx.muprop_mean_field,
+            1.0 / s,
+            BASELINE_MOVING_AVERAGE,
+        ),
+        other => {
+            return Err(Error::InvalidArgument(format!(
+                "estimator `{other}` has no GPU kernel: use --backend cpu"
+            )))
+        }
+    };
+    let mean_signal: f64 = ctx.p.iter().zip(signal).map(|(p, l)| p * l).sum();
+    let centred: Vec<f64> = signal.iter().map(|l| l - mean_signal).collect();
+    let kappa: Vec<f64> = (0..k)
+        .map(|j| scale * s * ctx.p[j] * centred[j] + constant[j] - ctx.grad[j])
+        .collect();
+    Ok(ScoreCell {
+        centred_signal: padded(&centred),
+        kappa: padded(&kappa),
+        grad: padded(&ctx.grad),
+        scale: scale as f32,
+        mean_signal: mean_signal as f32,
+        baseline,
+        cosine: cosine_defined(&ctx.grad),
+    })
+}
+
+/// The GPU descriptor of a relaxed estimator under one loss.
+///
+/// # Errors
+/// [`Error::InvalidArgument`] for an estimator the GPU kernels do not know.
+pub fn relaxed_cell(estimator: &dyn Estimator, ctx: &Context) -> Result<RelaxedCell> {
+    let kind = match estimator.id() {
+        "gumbel-softmax" => RELAXED_SOFT,
+        "st-gumbel" => RELAXED_STRAIGHT_THROUGH,
+        other => {
+            return Err(Error::InvalidArgument(format!(
+                "estimator `{other}` has no GPU kernel: use --backend cpu"
+            )))
+        }
+    };
+    Ok(RelaxedCell {
+        beta: padded(&ctx.quad.beta),
+        grad: padded(&ctx.grad),
+        alpha: ctx.quad.alpha as f32,
+        inv_tau: (1.0 / ctx.tau) as f32,
+        kind,
+        cosine: cosine_defined(&ctx.grad),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn struct_sizes_match_the_wgsl_layouts() {
+        // WGSL sizes: 16 scalars; 5 arrays of 16; 3 arrays of 16 + 4; 2 arrays + 4; 5.
+        assert_eq!(std::mem::size_of::<SweepParams>(), 64);
+        assert_eq!(std::mem::size_of::<PointTable>(), 5 * 64);
+        assert_eq!(std::mem::size_of::<ScoreCell>(), 3 * 64 + 16);
+        assert_eq!(std::mem::size_of::<RelaxedCell>(), 2 * 64 + 16);
+        assert_eq!(std::mem::size_of::<PartialMoments>(), 20);
+    }
+
+    #[test]
+    fn clamped_classes_never_pass_their_threshold() {
+        let p = [0.5, 0.5, 0.0, 0.0];
+        let table = PointTable::new(&p, &RelaxedTable::new(&[0.0, 0.0, -1e9, -1e9], 1.0), 4);
+        assert_eq!(&table.thresholds[..4], &[1 << 23, NEVER, NEVER, NEVER]);
+        assert_eq!(table.expected_hi[0], 2.0);
+    }
+}

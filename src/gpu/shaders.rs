@@ -1,0 +1,22 @@
+//! The WGSL sources: one file per kernel under `shaders/`, each with `shaders/common.wgsl`
+//! (Philox, the shared structs, f32 moments) prepended, and `shaders/moments.wgsl` (the
+//! workgroup reduction) for the two moments kernels.
+
+macro_rules! kernel {
+    ($($file:literal),+) => {
+        concat!(include_str!("../../shaders/common.wgsl"), $(include_str!(concat!("../../shaders/", $file))),+)
+    };
+}
+
+/// The batched forward pass (logits and softmax).
+pub const FORWARD: &str = kernel!("forward.wgsl");
+/// Philox words of given counters (a test kernel).
+pub const PHILOX_WORDS: &str = kernel!("philox_words.wgsl");
+/// Category counts of the score-function draws.
+pub const SCORE_FUNCTION_COUNTS: &str = kernel!("score_function_counts.wgsl");
+/// Score-function estimates and their partial moments.
+pub const SCORE_FUNCTION_MOMENTS: &str = kernel!("moments.wgsl", "score_function_moments.wgsl");
+/// Gumbel draws and per-repetition sums of the relaxed estimates.
+pub const RELAXED_DRAWS: &str = kernel!("relaxed_draws.wgsl");
+/// Relaxed estimates' partial moments.
+pub const RELAXED_MOMENTS: &str = kernel!("moments.wgsl", "relaxed_moments.wgsl");
