@@ -39,21 +39,21 @@ impl Estimator for GumbelSoftmax {
 #[inline(always)]
 fn relaxed_batch(ctx: &Context, batch: &RelaxedBatch<'_>, acc: &mut [f64]) {
     let n = batch.n;
-    let alpha2 = (2.0 * ctx.quad.alpha) as f32;
-    let mut y_dot_grad = [0f32; RELAXED_BATCH];
+    let alpha2 = 2.0 * ctx.quad.alpha;
+    let mut y_dot_grad = [0f64; RELAXED_BATCH];
     let y_dot_grad = &mut y_dot_grad[..n];
     for (c, &beta) in ctx.quad.beta.iter().enumerate() {
-        let beta = beta as f32;
         for (s, &y) in y_dot_grad.iter_mut().zip(&batch.y[c * n..(c + 1) * n]) {
+            let y = f64::from(y);
             *s += y * (alpha2 * y + beta);
         }
     }
-    let mut terms = [0f32; RELAXED_BATCH];
+    let mut terms = [0f64; RELAXED_BATCH];
     let terms = &mut terms[..n];
     for (c, (a, &beta)) in acc.iter_mut().zip(&ctx.quad.beta).enumerate() {
-        let beta = beta as f32;
         let yc = &batch.y[c * n..(c + 1) * n];
         for ((t, &y), &ydg) in terms.iter_mut().zip(yc).zip(&*y_dot_grad) {
+            let y = f64::from(y);
             *t = y * (alpha2 * y + beta - ydg);
         }
         *a += lane_sum(terms) / ctx.tau;

@@ -215,8 +215,9 @@ pub struct RelaxedDraw<'a> {
 /// Most draws in one [`RelaxedBatch`].
 pub const RELAXED_BATCH: usize = 64;
 
-/// Up to [`RELAXED_BATCH`] relaxed draws in structure-of-arrays form (f32, as on the GPU), so
-/// that an estimator's loops run over draws and vectorise.
+/// Up to [`RELAXED_BATCH`] relaxed draws in structure-of-arrays form (`y` in f32, as drawn on
+/// the GPU), so that an estimator's loops run over draws and vectorise. Estimators compute
+/// in f64: `v_j - y . v` cancels in f32 where one class dominates.
 #[derive(Clone, Copy, Debug)]
 pub struct RelaxedBatch<'a> {
     /// Number of draws n.
@@ -229,11 +230,11 @@ pub struct RelaxedBatch<'a> {
     pub y_z: &'a [f32],
 }
 
-/// The sum of a batch's per-draw terms: eight f32 partial sums (so the loop vectorises, in
-/// a fixed order), finished in f64.
+/// The sum of a batch's per-draw terms in eight partial sums (so the loop vectorises, in a
+/// fixed order).
 #[inline(always)]
-pub fn lane_sum(terms: &[f32]) -> f64 {
-    let mut lanes = [0f32; 8];
+pub fn lane_sum(terms: &[f64]) -> f64 {
+    let mut lanes = [0f64; 8];
     let chunks = terms.chunks_exact(8);
     let rest = chunks.remainder();
     for chunk in chunks {
@@ -241,7 +242,7 @@ pub fn lane_sum(terms: &[f32]) -> f64 {
             *lane += t;
         }
     }
-    lanes.iter().chain(rest).map(|&v| f64::from(v)).sum()
+    lanes.iter().chain(rest).sum()
 }
 
 /// A gradient estimator of `d E[f(z)] / d a`.

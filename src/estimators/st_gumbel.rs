@@ -39,26 +39,24 @@ impl Estimator for StGumbel {
 #[inline(always)]
 fn straight_through_batch(ctx: &Context, batch: &RelaxedBatch<'_>, acc: &mut [f64]) {
     let n = batch.n;
-    let alpha2 = (2.0 * ctx.quad.alpha) as f32;
-    let mut y_dot_grad = [0f32; RELAXED_BATCH];
+    let alpha2 = 2.0 * ctx.quad.alpha;
+    let mut y_dot_grad = [0f64; RELAXED_BATCH];
     let y_dot_grad = &mut y_dot_grad[..n];
     for (s, &yz) in y_dot_grad.iter_mut().zip(batch.y_z) {
-        *s = alpha2 * yz;
+        *s = alpha2 * f64::from(yz);
     }
     for (c, &beta) in ctx.quad.beta.iter().enumerate() {
-        let beta = beta as f32;
         for (s, &y) in y_dot_grad.iter_mut().zip(&batch.y[c * n..(c + 1) * n]) {
-            *s += y * beta;
+            *s += f64::from(y) * beta;
         }
     }
-    let mut terms = [0f32; RELAXED_BATCH];
+    let mut terms = [0f64; RELAXED_BATCH];
     let terms = &mut terms[..n];
     for (c, (a, &beta)) in acc.iter_mut().zip(&ctx.quad.beta).enumerate() {
-        let beta = beta as f32;
         let yc = &batch.y[c * n..(c + 1) * n];
         for (((t, &y), &ydg), &z) in terms.iter_mut().zip(yc).zip(&*y_dot_grad).zip(batch.z) {
             let hit = if z == c as u32 { alpha2 } else { 0.0 };
-            *t = y * (hit + beta - ydg);
+            *t = f64::from(y) * (hit + beta - ydg);
         }
         *a += lane_sum(terms) / ctx.tau;
     }
