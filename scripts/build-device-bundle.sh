@@ -25,6 +25,8 @@ for line in sys.stdin:
 mkdir -p .device/bin
 tests=$(cargo test --release --test gpu --no-run --message-format=json | executable gpu test)
 bench=$(cargo bench --bench gpu --no-run --message-format=json | executable gpu bench)
+cargo build --release --bin mcgrad
+strip -o .device/bin/mcgrad target/release/mcgrad
 if [ -z "$tests" ] || [ -z "$bench" ]; then
     echo "could not find the built binaries (tests: '$tests', bench: '$bench')" >&2
     exit 1

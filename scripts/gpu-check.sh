@@ -4,7 +4,7 @@ for f in .gl/*.deb; do dpkg -x $f /; done; ldconfig;
 # on a machine with an NVIDIA GPU and its driver but no Rust toolchain or registry, from the
 # binaries scripts/build-device-bundle.sh put in .device/bin/ and the Vulkan loader packages
 # in .gl/ (unpacked above). Writes everything under $OUT (tests.txt, bench.txt, adapter
-# details, criterion/), in well under 8 minutes. Exits non-zero if the tests fail.
+# details, the GPU run's summary), in well under 8 minutes; at most 8 files come back. Exits non-zero if the tests fail.
 set -uo pipefail
 OUT=${OUT:-$PWD/gpu-check-out}
 mkdir -p "$OUT"
@@ -28,8 +28,16 @@ test_status=${PIPESTATUS[0]}
 [ "$test_status" -eq 0 ] || status=$test_status
 echo "tests exit status: $test_status" | tee -a "$OUT/tests.txt"
 
+echo "== mcgrad info and the default run on the GPU" | tee "$OUT/run.txt"
+.device/bin/mcgrad info 2>&1 | tee -a "$OUT/run.txt"
+( TIMEFORMAT="wall %R s"; time timeout 120 .device/bin/mcgrad run --backend gpu --out /tmp/mcgrad-gpu-run --quiet ) 2>&1 | tee -a "$OUT/run.txt"
+run_status=${PIPESTATUS[0]}
+echo "run exit status: $run_status" | tee -a "$OUT/run.txt"
+cp /tmp/mcgrad-gpu-run/summary.csv "$OUT/run-summary.csv" 2>/dev/null || true
+[ "$run_status" -eq 0 ] || status=$run_status
+
 echo "== GPU bench" | tee "$OUT/bench.txt"
-CRITERION_HOME="$OUT/criterion" timeout 200 .device/bin/gpu-bench --bench \
+CRITERION_HOME=/tmp/criterion timeout 200 .device/bin/gpu-bench --bench \
     --warm-up-time 1 --measurement-time 3 --noplot 2>&1 | tee -a "$OUT/bench.txt"
 bench_status=${PIPESTATUS[0]}
 echo "bench exit status: $bench_status" | tee -a "$OUT/bench.txt"

@@ -39,6 +39,8 @@ pub enum Command {
     Train(mcgrad::train::TrainArgs),
     /// Rerun a baseline's configuration and fail (exit 1) on a quality or speed regression.
     Check(CheckArgs),
+    /// List the GPU adapters wgpu finds, and which one each backend choice would take.
+    Info,
 }
 
 /// The options of `mcgrad check`.
@@ -191,7 +193,47 @@ pub fn dispatch(cli: Cli) -> Result<()> {
         Command::Run(args) => run(args),
         Command::Train(args) => mcgrad::train::run_train(&args),
         Command::Check(args) => check(args),
+        Command::Info => {
+            info();
+            Ok(())
+        }
     }
+}
+
+fn info() {
+    let adapters = mcgrad::gpu::adapter_list();
+    println!(
+        "mcgrad {}: {} GPU adapter(s)",
+        env!("CARGO_PKG_VERSION"),
+        adapters.len()
+    );
+    for a in &adapters {
+        println!(
+            "  {} [{} {}{}] driver: {}",
+            a.name,
+            a.backend,
+            a.device_type,
+            if a.hardware {
+                ", hardware"
+            } else {
+                ", software"
+            },
+            a.driver
+        );
+    }
+    let hardware = adapters.iter().any(|a| a.hardware);
+    println!(
+        "--backend auto uses {}; --backend gpu uses {}; CPU engine: {} threads",
+        if hardware {
+            "the hardware GPU"
+        } else {
+            "the CPU engine (no hardware GPU)"
+        },
+        adapters
+            .first()
+            .map_or("nothing (no adapter)", |a| a.name.as_str()),
+        rayon::current_num_threads()
+    );
 }
 
 fn check(args: CheckArgs) -> Result<()> {

@@ -58,24 +58,44 @@ pub struct RunOutcome {
     pub files: Vec<PathBuf>,
 }
 
-/// The engine for a backend choice.
+/// The engine for a backend choice: `cpu` the CPU engine; `gpu` any adapter (software ones
+/// too) or the one `--adapter` names; `auto` a hardware GPU if there is one (or the named
+/// adapter) and the problem fits the GPU engine (K <= 16), else the CPU engine, since a
+/// software GPU is slower than the CPU engine.
 ///
 /// # Errors
-/// [`Error::GpuUnavailable`] for `gpu` (this build has no GPU engine yet);
-/// [`Error::InvalidArgument`] if the CPU thread pool cannot be built.
+/// [`Error::GpuUnavailable`] for `gpu` when no adapter fits; [`Error::Gpu`] if the GPU's
+/// kernels do not build; [`Error::InvalidArgument`] if the CPU thread pool cannot be built.
 pub fn make_engine(
     backend: BackendChoice,
     adapter: Option<&str>,
     threads: usize,
+    k: usize,
 ) -> Result<Box<dyn Engine>> {
+    use crate::gpu::{params::MAX_K as MAX_GPU_K, GpuEngine, GpuPreference};
+    let named = adapter.map(|a| GpuPreference::Named(a.to_string()));
     match backend {
-        BackendChoice::Auto | BackendChoice::Cpu => Ok(Box::new(CpuEngine::new(threads)?)),
-        BackendChoice::Gpu => Err(Error::GpuUnavailable(format!(
-            "this build has no GPU engine yet{}; use --backend cpu or auto",
-            adapter
-                .map(|a| format!(" (adapter `{a}` requested)"))
-                .unwrap_or_default()
-        ))),
+        BackendChoice::Cpu => Ok(Box::new(CpuEngine::new(threads)?)),
+        BackendChoice::Gpu => {
+            if k > MAX_GPU_K {
+                return Err(Error::InvalidArgument(format!(
+                    "the GPU engine handles K <= {MAX_GPU_K} categories (this problem has {k}); use --backend cpu"
+                )));
+            }
+            Ok(Box::new(GpuEngine::new(
+                &named.unwrap_or(GpuPreference::Any),
+            )?))
+        }
+        BackendChoice::Auto => {
+            if k <= MAX_GPU_K {
+                match GpuEngine::new(&named.unwrap_or(GpuPreference::HardwareOnly)) {
+                    Ok(engine) => return Ok(Box::new(engine)),
+                    Err(Error::GpuUnavailable(_)) => {}
+                    Err(other) => return Err(other),
+                }
+            }
+            Ok(Box::new(CpuEngine::new(threads)?))
+        }
     }
 }
 
@@ -265,7 +285,12 @@ fn progress_bar(total: u64, quiet: bool) -> ProgressBar {
 pub fn execute(config: &RunConfig) -> Result<RunOutcome> {
     config.spec.validate()?;
     let notes = skip_notes(&config.spec)?;
-    let engine = make_engine(config.backend, config.adapter.as_deref(), config.threads)?;
+    let engine = make_engine(
+        config.backend,
+        config.adapter.as_deref(),
+        config.threads,
+        config.spec.problem.k,
+    )?;
     let staging = StagingDir::create(&config.out)?;
     if !config.quiet {
         notes.iter().for_each(|n| eprintln!("{n}"));

@@ -314,7 +314,11 @@ fn bad_input_exits_with_2_and_writes_nothing() {
         ),
         ("unwritable DIR", vec![], &under_file),
         ("foreign DIR", vec![], &foreign),
-        ("gpu backend", vec!["--backend", "gpu"], &out_dir),
+        (
+            "unknown adapter",
+            vec!["--backend", "gpu", "--adapter", "no-such-adapter-xyz"],
+            &out_dir,
+        ),
     ];
     for (what, extra, dir) in cases {
         // Small defaults for the options the case does not set.
