@@ -1,9 +1,9 @@
 //! GPU engine throughput in draws per second, at the default problem size (D = 784, K = 10)
 //! and all three losses: the score-function pass (every score-function estimator) and the
 //! Gumbel pass (both relaxed estimators), timed with `iter_custom` around the engine's work
-//! only (the engine and its pipelines are built once, outside the timing); and the batched
-//! forward pass for B = 1 .. 4096 rows. Targets on an NVIDIA H100: 2e10 draws/s for the
-//! score-function pass, 2e9 for the Gumbel pass.
+//! only (the engine and its pipelines are built once, outside the timing). Targets on an
+//! NVIDIA H100: 2e10 draws/s for the score-function pass, 2e9 for the Gumbel pass. The
+//! forward layer's bench is `benches/forward.rs`.
 //!
 //! `MCGRAD_BENCH_QUICK=1` shrinks every workload so CI only checks that the bench runs.
 //! Without a GPU adapter it prints "skipped: no GPU adapter" and exits successfully.
@@ -13,9 +13,8 @@ use std::time::{Duration, Instant};
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use mcgrad::engine::{Engine, SweepSpec};
 use mcgrad::estimators::{self, Family};
-use mcgrad::gpu::{Forward, GpuEngine, GpuPreference};
+use mcgrad::gpu::{GpuEngine, GpuPreference};
 use mcgrad::loss::Loss;
-use mcgrad::philox::{PhiloxStream, STREAM_TRAIN};
 use mcgrad::problem::Problem;
 
 fn quick() -> bool {
@@ -107,40 +106,5 @@ fn passes(c: &mut Criterion) {
     group.finish();
 }
 
-fn forward(c: &mut Criterion) {
-    let Some(engine) = engine() else { return };
-    let ctx = engine.context();
-    let kernel = Forward::new(ctx).expect("forward kernel");
-    let (d, k) = (784, 10);
-    let mut rng = PhiloxStream::new(2, STREAM_TRAIN, 0);
-    let w: Vec<f32> = (0..d * k).map(|_| rng.next_f64() as f32).collect();
-    let mut group = c.benchmark_group("gpu_forward");
-    configure(&mut group);
-    let batches: &[usize] = if quick() {
-        &[1, 64]
-    } else {
-        &[1, 64, 512, 4096]
-    };
-    for &batch in batches {
-        let x: Vec<f32> = (0..batch * d).map(|_| rng.next_f64() as f32).collect();
-        let uploaded = kernel.batch(ctx, &x, &w, d, k).expect("forward upload");
-        group.throughput(Throughput::Elements(batch as u64));
-        group.bench_with_input(
-            BenchmarkId::new("forward", format!("B={batch}/D={d}/K={k}")),
-            &uploaded,
-            |b, up| {
-                b.iter_custom(|iters| {
-                    let t0 = Instant::now();
-                    for _ in 0..iters {
-                        up.launch(ctx, &kernel).expect("forward launch");
-                    }
-                    t0.elapsed()
-                })
-            },
-        );
-    }
-    group.finish();
-}
-
-criterion_group!(benches, passes, forward);
+criterion_group!(benches, passes);
 criterion_main!(benches);
