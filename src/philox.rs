@@ -191,6 +191,26 @@ impl PhiloxStream {
     }
 }
 
+/// The stream as a `rand` generator, so rand's distributions can draw from Philox with the
+/// same value stability as the rest of mcgrad.
+impl rand::RngCore for PhiloxStream {
+    fn next_u32(&mut self) -> u32 {
+        PhiloxStream::next_u32(self)
+    }
+
+    fn next_u64(&mut self) -> u64 {
+        let lo = u64::from(PhiloxStream::next_u32(self));
+        lo | (u64::from(PhiloxStream::next_u32(self)) << 32)
+    }
+
+    fn fill_bytes(&mut self, dst: &mut [u8]) {
+        for chunk in dst.chunks_mut(4) {
+            let word = PhiloxStream::next_u32(self).to_le_bytes();
+            chunk.copy_from_slice(&word[..chunk.len()]);
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -229,6 +249,19 @@ mod tests {
             let one = philox4x32_10([ctrs[0][l], ctrs[1][l], ctrs[2][l], ctrs[3][l]], key);
             assert_eq!(one, [out[0][l], out[1][l], out[2][l], out[3][l]]);
         }
+    }
+
+    #[test]
+    fn the_stream_serves_rand_distributions() {
+        use rand::Rng;
+        let mut a = PhiloxStream::new(3, STREAM_TRAIN, 0);
+        let mut b = a.clone();
+        let first = rand::RngCore::next_u64(&mut a);
+        assert_eq!(first as u32, b.next_u32());
+        assert_eq!((first >> 32) as u32, b.next_u32());
+        let draws: Vec<u32> = (0..1000).map(|_| a.random_range(0..6)).collect();
+        assert!(draws.iter().all(|&d| d < 6));
+        assert!((0..6).all(|v| draws.contains(&v)));
     }
 
     #[test]

@@ -268,9 +268,12 @@ fn progress_bar(total: u64, quiet: bool) -> ProgressBar {
     };
     let bar = ProgressBar::with_draw_target(Some(total), target);
     if let Ok(style) = ProgressStyle::with_template(
-        "{elapsed_precise} [{wide_bar}] {human_pos}/{human_len} draws ({per_sec}, eta {eta})",
+        "{elapsed_precise} [{wide_bar}] {human_pos}/{human_len} draws ({rate}, eta {eta})",
     ) {
-        bar.set_style(style.progress_chars("=> "));
+        let rate = |state: &indicatif::ProgressState, w: &mut dyn std::fmt::Write| {
+            let _ = write!(w, "{:.2e} draws/s", state.per_sec());
+        };
+        bar.set_style(style.with_key("rate", rate).progress_chars("=> "));
     }
     bar
 }
