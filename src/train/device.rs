@@ -19,9 +19,15 @@ use super::model;
 use super::TrainBackend;
 
 /// The GPU side of a [`TrainEngine`]: one device and the forward kernel.
+///
+/// The learning-rate tuning runs share it from several threads. [`GpuContext::read`] waits
+/// for the queue and then expects its own map callback to have run, which another thread's
+/// concurrent poll may still be delivering; so each pass's write-run-read round trip holds
+/// `turn`, and only the CPU work of the runs (draws, estimators, optimiser) overlaps.
 pub struct GpuForward {
     ctx: GpuContext,
     kernel: Forward,
+    turn: std::sync::Mutex<()>,
 }
 
 impl GpuForward {
@@ -31,7 +37,11 @@ impl GpuForward {
     /// [`Error::Gpu`] if the kernel does not build on this adapter.
     pub fn new(ctx: GpuContext) -> Result<Self> {
         let kernel = Forward::new(&ctx)?;
-        Ok(Self { ctx, kernel })
+        Ok(Self {
+            ctx,
+            kernel,
+            turn: std::sync::Mutex::new(()),
+        })
     }
 
     /// The context.
@@ -49,7 +59,13 @@ impl GpuForward {
         ((bytes / (D as u64 * 4)) as usize).max(1)
     }
 
+    /// The GPU to oneself for one round trip (a poisoned lock is harmless: it guards no data).
+    fn turn(&self) -> std::sync::MutexGuard<'_, ()> {
+        self.turn.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
     fn upload(&self, x: &[f32]) -> Result<ForwardBatch> {
+        let _turn = self.turn();
         self.kernel.batch(&self.ctx, x, &vec![0.0; D * K], D, K)
     }
 }
@@ -201,6 +217,7 @@ impl StepPass<'_> {
             }
             StepPass::Gpu { gpu, batch, w32 } => {
                 narrow(w, w32);
+                let _turn = gpu.turn();
                 batch.update(&gpu.ctx, Some(x), Some(w32))?;
                 widen(&batch.logits(&gpu.ctx, &gpu.kernel)?, logits)
             }
@@ -239,6 +256,7 @@ impl FixedPass<'_> {
             }
             FixedPass::Gpu { gpu, pieces, w32 } => {
                 narrow(w, w32);
+                let _turn = gpu.turn();
                 let mut at = 0;
                 for piece in pieces.iter() {
                     piece.update(&gpu.ctx, None, Some(w32))?;
