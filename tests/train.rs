@@ -352,14 +352,27 @@ fn run_train_rejects_bad_data_and_options_before_writing() {
     );
     assert!(!out.exists(), "nothing may be written");
 
+    // A GPU adapter that does not exist (GpuUnavailable, found before the data is read),
+    // and --adapter without a GPU backend.
     let gpu = TrainArgs {
         backend: train::TrainBackend::Gpu,
+        adapter: Some("no-such-adapter-anywhere".into()),
         out: out.clone(),
         ..TrainArgs::default()
     };
     assert!(matches!(
         train::run_train(&gpu),
         Err(Error::GpuUnavailable(_))
+    ));
+    let adapter_on_cpu = TrainArgs {
+        backend: train::TrainBackend::Cpu,
+        adapter: Some("lavapipe".into()),
+        out: out.clone(),
+        ..TrainArgs::default()
+    };
+    assert!(matches!(
+        train::run_train(&adapter_on_cpu),
+        Err(Error::InvalidArgument(_))
     ));
     let rloo_s1 = TrainArgs {
         estimators: vec!["rloo".into()],

@@ -2,6 +2,9 @@
 //! `logits = X W` for B inputs of D numbers and D x K weights, and the stable softmax of each
 //! row. Reusable by training and the forward benchmark: upload once with [`Forward::batch`],
 //! then [`ForwardBatch::launch`] as often as wanted and [`ForwardBatch::read`] the results.
+//! Training keeps one batch per shape for a whole run: [`ForwardBatch::update`] rewrites
+//! `x` and/or `W` in place (`queue.write_buffer`, no new buffers or bind group) and
+//! [`ForwardBatch::logits`] runs the pass and reads the logits back in one submission.
 //! CPU twin: [`forward_cpu`].
 
 use bytemuck::{Pod, Zeroable};
@@ -56,6 +59,8 @@ pub struct ForwardBatch {
     params: ForwardParams,
     groups: (u32, u32),
     bind_group: wgpu::BindGroup,
+    x: wgpu::Buffer,
+    w: wgpu::Buffer,
     logits: wgpu::Buffer,
     probs: wgpu::Buffer,
     staging: wgpu::Buffer,
@@ -119,8 +124,16 @@ impl Forward {
                 })
         };
         let params_buf = init("forward params", bytemuck::bytes_of(&params), U::UNIFORM);
-        let x_buf = init("forward x", bytemuck::cast_slice(x), U::STORAGE);
-        let w_buf = init("forward w", bytemuck::cast_slice(w), U::STORAGE);
+        let x_buf = init(
+            "forward x",
+            bytemuck::cast_slice(x),
+            U::STORAGE | U::COPY_DST,
+        );
+        let w_buf = init(
+            "forward w",
+            bytemuck::cast_slice(w),
+            U::STORAGE | U::COPY_DST,
+        );
         let out_bytes = u64::from(batch) * k as u64 * 4;
         let logits = ctx.buffer("forward logits", out_bytes, U::STORAGE | U::COPY_SRC);
         let probs = ctx.buffer("forward probs", out_bytes, U::STORAGE | U::COPY_SRC);
@@ -134,6 +147,8 @@ impl Forward {
             params,
             groups: (rows_per_y, batch.div_ceil(rows_per_y)),
             bind_group,
+            x: x_buf,
+            w: w_buf,
             logits,
             probs,
             staging,
@@ -186,6 +201,49 @@ impl ForwardBatch {
         let mut all: Vec<f32> = ctx.read(&self.staging, 2 * n, "reading the forward pass")?;
         let probs = all.split_off(n);
         Ok((all, probs))
+    }
+
+    /// Replaces the contents of `x` (B x D) and/or `w` (D x K) in place, for the next launch:
+    /// the buffers, the bind group and the shape stay as they were made.
+    ///
+    /// # Errors
+    /// [`Error::InvalidArgument`] if a slice's length differs from the batch's shape.
+    pub fn update(&self, ctx: &GpuContext, x: Option<&[f32]>, w: Option<&[f32]>) -> Result<()> {
+        let (b, d, k) = (
+            self.params.batch as usize,
+            self.params.d as usize,
+            self.params.k as usize,
+        );
+        for (name, data, want, buf) in [("x", x, b * d, &self.x), ("w", w, d * k, &self.w)] {
+            if let Some(data) = data {
+                if data.len() != want {
+                    return Err(Error::InvalidArgument(format!(
+                        "forward pass: new {name} has {} numbers, the batch holds {want}",
+                        data.len()
+                    )));
+                }
+                ctx.queue.write_buffer(buf, 0, bytemuck::cast_slice(data));
+            }
+        }
+        Ok(())
+    }
+
+    /// Runs the forward pass and reads back its logits (B x K), in one submission: the
+    /// training loop's per-step call (after [`ForwardBatch::update`]).
+    ///
+    /// # Errors
+    /// [`Error::Gpu`] if the device fails or the map fails.
+    pub fn logits(&self, ctx: &GpuContext, forward: &Forward) -> Result<Vec<f32>> {
+        let n = self.params.batch as usize * self.params.k as usize;
+        let mut encoder = ctx
+            .device
+            .create_command_encoder(&wgpu::CommandEncoderDescriptor {
+                label: Some("forward logits"),
+            });
+        forward.encode(&mut encoder, self);
+        encoder.copy_buffer_to_buffer(&self.logits, 0, &self.staging, 0, n as u64 * 4);
+        ctx.queue.submit([encoder.finish()]);
+        ctx.read(&self.staging, n, "running the forward pass")
     }
 
     /// Rows B.

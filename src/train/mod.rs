@@ -4,9 +4,10 @@
 //! Each input `x` (a 28 x 28 image) has a class `c`; the layer draws a class `z` and pays
 //! `f(z)`, by default `squared` against the one-hot class (`f(e_k) = 2 [k != c]`), so the
 //! objective `E f(z) = 2 (1 - p_c)` averaged over a minibatch is what W learns to lower.
-//! Every step: gather the minibatch, [`model::forward_batch`], S draws per input, the
-//! estimator's logit gradient per input, `G_hat = (1/B) sum_b x_b^T g_hat_b`, one optimiser
-//! step. Every `eval_every` steps (and at the first and last): the exact expected loss of
+//! Every step: gather the minibatch, the batched forward pass (on the CPU,
+//! [`model::forward_batch`], or on the GPU, [`device`]), S draws per input, the estimator's
+//! logit gradient per input, `G_hat = (1/B) sum_b x_b^T g_hat_b`, one optimiser step; all but
+//! the forward pass run on the CPU. Every `eval_every` steps (and at the first and last): the exact expected loss of
 //! the held-out test set by enumeration over the K classes, the accuracy of the most probable
 //! class, and the variance of the gradient estimate at the current W (see
 //! [`model::gradient_variance`]: the total W-space variance of the minibatch estimate on a
@@ -26,6 +27,7 @@
 //!   and estimators run one after the other on one thread, so their times are comparable.
 
 pub mod data;
+pub mod device;
 pub mod model;
 pub mod optim;
 pub mod plot;
@@ -42,20 +44,22 @@ use crate::loss::Loss;
 use crate::philox::{key_of, PhiloxStream, STREAM_TRAIN};
 
 use data::{Dataset, Splits, D, K};
+pub use device::TrainEngine;
 use model::{DrawKey, GradientSpec, VarianceMethod};
 pub use optim::{Optimizer, OptimizerKind};
 
 /// Key offset of the Monte Carlo variance probes, so they never reuse training draws.
 const VARIANCE_KEY_SALT: u64 = 0x7661_7269_616e_6365;
 
-/// Where the training runs.
+/// Where the batched forward passes of training run (the draws, estimators and optimiser
+/// always run on the CPU; see [`device`]).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
 pub enum TrainBackend {
-    /// The CPU for now (the GPU once it can train).
+    /// A hardware GPU if there is one (or the `--adapter` named), else the CPU.
     Auto,
     /// The CPU.
     Cpu,
-    /// The GPU (not available for training yet).
+    /// Any GPU adapter, software ones too (or the `--adapter` named).
     Gpu,
 }
 
@@ -99,9 +103,15 @@ pub struct TrainArgs {
     /// Output folder (replaced at the end if it holds an earlier `mcgrad train` output).
     #[arg(long, default_value = "results/train-latest")]
     pub out: PathBuf,
-    /// Where to train: auto (= cpu for now), cpu, gpu (not available for training yet).
+    /// Where the batched forward pass (X W, B x 784 x 10) of every step and of the
+    /// evaluations runs: auto (a hardware GPU if present, else the CPU), cpu, or gpu (any
+    /// adapter, software ones too). The S draws per input, the estimators, the W gradient and
+    /// the optimiser always run on the CPU (per-input draws are tiny work).
     #[arg(long, value_enum, default_value_t = TrainBackend::Auto)]
     pub backend: TrainBackend,
+    /// GPU adapter to prefer, by name (case-insensitive substring; `mcgrad info` lists them).
+    #[arg(long)]
+    pub adapter: Option<String>,
     /// Folder with MNIST's IDX files (gzip or not) instead of the built-in digits.
     #[arg(long)]
     pub mnist: Option<PathBuf>,
@@ -280,8 +290,8 @@ pub enum Record {
     FinalLoss,
 }
 
-/// Trains W (from 0) with `est` at learning rate `lr` on `train`, evaluating on `eval`.
-/// `progress` is called with the number of steps done since its last call.
+/// Trains W (from 0) with `est` at learning rate `lr` on `train`, evaluating on `eval`, with
+/// the forward passes on the CPU (see [`train_estimator_on`]).
 ///
 /// # Panics
 /// If `train` is empty or `cfg.batch` is 0 (validated by [`run_train`]).
@@ -294,6 +304,40 @@ pub fn train_estimator(
     record: Record,
     progress: &(dyn Fn(u64) + Sync),
 ) -> Curve {
+    train_estimator_on(
+        &TrainEngine::Cpu,
+        train,
+        eval,
+        est,
+        cfg,
+        lr,
+        record,
+        progress,
+    )
+    .expect("the CPU forward pass cannot fail")
+}
+
+/// Trains W (from 0) with `est` at learning rate `lr` on `train`, evaluating on `eval`, with
+/// every forward pass (the minibatch's, the probe batch's and the held-out set's) on
+/// `engine`; the draws, estimators, optimiser and loss sums stay on the CPU in f64.
+/// `progress` is called with the number of steps done since its last call.
+///
+/// # Errors
+/// [`Error::Gpu`] if the GPU fails (never on the CPU).
+///
+/// # Panics
+/// If `train` is empty or `cfg.batch` is 0 (validated by [`run_train`]).
+#[allow(clippy::too_many_arguments)]
+pub fn train_estimator_on(
+    engine: &TrainEngine,
+    train: &Dataset,
+    eval: &Dataset,
+    est: &dyn Estimator,
+    cfg: &TrainConfig,
+    lr: f64,
+    record: Record,
+    progress: &(dyn Fn(u64) + Sync),
+) -> Result<Curve> {
     assert!(
         !train.is_empty() && cfg.batch > 0,
         "empty training set or batch"
@@ -317,46 +361,60 @@ pub fn train_estimator(
     let mut probe_x = Vec::new();
     model::gather(train, &probe, &mut probe_x);
     let probe_labels: Vec<u8> = probe.iter().map(|&i| train.labels[i as usize]).collect();
+    // The forward passes, made once: buffers and pipeline reused at every step.
+    let mut step_pass = engine.step_pass(cfg.batch)?;
+    let mut eval_pass = engine.fixed_pass(&eval.x)?;
+    let mut probe_pass = match record {
+        Record::Full => Some(engine.fixed_pass(&probe_x)?),
+        Record::FinalLoss => None,
+    };
+    let mut eval_logits = vec![0.0; eval.len() * K];
+    let mut probe_logits = vec![0.0; probe_labels.len() * K];
 
     let mut points = Vec::new();
     let mut method = VarianceMethod::ClosedForm;
     let (mut seconds, mut since_sum, mut since_n, mut reported) = (0.0, 0.0, 0u32, 0u32);
-    let mut evaluate =
-        |step: u32, w: &[f64], baseline: f64, seconds: f64, train_loss: Option<f64>| {
-            let e = model::evaluate(eval, w, cfg.loss);
-            let (mut var, mut gsq) = (f64::NAN, f64::NAN);
-            if record == Record::Full {
-                let mut probe_logits = vec![0.0; probe_labels.len() * K];
-                model::forward_batch(&probe_x, w, &mut probe_logits);
-                let dk = DrawKey {
-                    key: var_key,
-                    step,
-                    rep_offset: 0,
-                };
-                let v = model::gradient_variance(
-                    est,
-                    spec,
-                    &probe_x,
-                    &probe_labels,
-                    &probe_logits,
-                    baseline,
-                    dk,
-                    cfg.variance_reps,
-                );
-                (var, gsq, method) = (v.total, v.exact_grad_sq, v.method);
-            }
-            points.push(CurvePoint {
+    let mut evaluate = |step: u32,
+                        w: &[f64],
+                        baseline: f64,
+                        seconds: f64,
+                        train_loss: Option<f64>|
+     -> Result<()> {
+        eval_pass.run(w, &mut eval_logits)?;
+        let e = model::evaluate_logits(&eval.labels, &eval_logits, cfg.loss);
+        let (mut var, mut gsq) = (f64::NAN, f64::NAN);
+        if let Some(pass) = probe_pass.as_mut() {
+            pass.run(w, &mut probe_logits)?;
+            let dk = DrawKey {
+                key: var_key,
                 step,
-                train_seconds: seconds,
-                heldout_loss: e.loss,
-                heldout_accuracy: e.accuracy,
-                grad_variance: var,
-                exact_grad_sq: gsq,
-                train_loss,
-            });
-        };
+                rep_offset: 0,
+            };
+            let v = model::gradient_variance(
+                est,
+                spec,
+                &probe_x,
+                &probe_labels,
+                &probe_logits,
+                baseline,
+                dk,
+                cfg.variance_reps,
+            );
+            (var, gsq, method) = (v.total, v.exact_grad_sq, v.method);
+        }
+        points.push(CurvePoint {
+            step,
+            train_seconds: seconds,
+            heldout_loss: e.loss,
+            heldout_accuracy: e.accuracy,
+            grad_variance: var,
+            exact_grad_sq: gsq,
+            train_loss,
+        });
+        Ok(())
+    };
     if record == Record::Full {
-        evaluate(0, &w, baseline.value(), 0.0, None);
+        evaluate(0, &w, baseline.value(), 0.0, None)?;
     }
     for step in 0..cfg.steps {
         let t0 = Instant::now();
@@ -364,7 +422,7 @@ pub fn train_estimator(
         model::gather(train, &indices, &mut x);
         labels.clear();
         labels.extend(indices.iter().map(|&i| train.labels[i as usize]));
-        model::forward_batch(&x, &w, &mut logits);
+        step_pass.run(&x, &w, &mut logits)?;
         let dk = DrawKey {
             key,
             step,
@@ -397,7 +455,7 @@ pub fn train_estimator(
                 baseline.value(),
                 seconds,
                 Some(since_sum / f64::from(since_n)),
-            );
+            )?;
             (since_sum, since_n) = (0.0, 0);
         }
         if done % 16 == 0 || done == cfg.steps {
@@ -406,15 +464,15 @@ pub fn train_estimator(
         }
     }
     if cfg.steps == 0 && record == Record::FinalLoss {
-        evaluate(0, &w, baseline.value(), 0.0, None);
+        evaluate(0, &w, baseline.value(), 0.0, None)?;
     }
-    Curve {
+    Ok(Curve {
         estimator: est.id(),
         lr,
         variance_method: method,
         points,
         w,
-    }
+    })
 }
 
 impl Curve {
@@ -458,7 +516,7 @@ pub struct TuningPoint {
 
 /// Tunes `est`'s learning rate over `grid`: a run of `tune_steps` steps per rate (in
 /// parallel), scored by the exact loss of `validation`. Returns the best rate (ties go to
-/// the smaller rate) and every score.
+/// the smaller rate) and every score. Forward passes on the CPU (see [`tune_lr_on`]).
 pub fn tune_lr(
     train: &Dataset,
     validation: &Dataset,
@@ -468,6 +526,34 @@ pub fn tune_lr(
     tune_steps: u32,
     progress: &(dyn Fn(u64) + Sync),
 ) -> (f64, Vec<TuningPoint>) {
+    tune_lr_on(
+        &TrainEngine::Cpu,
+        train,
+        validation,
+        est,
+        cfg,
+        grid,
+        tune_steps,
+        progress,
+    )
+    .expect("the CPU forward pass cannot fail")
+}
+
+/// [`tune_lr`] with the forward passes on `engine` (the grid's runs share the device).
+///
+/// # Errors
+/// [`Error::Gpu`] if the GPU fails.
+#[allow(clippy::too_many_arguments)]
+pub fn tune_lr_on(
+    engine: &TrainEngine,
+    train: &Dataset,
+    validation: &Dataset,
+    est: &dyn Estimator,
+    cfg: &TrainConfig,
+    grid: &[f64],
+    tune_steps: u32,
+    progress: &(dyn Fn(u64) + Sync),
+) -> Result<(f64, Vec<TuningPoint>)> {
     let short = TrainConfig {
         steps: tune_steps,
         ..*cfg
@@ -475,7 +561,8 @@ pub fn tune_lr(
     let scores: Vec<TuningPoint> = grid
         .par_iter()
         .map(|&lr| {
-            let c = train_estimator(
+            let c = train_estimator_on(
+                engine,
                 train,
                 validation,
                 est,
@@ -483,14 +570,14 @@ pub fn tune_lr(
                 lr,
                 Record::FinalLoss,
                 progress,
-            );
+            )?;
             let l = c.last().heldout_loss;
-            TuningPoint {
+            Ok(TuningPoint {
                 lr,
                 validation_loss: if l.is_finite() { l } else { f64::INFINITY },
-            }
+            })
         })
-        .collect();
+        .collect::<Result<_>>()?;
     let best = scores
         .iter()
         .fold(None::<TuningPoint>, |best, s| match best {
@@ -503,7 +590,7 @@ pub fn tune_lr(
             _ => Some(*s),
         })
         .map_or(grid[0], |b| b.lr);
-    (best, scores)
+    Ok((best, scores))
 }
 
 /// Loss evaluations per input per step of `est` with S draws, as stated in the results:
@@ -527,19 +614,17 @@ pub struct Plan {
     pub grid: Vec<f64>,
     /// Steps of each tuning run (0 when not tuning).
     pub tune_steps: u32,
+    /// Where the forward passes run (resolved by [`TrainEngine::new`] in [`run_train`]).
+    pub backend: TrainBackend,
+    /// The GPU adapter to prefer, by name.
+    pub adapter: Option<String>,
 }
 
 /// Checks the options and turns them into a [`Plan`]; nothing is read or written.
 ///
 /// # Errors
-/// [`Error::InvalidArgument`] or [`Error::Unknown`] naming the option at fault;
-/// [`Error::GpuUnavailable`] for `--backend gpu`.
+/// [`Error::InvalidArgument`] or [`Error::Unknown`] naming the option at fault.
 pub fn plan(args: &TrainArgs) -> Result<Plan> {
-    if args.backend == TrainBackend::Gpu {
-        return Err(Error::GpuUnavailable(
-            "training runs on the CPU only for now; use --backend cpu (or auto)".into(),
-        ));
-    }
     let bad = |m: String| Err(Error::InvalidArgument(m));
     if args.steps == 0 {
         return bad("--steps must be at least 1".into());
@@ -636,11 +721,16 @@ pub fn plan(args: &TrainArgs) -> Result<Plan> {
         seed: args.seed,
         variance_reps: args.variance_reps,
     };
+    if args.adapter.is_some() && args.backend == TrainBackend::Cpu {
+        return bad("--adapter names a GPU adapter; it needs --backend gpu or auto".into());
+    }
     Ok(Plan {
         estimators,
         config,
         grid,
         tune_steps,
+        backend: args.backend,
+        adapter: args.adapter.clone(),
     })
 }
 
@@ -699,15 +789,34 @@ pub struct TrainReport {
     pub curves: Vec<Curve>,
     /// Wall seconds of the whole run.
     pub seconds: f64,
+    /// Where the forward passes ran.
+    pub backend: crate::engine::BackendInfo,
 }
 
-/// Runs the plan on the data: tuning, then every estimator's reported run.
+/// Runs the plan on the data: tuning, then every estimator's reported run, with the forward
+/// passes on the CPU whatever `plan.backend` says (see [`run_plan_on`]).
 pub fn run_plan(plan: &Plan, splits: &Splits, progress: &(dyn Fn(u64) + Sync)) -> TrainReport {
+    run_plan_on(&TrainEngine::Cpu, plan, splits, progress)
+        .expect("the CPU forward pass cannot fail")
+}
+
+/// Runs the plan on the data with the forward passes on `engine`: tuning, then every
+/// estimator's reported run.
+///
+/// # Errors
+/// [`Error::Gpu`] if the GPU fails.
+pub fn run_plan_on(
+    engine: &TrainEngine,
+    plan: &Plan,
+    splits: &Splits,
+    progress: &(dyn Fn(u64) + Sync),
+) -> Result<TrainReport> {
     let t0 = Instant::now();
     let (mut tuning, mut curves) = (Vec::new(), Vec::new());
     for &est in &plan.estimators {
         let (lr, scores) = if plan.grid.len() > 1 {
-            tune_lr(
+            tune_lr_on(
+                engine,
                 &splits.train,
                 &splits.validation,
                 est,
@@ -715,12 +824,13 @@ pub fn run_plan(plan: &Plan, splits: &Splits, progress: &(dyn Fn(u64) + Sync)) -
                 &plan.grid,
                 plan.tune_steps,
                 progress,
-            )
+            )?
         } else {
             (plan.grid[0], Vec::new())
         };
         tuning.push(scores);
-        curves.push(train_estimator(
+        curves.push(train_estimator_on(
+            engine,
             &splits.train,
             &splits.test,
             est,
@@ -728,9 +838,9 @@ pub fn run_plan(plan: &Plan, splits: &Splits, progress: &(dyn Fn(u64) + Sync)) -
             lr,
             Record::Full,
             progress,
-        ));
+        )?);
     }
-    TrainReport {
+    Ok(TrainReport {
         plan: plan.clone(),
         data: (
             splits.source.clone(),
@@ -741,7 +851,8 @@ pub fn run_plan(plan: &Plan, splits: &Splits, progress: &(dyn Fn(u64) + Sync)) -
         tuning,
         curves,
         seconds: t0.elapsed().as_secs_f64(),
-    }
+        backend: engine.backend_info(),
+    })
 }
 
 /// `mcgrad train`: validates the options, loads the data, tunes and trains every estimator,
@@ -750,11 +861,13 @@ pub fn run_plan(plan: &Plan, splits: &Splits, progress: &(dyn Fn(u64) + Sync)) -
 ///
 /// # Errors
 /// Invalid options and data files before anything is written ([`Error::InvalidArgument`],
-/// [`Error::Unknown`], [`Error::GpuUnavailable`], [`Error::Read`], [`Error::InvalidData`]);
-/// [`Error::Write`] or [`Error::Plot`] while writing.
+/// [`Error::Unknown`], [`Error::Read`], [`Error::InvalidData`]; [`Error::GpuUnavailable`]
+/// for `--backend gpu` without a fitting adapter); [`Error::Gpu`] if the GPU fails while
+/// training; [`Error::Write`] or [`Error::Plot`] while writing.
 pub fn run_train(args: &TrainArgs) -> Result<()> {
     let plan = plan(args)?;
     check_out(&args.out)?;
+    let engine = TrainEngine::new(plan.backend, plan.adapter.as_deref())?;
     let splits = load_data(args)?;
     if splits.train.is_empty() || splits.test.is_empty() || splits.validation.is_empty() {
         return Err(Error::InvalidArgument("the data has an empty split".into()));
@@ -771,8 +884,9 @@ pub fn run_train(args: &TrainArgs) -> Result<()> {
         .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar());
         indicatif::ProgressBar::new(total).with_style(style)
     };
-    let report = run_plan(&plan, &splits, &|n| bar.inc(n));
+    let report = run_plan_on(&engine, &plan, &splits, &|n| bar.inc(n));
     bar.finish_and_clear();
+    let report = report?;
     write_outputs(&args.out, &report)?;
     if !args.quiet {
         println!("{}", summary(&report));
@@ -783,8 +897,9 @@ pub fn run_train(args: &TrainArgs) -> Result<()> {
 
 /// A table of the final numbers, one line per estimator.
 pub fn summary(report: &TrainReport) -> String {
+    let b = &report.backend;
     let mut s = format!(
-        "{} ({} train / {} test images), B = {}, S = {}, {} steps, {}; {:.1} s in all\n",
+        "{} ({} train / {} test images), B = {}, S = {}, {} steps, {}, forward pass on {}; {:.1} s in all\n",
         report.data.0,
         report.data.1,
         report.data.3,
@@ -792,6 +907,11 @@ pub fn summary(report: &TrainReport) -> String {
         report.plan.config.samples,
         report.plan.config.steps,
         report.plan.config.optimizer.name(),
+        if b.engine == "gpu" {
+            format!("the GPU ({})", b.adapter)
+        } else {
+            "the CPU".into()
+        },
         report.seconds
     );
     let speedups = speedups_vs_reinforce(&report.curves);
@@ -940,7 +1060,16 @@ pub fn curves_json(report: &TrainReport) -> serde_json::Value {
         "config": cfg,
         "lr_grid": report.plan.grid,
         "tune_steps": report.plan.tune_steps,
-        "backend": { "engine": "cpu", "threads": 1 },
+        "backend": {
+            "engine": report.backend.engine,
+            "adapter": report.backend.adapter,
+            "graphics_backend": report.backend.graphics_backend,
+            "driver": report.backend.driver,
+            "threads": report.backend.threads,
+            "requested": format!("{:?}", report.plan.backend).to_lowercase(),
+            "forward_pass": report.backend.engine,
+            "draws_and_estimators": "cpu",
+        },
         "data": {
             "source": report.data.0,
             "train": report.data.1,
@@ -952,7 +1081,7 @@ pub fn curves_json(report: &TrainReport) -> serde_json::Value {
         "definitions": {
             "heldout_loss": "exact expected loss (1/N) sum_n sum_k p_nk f_nk on the test set, by enumeration over K",
             "grad_variance": "E||G_hat - E G_hat||_F^2 of the minibatch estimate on the probe batch (the first B training images) at the current W, moving-average baselines held at their current value",
-            "train_seconds": "wall seconds of the training steps only, one thread",
+            "train_seconds": "wall seconds of the training steps only, one thread (with the GPU backend: including the upload of x and W and the readback of the logits at every step)",
             "speedup_vs_reinforce": "steps reinforce needs to first reach its final held-out loss (speedup_target_loss), divided by the steps this estimator needs (null: never reached)",
             "budget": "S draws per input per step, one loss evaluation each; exact: K evaluations, no draws; muprop, muprop-c: + 1 mean-field f(p) and grad f(p); gumbel: + grad f per draw",
         },

@@ -3,8 +3,9 @@
 //!
 //! Shapes: a batch `X` is `B x D` (row-major, f32 pixels), `W` is `D x K` (row-major f64,
 //! `w[i * K + j]`, as [`crate::problem::Problem`]), logits `A = X W` are `B x K`.
-//! [`forward_batch`] is kept apart so that a GPU twin can replace it: everything after the
-//! logits is O(B K) per step, while the forward and the W gradient are O(B D K).
+//! [`forward_batch`] is kept apart so that its GPU twin ([`super::device`]) can replace it:
+//! everything after the logits is O(B K) per step, while the forward and the W gradient are
+//! O(B D K).
 //!
 //! Objective of one input with class `c` and target vector `T(c)`:
 //! `L(W; x) = E_{z ~ Cat(p)} f(z) = sum_k p_k f_k`, `p = softmax(x W)`, `f_k = f(e_k; T)`;
@@ -195,25 +196,26 @@ pub struct Evaluation {
 
 /// The exact expected loss and the accuracy of the most probable class on `data` at `w`.
 pub fn evaluate(data: &Dataset, w: &[f64], loss: Loss) -> Evaluation {
-    const CHUNK: usize = 256;
+    let mut logits = vec![0.0; data.len() * K];
+    forward_batch(&data.x, w, &mut logits);
+    evaluate_logits(&data.labels, &logits, loss)
+}
+
+/// [`evaluate`] from the logits of the data set (`N x K`, from either forward pass).
+pub fn evaluate_logits(labels: &[u8], logits: &[f64], loss: Loss) -> Evaluation {
     let (mut total, mut correct) = (0.0, 0usize);
-    let mut logits = vec![0.0; CHUNK * K];
-    for (xc, lc) in data.x.chunks(CHUNK * D).zip(data.labels.chunks(CHUNK)) {
-        let logits = &mut logits[..lc.len() * K];
-        forward_batch(xc, w, logits);
-        for (a, &label) in logits.chunks_exact(K).zip(lc) {
-            let p = softmax(a);
-            let f = loss.quadratic(&target(loss, label)).vertex_values();
-            total += p.iter().zip(&f).map(|(p, f)| p * f).sum::<f64>();
-            // First maximum, so a tie (W = 0) counts as class 0.
-            let best = p
-                .iter()
-                .enumerate()
-                .fold(0, |best, (k, v)| if *v > p[best] { k } else { best });
-            correct += usize::from(best == usize::from(label));
-        }
+    for (a, &label) in logits.chunks_exact(K).zip(labels) {
+        let p = softmax(a);
+        let f = loss.quadratic(&target(loss, label)).vertex_values();
+        total += p.iter().zip(&f).map(|(p, f)| p * f).sum::<f64>();
+        // First maximum, so a tie (W = 0) counts as class 0.
+        let best = p
+            .iter()
+            .enumerate()
+            .fold(0, |best, (k, v)| if *v > p[best] { k } else { best });
+        correct += usize::from(best == usize::from(label));
     }
-    let n = data.len().max(1) as f64;
+    let n = labels.len().max(1) as f64;
     Evaluation {
         loss: total / n,
         accuracy: correct as f64 / n,
