@@ -25,6 +25,10 @@ for line in sys.stdin:
 mkdir -p .device/bin
 tests=$(cargo test --release --test gpu --no-run --message-format=json | executable gpu test)
 bench=$(cargo bench --bench gpu --no-run --message-format=json | executable gpu bench)
+train_tests=$(cargo test --release --test train_gpu --no-run --message-format=json | executable train_gpu test)
+forward=$(cargo bench --bench forward --no-run --message-format=json | executable forward bench)
+strip -o .device/bin/train-gpu-tests "$train_tests"
+strip -o .device/bin/forward-bench "$forward"
 cargo build --release --bin mcgrad
 strip -o .device/bin/mcgrad target/release/mcgrad
 if [ -z "$tests" ] || [ -z "$bench" ]; then

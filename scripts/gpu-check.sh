@@ -27,6 +27,11 @@ MCGRAD_REQUIRE_GPU=1 timeout 240 .device/bin/gpu-tests --test-threads=1 2>&1 | t
 test_status=${PIPESTATUS[0]}
 [ "$test_status" -eq 0 ] || status=$test_status
 echo "tests exit status: $test_status" | tee -a "$OUT/tests.txt"
+echo "== training on the GPU: tests" | tee -a "$OUT/tests.txt"
+MCGRAD_REQUIRE_GPU=1 timeout 120 .device/bin/train-gpu-tests --test-threads=1 2>&1 | tee -a "$OUT/tests.txt"
+train_test_status=${PIPESTATUS[0]}
+echo "train tests exit status: $train_test_status" | tee -a "$OUT/tests.txt"
+[ "$train_test_status" -eq 0 ] || status=$train_test_status
 
 echo "== mcgrad info and the default run on the GPU" | tee "$OUT/run.txt"
 .device/bin/mcgrad info 2>&1 | tee -a "$OUT/run.txt"
@@ -36,11 +41,18 @@ echo "run exit status: $run_status" | tee -a "$OUT/run.txt"
 cp /tmp/mcgrad-gpu-run/summary.csv "$OUT/run-summary.csv" 2>/dev/null || true
 [ "$run_status" -eq 0 ] || status=$run_status
 
+echo "== mcgrad train, default settings, CPU engine then GPU forward pass" | tee "$OUT/train.txt"
+for backend in cpu gpu; do
+    ( TIMEFORMAT="train --backend $backend: wall %R s"; time timeout 150 .device/bin/mcgrad train --backend "$backend" --quiet --out "/tmp/train-$backend" ) 2>&1 | tail -n 15 | tee -a "$OUT/train.txt"
+done
+
 echo "== GPU bench" | tee "$OUT/bench.txt"
 CRITERION_HOME=/tmp/criterion timeout 200 .device/bin/gpu-bench --bench \
     --warm-up-time 1 --measurement-time 3 --noplot 2>&1 | tee -a "$OUT/bench.txt"
 bench_status=${PIPESTATUS[0]}
+CRITERION_HOME=/tmp/criterion timeout 100 .device/bin/forward-bench --bench \
+    --warm-up-time 1 --measurement-time 2 --noplot 2>&1 | tee -a "$OUT/bench.txt"
 echo "bench exit status: $bench_status" | tee -a "$OUT/bench.txt"
-grep -E "adapter|^gpu_|thrpt" "$OUT/bench.txt" >"$OUT/summary.txt" || true
+grep -E "adapter|^gpu_|^forward_|thrpt" "$OUT/bench.txt" >"$OUT/summary.txt" || true
 [ "$bench_status" -eq 0 ] || [ "$status" -ne 0 ] || status=$bench_status
 exit "$status"
