@@ -17,7 +17,7 @@ fn main() {
             .filter(|e| e.family() == fam)
             .collect(),
         samples: vec![256],
-        reps: 2000,
+        reps: 200,
         seed: 1,
         tau: 1.0,
     };

@@ -312,8 +312,15 @@ impl RelaxedTable {
             }
             let inv: [f32; W] = std::array::from_fn(|l| 1.0 / sum[l]);
             for (c, hc) in h.iter().enumerate() {
-                for l in 0..lanes {
-                    y[c * n + base + l] = hc[l] * inv[l];
+                let out = &mut y[c * n + base..c * n + base + lanes];
+                if lanes == W {
+                    for l in 0..W {
+                        out[l] = hc[l] * inv[l];
+                    }
+                } else {
+                    for l in 0..lanes {
+                        out[l] = hc[l] * inv[l];
+                    }
                 }
             }
             for l in 0..lanes {

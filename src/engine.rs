@@ -13,7 +13,9 @@ use rayon::prelude::*;
 
 use crate::draws::{count_categories, CategoricalTable, RelaxedTable};
 use crate::error::{Error, Result};
-use crate::estimators::{Context, Estimator, Family, MovingAverage, RelaxedBatch, RELAXED_BATCH};
+use crate::estimators::{
+    Context, Estimator, Family, MovingAverage, RelaxedBatch, RelaxedMoments, RELAXED_BATCH,
+};
 use crate::faults;
 use crate::loss::Loss;
 use crate::philox::key_of;
@@ -383,7 +385,7 @@ fn relaxed_repetition(
     let mut y = vec![0f32; k * RELAXED_BATCH];
     let mut z = [0u32; RELAXED_BATCH];
     let mut y_z = [0f32; RELAXED_BATCH];
-    acc.iter_mut().for_each(|a| *a = 0.0);
+    let mut moments = RelaxedMoments::new(k);
     let mut first = 0u32;
     while first < s {
         let n = (s - first).min(RELAXED_BATCH as u32) as usize;
@@ -397,19 +399,20 @@ fn relaxed_repetition(
             &mut z[..n],
             &mut y_z[..n],
         );
-        let batch = RelaxedBatch {
+        moments.add_batch(&RelaxedBatch {
             n,
             y: &y[..k * n],
             z: &z[..n],
             y_z: &y_z[..n],
-        };
-        for (li, ctx) in contexts.iter().enumerate() {
-            for (ei, est) in rel.iter().enumerate() {
-                let off = (li * rel.len() + ei) * k;
-                est.add_relaxed_batch(ctx, &batch, &mut acc[off..off + k]);
-            }
-        }
+        });
         first += n as u32;
+    }
+    acc.iter_mut().for_each(|a| *a = 0.0);
+    for (li, ctx) in contexts.iter().enumerate() {
+        for (ei, est) in rel.iter().enumerate() {
+            let off = (li * rel.len() + ei) * k;
+            est.add_relaxed_sum(ctx, &moments, &mut acc[off..off + k]);
+        }
     }
     let inv = 1.0 / f64::from(s);
     acc.iter_mut().for_each(|a| *a *= inv);

@@ -81,8 +81,11 @@ pub fn philox4x32_10_lanes<const N: usize>(
         }
         let mut next = [[0u32; N]; 4];
         for l in 0..N {
-            let (hi0, lo0) = mulhilo(M0, ctr[0][l]);
-            let (hi1, lo1) = mulhilo(M1, ctr[2][l]);
+            // The low words as 32-bit products, the high words by widening: this shape
+            // vectorises best.
+            let (lo0, lo1) = (M0.wrapping_mul(ctr[0][l]), M1.wrapping_mul(ctr[2][l]));
+            let hi0 = ((u64::from(M0) * u64::from(ctr[0][l])) >> 32) as u32;
+            let hi1 = ((u64::from(M1) * u64::from(ctr[2][l])) >> 32) as u32;
             next[0][l] = hi1 ^ ctr[1][l] ^ key[0];
             next[1][l] = lo1;
             next[2][l] = hi0 ^ ctr[3][l] ^ key[1];

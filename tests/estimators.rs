@@ -391,3 +391,60 @@ fn softmax_of_the_seed_problem_is_finite_and_peaked() {
     let p = softmax(&[1e4, 0.0, -1e4, 5e3]);
     assert_eq!(p[0], 1.0);
 }
+
+#[test]
+fn relaxed_sums_equal_the_per_draw_formula() {
+    // The relaxed estimators read draws through quadratic-loss sums (RelaxedMoments); the sum
+    // of their per-draw estimates must equal (1/tau) (diag(y) - y y^T) grad f, draw by draw.
+    use mcgrad::draws::RelaxedTable;
+    use mcgrad::estimators::{jacobian_product, RelaxedBatch, RelaxedMoments};
+    let problem = spread_problem();
+    let k = problem.k;
+    let table = RelaxedTable::new(&problem.logits(), 0.7);
+    let n = 45;
+    let (mut y, mut z, mut y_z) = (vec![0f32; k * n], vec![0u32; n], vec![0f32; n]);
+    table.draw_batch([3, 4], 1, 2, 0, n, &mut y, &mut z, &mut y_z);
+    let mut moments = RelaxedMoments::new(k);
+    moments.add_batch(&RelaxedBatch {
+        n,
+        y: &y,
+        z: &z,
+        y_z: &y_z,
+    });
+    for loss in Loss::ALL {
+        let ctx = Context::new(&problem, loss, 0.7);
+        for id in ["gumbel-softmax", "st-gumbel"] {
+            let mut want = vec![0.0; k];
+            for d in 0..n {
+                let yd: Vec<f64> = (0..k).map(|c| f64::from(y[c * n + d])).collect();
+                let point = if id == "st-gumbel" {
+                    (0..k)
+                        .map(|c| f64::from(u8::from(c == z[d] as usize)))
+                        .collect()
+                } else {
+                    yd.clone()
+                };
+                let g = jacobian_product(&yd, &ctx.quad.grad(&point));
+                for c in 0..k {
+                    want[c] += g[c] / 0.7;
+                }
+            }
+            let mut got = vec![0.0; k];
+            estimators::by_id(id)
+                .unwrap()
+                .add_relaxed_sum(&ctx, &moments, &mut got);
+            for c in 0..k {
+                // Relative to the size of the terms that cancel: |grad f| per draw, n draws.
+                let grad_scale = 2.0 * ctx.quad.alpha
+                    + ctx.quad.beta.iter().map(|b| b.abs()).fold(0.0, f64::max);
+                let scale = grad_scale * n as f64 / 0.7;
+                assert!(
+                    (got[c] - want[c]).abs() < 1e-13 * scale,
+                    "{id} {loss} {c}: {} vs {}",
+                    got[c],
+                    want[c]
+                );
+            }
+        }
+    }
+}

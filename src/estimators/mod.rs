@@ -216,8 +216,7 @@ pub struct RelaxedDraw<'a> {
 pub const RELAXED_BATCH: usize = 64;
 
 /// Up to [`RELAXED_BATCH`] relaxed draws in structure-of-arrays form (`y` in f32, as drawn on
-/// the GPU), so that an estimator's loops run over draws and vectorise. Estimators compute
-/// in f64: `v_j - y . v` cancels in f32 where one class dominates.
+/// the GPU).
 #[derive(Clone, Copy, Debug)]
 pub struct RelaxedBatch<'a> {
     /// Number of draws n.
@@ -230,8 +229,129 @@ pub struct RelaxedBatch<'a> {
     pub y_z: &'a [f32],
 }
 
-/// The sum of a batch's per-draw terms in eight partial sums (so the loop vectorises, in a
-/// fixed order).
+/// What the relaxed estimators read of a set of draws. The losses are quadratic forms
+/// (`grad f(y) = 2 alpha y + beta`), so a sum over draws of `y_c (v_c - y . v)` needs only
+/// these sums (in f64), whatever the loss: the relaxed family's counterpart of the
+/// score-function family's category counts, shared by every loss and relaxed estimator.
+#[derive(Clone, Debug)]
+pub struct RelaxedMoments {
+    /// Number of categories K.
+    pub k: usize,
+    /// Number of draws.
+    pub draws: u64,
+    /// `sum_d y_c`.
+    pub sum_y: Vec<f64>,
+    /// `sum_d y_c y_c'`, K x K row-major.
+    pub sum_yy: Vec<f64>,
+    /// `sum_d y_c ||y||^2`.
+    pub sum_y_norm_sq: Vec<f64>,
+    /// `sum_d y_c y_z`.
+    pub sum_y_yz: Vec<f64>,
+    /// `sum_{d : z_d = c} y_c` (the relaxed weight where the hard draw landed).
+    pub sum_hit: Vec<f64>,
+    /// Scratch: a batch's `y` in f64, category-major, [`RELAXED_BATCH`] per category.
+    scratch: Vec<f64>,
+}
+
+impl RelaxedMoments {
+    /// Empty sums for K categories.
+    pub fn new(k: usize) -> Self {
+        Self {
+            k,
+            draws: 0,
+            sum_y: vec![0.0; k],
+            sum_yy: vec![0.0; k * k],
+            sum_y_norm_sq: vec![0.0; k],
+            sum_y_yz: vec![0.0; k],
+            sum_hit: vec![0.0; k],
+            scratch: vec![0.0; k * RELAXED_BATCH],
+        }
+    }
+
+    /// Back to empty.
+    pub fn clear(&mut self) {
+        self.draws = 0;
+        for v in [
+            &mut self.sum_y,
+            &mut self.sum_yy,
+            &mut self.sum_y_norm_sq,
+            &mut self.sum_y_yz,
+            &mut self.sum_hit,
+        ] {
+            v.iter_mut().for_each(|x| *x = 0.0);
+        }
+    }
+
+    /// Adds one draw (`y` and its argmax `z`).
+    pub fn add_draw(&mut self, y: &[f64], z: usize) {
+        let y32: Vec<f32> = y.iter().map(|&v| v as f32).collect();
+        let batch = RelaxedBatch {
+            n: 1,
+            y: &y32,
+            z: &[z as u32],
+            y_z: &[y32[z]],
+        };
+        self.add_batch(&batch);
+    }
+
+    /// Adds a batch of draws; the loops run over draws and vectorise (AVX2 where present;
+    /// the same results either way, see [`crate::fastmath::with_avx2`]).
+    pub fn add_batch(&mut self, batch: &RelaxedBatch<'_>) {
+        #[cfg(target_arch = "x86_64")]
+        if std::is_x86_feature_detected!("avx2") {
+            #[target_feature(enable = "avx2")]
+            fn avx2(m: &mut RelaxedMoments, batch: &RelaxedBatch<'_>) {
+                m.add_batch_lanes(batch)
+            }
+            // SAFETY: the CPU has AVX2, checked just above.
+            return unsafe { avx2(self, batch) };
+        }
+        self.add_batch_lanes(batch)
+    }
+
+    #[inline(always)]
+    fn add_batch_lanes(&mut self, batch: &RelaxedBatch<'_>) {
+        let (n, k) = (batch.n, self.k);
+        assert!(n <= RELAXED_BATCH);
+        let mut norm_sq = [0f64; RELAXED_BATCH];
+        let mut yz = [0f64; RELAXED_BATCH];
+        let y = &mut self.scratch;
+        for c in 0..k {
+            let yc = &mut y[c * RELAXED_BATCH..c * RELAXED_BATCH + n];
+            for ((v, &w), q) in yc
+                .iter_mut()
+                .zip(&batch.y[c * n..(c + 1) * n])
+                .zip(&mut norm_sq)
+            {
+                *v = f64::from(w);
+                *q += *v * *v;
+            }
+        }
+        for (v, &w) in yz.iter_mut().zip(batch.y_z) {
+            *v = f64::from(w);
+        }
+        let row = |c: usize| &y[c * RELAXED_BATCH..c * RELAXED_BATCH + n];
+        for c in 0..k {
+            let yc = row(c);
+            self.sum_y[c] += lane_sum(yc);
+            self.sum_y_norm_sq[c] += dot(yc, &norm_sq[..n]);
+            self.sum_y_yz[c] += dot(yc, &yz[..n]);
+            for c2 in c..k {
+                let v = dot(yc, row(c2));
+                self.sum_yy[c * k + c2] += v;
+                if c2 != c {
+                    self.sum_yy[c2 * k + c] += v;
+                }
+            }
+        }
+        for (&z, &v) in batch.z.iter().zip(&yz[..n]) {
+            self.sum_hit[z as usize] += v;
+        }
+        self.draws += n as u64;
+    }
+}
+
+/// A sum in eight partial sums (so the loop vectorises, in a fixed order).
 #[inline(always)]
 pub fn lane_sum(terms: &[f64]) -> f64 {
     let mut lanes = [0f64; 8];
@@ -243,6 +363,20 @@ pub fn lane_sum(terms: &[f64]) -> f64 {
         }
     }
     lanes.iter().chain(rest).sum()
+}
+
+/// A dot product in eight partial sums (as [`lane_sum`]).
+#[inline(always)]
+pub fn dot(a: &[f64], b: &[f64]) -> f64 {
+    let mut lanes = [0f64; 8];
+    let (ca, cb) = (a.chunks_exact(8), b.chunks_exact(8));
+    let (ra, rb) = (ca.remainder(), cb.remainder());
+    for (x, y) in ca.zip(cb) {
+        for l in 0..8 {
+            lanes[l] += x[l] * y[l];
+        }
+    }
+    lanes.iter().sum::<f64>() + ra.iter().zip(rb).map(|(x, y)| x * y).sum::<f64>()
 }
 
 /// A gradient estimator of `d E[f(z)] / d a`.
@@ -294,21 +428,17 @@ pub trait Estimator: Send + Sync {
         unreachable!("{} is not a score-function estimator", self.id())
     }
 
-    /// Relaxed family: adds the sum of a batch of draws' estimates to `acc`.
-    fn add_relaxed_batch(&self, _ctx: &Context, _batch: &RelaxedBatch<'_>, _acc: &mut [f64]) {
+    /// Relaxed family: the sum of the per-draw estimates of the draws whose sums `m` holds,
+    /// added to `acc`.
+    fn add_relaxed_sum(&self, _ctx: &Context, _m: &RelaxedMoments, _acc: &mut [f64]) {
         unreachable!("{} is not a relaxed estimator", self.id())
     }
 
-    /// Relaxed family: adds one draw's estimate to `acc` (a batch of one).
+    /// Relaxed family: adds one draw's estimate to `acc`.
     fn add_relaxed_draw(&self, ctx: &Context, draw: RelaxedDraw<'_>, acc: &mut [f64]) {
-        let y: Vec<f32> = draw.y.iter().map(|&v| v as f32).collect();
-        let batch = RelaxedBatch {
-            n: 1,
-            y: &y,
-            z: &[draw.z as u32],
-            y_z: &[y[draw.z]],
-        };
-        self.add_relaxed_batch(ctx, &batch, acc);
+        let mut m = RelaxedMoments::new(ctx.k);
+        m.add_draw(draw.y, draw.z);
+        self.add_relaxed_sum(ctx, &m, acc);
     }
 }
 
