@@ -6,28 +6,14 @@ use std::hint::black_box;
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use mcgrad::engine::{run_sweep, CpuEngine, SweepSpec};
-use mcgrad::estimators::{self, Family};
-use mcgrad::loss::Loss;
-use mcgrad::problem::Problem;
+use mcgrad::estimators::Family;
 
 fn quick() -> bool {
     std::env::var_os("MCGRAD_BENCH_QUICK").is_some()
 }
 
 fn spec(family: Family, samples: u32, reps: u32) -> SweepSpec {
-    SweepSpec {
-        problem: Problem::seeded(0, 784, 10),
-        losses: Loss::ALL.to_vec(),
-        estimators: estimators::REGISTRY
-            .iter()
-            .copied()
-            .filter(|e| e.family() == family)
-            .collect(),
-        samples: vec![samples],
-        reps,
-        seed: 1,
-        tau: 1.0,
-    }
+    SweepSpec::family_workload(family, samples, reps)
 }
 
 fn families(c: &mut Criterion) {

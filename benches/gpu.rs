@@ -12,10 +12,8 @@ use std::time::{Duration, Instant};
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use mcgrad::engine::{Engine, SweepSpec};
-use mcgrad::estimators::{self, Family};
+use mcgrad::estimators::Family;
 use mcgrad::gpu::{GpuEngine, GpuPreference};
-use mcgrad::loss::Loss;
-use mcgrad::problem::Problem;
 
 fn quick() -> bool {
     std::env::var_os("MCGRAD_BENCH_QUICK").is_some()
@@ -39,19 +37,7 @@ fn engine() -> Option<GpuEngine> {
 }
 
 fn spec(family: Family, samples: u32, reps: u32) -> SweepSpec {
-    SweepSpec {
-        problem: Problem::seeded(0, 784, 10),
-        losses: Loss::ALL.to_vec(),
-        estimators: estimators::REGISTRY
-            .iter()
-            .copied()
-            .filter(|e| e.family() == family)
-            .collect(),
-        samples: vec![samples],
-        reps,
-        seed: 1,
-        tau: 1.0,
-    }
+    SweepSpec::family_workload(family, samples, reps)
 }
 
 fn configure(group: &mut criterion::BenchmarkGroup<'_, criterion::measurement::WallTime>) {

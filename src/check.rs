@@ -457,19 +457,7 @@ fn calibration(engine: &CpuEngine) -> u64 {
 
 /// The hot paths the speed check times: (name, the sweep that exercises it).
 fn speed_paths() -> Vec<(&'static str, SweepSpec)> {
-    let make = |family: Family, samples: u32, reps: u32| SweepSpec {
-        problem: Problem::seeded(0, 784, 10),
-        losses: Loss::ALL.to_vec(),
-        estimators: estimators::REGISTRY
-            .iter()
-            .copied()
-            .filter(|e| e.family() == family)
-            .collect(),
-        samples: vec![samples],
-        reps,
-        seed: 1,
-        tau: 1.0,
-    };
+    let make = SweepSpec::family_workload;
     vec![
         (
             "cpu/score-function",

@@ -75,6 +75,33 @@ impl SweepSpec {
         Ok(())
     }
 
+    /// The estimator context of every loss, in sweep order.
+    pub fn contexts(&self) -> Vec<Context> {
+        let logits = self.problem.logits();
+        self.losses
+            .iter()
+            .map(|&l| Context::from_logits(&logits, &self.problem.t, l, self.tau))
+            .collect()
+    }
+
+    /// The workload the benches and the speed check time: the seed problem (D = 784,
+    /// K = 10), every loss, every estimator of one family, one draw count.
+    pub fn family_workload(family: Family, samples: u32, reps: u32) -> Self {
+        Self {
+            problem: Problem::seeded(0, 784, 10),
+            losses: Loss::ALL.to_vec(),
+            estimators: crate::estimators::REGISTRY
+                .iter()
+                .copied()
+                .filter(|e| e.family() == family)
+                .collect(),
+            samples: vec![samples],
+            reps,
+            seed: 1,
+            tau: 1.0,
+        }
+    }
+
     /// The estimators that run at draw count `s` (those whose minimum S it meets).
     pub fn estimators_at(&self, s: u32) -> Vec<&'static dyn Estimator> {
         self.estimators
@@ -229,11 +256,7 @@ fn cpu_point(spec: &SweepSpec, point: usize, progress: &(dyn Fn(u64) + Sync)) ->
     let key = key_of(spec.seed);
     let point_id = point as u32;
     let logits = spec.problem.logits();
-    let contexts: Vec<Context> = spec
-        .losses
-        .iter()
-        .map(|&l| Context::from_logits(&logits, &spec.problem.t, l, spec.tau))
-        .collect();
+    let contexts = spec.contexts();
     let estimators = spec.estimators_at(s);
     let sf: Vec<_> = estimators
         .iter()

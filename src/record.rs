@@ -198,13 +198,8 @@ impl Record {
 
 /// The records of a sweep, in point order, then loss, then estimator.
 pub fn records(spec: &SweepSpec, points: &[PointMoments]) -> Vec<Record> {
-    let logits = spec.problem.logits();
     let x_norm_sq = spec.problem.x_norm_sq();
-    let contexts: Vec<Context> = spec
-        .losses
-        .iter()
-        .map(|&l| Context::from_logits(&logits, &spec.problem.t, l, spec.tau))
-        .collect();
+    let contexts = spec.contexts();
     points
         .iter()
         .flat_map(|point| {

@@ -9,7 +9,7 @@ use std::io::Write;
 
 use mcgrad::draws::{count_categories, CategoricalTable, RelaxedTable};
 use mcgrad::engine::{run_sweep, CpuEngine, Engine, SweepSpec};
-use mcgrad::estimators::{self, Context, Family, RelaxedDraw};
+use mcgrad::estimators::{self, Family, RelaxedDraw};
 use mcgrad::gpu::{
     forward::forward_cpu, philox_kernel::philox_words, ChunkLimits, ChunkPlan, Forward, GpuEngine,
     GpuPreference,
@@ -218,11 +218,7 @@ fn relaxed_estimates_match_the_cpu_twin() {
         .filter(|e| e.family() == Family::Relaxed)
         .collect();
     let logits = spec.problem.logits();
-    let contexts: Vec<Context> = spec
-        .losses
-        .iter()
-        .map(|&l| Context::from_logits(&logits, &spec.problem.t, l, spec.tau))
-        .collect();
+    let contexts = spec.contexts();
     let table = RelaxedTable::new(&logits, spec.tau);
     let k = spec.problem.k;
     for point in 0..spec.samples.len() {

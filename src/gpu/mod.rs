@@ -304,30 +304,18 @@ impl GpuEngine {
                             u64::from(REP_ALIGN) * ROW_BYTES,
                         );
                     }
-                    let len = partial_len(reps, cells.len());
-                    encoder.copy_buffer_to_buffer(
-                        &res.partials,
-                        0,
-                        &res.staging,
-                        0,
-                        (len * 20) as u64,
-                    );
+                    copy_partials(&mut encoder, res, reps, cells.len());
                 }
                 self.ctx.queue.submit([encoder.finish()]);
-                if last {
-                    let len = partial_len(reps, cells.len());
-                    let partials: Vec<PartialMoments> =
-                        self.ctx
-                            .read(&res.staging, len, "reading score-function moments")?;
-                    moments::merge_partials(
-                        &partials,
-                        reps.div_ceil(REP_ALIGN) as usize,
-                        grads,
-                        moments,
-                    );
-                } else {
-                    self.ctx.check("running score-function draws")?;
-                }
+                self.finish_chunk(
+                    res,
+                    last,
+                    reps,
+                    cells.len(),
+                    "score-function",
+                    grads,
+                    moments,
+                )?;
                 progress(u64::from(reps) * u64::from(draw_end - draw_begin));
             }
         }
@@ -387,33 +375,46 @@ impl GpuEngine {
                 if last {
                     self.relaxed
                         .encode_moments(&mut encoder, &res.relaxed_moments_group, reps);
-                    let len = partial_len(reps, cells.len());
-                    encoder.copy_buffer_to_buffer(
-                        &res.partials,
-                        0,
-                        &res.staging,
-                        0,
-                        (len * 20) as u64,
-                    );
+                    copy_partials(&mut encoder, res, reps, cells.len());
                 }
                 self.ctx.queue.submit([encoder.finish()]);
-                if last {
-                    let len = partial_len(reps, cells.len());
-                    let partials: Vec<PartialMoments> =
-                        self.ctx
-                            .read(&res.staging, len, "reading relaxed moments")?;
-                    moments::merge_partials(
-                        &partials,
-                        reps.div_ceil(REP_ALIGN) as usize,
-                        grads,
-                        moments,
-                    );
-                } else {
-                    self.ctx.check("running relaxed draws")?;
-                }
+                self.finish_chunk(res, last, reps, cells.len(), "relaxed", grads, moments)?;
                 progress(u64::from(reps) * u64::from(draw_end - draw_begin));
             }
         }
+        Ok(())
+    }
+}
+
+/// Records the copy of a chunk's partial moments (`cells` cells of `reps` repetitions) into
+/// the staging buffer.
+fn copy_partials(encoder: &mut wgpu::CommandEncoder, res: &Resources, reps: u32, cells: usize) {
+    let bytes = (partial_len(reps, cells) * std::mem::size_of::<PartialMoments>()) as u64;
+    encoder.copy_buffer_to_buffer(&res.partials, 0, &res.staging, 0, bytes);
+}
+
+impl GpuEngine {
+    /// After a submitted draw range of a chunk: on the chunk's last range, reads its partial
+    /// moments back and merges them in f64 into `moments`; otherwise checks the device.
+    #[allow(clippy::too_many_arguments)]
+    fn finish_chunk(
+        &self,
+        res: &Resources,
+        last: bool,
+        reps: u32,
+        cells: usize,
+        pass: &str,
+        grads: &[&[f64]],
+        moments: &mut [&mut EstimateMoments],
+    ) -> Result<()> {
+        if !last {
+            return self.ctx.check(&format!("running {pass} draws"));
+        }
+        let len = partial_len(reps, cells);
+        let partials: Vec<PartialMoments> =
+            self.ctx
+                .read(&res.staging, len, &format!("reading {pass} moments"))?;
+        moments::merge_partials(&partials, reps.div_ceil(REP_ALIGN) as usize, grads, moments);
         Ok(())
     }
 }
@@ -441,11 +442,7 @@ impl Engine for GpuEngine {
             )));
         }
         let logits = spec.problem.logits();
-        let contexts: Vec<Context> = spec
-            .losses
-            .iter()
-            .map(|&l| Context::from_logits(&logits, &spec.problem.t, l, spec.tau))
-            .collect();
+        let contexts = spec.contexts();
         let estimators = spec.estimators_at(samples);
         let score: Vec<&'static dyn Estimator> = estimators
             .iter()
