@@ -103,7 +103,7 @@ pub struct RunArgs {
     /// Engine.
     #[arg(long, value_enum, default_value_t = BackendChoice::Auto)]
     pub backend: BackendChoice,
-    /// GPU adapter to prefer, by name (GPU engine only).
+    /// GPU adapter whose name contains NAME (see `mcgrad info`); GPU engine only.
     #[arg(long, value_name = "NAME")]
     pub adapter: Option<String>,
     /// CPU worker threads (0: one per core).

@@ -23,12 +23,12 @@ use crate::summary::{Summary, Timing};
 /// Which engine runs the sweep.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
 pub enum BackendChoice {
-    /// The GPU where one is usable, else the CPU.
+    /// A hardware GPU if there is one (and K <= 16), else the CPU engine.
     #[default]
     Auto,
     /// The CPU engine (rayon).
     Cpu,
-    /// The GPU engine (wgpu).
+    /// The GPU engine (wgpu) on any adapter, software ones too.
     Gpu,
 }
 
