@@ -190,6 +190,9 @@ pub trait Engine {
     ) -> Result<PointMoments>;
 }
 
+/// The most worker threads a CPU engine takes.
+pub const MAX_THREADS: usize = 1024;
+
 /// The CPU engine: rayon over repetitions on a pool of its own.
 pub struct CpuEngine {
     pool: rayon::ThreadPool,
@@ -199,8 +202,14 @@ impl CpuEngine {
     /// A CPU engine with `threads` workers (0: one per core).
     ///
     /// # Errors
-    /// [`Error::InvalidArgument`] if the thread pool cannot be built.
+    /// [`Error::InvalidArgument`] for more than [`MAX_THREADS`] threads or if the pool cannot be
+    /// built.
     pub fn new(threads: usize) -> Result<Self> {
+        if threads > MAX_THREADS {
+            return Err(Error::InvalidArgument(format!(
+                "--threads {threads}: at most {MAX_THREADS} worker threads (0: one per core)"
+            )));
+        }
         let pool = rayon::ThreadPoolBuilder::new()
             .num_threads(threads)
             .build()
