@@ -39,6 +39,7 @@ fn objective(x: &[f32], labels: &[u8], w: &[f64]) -> f64 {
         &logits,
         0.0,
         key,
+        None,
         &mut g,
     )
     .objective
@@ -72,6 +73,7 @@ fn one_sgd_step_with_exact_lowers_the_exact_objective() {
         &logits,
         0.0,
         key,
+        None,
         &mut g,
     )
     .objective;
@@ -208,6 +210,7 @@ fn variance_probe_matches_monte_carlo() {
                 &logits,
                 baseline,
                 key,
+                None,
                 &mut g,
             );
             let n = f64::from(r + 1);

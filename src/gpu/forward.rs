@@ -246,6 +246,30 @@ impl ForwardBatch {
         ctx.read(&self.staging, n, "running the forward pass")
     }
 
+    /// Runs the forward pass, then whatever `then` records reading its outputs (the logits
+    /// and probability buffers, B x K f32 each), and reads back the logits, in one submission.
+    ///
+    /// # Errors
+    /// [`Error::Gpu`] if the device fails or the map fails.
+    pub fn logits_then(
+        &self,
+        ctx: &GpuContext,
+        forward: &Forward,
+        then: impl FnOnce(&mut wgpu::CommandEncoder, &wgpu::Buffer, &wgpu::Buffer),
+    ) -> Result<Vec<f32>> {
+        let n = self.params.batch as usize * self.params.k as usize;
+        let mut encoder = ctx
+            .device
+            .create_command_encoder(&wgpu::CommandEncoderDescriptor {
+                label: Some("forward and draws"),
+            });
+        forward.encode(&mut encoder, self);
+        then(&mut encoder, &self.logits, &self.probs);
+        encoder.copy_buffer_to_buffer(&self.logits, 0, &self.staging, 0, n as u64 * 4);
+        ctx.queue.submit([encoder.finish()]);
+        ctx.read(&self.staging, n, "running the forward pass")
+    }
+
     /// Rows B.
     pub fn rows(&self) -> u32 {
         self.params.batch

@@ -20,6 +20,7 @@ pub mod philox_kernel;
 pub mod relaxed;
 pub mod score_function;
 pub mod shaders;
+pub mod train_draws;
 
 use std::sync::Mutex;
 use std::time::Instant;

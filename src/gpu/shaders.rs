@@ -20,3 +20,7 @@ pub const SCORE_FUNCTION_MOMENTS: &str = kernel!("moments.wgsl", "score_function
 pub const RELAXED_DRAWS: &str = kernel!("relaxed_draws.wgsl");
 /// Relaxed estimates' partial moments.
 pub const RELAXED_MOMENTS: &str = kernel!("moments.wgsl", "relaxed_moments.wgsl");
+/// The categorical draws of a training step (per input, from the forward pass's probabilities).
+pub const TRAIN_CATEGORICAL: &str = kernel!("train_categorical.wgsl");
+/// The Gumbel draws of a training step (per input, from the forward pass's logits).
+pub const TRAIN_GUMBEL: &str = kernel!("train_gumbel.wgsl");

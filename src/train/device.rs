@@ -2,16 +2,21 @@
 //! sums of f32 pixels times f64 weights) or the GPU (`shaders/forward.wgsl` through
 //! [`crate::gpu::forward`], f32 throughout; the logits come back as f32 and are widened).
 //!
-//! Only the O(B D K) forward pass `A = X W` moves to the GPU. The S draws per input, the
-//! estimators' logit gradients (O(B S K)), the W gradient, the optimiser, the moving-average
-//! baselines and the exact held-out loss stay on the CPU in f64: they read the logits the
-//! forward pass returns. The GPU buffers and the pipeline are made once per training run and
+//! On the GPU a training step runs the forward pass `A = X W` and the S draws of every input
+//! (`shaders/train_categorical.wgsl` from the probabilities, `shaders/train_gumbel.wgsl` from
+//! the logits) in one submission, and reads back the logits and the draws (class counts, or
+//! the relaxed draws). The estimators' logit gradients (O(B K) from the draws), the W
+//! gradient, the optimiser, the moving-average baselines and the exact held-out loss stay on
+//! the CPU in f64. The GPU buffers and the pipelines are made once per training run and
 //! reused at every step: the minibatch pass rewrites its `x` and `W` buffers in place, the
 //! probe and held-out passes upload their images once and rewrite only `W`.
 
 use crate::engine::BackendInfo;
 use crate::error::{Error, Result};
 use crate::gpu::forward::{Forward, ForwardBatch};
+use crate::gpu::train_draws::{
+    DrawKind, TrainDrawBuffers, TrainDrawParams, TrainDrawn, TrainDraws,
+};
 use crate::gpu::{GpuContext, GpuPreference};
 
 use super::data::{D, K};
@@ -27,6 +32,7 @@ use super::TrainBackend;
 pub struct GpuForward {
     ctx: GpuContext,
     kernel: Forward,
+    draws: TrainDraws,
     turn: std::sync::Mutex<()>,
 }
 
@@ -37,9 +43,11 @@ impl GpuForward {
     /// [`Error::Gpu`] if the kernel does not build on this adapter.
     pub fn new(ctx: GpuContext) -> Result<Self> {
         let kernel = Forward::new(&ctx)?;
+        let draws = TrainDraws::new(&ctx)?;
         Ok(Self {
             ctx,
             kernel,
+            draws,
             turn: std::sync::Mutex::new(()),
         })
     }
@@ -132,16 +140,18 @@ impl TrainEngine {
         }
     }
 
-    /// The minibatch pass of a run: `rows` inputs, new images and W at every call.
+    /// The minibatch pass of a run: `rows` inputs of `samples` draws, new images and W at
+    /// every call.
     ///
     /// # Errors
     /// [`Error::Gpu`] / [`Error::InvalidArgument`] if the GPU buffers cannot be made.
-    pub fn step_pass(&self, rows: usize) -> Result<StepPass<'_>> {
+    pub fn step_pass(&self, rows: usize, samples: u32) -> Result<StepPass<'_>> {
         Ok(match self {
             TrainEngine::Cpu => StepPass::Cpu,
             TrainEngine::Gpu(g) => StepPass::Gpu {
                 gpu: g,
                 batch: Box::new(g.upload(&vec![0.0; rows * D])?),
+                draws: Box::new(g.draws.buffers(&g.ctx, rows as u32, samples)?),
                 w32: vec![0.0; D * K],
             },
         })
@@ -199,12 +209,52 @@ pub enum StepPass<'a> {
         gpu: &'a GpuForward,
         /// The buffers.
         batch: Box<ForwardBatch>,
+        /// The draws' buffers.
+        draws: Box<TrainDrawBuffers>,
         /// W narrowed to f32.
         w32: Vec<f32>,
     },
 }
 
 impl StepPass<'_> {
+    /// `logits = x W`, and on the GPU the step's draws too (`draws`: which, with their
+    /// counters and temperature), in one round trip. Returns the draws the GPU made; on the
+    /// CPU, or with no draws asked for, `None` (the host then draws itself).
+    ///
+    /// # Errors
+    /// [`Error::Gpu`] if the device fails.
+    pub fn run_drawn(
+        &mut self,
+        x: &[f32],
+        w: &[f64],
+        logits: &mut [f64],
+        draws: Option<(DrawKind, TrainDrawParams)>,
+    ) -> Result<Option<TrainDrawn>> {
+        let (
+            StepPass::Gpu {
+                gpu,
+                batch,
+                draws: buffers,
+                w32,
+            },
+            Some((kind, params)),
+        ) = (&mut *self, draws)
+        else {
+            self.run(x, w, logits)?;
+            return Ok(None);
+        };
+        narrow(w, w32);
+        let _turn = gpu.turn();
+        batch.update(&gpu.ctx, Some(x), Some(w32))?;
+        let out = batch.logits_then(&gpu.ctx, &gpu.kernel, |encoder, logit_buf, prob_buf| {
+            buffers.encode(
+                &gpu.ctx, &gpu.draws, encoder, kind, &params, logit_buf, prob_buf,
+            );
+        })?;
+        widen(&out, logits)?;
+        buffers.read(&gpu.ctx, kind).map(Some)
+    }
+
     /// `logits = x W` (`x` is `B x D` with the B this pass was made for).
     ///
     /// # Errors
@@ -215,7 +265,9 @@ impl StepPass<'_> {
                 model::forward_batch(x, w, logits);
                 Ok(())
             }
-            StepPass::Gpu { gpu, batch, w32 } => {
+            StepPass::Gpu {
+                gpu, batch, w32, ..
+            } => {
                 narrow(w, w32);
                 let _turn = gpu.turn();
                 batch.update(&gpu.ctx, Some(x), Some(w32))?;

@@ -40,6 +40,7 @@ use rayon::prelude::*;
 
 use crate::error::{Error, Result};
 use crate::estimators::{self, Estimator, Family, MovingAverage, REGISTRY};
+use crate::gpu::train_draws::{DrawKind, TrainDrawParams};
 use crate::loss::Loss;
 use crate::philox::{key_of, PhiloxStream, STREAM_TRAIN};
 
@@ -51,8 +52,8 @@ pub use optim::{Optimizer, OptimizerKind};
 /// Key offset of the Monte Carlo variance probes, so they never reuse training draws.
 const VARIANCE_KEY_SALT: u64 = 0x7661_7269_616e_6365;
 
-/// Where the batched forward passes of training run (the draws, estimators and optimiser
-/// always run on the CPU; see [`device`]).
+/// Where the forward passes and the draws of training run (the estimators' arithmetic and
+/// the optimiser always run on the CPU; see [`device`]).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
 pub enum TrainBackend {
     /// A hardware GPU if there is one (or the `--adapter` named), else the CPU.
@@ -103,10 +104,10 @@ pub struct TrainArgs {
     /// Output folder (replaced at the end if it holds an earlier `mcgrad train` output).
     #[arg(long, default_value = "results/train-latest")]
     pub out: PathBuf,
-    /// Where the batched forward pass (X W, B x 784 x 10) of every step and of the
-    /// evaluations runs: auto (a hardware GPU if present, else the CPU), cpu, or gpu (any
-    /// adapter, software ones too). The S draws per input, the estimators, the W gradient and
-    /// the optimiser always run on the CPU (per-input draws are tiny work).
+    /// Where the batched forward pass (X W, B x 784 x 10) and the S draws per input of every
+    /// step run: auto (a hardware GPU if present, else the CPU), cpu, or gpu (any adapter,
+    /// software ones too). The estimators' arithmetic on the draws, the W gradient and the
+    /// optimiser always run on the CPU.
     #[arg(long, value_enum, default_value_t = TrainBackend::Auto)]
     pub backend: TrainBackend,
     /// GPU adapter to prefer, by name (case-insensitive substring; `mcgrad info` lists them).
@@ -362,7 +363,13 @@ pub fn train_estimator_on(
     model::gather(train, &probe, &mut probe_x);
     let probe_labels: Vec<u8> = probe.iter().map(|&i| train.labels[i as usize]).collect();
     // The forward passes, made once: buffers and pipeline reused at every step.
-    let mut step_pass = engine.step_pass(cfg.batch)?;
+    let mut step_pass = engine.step_pass(cfg.batch, cfg.samples)?;
+    // On the GPU the step's draws are made there, beside the forward pass.
+    let draw_kind = match est.family() {
+        _ if est.id() == "exact" => None,
+        Family::ScoreFunction => Some(DrawKind::Categorical),
+        Family::Relaxed => Some(DrawKind::Gumbel),
+    };
     let mut eval_pass = engine.fixed_pass(&eval.x)?;
     let mut probe_pass = match record {
         Record::Full => Some(engine.fixed_pass(&probe_x)?),
@@ -422,12 +429,22 @@ pub fn train_estimator_on(
         model::gather(train, &indices, &mut x);
         labels.clear();
         labels.extend(indices.iter().map(|&i| train.labels[i as usize]));
-        step_pass.run(&x, &w, &mut logits)?;
         let dk = DrawKey {
             key,
             step,
             rep_offset: 0,
         };
+        let draw_params = TrainDrawParams {
+            key: dk.key,
+            step,
+            batch: cfg.batch as u32,
+            samples: cfg.samples,
+            k: K as u32,
+            rep_offset: dk.rep_offset,
+            inv_tau: (1.0 / cfg.tau) as f32,
+        };
+        let drawn =
+            step_pass.run_drawn(&x, &w, &mut logits, draw_kind.map(|k| (k, draw_params)))?;
         let bg = model::batch_gradient(
             est,
             spec,
@@ -436,6 +453,7 @@ pub fn train_estimator_on(
             &logits,
             baseline.value(),
             dk,
+            drawn.as_ref(),
             &mut grad,
         );
         if let Some(s) = bg.baseline_signal {
@@ -899,7 +917,7 @@ pub fn run_train(args: &TrainArgs) -> Result<()> {
 pub fn summary(report: &TrainReport) -> String {
     let b = &report.backend;
     let mut s = format!(
-        "{} ({} train / {} test images), B = {}, S = {}, {} steps, {}, forward pass on {}; {:.1} s in all\n",
+        "{} ({} train / {} test images), B = {}, S = {}, {} steps, {}, forward pass and draws on {}; {:.1} s in all\n",
         report.data.0,
         report.data.1,
         report.data.3,
@@ -1068,7 +1086,8 @@ pub fn curves_json(report: &TrainReport) -> serde_json::Value {
             "threads": report.backend.threads,
             "requested": format!("{:?}", report.plan.backend).to_lowercase(),
             "forward_pass": report.backend.engine,
-            "draws_and_estimators": "cpu",
+            "draws": report.backend.engine,
+            "estimators_and_optimizer": "cpu",
         },
         "data": {
             "source": report.data.0,

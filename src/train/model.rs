@@ -13,7 +13,10 @@
 //! (or an estimate of it); a minibatch averages the outer products.
 
 use crate::draws::{count_categories, CategoricalTable, RelaxedTable};
-use crate::estimators::{Context, Estimator, Family, RelaxedDraw};
+use crate::estimators::{
+    Context, Estimator, Family, RelaxedBatch, RelaxedDraw, RelaxedMoments, RELAXED_BATCH,
+};
+use crate::gpu::train_draws::TrainDrawn;
 use crate::loss::Loss;
 use crate::problem::softmax;
 use crate::stats::Moments;
@@ -132,6 +135,62 @@ pub fn estimate(
     }
 }
 
+/// [`estimate`] from draws made elsewhere (on the GPU, with the same counters): input `b`'s
+/// class counts, or its S relaxed draws.
+pub fn estimate_from_drawn(
+    est: &dyn Estimator,
+    ctx: &Context,
+    samples: u32,
+    baseline: f64,
+    drawn: &TrainDrawn,
+    b: usize,
+    g: &mut [f64],
+) -> Option<f64> {
+    const W: usize = 16; // the GPU's row width (MAX_K)
+    match (est.family(), drawn) {
+        (Family::ScoreFunction, TrainDrawn::Counts(counts)) if est.id() != "exact" => {
+            let counts = &counts[b * W..b * W + K];
+            est.estimate_from_counts(ctx, counts, samples, baseline, g);
+            est.baseline_signal(ctx, counts, samples)
+        }
+        (Family::Relaxed, TrainDrawn::Gumbel { weights, classes }) => {
+            let s = samples as usize;
+            let mut m = RelaxedMoments::new(K);
+            let (mut y, mut z, mut y_z) = (vec![0f32; K * RELAXED_BATCH], Vec::new(), Vec::new());
+            for first in (0..s).step_by(RELAXED_BATCH) {
+                let n = RELAXED_BATCH.min(s - first);
+                z.clear();
+                y_z.clear();
+                for d in 0..n {
+                    let row = &weights[(b * s + first + d) * W..][..W];
+                    let zd = classes[b * s + first + d];
+                    for c in 0..K {
+                        y[c * n + d] = row[c];
+                    }
+                    z.push(zd);
+                    y_z.push(row[zd as usize]);
+                }
+                m.add_batch(&RelaxedBatch {
+                    n,
+                    y: &y[..K * n],
+                    z: &z,
+                    y_z: &y_z,
+                });
+            }
+            g.iter_mut().for_each(|v| *v = 0.0);
+            est.add_relaxed_sum(ctx, &m, g);
+            let inv = 1.0 / f64::from(samples);
+            g.iter_mut().for_each(|v| *v *= inv);
+            None
+        }
+        // `exact` reads no draws; a mismatched kind cannot come from the training loop.
+        _ => {
+            est.estimate_from_counts(ctx, &[0; K], samples, baseline, g);
+            est.baseline_signal(ctx, &[0; K], samples)
+        }
+    }
+}
+
 /// The settings one gradient evaluation needs.
 #[derive(Clone, Copy, Debug)]
 pub struct GradientSpec {
@@ -163,6 +222,7 @@ pub fn batch_gradient(
     logits: &[f64],
     baseline: f64,
     key: DrawKey,
+    drawn: Option<&TrainDrawn>,
     grad_w: &mut [f64],
 ) -> BatchGradient {
     grad_w.iter_mut().for_each(|v| *v = 0.0);
@@ -173,7 +233,11 @@ pub fn batch_gradient(
     for (b, (&label, a)) in labels.iter().zip(logits.chunks_exact(K)).enumerate() {
         let ctx = Context::from_logits(a, &target(spec.loss, label), spec.loss, spec.tau);
         objective += ctx.fbar;
-        if let Some(s) = estimate(est, &ctx, spec.samples, baseline, key, b as u32, &mut g) {
+        let signal_b = match drawn {
+            Some(d) => estimate_from_drawn(est, &ctx, spec.samples, baseline, d, b, &mut g),
+            None => estimate(est, &ctx, spec.samples, baseline, key, b as u32, &mut g),
+        };
+        if let Some(s) = signal_b {
             signal += s;
             has_signal = true;
         }

@@ -1,0 +1,64 @@
+// The categorical draws of a training step: for every input b of the minibatch, its S draws
+// z ~ Cat(p_b), p_b the forward pass's f32 probabilities (forward.wgsl), counted per class.
+// Draw i of input b uses word i % 4 of Philox block (i / 4, repetition rep_offset + b,
+// categorical stream, sweep point = step), as on the CPU. CPU twin: draws::count_categories
+// with draws::CategoricalTable, whose thresholds come from f64 probabilities: the classes
+// agree except where a uniform falls between the f32 and the f64 cumulative sums.
+
+// Keep in sync with src/gpu/train_draws.rs (TrainDrawParams).
+struct TrainDrawParams {
+    key: vec2<u32>,
+    step: u32,
+    batch: u32,
+    samples: u32,
+    k: u32,
+    rep_offset: u32,
+    inv_tau: f32,
+}
+
+@group(0) @binding(0) var<uniform> params: TrainDrawParams;
+@group(0) @binding(1) var<storage, read> probs: array<f32>;
+@group(0) @binding(2) var<storage, read_write> counts: array<u32>;
+
+@compute @workgroup_size(64)
+fn main(@builtin(global_invocation_id) gid: vec3<u32>) {
+    let b = gid.x;
+    if b >= params.batch {
+        return;
+    }
+    let k = params.k;
+    var cdf: array<f32, 16>;
+    var total = 0.0;
+    var last = 0u;
+    for (var c = 0u; c < k; c++) {
+        let p = probs[b * k + c];
+        total += p;
+        cdf[c] = total;
+        if p > 0.0 {
+            last = c;
+        }
+    }
+    var n: array<u32, 16>;
+    var words: vec4<u32>;
+    for (var i = 0u; i < params.samples; i++) {
+        if i % 4u == 0u {
+            words = philox4x32_10(
+                philox_counter(i / 4u, params.rep_offset + b, STREAM_CATEGORICAL, 0u, params.step),
+                params.key,
+            );
+        }
+        // u in [0, 1) on the 24-bit grid; past the f32 total, the last class with mass.
+        let u = f32(words[i % 4u] >> 8u) * (1.0 / 16777216.0);
+        var cat = last;
+        for (var c = 0u; c < last; c++) {
+            if u < cdf[c] {
+                cat = c;
+                break;
+            }
+        }
+        n[cat] += 1u;
+    }
+    for (var c = 0u; c < MAX_K; c++) {
+        counts[b * MAX_K + c] = n[c];
+    }
+}
