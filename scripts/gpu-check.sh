@@ -45,6 +45,10 @@ echo "== mcgrad train, default settings, CPU engine then GPU forward pass" | tee
 for backend in cpu gpu; do
     ( TIMEFORMAT="train --backend $backend: wall %R s"; time timeout 150 .device/bin/mcgrad train --backend "$backend" --quiet --out "/tmp/train-$backend" ) 2>&1 | tail -n 15 | tee -a "$OUT/train.txt"
 done
+echo "== large batches (B = 2048, 300 steps, one learning rate)" | tee -a "$OUT/train.txt"
+for backend in cpu gpu; do
+    ( TIMEFORMAT="train --batch 2048 --backend $backend: wall %R s"; time timeout 120 .device/bin/mcgrad train --backend "$backend" --batch 2048 --steps 300 --lr 0.01 --estimators reinforce,muprop-c,gumbel-softmax --quiet --out "/tmp/train-big-$backend" ) 2>&1 | tail -n 8 | tee -a "$OUT/train.txt"
+done
 
 echo "== GPU bench" | tee "$OUT/bench.txt"
 CRITERION_HOME=/tmp/criterion timeout 200 .device/bin/gpu-bench --bench \
