@@ -906,10 +906,9 @@ pub fn run_train(args: &TrainArgs) -> Result<()> {
     bar.finish_and_clear();
     let report = report?;
     write_outputs(&args.out, &report)?;
-    if !args.quiet {
-        println!("{}", summary(&report));
-        println!("wrote {}", args.out.display());
-    }
+    // As `mcgrad run`: --quiet silences stderr (the progress bar), not the results table.
+    println!("{}", summary(&report));
+    println!("wrote {}", args.out.display());
     Ok(())
 }
 
