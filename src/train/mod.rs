@@ -128,7 +128,7 @@ pub struct TrainArgs {
     /// Monte Carlo repetitions of the gradient-variance probe for the relaxed estimators.
     #[arg(long, default_value_t = 32)]
     pub variance_reps: u32,
-    /// No progress bar and no summary.
+    /// No progress bar on stderr (the results table still goes to stdout).
     #[arg(long)]
     pub quiet: bool,
 }
