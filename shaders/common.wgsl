@@ -66,6 +66,18 @@ struct PartialMoments {
 }
 
 // The high and low words of the 64-bit product a * b, from 16-bit limbs (WGSL has no u64).
+// The training draws' parameters (train_categorical.wgsl, train_gumbel.wgsl).
+// Keep in sync with src/gpu/train_draws.rs (TrainDrawParams).
+struct TrainDrawParams {
+    key: vec2<u32>,
+    step: u32,
+    batch: u32,
+    samples: u32,
+    k: u32,
+    rep_offset: u32,
+    inv_tau: f32,
+}
+
 fn mulhilo(a: u32, b: u32) -> vec2<u32> {
     let a_lo = a & 0xffffu;
     let a_hi = a >> 16u;

@@ -5,17 +5,6 @@
 // with draws::CategoricalTable, whose thresholds come from f64 probabilities: the classes
 // agree except where a uniform falls between the f32 and the f64 cumulative sums.
 
-// Keep in sync with src/gpu/train_draws.rs (TrainDrawParams).
-struct TrainDrawParams {
-    key: vec2<u32>,
-    step: u32,
-    batch: u32,
-    samples: u32,
-    k: u32,
-    rep_offset: u32,
-    inv_tau: f32,
-}
-
 @group(0) @binding(0) var<uniform> params: TrainDrawParams;
 @group(0) @binding(1) var<storage, read> probs: array<f32>;
 @group(0) @binding(2) var<storage, read_write> counts: array<u32>;

@@ -4,17 +4,6 @@
 // word c % 4 of Philox block (draw s, repetition rep_offset + b, Gumbel stream, lane c / 4,
 // sweep point = step), as on the CPU. CPU twin: draws::RelaxedTable::draw.
 
-// Keep in sync with src/gpu/train_draws.rs (TrainDrawParams).
-struct TrainDrawParams {
-    key: vec2<u32>,
-    step: u32,
-    batch: u32,
-    samples: u32,
-    k: u32,
-    rep_offset: u32,
-    inv_tau: f32,
-}
-
 @group(0) @binding(0) var<uniform> params: TrainDrawParams;
 @group(0) @binding(1) var<storage, read> logits: array<f32>;
 @group(0) @binding(2) var<storage, read_write> weights: array<f32>;

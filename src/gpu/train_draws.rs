@@ -12,8 +12,8 @@ use crate::gpu::context::{GpuContext, READ, READ_WRITE, UNIFORM};
 use crate::gpu::params::MAX_K;
 use crate::gpu::shaders;
 
-/// Parameters of the training draws. Keep in sync with `shaders/train_categorical.wgsl` and
-/// `shaders/train_gumbel.wgsl` (`TrainDrawParams`).
+/// Parameters of the training draws. Keep in sync with `shaders/common.wgsl`
+/// (`TrainDrawParams`).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Pod, Zeroable)]
 pub struct TrainDrawParams {
