@@ -124,15 +124,10 @@ pub fn categories(
         .collect()
 }
 
-/// Lanes of the fixed-width relaxed draw (K up to this many categories).
-const RELAXED_LANES: usize = 16;
-
 /// Gumbel-softmax inputs: `(a - max a)` in f32 and `1 / tau`.
 #[derive(Clone, Debug)]
 pub struct RelaxedTable {
     shifted_logits: Vec<f32>,
-    /// `shifted_logits` padded to [`RELAXED_LANES`] (unused lanes hold 0 and are masked).
-    padded: [f32; RELAXED_LANES],
     inv_tau: f32,
 }
 
@@ -141,13 +136,8 @@ impl RelaxedTable {
     pub fn new(a: &[f64], tau: f64) -> Self {
         let max = a.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
         let shifted_logits: Vec<f32> = a.iter().map(|v| (v - max) as f32).collect();
-        let mut padded = [0.0; RELAXED_LANES];
-        if a.len() <= RELAXED_LANES {
-            padded[..a.len()].copy_from_slice(&shifted_logits);
-        }
         Self {
             shifted_logits,
-            padded,
             inv_tau: (1.0 / tau) as f32,
         }
     }
@@ -175,9 +165,6 @@ impl RelaxedTable {
         y: &mut [f64],
     ) -> usize {
         let k = self.shifted_logits.len();
-        if k <= RELAXED_LANES {
-            return self.draw_fixed(key, rep, point, draw, y);
-        }
         let mut words = [0u32; 4];
         for c in 0..k {
             if c % 4 == 0 {
@@ -190,58 +177,15 @@ impl RelaxedTable {
         }
         let (z, hmax) = argmax(&h[..k]);
         let mut sum = 0.0f32;
-        for hc in h.iter_mut() {
+        for hc in h[..k].iter_mut() {
             *hc = exp_nonpositive((*hc - hmax) * self.inv_tau);
             sum += *hc;
         }
         let inv = 1.0 / sum;
-        for (yc, hc) in y.iter_mut().zip(h.iter()) {
+        for (yc, hc) in y.iter_mut().zip(&h[..k]) {
             *yc = f64::from(hc * inv);
         }
         z
-    }
-
-    /// [`Self::draw`] for K up to 16, over fixed-width arrays the compiler vectorises.
-    #[inline(always)]
-    fn draw_fixed(&self, key: [u32; 2], rep: u32, point: u32, draw: u32, y: &mut [f64]) -> usize {
-        let mut e = [0f32; RELAXED_LANES];
-        let (z, inv) = self.weights_fixed(key, rep, point, draw, &mut e);
-        for (yc, ec) in y.iter_mut().zip(&e) {
-            *yc = f64::from(ec * inv);
-        }
-        z
-    }
-
-    /// The unnormalised softmax weights `e` of one draw (K <= 16), its argmax, and
-    /// `1 / sum(e)`.
-    #[inline(always)]
-    fn weights_fixed(
-        &self,
-        key: [u32; 2],
-        rep: u32,
-        point: u32,
-        draw: u32,
-        e: &mut [f32; RELAXED_LANES],
-    ) -> (usize, f32) {
-        let k = self.shifted_logits.len();
-        // The four Philox blocks of this draw (lanes 0..4 of the category groups), at once.
-        let ctr = [
-            [draw; 4],
-            [rep; 4],
-            [0, 1, 2, 3].map(|l| (STREAM_GUMBEL << 16) | l),
-            [point; 4],
-        ];
-        let out = philox4x32_10_lanes(ctr, key);
-        let mut h = [0f32; RELAXED_LANES];
-        for c in 0..RELAXED_LANES {
-            h[c] = self.padded[c] + gumbel(out[c % 4][c / 4]);
-        }
-        let (z, hmax) = argmax(&h[..k]);
-        for c in 0..RELAXED_LANES {
-            e[c] = exp_nonpositive((h[c] - hmax) * self.inv_tau);
-        }
-        let sum: f32 = e[..k].iter().sum();
-        (z, 1.0 / sum)
     }
 
     /// Draws `first .. first + n` of one repetition into a batch: `y` (category-major,
