@@ -25,7 +25,7 @@ fn default_run(c: &mut Criterion) {
     };
     let spec = SweepSpec {
         problem: Problem::seeded(0, 784, 10),
-        losses: Loss::ALL.to_vec(),
+        losses: Loss::QUADRATIC.to_vec(),
         estimators: estimators::REGISTRY.to_vec(),
         samples,
         reps,

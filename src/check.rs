@@ -222,7 +222,7 @@ pub fn default_spec(seed: u64) -> SweepSpec {
     problem.w.iter_mut().for_each(|w| *w *= 0.2);
     SweepSpec {
         problem,
-        losses: Loss::ALL.to_vec(),
+        losses: Loss::QUADRATIC.to_vec(),
         estimators: estimators::REGISTRY.to_vec(),
         samples: vec![1, 4, 16, 64, 256],
         reps: 2000,

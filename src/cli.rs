@@ -9,7 +9,8 @@ use clap::{Args, Parser, Subcommand};
 use mcgrad::engine::SweepSpec;
 use mcgrad::estimators;
 use mcgrad::loss::Loss;
-use mcgrad::problem::{Problem, DEFAULT_D, DEFAULT_K};
+use mcgrad::problem::Problem;
+use mcgrad::problems;
 use mcgrad::run::{BackendChoice, RunConfig};
 use mcgrad::{Error, Result};
 
@@ -41,6 +42,8 @@ pub enum Command {
     Check(CheckArgs),
     /// List the GPU adapters wgpu finds, and which one each backend choice would take.
     Info,
+    /// List the named problems `--problem` takes, with what each is and its source.
+    Problems,
 }
 
 /// The options of `mcgrad check`.
@@ -73,20 +76,20 @@ pub struct RunArgs {
     /// Results folder, created or replaced whole at the end of the run.
     #[arg(long, value_name = "DIR", default_value = "results/latest")]
     pub out: PathBuf,
-    /// Problem file `{"x": [D], "w": [D rows of K], "t": [K]}` (default: the seed problem,
-    /// D = 784, K = 10, x, W, T ~ U[0,1) drawn from --seed).
-    #[arg(long, value_name = "FILE")]
-    pub problem: Option<PathBuf>,
+    /// A named problem (see `mcgrad problems`) or a problem file `{"x": [D], "w": [D rows of
+    /// L*K], "variables": L, "t": [L*K], "b": [L], "decoder": {...}, "table": [K^L]}`
+    /// (default: `seed`, D = 784, K = 10, x, W, T ~ U[0,1) drawn from --seed).
+    #[arg(long, value_name = "NAME|FILE")]
+    pub problem: Option<String>,
+    /// Exponent p >= 1 of the pnorm loss (default: the problem's, 2 unless it says otherwise).
+    #[arg(long, value_name = "P")]
+    pub p: Option<f64>,
     /// Seed of every random number.
     #[arg(long, value_name = "N", default_value_t = 0)]
     pub seed: u64,
-    /// Losses, comma-separated: squared, seed, linear.
-    #[arg(
-        long,
-        value_name = "LIST",
-        value_delimiter = ',',
-        default_value = "squared,seed,linear"
-    )]
+    /// Losses, comma-separated: squared, seed, linear, pnorm, decoder, table (default: the
+    /// named problem's; for a file, every loss whose fields it holds).
+    #[arg(long, value_name = "LIST", value_delimiter = ',')]
     pub loss: Vec<String>,
     /// Estimators, comma-separated (default: all).
     #[arg(long, value_name = "LIST", value_delimiter = ',')]
@@ -137,12 +140,32 @@ impl RunArgs {
     /// [`Error::Unknown`] for an unknown loss or estimator; the problem file's read and format
     /// errors; [`Error::InvalidArgument`] for S = 0, R < 2 or a non-positive tau.
     pub fn into_config(self) -> Result<RunConfig> {
-        let losses = dedup(&self.loss)
-            .iter()
-            .map(|l| Loss::parse(l.trim()))
-            .collect::<Result<Vec<_>>>()?;
+        let (mut problem, default_losses) = load_problem(self.problem.as_deref(), self.seed)?;
+        if let Some(p) = self.p {
+            problem.exponent = p;
+        }
+        let losses = if self.loss.is_empty() {
+            default_losses
+        } else {
+            dedup(&self.loss)
+                .iter()
+                .map(|l| Loss::parse(l.trim()))
+                .collect::<Result<Vec<_>>>()?
+        };
+        for &loss in &losses {
+            problem.check_loss(loss)?;
+        }
         let estimators = if self.estimators.is_empty() {
-            estimators::REGISTRY.to_vec()
+            // Every estimator defined on this problem under every chosen loss.
+            let contexts: Vec<_> = losses
+                .iter()
+                .map(|&l| mcgrad::estimators::Context::new(&problem, l, self.tau.max(1e-300)))
+                .collect();
+            estimators::REGISTRY
+                .iter()
+                .copied()
+                .filter(|e| contexts.iter().all(|c| e.check(c).is_ok()))
+                .collect()
         } else {
             dedup(&self.estimators)
                 .iter()
@@ -159,10 +182,6 @@ impl RunArgs {
                 "--samples: S = 0 draws cannot estimate anything".into(),
             ));
         }
-        let problem = match &self.problem {
-            Some(path) => Problem::load(path)?,
-            None => Problem::seeded(self.seed, DEFAULT_D, DEFAULT_K),
-        };
         let spec = SweepSpec {
             problem,
             losses,
@@ -184,6 +203,40 @@ impl RunArgs {
     }
 }
 
+/// The problem `--problem` names (a built-in name, else a file) with its default losses.
+///
+/// # Errors
+/// The problem file's read and format errors.
+pub fn load_problem(arg: Option<&str>, seed: u64) -> Result<(Problem, Vec<Loss>)> {
+    let named = match arg {
+        None => Some(problems::by_name("seed")?),
+        Some(name) => problems::NAMED.iter().find(|p| p.name == name),
+    };
+    if let Some(named) = named {
+        return Ok(((named.build)(seed), named.default_losses.to_vec()));
+    }
+    let path = std::path::Path::new(arg.unwrap_or_default());
+    if !path.exists() && !arg.unwrap_or_default().contains(['/', '.']) {
+        // Neither a file nor a name: say both.
+        return Err(problems::by_name(arg.unwrap_or_default())
+            .err()
+            .unwrap_or_else(|| Error::InvalidArgument("--problem: no such problem".into())));
+    }
+    let problem = Problem::load(path)?;
+    let losses = Loss::ALL
+        .into_iter()
+        .filter(|&l| problem.check_loss(l).is_ok())
+        .collect();
+    Ok((problem, losses))
+}
+
+fn list_problems() {
+    for p in problems::NAMED {
+        println!("{:<16} {}", p.name, p.about);
+        println!("{:<16} source: {}", "", p.source);
+    }
+}
+
 /// Runs the parsed command line.
 ///
 /// # Errors
@@ -195,6 +248,10 @@ pub fn dispatch(cli: Cli) -> Result<()> {
         Command::Check(args) => check(args),
         Command::Info => {
             info();
+            Ok(())
+        }
+        Command::Problems => {
+            list_problems();
             Ok(())
         }
     }

@@ -1,6 +1,12 @@
 //! The draws, on the CPU: categorical draws by inverse CDF (one uniform each) and Gumbel
 //! noise (K uniforms each), both from Philox counters laid out as in [`crate::philox`].
-//! These are the CPU twins of `shaders/score_function.wgsl` and `shaders/relaxed.wgsl`.
+//! These are the CPU twins of `shaders/score_function_counts.wgsl` and
+//! `shaders/relaxed_draws.wgsl`.
+//!
+//! With L variables, variable `l` of draw `i` reads lane `l` of the categorical stream
+//! (counter `[i / 4, rep, CATEGORICAL << 16 | l, point]`, word `i % 4`) and lanes
+//! `l * ceil(K/4) + c / 4` of the Gumbel stream; lane 0 is the single-variable layout, so one
+//! variable draws exactly what it always drew.
 
 use crate::fastmath::{self, exp_nonpositive};
 use crate::philox::{self, philox4x32_10, philox4x32_10_lanes, STREAM_CATEGORICAL, STREAM_GUMBEL};
@@ -124,6 +130,55 @@ pub fn categories(
         .collect()
 }
 
+/// The categories of S joint draws of L variables (one table per variable) into `z`,
+/// draw-major (`z[i * L + l]`), as [`count_categories`] draws them for each variable's lane.
+pub fn draw_joint_categories(
+    tables: &[CategoricalTable],
+    key: [u32; 2],
+    rep: u32,
+    point: u32,
+    samples: u32,
+    z: &mut [u32],
+) {
+    fastmath::with_avx2(|| draw_joint_lanes(tables, key, rep, point, samples, z));
+}
+
+#[inline(always)]
+fn draw_joint_lanes(
+    tables: &[CategoricalTable],
+    key: [u32; 2],
+    rep: u32,
+    point: u32,
+    samples: u32,
+    z: &mut [u32],
+) {
+    const W: usize = 8;
+    let l = tables.len();
+    let blocks = samples.div_ceil(4);
+    for (var, table) in tables.iter().enumerate() {
+        let lane = (STREAM_CATEGORICAL << 16) | var as u32;
+        let mut block = 0;
+        while block < blocks {
+            let ctr = [
+                std::array::from_fn(|b| block + b as u32),
+                [rep; W],
+                [lane; W],
+                [point; W],
+            ];
+            let words = philox4x32_10_lanes(ctr, key);
+            for b in 0..W.min((blocks - block) as usize) {
+                for (w, word) in words.iter().enumerate() {
+                    let i = (block as usize + b) * 4 + w;
+                    if i < samples as usize {
+                        z[i * l + var] = table.category(word[b]) as u32;
+                    }
+                }
+            }
+            block += W as u32;
+        }
+    }
+}
+
 /// Gumbel-softmax inputs: `(a - max a)` in f32 and `1 / tau`.
 #[derive(Clone, Debug)]
 pub struct RelaxedTable {
@@ -164,12 +219,27 @@ impl RelaxedTable {
         h: &mut [f32],
         y: &mut [f64],
     ) -> usize {
+        self.draw_lanes(key, rep, point, draw, 0, h, y)
+    }
+
+    /// [`Self::draw`] reading the Gumbel stream from lane `first_lane` on.
+    #[allow(clippy::too_many_arguments)]
+    fn draw_lanes(
+        &self,
+        key: [u32; 2],
+        rep: u32,
+        point: u32,
+        draw: u32,
+        first_lane: u32,
+        h: &mut [f32],
+        y: &mut [f64],
+    ) -> usize {
         let k = self.shifted_logits.len();
         let mut words = [0u32; 4];
         for c in 0..k {
             if c % 4 == 0 {
                 words = philox4x32_10(
-                    philox::counter(draw, rep, STREAM_GUMBEL, (c / 4) as u32, point),
+                    philox::counter(draw, rep, STREAM_GUMBEL, first_lane + (c / 4) as u32, point),
                     key,
                 );
             }
@@ -275,6 +345,50 @@ impl RelaxedTable {
     }
 }
 
+/// Gumbel-softmax inputs of L variables: one [`RelaxedTable`] per variable.
+#[derive(Clone, Debug)]
+pub struct JointRelaxedTable {
+    variables: Vec<RelaxedTable>,
+}
+
+impl JointRelaxedTable {
+    /// The tables of the logits `a` (L*K numbers, variable-major) at temperature `tau`.
+    pub fn new(a: &[f64], k: usize, tau: f64) -> Self {
+        Self {
+            variables: a.chunks(k).map(|al| RelaxedTable::new(al, tau)).collect(),
+        }
+    }
+
+    /// One joint relaxed draw: `y` (L*K numbers, in f64 from the f32 arithmetic) and the hard
+    /// categories `z` (L numbers). `h` is scratch of K floats. Variable 0 draws exactly what
+    /// [`RelaxedTable::draw`] draws.
+    #[allow(clippy::too_many_arguments)]
+    pub fn draw(
+        &self,
+        key: [u32; 2],
+        rep: u32,
+        point: u32,
+        draw: u32,
+        h: &mut [f32],
+        y: &mut [f64],
+        z: &mut [u32],
+    ) {
+        let k = self.variables[0].shifted_logits.len();
+        let groups = k.div_ceil(4) as u32;
+        for (var, table) in self.variables.iter().enumerate() {
+            z[var] = table.draw_lanes(
+                key,
+                rep,
+                point,
+                draw,
+                var as u32 * groups,
+                h,
+                &mut y[var * k..(var + 1) * k],
+            ) as u32;
+        }
+    }
+}
+
 /// A standard Gumbel variable `-ln(-ln u)` from one random word, `u` in (0, 1).
 #[inline(always)]
 pub fn gumbel(word: u32) -> f32 {
@@ -329,6 +443,24 @@ mod tests {
                 assert_eq!(y_z[d], yd[zd] as f32);
             }
         }
+    }
+
+    #[test]
+    fn joint_draws_of_variable_zero_are_the_single_variable_draws() {
+        let p = [0.1, 0.3, 0.6];
+        let tables = vec![
+            CategoricalTable::new(&p),
+            CategoricalTable::new(&[0.5, 0.25, 0.25]),
+        ];
+        let s = 37;
+        let mut z = vec![0u32; 2 * s as usize];
+        draw_joint_categories(&tables, [3, 4], 5, 6, s, &mut z);
+        let single = categories(&tables[0], [3, 4], 5, 6, s);
+        let zero: Vec<u32> = z.chunks(2).map(|zi| zi[0]).collect();
+        assert_eq!(zero, single);
+        // Variable 1 reads another lane: its draws are not variable 0's.
+        let one: Vec<u32> = z.chunks(2).map(|zi| zi[1]).collect();
+        assert_ne!(one, categories(&tables[1], [3, 4], 5, 6, s));
     }
 
     #[test]

@@ -1,20 +1,25 @@
 //! The Monte Carlo engine: for every draw count S of a sweep, R independent repetitions of
 //! every selected estimator's S-draw estimate, reduced to per-coordinate moments.
 //!
-//! All estimators share one pass over the draws per family: the score-function family reads
-//! only each repetition's category counts, the relaxed family each draw's Gumbel sample. The
-//! pass is parallel over repetitions; the moments are then accumulated per (loss, estimator)
-//! in repetition order, so a seed gives bit-identical results on any number of threads.
+//! Each (loss, estimator) cell runs on one [`Path`]: a lowering the estimator declares (one
+//! variable: the category counts of a repetition; a quadratic loss: the relaxed sums) or the
+//! generic path, which hands the estimator the joint draws themselves. Cells on one path share
+//! its pass over the draws (common random numbers: every estimator of a family sees the same
+//! draws). A pass is parallel over repetitions; the moments are then accumulated per cell in
+//! repetition order, so a seed gives bit-identical results on any number of threads.
 //! The [`Engine`] trait is what the CPU and GPU engines share.
 
 use std::time::Instant;
 
 use rayon::prelude::*;
 
-use crate::draws::{count_categories, CategoricalTable, RelaxedTable};
+use crate::draws::{
+    count_categories, draw_joint_categories, CategoricalTable, JointRelaxedTable, RelaxedTable,
+};
 use crate::error::{Error, Result};
 use crate::estimators::{
-    Context, Estimator, Family, MovingAverage, RelaxedBatch, RelaxedMoments, RELAXED_BATCH,
+    uses_counts, uses_relaxed_sums, Context, Estimator, Family, JointDraws, MovingAverage,
+    RelaxedBatch, RelaxedMoments, RELAXED_BATCH,
 };
 use crate::faults;
 use crate::loss::Loss;
@@ -24,6 +29,31 @@ use crate::stats::EstimateMoments;
 
 /// Repetitions per block: bounds the memory of a pass whatever R is.
 pub const REP_BLOCK: u32 = 1 << 14;
+/// Most numbers the generic path keeps per block of repetitions (draws and losses): 2^23,
+/// 64 MiB at most, whatever S, L and K are.
+pub const GENERIC_BLOCK_NUMBERS: u64 = 1 << 23;
+
+/// How one (loss, estimator) cell is computed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Path {
+    /// The counts lowering (one variable, score-function form).
+    Counts,
+    /// The relaxed-sums lowering (one variable, quadratic loss, relaxed form).
+    RelaxedSums,
+    /// The generic path over joint draws of the estimator's family.
+    Generic(Family),
+}
+
+/// The path of `estimator` under `ctx`.
+pub fn path_of(estimator: &dyn Estimator, ctx: &Context) -> Path {
+    if uses_counts(estimator, ctx) {
+        Path::Counts
+    } else if uses_relaxed_sums(estimator, ctx) {
+        Path::RelaxedSums
+    } else {
+        Path::Generic(estimator.family())
+    }
+}
 
 /// What to sweep: the problem, losses, estimators, draw counts and repetitions.
 #[derive(Clone, Debug)]
@@ -72,15 +102,23 @@ impl SweepSpec {
                 "nothing to sweep: no loss or no estimator".into(),
             ));
         }
+        self.problem.validate()?;
+        for &loss in &self.losses {
+            self.problem.check_loss(loss)?;
+        }
+        for ctx in self.contexts() {
+            for e in &self.estimators {
+                e.check(&ctx)?;
+            }
+        }
         Ok(())
     }
 
     /// The estimator context of every loss, in sweep order.
     pub fn contexts(&self) -> Vec<Context> {
-        let logits = self.problem.logits();
         self.losses
             .iter()
-            .map(|&l| Context::from_logits(&logits, &self.problem.t, l, self.tau))
+            .map(|&l| Context::new(&self.problem, l, self.tau))
             .collect()
     }
 
@@ -89,7 +127,7 @@ impl SweepSpec {
     pub fn family_workload(family: Family, samples: u32, reps: u32) -> Self {
         Self {
             problem: Problem::seeded(0, 784, 10),
-            losses: Loss::ALL.to_vec(),
+            losses: Loss::QUADRATIC.to_vec(),
             estimators: crate::estimators::REGISTRY
                 .iter()
                 .copied()
@@ -111,13 +149,23 @@ impl SweepSpec {
             .collect()
     }
 
-    /// Total number of draws of the sweep (both families), for progress reporting.
+    /// Total number of draws of the sweep (one per pass, repetition and draw), for progress
+    /// reporting.
     pub fn total_draws(&self) -> u64 {
+        let contexts = self.contexts();
         self.samples
             .iter()
             .map(|&s| {
-                let fams = families(&self.estimators_at(s));
-                u64::from(s) * u64::from(self.reps) * (u64::from(fams.0) + u64::from(fams.1))
+                let mut paths: Vec<Path> = Vec::new();
+                for ctx in &contexts {
+                    for e in self.estimators_at(s) {
+                        let path = path_of(e, ctx);
+                        if !paths.contains(&path) {
+                            paths.push(path);
+                        }
+                    }
+                }
+                u64::from(s) * u64::from(self.reps) * paths.len() as u64
             })
             .sum()
     }
@@ -176,6 +224,12 @@ pub struct BackendInfo {
 pub trait Engine {
     /// Where it runs.
     fn backend_info(&self) -> BackendInfo;
+
+    /// Whether it runs cells of `path` itself; the others run on the CPU engine's generic
+    /// path (with a note).
+    fn lowers(&self, _path: Path) -> bool {
+        true
+    }
 
     /// Runs sweep point `point` (the index into `spec.samples`); calls `progress` with the
     /// number of draws done as it goes.
@@ -251,93 +305,120 @@ impl Engine for CpuEngine {
 
 struct CellState {
     loss_index: usize,
-    /// Index among the score-function or among the relaxed estimators.
-    family_index: usize,
+    /// Index among the cells of its path (the relaxed-sums layout).
+    path_index: usize,
+    path: Path,
     estimator: &'static dyn Estimator,
     moments: EstimateMoments,
     baseline: MovingAverage,
     seconds: f64,
 }
 
-fn cpu_point(spec: &SweepSpec, point: usize, progress: &(dyn Fn(u64) + Sync)) -> PointMoments {
+/// Runs the cells of `spec` at point `point` whose index `select` keeps (all of them on the
+/// CPU engine; the GPU engine hands over the cells it cannot lower).
+pub(crate) fn cpu_point_cells(
+    spec: &SweepSpec,
+    point: usize,
+    select: &dyn Fn(Path) -> bool,
+    progress: &(dyn Fn(u64) + Sync),
+) -> PointMoments {
     let s = spec.samples[point];
     let k = spec.problem.k;
+    let dim = spec.problem.dim();
     let key = key_of(spec.seed);
     let point_id = point as u32;
     let logits = spec.problem.logits();
     let contexts = spec.contexts();
     let estimators = spec.estimators_at(s);
-    let sf: Vec<_> = estimators
-        .iter()
-        .copied()
-        .filter(|e| e.family() == Family::ScoreFunction)
-        .collect();
-    let rel: Vec<_> = estimators
-        .iter()
-        .copied()
-        .filter(|e| e.family() == Family::Relaxed)
-        .collect();
-    let table = CategoricalTable::new(&contexts[0].p);
-    let relaxed_table = RelaxedTable::new(&logits, spec.tau);
 
     let mut cells: Vec<CellState> = Vec::new();
-    for loss_index in 0..spec.losses.len() {
+    let mut relaxed_sums = 0;
+    for (loss_index, ctx) in contexts.iter().enumerate() {
         for &estimator in &estimators {
-            let family = if estimator.family() == Family::ScoreFunction {
-                &sf
+            let path = path_of(estimator, ctx);
+            if !select(path) {
+                continue;
+            }
+            let path_index = if path == Path::RelaxedSums {
+                relaxed_sums += 1;
+                relaxed_sums - 1
             } else {
-                &rel
+                0
             };
-            let family_index = family
-                .iter()
-                .position(|e| e.id() == estimator.id())
-                .unwrap_or(0);
             cells.push(CellState {
                 loss_index,
-                family_index,
+                path_index,
+                path,
                 estimator,
-                moments: EstimateMoments::new(k),
+                moments: EstimateMoments::new(dim),
                 baseline: MovingAverage::default(),
                 seconds: 0.0,
             });
         }
     }
+    let has = |p: Path| cells.iter().any(|c| c.path == p);
+    let (counts_on, sums_on) = (has(Path::Counts), has(Path::RelaxedSums));
+    let generic_sf = has(Path::Generic(Family::ScoreFunction));
+    let generic_rel = has(Path::Generic(Family::Relaxed));
+    let table = CategoricalTable::new(&contexts[0].p[..k]);
+    let relaxed_table = RelaxedTable::new(&logits[..k], spec.tau);
+    let tables: Vec<CategoricalTable> =
+        contexts[0].p.chunks(k).map(CategoricalTable::new).collect();
+    let joint_relaxed = JointRelaxedTable::new(&logits, k, spec.tau);
+    // Losses whose f the generic score-function pass evaluates per draw.
+    let generic_losses: Vec<usize> = (0..contexts.len())
+        .filter(|&li| {
+            cells
+                .iter()
+                .any(|c| c.loss_index == li && c.path == Path::Generic(Family::ScoreFunction))
+        })
+        .collect();
 
-    let (mut sf_seconds, mut rel_seconds) = (0.0, 0.0);
-    let rel_width = spec.losses.len() * rel.len() * k;
+    let mut pass_seconds = [0.0f64; 4];
+    let l = spec.problem.l;
+    let per_rep = u64::from(s) * (l as u64 + 2 * generic_losses.len() as u64)
+        + if generic_rel {
+            u64::from(s) * (dim as u64 * 2 + l as u64)
+        } else {
+            0
+        };
+    let block = if generic_sf || generic_rel {
+        (GENERIC_BLOCK_NUMBERS / per_rep.max(1)).clamp(1, u64::from(REP_BLOCK)) as u32
+    } else {
+        REP_BLOCK
+    };
+    let sums_width = relaxed_sums * k;
     let mut block_start = 0u32;
     while block_start < spec.reps {
-        let nb = REP_BLOCK.min(spec.reps - block_start);
-        let mut counts = vec![0u32; if sf.is_empty() { 0 } else { nb as usize * k }];
-        if !sf.is_empty() {
+        let nb = block.min(spec.reps - block_start);
+        let nbu = nb as usize;
+        let mut counts = vec![0u32; if counts_on { nbu * k } else { 0 }];
+        if counts_on {
             let t0 = Instant::now();
             for _ in 0..faults::repeat_pass("score-function") {
                 counts.par_chunks_mut(k).enumerate().for_each(|(i, c)| {
                     count_categories(&table, key, block_start + i as u32, point_id, s, c);
                 });
             }
-            sf_seconds += t0.elapsed().as_secs_f64();
+            pass_seconds[0] += t0.elapsed().as_secs_f64();
             progress(u64::from(nb) * u64::from(s));
         }
-        let mut relaxed = vec![
-            0f64;
-            if rel.is_empty() {
-                0
-            } else {
-                nb as usize * rel_width
-            }
-        ];
-        if !rel.is_empty() {
+        let mut sums = vec![0f64; if sums_on { nbu * sums_width } else { 0 }];
+        if sums_on {
             let t0 = Instant::now();
+            let sum_cells: Vec<(usize, &'static dyn Estimator)> = cells
+                .iter()
+                .filter(|c| c.path == Path::RelaxedSums)
+                .map(|c| (c.loss_index, c.estimator))
+                .collect();
             for _ in 0..faults::repeat_pass("relaxed") {
-                relaxed
-                    .par_chunks_mut(rel_width)
+                sums.par_chunks_mut(sums_width)
                     .enumerate()
                     .for_each(|(i, acc)| {
                         relaxed_repetition(
                             &relaxed_table,
                             &contexts,
-                            &rel,
+                            &sum_cells,
                             key,
                             block_start + i as u32,
                             point_id,
@@ -346,17 +427,74 @@ fn cpu_point(spec: &SweepSpec, point: usize, progress: &(dyn Fn(u64) + Sync)) ->
                         );
                     });
             }
-            rel_seconds += t0.elapsed().as_secs_f64();
+            pass_seconds[1] += t0.elapsed().as_secs_f64();
+            progress(u64::from(nb) * u64::from(s));
+        }
+        // Generic score-function pass: the joint categories and every generic loss's f.
+        let su = s as usize;
+        let nl = generic_losses.len();
+        let mut joint_z = vec![0u32; if generic_sf { nbu * su * l } else { 0 }];
+        let mut joint_f = vec![0f64; if generic_sf { nbu * su * nl } else { 0 }];
+        if generic_sf {
+            let t0 = Instant::now();
+            for _ in 0..faults::repeat_pass("score-function") {
+                joint_z
+                    .par_chunks_mut(su * l)
+                    .zip(joint_f.par_chunks_mut(su * nl))
+                    .enumerate()
+                    .for_each(|(i, (z, f))| {
+                        draw_joint_categories(&tables, key, block_start + i as u32, point_id, s, z);
+                        for (gi, &li) in generic_losses.iter().enumerate() {
+                            let obj = &contexts[li].objective;
+                            for (d, zi) in z.chunks_exact(l).enumerate() {
+                                f[gi * su + d] = obj.at_vertex(zi);
+                            }
+                        }
+                    });
+            }
+            pass_seconds[2] += t0.elapsed().as_secs_f64();
+            progress(u64::from(nb) * u64::from(s));
+        }
+        // Generic relaxed pass: every draw's relaxed sample and hard categories.
+        let mut rel_y = vec![0f64; if generic_rel { nbu * su * dim } else { 0 }];
+        let mut rel_z = vec![0u32; if generic_rel { nbu * su * l } else { 0 }];
+        if generic_rel {
+            let t0 = Instant::now();
+            for _ in 0..faults::repeat_pass("relaxed") {
+                rel_y
+                    .par_chunks_mut(su * dim)
+                    .zip(rel_z.par_chunks_mut(su * l))
+                    .enumerate()
+                    .for_each(|(i, (y, z))| {
+                        let mut h = vec![0f32; k];
+                        for d in 0..su {
+                            joint_relaxed.draw(
+                                key,
+                                block_start + i as u32,
+                                point_id,
+                                d as u32,
+                                &mut h,
+                                &mut y[d * dim..(d + 1) * dim],
+                                &mut z[d * l..(d + 1) * l],
+                            );
+                        }
+                    });
+            }
+            pass_seconds[3] += t0.elapsed().as_secs_f64();
             progress(u64::from(nb) * u64::from(s));
         }
         cells.par_iter_mut().for_each(|cell| {
             let t0 = Instant::now();
             let ctx = &contexts[cell.loss_index];
-            let mut estimate = vec![0.0; k];
+            let mut estimate = vec![0.0; dim];
             let faulty = faults::any();
-            for r in 0..nb as usize {
-                match cell.estimator.family() {
-                    Family::ScoreFunction => {
+            let f_offset = generic_losses
+                .iter()
+                .position(|&li| li == cell.loss_index)
+                .unwrap_or(0);
+            for r in 0..nbu {
+                match cell.path {
+                    Path::Counts => {
                         let c = &counts[r * k..(r + 1) * k];
                         let b = cell.baseline.value();
                         cell.estimator
@@ -365,10 +503,30 @@ fn cpu_point(spec: &SweepSpec, point: usize, progress: &(dyn Fn(u64) + Sync)) ->
                             cell.baseline.push(signal);
                         }
                     }
-                    Family::Relaxed => {
-                        let off =
-                            r * rel_width + (cell.loss_index * rel.len() + cell.family_index) * k;
-                        estimate.copy_from_slice(&relaxed[off..off + k]);
+                    Path::RelaxedSums => {
+                        let off = r * sums_width + cell.path_index * k;
+                        estimate.copy_from_slice(&sums[off..off + k]);
+                    }
+                    Path::Generic(family) => {
+                        let draws = match family {
+                            Family::ScoreFunction => JointDraws {
+                                s: su,
+                                z: &joint_z[r * su * l..(r + 1) * su * l],
+                                f: &joint_f[(r * nl + f_offset) * su..(r * nl + f_offset + 1) * su],
+                                y: &[],
+                            },
+                            Family::Relaxed => JointDraws {
+                                s: su,
+                                z: &rel_z[r * su * l..(r + 1) * su * l],
+                                f: &[],
+                                y: &rel_y[r * su * dim..(r + 1) * su * dim],
+                            },
+                        };
+                        let b = cell.baseline.value();
+                        if let Some(signal) = cell.estimator.estimate(ctx, &draws, b, &mut estimate)
+                        {
+                            cell.baseline.push(signal);
+                        }
                     }
                 }
                 if faulty {
@@ -384,10 +542,11 @@ fn cpu_point(spec: &SweepSpec, point: usize, progress: &(dyn Fn(u64) + Sync)) ->
     let cells = cells
         .into_iter()
         .map(|c| {
-            let pass = if c.estimator.family() == Family::ScoreFunction {
-                sf_seconds
-            } else {
-                rel_seconds
+            let pass = match c.path {
+                Path::Counts => pass_seconds[0],
+                Path::RelaxedSums => pass_seconds[1],
+                Path::Generic(Family::ScoreFunction) => pass_seconds[2],
+                Path::Generic(Family::Relaxed) => pass_seconds[3],
             };
             Cell {
                 loss: spec.losses[c.loss_index],
@@ -400,13 +559,17 @@ fn cpu_point(spec: &SweepSpec, point: usize, progress: &(dyn Fn(u64) + Sync)) ->
     PointMoments { samples: s, cells }
 }
 
-/// One repetition of the relaxed family: averages every (loss, relaxed estimator)'s per-draw
-/// estimate over the S draws into `acc` (laid out loss-major, then estimator, then K).
+fn cpu_point(spec: &SweepSpec, point: usize, progress: &(dyn Fn(u64) + Sync)) -> PointMoments {
+    cpu_point_cells(spec, point, &|_| true, progress)
+}
+
+/// One repetition of the relaxed-sums lowering: averages every listed (loss, relaxed
+/// estimator)'s per-draw estimate over the S draws into `acc` (K numbers per cell, in order).
 #[allow(clippy::too_many_arguments)]
 fn relaxed_repetition(
     table: &RelaxedTable,
     contexts: &[Context],
-    rel: &[&'static dyn Estimator],
+    cells: &[(usize, &'static dyn Estimator)],
     key: [u32; 2],
     rep: u32,
     point: u32,
@@ -440,11 +603,8 @@ fn relaxed_repetition(
         first += n as u32;
     }
     acc.iter_mut().for_each(|a| *a = 0.0);
-    for (li, ctx) in contexts.iter().enumerate() {
-        for (ei, est) in rel.iter().enumerate() {
-            let off = (li * rel.len() + ei) * k;
-            est.add_relaxed_sum(ctx, &moments, &mut acc[off..off + k]);
-        }
+    for (i, &(li, est)) in cells.iter().enumerate() {
+        est.add_relaxed_sum(&contexts[li], &moments, &mut acc[i * k..(i + 1) * k]);
     }
     let inv = 1.0 / f64::from(s);
     acc.iter_mut().for_each(|a| *a *= inv);

@@ -1,9 +1,12 @@
-//! The losses `f(z)` paid after the draw. All three are quadratic forms
-//! `f(y) = alpha ||y||^2 + beta . y + gamma` of the one-hot (or relaxed) `y`, so one GPU code
-//! path serves them all: the params buffer carries `alpha`, `beta` and `gamma`.
+//! The losses `f(z_0, ..., z_{L-1})` paid after the draws, by name. `y_l` is variable `l`'s
+//! one-hot (or relaxed) vector and `y` their concatenation in `R^{L*K}`.
 //!
-//! Off the vertices (MuProp's mean-field point `p`, Gumbel-softmax's relaxed `y`) each loss is
-//! extended by its own formula, as stated on each variant.
+//! `seed`, `squared` and `linear` are quadratic forms `f(y) = alpha ||y||^2 + beta . y + gamma`
+//! ([`Quadratic`]), so one fast path serves them all (the GPU's params buffer carries `alpha`,
+//! `beta` and `gamma`); `pnorm`, `decoder` and `table` read other fields of the problem. Off the
+//! vertices (MuProp's mean-field point `p`, Gumbel-softmax's relaxed `y`) each loss is extended
+//! as stated on its variant; [`crate::objective::Objective`] binds a loss to a problem's data
+//! and evaluates it.
 
 use crate::error::{Error, Result};
 
@@ -18,6 +21,18 @@ pub enum Loss {
     Squared,
     /// `f(y) = T . y` (a per-class cost), extended linearly; `grad f = T`.
     Linear,
+    /// `f = (1/L) sum_l |c_l - b_l|^p` with `c_l = sum_k k y_l[k]` (the category index at a
+    /// vertex), `b` of length L and `p >= 1` (`--p`). Extended by the same formula in `c_l`
+    /// (for `p = 1`, `grad` uses the subgradient `sign(c_l - b_l)`). REBAR's toy is
+    /// `L = 1, K = 2, b = [0.45], p = 2`.
+    Pnorm,
+    /// A fixed one-layer sigmoid decoder scored by binary cross-entropy, a discrete VAE's
+    /// reconstruction term: `h = V y + c`, `f = sum_h softplus(h_h) - target_h h_h`, extended by
+    /// the same formula (`grad f = V^T (sigmoid(h) - target)`). It couples the variables.
+    Decoder,
+    /// `f` given at every joint vertex (`K^L` numbers, row-major, `z_0` most significant). It
+    /// has no extension off the vertices: estimators that need one are refused for it.
+    Table,
 }
 
 /// The coefficients of `f(y) = alpha ||y||^2 + beta . y + gamma`.
@@ -57,8 +72,18 @@ impl Quadratic {
 }
 
 impl Loss {
-    /// Every loss, in the default order of a sweep.
-    pub const ALL: [Loss; 3] = [Loss::Squared, Loss::Seed, Loss::Linear];
+    /// The three quadratic losses, in the default order of a sweep.
+    pub const QUADRATIC: [Loss; 3] = [Loss::Squared, Loss::Seed, Loss::Linear];
+
+    /// Every loss.
+    pub const ALL: [Loss; 6] = [
+        Loss::Squared,
+        Loss::Seed,
+        Loss::Linear,
+        Loss::Pnorm,
+        Loss::Decoder,
+        Loss::Table,
+    ];
 
     /// The name used on the command line and in results.
     pub fn name(self) -> &'static str {
@@ -66,7 +91,37 @@ impl Loss {
             Loss::Seed => "seed",
             Loss::Squared => "squared",
             Loss::Linear => "linear",
+            Loss::Pnorm => "pnorm",
+            Loss::Decoder => "decoder",
+            Loss::Table => "table",
         }
+    }
+
+    /// One line on what the loss is, for `--help`.
+    pub fn summary(self) -> &'static str {
+        match self {
+            Loss::Seed => "sum(t - y): the notebook's loss, constant on one-hot draws",
+            Loss::Squared => "||t - y||^2",
+            Loss::Linear => "t . y, a per-class cost",
+            Loss::Pnorm => "(1/L) sum_l |z_l - b_l|^p (--p), REBAR's toy at L = 1",
+            Loss::Decoder => "binary cross-entropy of a sigmoid decoder V y + c",
+            Loss::Table => "f given at every joint configuration",
+        }
+    }
+
+    /// Whether the loss is one of the quadratic forms.
+    pub fn is_quadratic(self) -> bool {
+        matches!(self, Loss::Seed | Loss::Squared | Loss::Linear)
+    }
+
+    /// Whether the loss is defined off the vertices (MuProp and the relaxed family need it).
+    pub fn has_extension(self) -> bool {
+        self != Loss::Table
+    }
+
+    /// Whether `f` is a sum of per-variable terms (closed-form moments for any L).
+    pub fn is_separable(self) -> bool {
+        !matches!(self, Loss::Decoder | Loss::Table)
     }
 
     /// Parses a name.
@@ -85,6 +140,9 @@ impl Loss {
     }
 
     /// The quadratic form of this loss for target `t`.
+    ///
+    /// # Panics
+    /// For a loss that is not quadratic (see [`Loss::is_quadratic`]).
     pub fn quadratic(self, t: &[f64]) -> Quadratic {
         match self {
             Loss::Seed => Quadratic {
@@ -102,6 +160,7 @@ impl Loss {
                 beta: t.to_vec(),
                 gamma: 0.0,
             },
+            other => panic!("the {other} loss is not a quadratic form"),
         }
     }
 }
@@ -121,6 +180,7 @@ mod tests {
             Loss::Seed => t.iter().zip(y).map(|(a, b)| a - b).sum(),
             Loss::Squared => t.iter().zip(y).map(|(a, b)| (a - b) * (a - b)).sum(),
             Loss::Linear => t.iter().zip(y).map(|(a, b)| a * b).sum(),
+            _ => unreachable!(),
         }
     }
 
@@ -128,7 +188,7 @@ mod tests {
     fn quadratic_forms_match_their_formulas() {
         let t = [0.3, 0.9, 0.1, 0.5];
         let y = [0.1, 0.2, 0.3, 0.4];
-        for loss in Loss::ALL {
+        for loss in Loss::QUADRATIC {
             let q = loss.quadratic(&t);
             assert!((q.value(&y) - direct(loss, &t, &y)).abs() < 1e-14, "{loss}");
             for k in 0..4 {

@@ -7,6 +7,11 @@ use serde::{Deserialize, Serialize};
 
 use crate::engine::{Cell, PointMoments, SweepSpec};
 use crate::estimators::{Context, Family};
+use crate::oracle::ExactKind;
+
+fn one() -> usize {
+    1
+}
 
 /// The figures of one (loss, estimator, S).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -23,8 +28,28 @@ pub struct Record {
     pub samples: u32,
     /// Repetitions R.
     pub reps: u32,
-    /// Exact gradient with respect to the logits (K).
+    /// Number of variables L (1 where the summary predates several variables).
+    #[serde(default = "one")]
+    pub variables: usize,
+    /// The gradient with respect to the logits (L*K, variable-major): exact, or a Monte Carlo
+    /// reference where `exact_kind` says so.
     pub exact_grad: Vec<f64>,
+    /// `"exact"` (closed form or enumeration) or `"reference"` (a long Monte Carlo run, with
+    /// standard errors in `exact_grad_se`; never exact).
+    #[serde(default)]
+    pub exact_kind: Option<ExactKind>,
+    /// Standard errors of a reference `exact_grad`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub exact_grad_se: Option<Vec<f64>>,
+    /// Loss evaluations of one S-draw estimate (a gradient of the loss counts as one).
+    #[serde(default)]
+    pub loss_evaluations: f64,
+    /// Loss evaluations per draw, `loss_evaluations / S`.
+    #[serde(default)]
+    pub loss_evaluations_per_draw: f64,
+    /// Work-normalised variance `total_var_w * loss_evaluations`: the variance at equal cost.
+    #[serde(default)]
+    pub work_var_w: f64,
     /// Monte Carlo mean of one S-draw estimate (K).
     pub mean: Vec<f64>,
     /// Standard error of `mean` (K).
@@ -103,7 +128,7 @@ impl Record {
     /// The record of one cell.
     pub fn new(cell: &Cell, ctx: &Context, samples: u32, reps: u32, x_norm_sq: f64) -> Self {
         let m = &cell.moments;
-        let k = ctx.k;
+        let k = ctx.dim();
         let n = m.count();
         let mean: Vec<f64> = m.coords.iter().map(|c| c.mean).collect();
         let mean_se: Vec<f64> = m.coords.iter().map(|c| c.mean_se()).collect();
@@ -111,6 +136,7 @@ impl Record {
         let var_se: Vec<f64> = m.coords.iter().map(|c| c.variance_se()).collect();
         let bias: Vec<f64> = mean.iter().zip(&ctx.grad).map(|(a, b)| a - b).collect();
         let exact = cell.estimator.exact_moments(ctx, samples);
+        let evaluations = cell.estimator.loss_evaluations(ctx, samples);
 
         let x_norm = x_norm_sq.sqrt();
         let bias_sq: f64 = bias.iter().map(|b| b * b).sum();
@@ -123,20 +149,26 @@ impl Record {
             0.0
         };
         // A coordinate without variance is tested against rounding, at the scale of f.
-        let scale: f64 = ctx
-            .p
-            .iter()
-            .zip(&ctx.f)
-            .map(|(p, f)| p * f.abs())
-            .sum::<f64>()
-            .max(1e-300);
+        let scale: f64 = if ctx.l == 1 {
+            ctx.p
+                .iter()
+                .zip(&ctx.f)
+                .map(|(p, f)| p * f.abs())
+                .sum::<f64>()
+        } else {
+            ctx.fbar.abs()
+        }
+        .max(1e-300);
         // Standard errors no smaller than the estimator's reference variance allows (rare
         // categories: see `Estimator::reference_variance`).
         let reference = cell.estimator.reference_variance(ctx, samples);
         let bias_z_max = (0..k)
             .map(|j| {
                 let floor = reference.as_ref().map_or(0.0, |v| (v[j] / n).sqrt());
-                bias[j].abs() / mean_se[j].max(floor).max(1e-9 * scale)
+                let se = mean_se[j].max(floor).max(1e-9 * scale);
+                // Against a Monte Carlo reference, its own error adds.
+                let se = ctx.grad_se.as_ref().map_or(se, |r| se.hypot(r[j]));
+                bias[j].abs() / se
             })
             .fold(0.0, f64::max);
         let bias_p_value = (k as f64 * normal_two_sided(bias_z_max)).min(1.0);
@@ -169,7 +201,13 @@ impl Record {
             unbiased: cell.estimator.is_unbiased(),
             samples,
             reps,
+            variables: ctx.l,
             exact_grad: ctx.grad.clone(),
+            exact_kind: Some(ctx.grad_kind),
+            exact_grad_se: ctx.grad_se.clone(),
+            loss_evaluations: evaluations,
+            loss_evaluations_per_draw: evaluations / f64::from(samples),
+            work_var_w: x_norm_sq * sum_var * evaluations,
             exact_total_var_w: exact
                 .as_ref()
                 .map(|e| x_norm_sq * e.var.iter().sum::<f64>()),

@@ -29,7 +29,7 @@ fn malformed_problems_name_their_cause() {
         ),
         (
             r#"{"x": [1], "w": [[1, 2, 3]], "t": [1, 2]}"#,
-            "`w[0]` has 3 numbers, expected K = 2",
+            "`w[0]` has 3 numbers, expected L*K = 2",
         ),
         (
             r#"{"x": [1], "w": [[1, "a"]], "t": [1, 2]}"#,

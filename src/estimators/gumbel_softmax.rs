@@ -4,7 +4,9 @@
 //! `f(y)`, with `f` extended off the vertices by its own formula. Biased for every tau > 0;
 //! one f and one grad f per draw, K uniforms.
 
-use super::{Context, Estimator, Family, RelaxedMoments};
+use super::{
+    add_relaxed_jacobian, Context, Estimator, Family, JointDraws, Lowering, RelaxedMoments,
+};
 
 /// The Gumbel-softmax (relaxed) estimator at temperature tau.
 pub struct GumbelSoftmax;
@@ -19,12 +21,37 @@ impl Estimator for GumbelSoftmax {
     fn is_unbiased(&self) -> bool {
         false
     }
+    fn needs_extension(&self) -> bool {
+        true
+    }
+    fn lowering(&self) -> Option<Lowering> {
+        Some(Lowering::Relaxed {
+            straight_through: false,
+        })
+    }
+    fn estimate(&self, ctx: &Context, d: &JointDraws<'_>, _: f64, out: &mut [f64]) -> Option<f64> {
+        let n = ctx.dim();
+        let mut v = vec![0.0; n];
+        out.iter_mut().for_each(|o| *o = 0.0);
+        for (y, z) in d.y.chunks_exact(n).zip(d.z.chunks_exact(ctx.l)) {
+            let _ = z;
+            ctx.objective.grad(y, &mut v);
+            add_relaxed_jacobian(ctx, y, &v, out);
+        }
+        let inv = 1.0 / d.s as f64;
+        out.iter_mut().for_each(|o| *o *= inv);
+        None
+    }
     fn add_relaxed_sum(&self, ctx: &Context, m: &RelaxedMoments, acc: &mut [f64]) {
         // Per draw: (1/tau) y_c (v_c - y . v) with v = grad f(y) = 2 alpha y + beta, so
         // y . v = 2 alpha ||y||^2 + y . beta. Summed over draws:
         // (1/tau) [2 alpha sum y_c^2 + beta_c sum y_c - 2 alpha sum y_c ||y||^2
         //          - sum_c' beta_c' sum y_c y_c'].
-        let (k, alpha2, beta) = (ctx.k, 2.0 * ctx.quad.alpha, &ctx.quad.beta);
+        let quad = ctx
+            .quad
+            .as_ref()
+            .expect("the relaxed-sums lowering needs a quadratic loss");
+        let (k, alpha2, beta) = (ctx.k, 2.0 * quad.alpha, &quad.beta);
         for (c, a) in acc.iter_mut().enumerate() {
             let row = &m.sum_yy[c * k..(c + 1) * k];
             let y_dot_beta: f64 = row.iter().zip(beta).map(|(s, b)| s * b).sum();

@@ -2,14 +2,22 @@
 //! registry that names them. Adding an estimator is adding one file here plus one line in
 //! [`REGISTRY`].
 //!
-//! Every estimate is of the gradient with respect to the logits `a = xW` (a K-vector `g`);
-//! the gradient with respect to W is the outer product `x^T g` (see ESTIMATORS.md).
+//! Every estimate is of the gradient with respect to the logits (`L*K` numbers `g`,
+//! variable-major); the gradient with respect to W is the outer product `x^T g` (see
+//! `docs/estimators.md`).
 //!
-//! Two families share the engine's passes over the draws:
-//! - [`Family::ScoreFunction`]: an S-draw estimate depends only on how many of the S draws
-//!   fell in each category (`counts`), so the engine never materialises per-draw gradients;
-//! - [`Family::Relaxed`]: the Gumbel estimators, which need the K Gumbel variables of each
-//!   draw and produce a K-vector per draw.
+//! One trait, [`Estimator`], is where an estimator lives:
+//! - the **generic path**, [`Estimator::estimate`], maps a batch of S joint draws (the
+//!   categories of every variable, their losses, and for the relaxed family the relaxed
+//!   samples) to one S-draw estimate, on any problem and any loss where it is defined;
+//! - its **exact moments** come from the linear form it declares ([`Estimator::linear_form`]),
+//!   which the oracles of [`crate::oracle`] turn into moments for any L;
+//! - its **lowerings** ([`Estimator::lowering`]) describe, as data, the fast paths it can run
+//!   on: with one variable, the score-function family reads only per-repetition category
+//!   counts ([`Estimator::estimate_from_counts`]), and the relaxed family under a quadratic
+//!   loss only the sums of [`RelaxedMoments`] ([`Estimator::add_relaxed_sum`]). The CPU and
+//!   GPU engines take their fast kernels from this data, never from ids; a test shows each
+//!   lowered path equals the generic path on the same draws.
 
 mod exact;
 mod gumbel_softmax;
@@ -31,6 +39,8 @@ pub use st_gumbel::StGumbel;
 
 use crate::error::{Error, Result};
 use crate::loss::{Loss, Quadratic};
+use crate::objective::Objective;
+use crate::oracle::{self, ExactKind};
 use crate::problem::{softmax, Problem};
 
 /// Every estimator, in the order sweeps and plots show them.
@@ -60,85 +70,261 @@ pub fn by_id(id: &str) -> Result<&'static dyn Estimator> {
         .ok_or_else(|| Error::Unknown {
             kind: "estimator",
             name: id.to_string(),
-            known: REGISTRY
-                .iter()
-                .map(|e| e.id())
-                .collect::<Vec<_>>()
-                .join(", "),
+            known: ids().join(", "),
         })
 }
 
-/// Which pass over the draws an estimator reads.
+/// The ids of the registry, in order.
+pub fn ids() -> Vec<&'static str> {
+    REGISTRY.iter().map(|e| e.id()).collect()
+}
+
+/// Which draws an estimator reads.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Family {
-    /// Reads each draw's category only (one uniform per draw).
+    /// Reads each draw's categories (one uniform per variable and draw).
     ScoreFunction,
-    /// Reads each draw's K Gumbel variables (K uniforms per draw).
+    /// Reads each draw's Gumbel noise (K uniforms per variable and draw).
     Relaxed,
+}
+
+/// The learning signal of a score-function estimator's linear form.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Signal {
+    /// `f(z)`.
+    Loss,
+    /// MuProp's residual `f(z) - f(p) - grad f(p) . (y_z - p)` (mean-field point `p`).
+    MupropResidual,
+}
+
+/// The baseline a score-function estimator subtracts from its signal.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Baseline {
+    /// None.
+    None,
+    /// A bias-corrected moving average of earlier repetitions' mean signal.
+    MovingAverage,
+    /// The mean signal of the other S - 1 draws (the estimate scales by `1/(S-1)`).
+    LeaveOneOut,
+}
+
+/// The deterministic term a score-function estimator adds.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Constant {
+    /// None.
+    None,
+    /// MuProp's mean-field term `J_l grad_l f(p)`.
+    MeanField,
+    /// The exact gradient itself (the `exact` estimator: no draws read).
+    ExactGradient,
+}
+
+/// A fast path an estimator can run on, as data (the engines build their kernels from it).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Lowering {
+    /// `scale sum_i (L(z_i) - b) (e_{z_i} - p) + c`: with one variable it reads only the
+    /// category counts of a repetition.
+    ScoreFunction {
+        /// The signal `L` (`None`: no draws, as `exact`).
+        signal: Option<Signal>,
+        /// The baseline `b`.
+        baseline: Baseline,
+        /// The constant `c`.
+        constant: Constant,
+    },
+    /// `(1/tau) J(y) grad f(v)`, `v = y` (soft) or the hard draw (straight-through): under a
+    /// quadratic loss with one variable it reads only the sums of [`RelaxedMoments`].
+    Relaxed {
+        /// Whether the loss's gradient is taken at the hard draw.
+        straight_through: bool,
+    },
+}
+
+/// The per-draw form `g_hat(z) = (A(z) - [centred] E A) (e_{z_l} - p_l) + c` whose moments the
+/// oracles compute, exactly where the problem allows (see [`crate::oracle`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct LinearForm {
+    /// The signal `A`.
+    pub signal: Signal,
+    /// Whether `A` is centred by its exact mean (the ideal constant baseline).
+    pub centred: bool,
+    /// The constant `c`.
+    pub constant: Constant,
+}
+
+/// MuProp's mean-field quantities at `y = p`, where the loss extends off the vertices.
+#[derive(Clone, Debug, PartialEq)]
+pub struct MeanField {
+    /// `f(p)`.
+    pub value: f64,
+    /// `grad f(p)`, L*K numbers.
+    pub grad: Vec<f64>,
+    /// `grad f(p) . p_l` per variable, L numbers.
+    pub grad_dot_p: Vec<f64>,
+    /// `J_l grad_l f(p)` with `J_l = diag(p_l) - p_l p_l^T`, L*K numbers.
+    pub jacobian_term: Vec<f64>,
 }
 
 /// Everything an estimator needs to know about one (problem, loss, temperature).
 #[derive(Clone, Debug)]
 pub struct Context {
-    /// Number of categories.
+    /// Number of variables L.
+    pub l: usize,
+    /// Categories per variable K.
     pub k: usize,
-    /// Logits `a = xW`.
+    /// Logits `a = xW`, L*K numbers.
     pub logits: Vec<f64>,
-    /// Probabilities `p = softmax(a)`.
+    /// Probabilities `p_l = softmax(a_l)`, L*K numbers.
     pub p: Vec<f64>,
     /// The loss.
     pub loss: Loss,
-    /// The loss as a quadratic form.
-    pub quad: Quadratic,
-    /// `f_k = f(e_k)`.
+    /// The loss bound to the problem's data.
+    pub objective: Objective,
+    /// The loss as a quadratic form, for the quadratic losses.
+    pub quad: Option<Quadratic>,
+    /// With one variable, `f_k = f(e_k)` (K numbers); empty for L > 1.
     pub f: Vec<f64>,
-    /// `fbar = p . f`, the objective.
+    /// The objective `E f(z)` (exact, or the reference's estimate).
     pub fbar: f64,
-    /// The exact logit gradient `g_j = p_j (f_j - fbar)`.
+    /// The gradient `dE f / da` (L*K numbers): exact, or a Monte Carlo reference.
     pub grad: Vec<f64>,
+    /// Whether `grad` is exact or a reference.
+    pub grad_kind: ExactKind,
+    /// Standard errors of a reference `grad` (L*K numbers); `None` where exact.
+    pub grad_se: Option<Vec<f64>>,
     /// Gumbel-softmax temperature.
     pub tau: f64,
-    /// MuProp's learning signal per category, `f_k - f(p) - grad f(p) . (e_k - p)`.
+    /// MuProp's mean-field point, where the loss extends off the vertices.
+    pub mean_field: Option<MeanField>,
+    /// With one variable, MuProp's learning signal per category,
+    /// `f_k - f(p) - grad f(p) . (e_k - p)` (K numbers); empty otherwise.
     pub muprop_signal: Vec<f64>,
-    /// MuProp's deterministic term `J grad f(p)`, `J = diag(p) - p p^T`.
+    /// MuProp's deterministic term `J_l grad_l f(p)` (L*K numbers; zeros without extension).
     pub muprop_mean_field: Vec<f64>,
 }
 
 impl Context {
     /// The context of `problem` under `loss` at temperature `tau`.
+    ///
+    /// # Panics
+    /// If the problem lacks the loss's fields ([`Problem::check_loss`] says so first).
     pub fn new(problem: &Problem, loss: Loss, tau: f64) -> Self {
-        Self::from_logits(&problem.logits(), &problem.t, loss, tau)
+        let objective = Objective::new(problem, loss);
+        Self::with_objective(problem.l, problem.k, &problem.logits(), objective, tau)
     }
 
-    /// The context of logits `a` and target `t` under `loss` at temperature `tau`.
+    /// The context of one variable's logits `a` and target `t` under a quadratic `loss` at
+    /// temperature `tau` (training's per-input context).
     pub fn from_logits(a: &[f64], t: &[f64], loss: Loss, tau: f64) -> Self {
-        let p = softmax(a);
-        let quad = loss.quadratic(t);
-        let f = quad.vertex_values();
-        let fbar: f64 = p.iter().zip(&f).map(|(a, b)| a * b).sum();
-        let grad: Vec<f64> = p.iter().zip(&f).map(|(pj, fj)| pj * (fj - fbar)).collect();
-        let f_p = quad.value(&p);
-        let grad_f_p = quad.grad(&p);
-        let gp_dot_p: f64 = grad_f_p.iter().zip(&p).map(|(a, b)| a * b).sum();
-        let muprop_signal = f
-            .iter()
-            .zip(&grad_f_p)
-            .map(|(fk, gk)| fk - f_p - (gk - gp_dot_p))
-            .collect();
-        let muprop_mean_field = jacobian_product(&p, &grad_f_p);
-        Self {
-            k: p.len(),
+        let mut problem = Problem::free_logits(1, a.len(), a.to_vec());
+        problem.t = t.to_vec();
+        Self::with_objective(1, a.len(), a, Objective::new(&problem, loss), tau)
+    }
+
+    fn with_objective(l: usize, k: usize, a: &[f64], objective: Objective, tau: f64) -> Self {
+        let p: Vec<f64> = a.chunks(k).flat_map(softmax).collect();
+        let loss = objective.loss;
+        let quad = objective.quadratic().cloned();
+        let mean_field = objective.has_extension().then(|| {
+            let mut grad = vec![0.0; l * k];
+            objective.grad(&p, &mut grad);
+            let grad_dot_p: Vec<f64> = grad
+                .chunks(k)
+                .zip(p.chunks(k))
+                .map(|(g, pl)| g.iter().zip(pl).map(|(a, b)| a * b).sum())
+                .collect();
+            let jacobian_term = p
+                .chunks(k)
+                .zip(grad.chunks(k))
+                .flat_map(|(pl, gl)| jacobian_product(pl, gl))
+                .collect();
+            MeanField {
+                value: objective
+                    .value(&p)
+                    .expect("the loss extends off the vertices"),
+                grad,
+                grad_dot_p,
+                jacobian_term,
+            }
+        });
+        let muprop_mean_field = mean_field
+            .as_ref()
+            .map_or(vec![0.0; l * k], |m| m.jacobian_term.clone());
+        let mut ctx = Self {
+            l,
+            k,
             logits: a.to_vec(),
             p,
             loss,
+            objective,
             quad,
-            f,
-            fbar,
-            grad,
+            f: Vec::new(),
+            fbar: 0.0,
+            grad: Vec::new(),
+            grad_kind: ExactKind::Exact,
+            grad_se: None,
             tau,
-            muprop_signal,
+            mean_field,
+            muprop_signal: Vec::new(),
             muprop_mean_field,
+        };
+        if l == 1 {
+            // One variable: the K vertex values give everything in closed form.
+            ctx.f = match &ctx.quad {
+                Some(q) => q.vertex_values(),
+                None => (0..k as u32)
+                    .map(|c| ctx.objective.at_vertex(&[c]))
+                    .collect(),
+            };
+            ctx.fbar = ctx.p.iter().zip(&ctx.f).map(|(a, b)| a * b).sum();
+            ctx.grad = ctx
+                .p
+                .iter()
+                .zip(&ctx.f)
+                .map(|(pj, fj)| pj * (fj - ctx.fbar))
+                .collect();
+            if let Some(m) = &ctx.mean_field {
+                let gp_dot_p = m.grad_dot_p[0];
+                ctx.muprop_signal = ctx
+                    .f
+                    .iter()
+                    .zip(&m.grad)
+                    .map(|(fk, gk)| fk - m.value - (gk - gp_dot_p))
+                    .collect();
+            }
+        } else {
+            let truth = oracle::gradient(&ctx);
+            ctx.fbar = truth.objective;
+            ctx.grad = truth.grad;
+            ctx.grad_kind = truth.kind;
+            ctx.grad_se = truth.se;
         }
+        ctx
+    }
+
+    /// `L * K`, the number of gradient coordinates.
+    pub fn dim(&self) -> usize {
+        self.l * self.k
+    }
+
+    /// MuProp's residual at the joint vertex `z` with loss `f`:
+    /// `f - f(p) - sum_l (grad f(p)[l, z_l] - grad_l f(p) . p_l)`.
+    ///
+    /// # Panics
+    /// Without a mean field (a loss with no extension).
+    #[inline]
+    pub fn muprop_residual(&self, z: &[u32], f: f64) -> f64 {
+        let m = self
+            .mean_field
+            .as_ref()
+            .expect("MuProp needs the loss's extension");
+        let k = self.k;
+        let lin: f64 = z
+            .iter()
+            .enumerate()
+            .map(|(l, &c)| m.grad[l * k + c as usize] - m.grad_dot_p[l])
+            .sum();
+        f - m.value - lin
     }
 }
 
@@ -148,10 +334,10 @@ pub fn jacobian_product(y: &[f64], v: &[f64]) -> Vec<f64> {
     y.iter().zip(v).map(|(yj, vj)| yj * (vj - yv)).collect()
 }
 
-/// Moments of an estimator's S-draw average, exact (by enumeration over the K categories).
+/// Moments of an estimator's S-draw average, exact (see [`crate::oracle`]).
 #[derive(Clone, Debug, PartialEq)]
 pub struct ExactMoments {
-    /// Expected estimate, K numbers.
+    /// Expected estimate, L*K numbers.
     pub mean: Vec<f64>,
     /// Per-coordinate variance of the S-draw average.
     pub var: Vec<f64>,
@@ -210,6 +396,19 @@ pub struct RelaxedDraw<'a> {
     pub y: &'a [f64],
     /// `argmax(a + G)`: the category the Gumbel-max trick draws.
     pub z: usize,
+}
+
+/// Adds one relaxed draw's estimate to `acc` through the relaxed-sums lowering (one
+/// variable, quadratic loss).
+pub fn add_relaxed_draw(
+    estimator: &dyn Estimator,
+    ctx: &Context,
+    draw: RelaxedDraw<'_>,
+    acc: &mut [f64],
+) {
+    let mut m = RelaxedMoments::new(ctx.k);
+    m.add_draw(draw.y, draw.z);
+    estimator.add_relaxed_sum(ctx, &m, acc);
 }
 
 /// Most draws in one [`RelaxedBatch`].
@@ -379,12 +578,67 @@ pub fn dot(a: &[f64], b: &[f64]) -> f64 {
     lanes.iter().sum::<f64>() + ra.iter().zip(rb).map(|(x, y)| x * y).sum::<f64>()
 }
 
+/// A batch of S joint draws, as the generic path reads it.
+#[derive(Clone, Copy, Debug)]
+pub struct JointDraws<'a> {
+    /// Number of draws S.
+    pub s: usize,
+    /// The categories, draw-major: `z[i * L + l]` is variable `l` of draw `i`. For the relaxed
+    /// family, `argmax(a_l + G_l)`.
+    pub z: &'a [u32],
+    /// The loss of every draw, `f(z_i)` (score-function family; empty for the relaxed one).
+    pub f: &'a [f64],
+    /// The relaxed samples `y_l = softmax((a_l + G_l) / tau)`, draw-major, L*K per draw
+    /// (relaxed family; empty for the score-function one).
+    pub y: &'a [f64],
+}
+
+impl JointDraws<'_> {
+    /// Variable count L of these draws.
+    pub fn variables(&self) -> usize {
+        self.z.len() / self.s.max(1)
+    }
+}
+
+/// `out[l*K + j] = sum_{i : z_il = j} A_i - p_lj sum_i A_i`, the sum over draws of
+/// `A_i (e_{z_il} - p_l)`, in O(S L + L K).
+pub fn weighted_scores(ctx: &Context, draws: &JointDraws<'_>, signal: &[f64], out: &mut [f64]) {
+    let (l, k) = (ctx.l, ctx.k);
+    out.iter_mut().for_each(|o| *o = 0.0);
+    let mut total = 0.0;
+    for (zi, &a) in draws.z.chunks_exact(l).zip(signal) {
+        for (var, &c) in zi.iter().enumerate() {
+            out[var * k + c as usize] += a;
+        }
+        total += a;
+    }
+    for (o, pj) in out.iter_mut().zip(&ctx.p) {
+        *o -= pj * total;
+    }
+}
+
+/// Adds `(1/tau) J(y_l) v_l` for every variable to `acc` (`J(y) = diag(y) - y y^T`): one
+/// relaxed draw's pathwise gradient, given `v = grad f` at the point the estimator chooses.
+pub fn add_relaxed_jacobian(ctx: &Context, y: &[f64], v: &[f64], acc: &mut [f64]) {
+    let k = ctx.k;
+    for ((yl, vl), al) in y
+        .chunks_exact(k)
+        .zip(v.chunks_exact(k))
+        .zip(acc.chunks_exact_mut(k))
+    {
+        let yv: f64 = yl.iter().zip(vl).map(|(a, b)| a * b).sum();
+        for ((a, yj), vj) in al.iter_mut().zip(yl).zip(vl) {
+            *a += yj * (vj - yv) / ctx.tau;
+        }
+    }
+}
+
 /// A gradient estimator of `d E[f(z)] / d a`.
 pub trait Estimator: Send + Sync {
     /// The id used on the command line and in results (`reinforce-ema`).
     fn id(&self) -> &'static str;
 
-    /// Which pass over the draws it reads.
+    /// Which draws it reads.
     fn family(&self) -> Family;
 
     /// Whether its expectation is the exact gradient.
@@ -395,9 +649,57 @@ pub trait Estimator: Send + Sync {
         1
     }
 
-    /// Exact moments of the S-draw average, where a closed form exists.
-    fn exact_moments(&self, _ctx: &Context, _s: u32) -> Option<ExactMoments> {
+    /// Whether it needs the loss defined off the vertices (MuProp's Taylor point, the relaxed
+    /// family).
+    fn needs_extension(&self) -> bool {
+        false
+    }
+
+    /// Refuses a problem it is not defined on, saying why.
+    ///
+    /// # Errors
+    /// [`Error::InvalidArgument`] naming the estimator and the reason.
+    fn check(&self, ctx: &Context) -> Result<()> {
+        if self.needs_extension() && !ctx.objective.has_extension() {
+            return Err(Error::InvalidArgument(format!(
+                "{} needs the loss defined off the vertices, and the {} loss is not; drop it or choose another loss",
+                self.id(),
+                ctx.loss
+            )));
+        }
+        Ok(())
+    }
+
+    /// Loss evaluations of one S-draw estimate (a gradient of the loss counts as one).
+    fn loss_evaluations(&self, _ctx: &Context, s: u32) -> f64 {
+        f64::from(s)
+    }
+
+    /// The generic path: the S-draw estimate from a batch of joint draws and the current
+    /// moving-average baseline (0 where it has none), into `out` (L*K numbers). Returns the
+    /// value this estimate contributes to the moving average, for estimators that keep one.
+    fn estimate(
+        &self,
+        ctx: &Context,
+        draws: &JointDraws<'_>,
+        baseline: f64,
+        out: &mut [f64],
+    ) -> Option<f64>;
+
+    /// The fast path it can be lowered to, if any.
+    fn lowering(&self) -> Option<Lowering> {
         None
+    }
+
+    /// The per-draw linear form whose exact moments give its own, where it has one.
+    fn linear_form(&self) -> Option<LinearForm> {
+        None
+    }
+
+    /// Exact moments of the S-draw average, where the problem allows them.
+    fn exact_moments(&self, ctx: &Context, s: u32) -> Option<ExactMoments> {
+        let form = self.linear_form()?;
+        oracle::linear_form_moments(ctx, form, s)
     }
 
     /// Per-coordinate variance of the S-draw average that standard errors should not go
@@ -408,15 +710,15 @@ pub trait Estimator: Send + Sync {
         self.exact_moments(ctx, s).map(|m| m.var)
     }
 
-    /// For estimators with a moving-average baseline: the value this repetition contributes
-    /// to the average that later repetitions use (the average is never used by the
-    /// repetition that produced it, so the estimator stays unbiased).
+    /// Counts lowering: for estimators with a moving-average baseline, the value this
+    /// repetition contributes to the average that later repetitions use (the average is never
+    /// used by the repetition that produced it, so the estimator stays unbiased).
     fn baseline_signal(&self, _ctx: &Context, _counts: &[u32], _s: u32) -> Option<f64> {
         None
     }
 
-    /// Score-function family: the S-draw estimate from the category counts (which sum to S)
-    /// and the current moving-average baseline (0 where the estimator has none).
+    /// Counts lowering (one variable): the S-draw estimate from the category counts (which
+    /// sum to S) and the current moving-average baseline (0 where the estimator has none).
     fn estimate_from_counts(
         &self,
         _ctx: &Context,
@@ -425,21 +727,28 @@ pub trait Estimator: Send + Sync {
         _baseline: f64,
         _out: &mut [f64],
     ) {
-        unreachable!("{} is not a score-function estimator", self.id())
+        unreachable!("{} has no counts lowering", self.id())
     }
 
-    /// Relaxed family: the sum of the per-draw estimates of the draws whose sums `m` holds,
-    /// added to `acc`.
+    /// Relaxed-sums lowering (one variable, quadratic loss): the sum of the per-draw estimates
+    /// of the draws whose sums `m` holds, added to `acc`.
     fn add_relaxed_sum(&self, _ctx: &Context, _m: &RelaxedMoments, _acc: &mut [f64]) {
-        unreachable!("{} is not a relaxed estimator", self.id())
+        unreachable!("{} has no relaxed-sums lowering", self.id())
     }
+}
 
-    /// Relaxed family: adds one draw's estimate to `acc`.
-    fn add_relaxed_draw(&self, ctx: &Context, draw: RelaxedDraw<'_>, acc: &mut [f64]) {
-        let mut m = RelaxedMoments::new(ctx.k);
-        m.add_draw(draw.y, draw.z);
-        self.add_relaxed_sum(ctx, &m, acc);
-    }
+/// Whether `estimator` runs on the counts lowering for `ctx` (score-function form, one
+/// variable).
+pub fn uses_counts(estimator: &dyn Estimator, ctx: &Context) -> bool {
+    ctx.l == 1 && matches!(estimator.lowering(), Some(Lowering::ScoreFunction { .. }))
+}
+
+/// Whether `estimator` runs on the relaxed-sums lowering for `ctx` (relaxed form, one
+/// variable, quadratic loss).
+pub fn uses_relaxed_sums(estimator: &dyn Estimator, ctx: &Context) -> bool {
+    ctx.l == 1
+        && ctx.quad.is_some()
+        && matches!(estimator.lowering(), Some(Lowering::Relaxed { .. }))
 }
 
 impl std::fmt::Debug for dyn Estimator {

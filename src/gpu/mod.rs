@@ -30,9 +30,9 @@ pub use context::{adapter_list, AdapterSummary, GpuContext, GpuPreference};
 pub use forward::Forward;
 
 use crate::draws::RelaxedTable;
-use crate::engine::{BackendInfo, Cell, Engine, PointMoments, SweepSpec};
+use crate::engine::{path_of, BackendInfo, Cell, Engine, Path, PointMoments, SweepSpec};
 use crate::error::{Error, Result};
-use crate::estimators::{Context, Estimator, Family};
+use crate::estimators::{Context, Family};
 use crate::philox::key_of;
 use crate::stats::EstimateMoments;
 use chunks::{threads_per_rep, REP_ALIGN};
@@ -425,6 +425,10 @@ fn partial_len(reps: u32, cells: usize) -> usize {
 }
 
 impl Engine for GpuEngine {
+    fn lowers(&self, path: Path) -> bool {
+        matches!(path, Path::Counts | Path::RelaxedSums)
+    }
+
     fn backend_info(&self) -> BackendInfo {
         self.ctx.backend_info()
     }
@@ -438,39 +442,46 @@ impl Engine for GpuEngine {
         let samples = spec.samples[point];
         let k = spec.problem.k;
         if k > MAX_K {
-            return Err(Error::InvalidArgument(format!(
-                "the GPU engine serves K <= {MAX_K} categories (the problem has {k}): use --backend cpu"
-            )));
+            // No kernel serves this K: every cell runs on the CPU engine.
+            return Ok(crate::engine::cpu_point_cells(
+                spec,
+                point,
+                &|_| true,
+                progress,
+            ));
         }
         let logits = spec.problem.logits();
         let contexts = spec.contexts();
         let estimators = spec.estimators_at(samples);
-        let score: Vec<&'static dyn Estimator> = estimators
-            .iter()
-            .copied()
-            .filter(|e| e.family() == Family::ScoreFunction)
-            .collect();
-        let relaxed: Vec<&'static dyn Estimator> = estimators
-            .iter()
-            .copied()
-            .filter(|e| e.family() == Family::Relaxed)
-            .collect();
 
-        // Family cells, loss-major, with their moments.
+        // Family cells, loss-major, with their moments: the cells whose estimator lowers to a
+        // GPU kernel on this problem. The rest run on the CPU engine's generic path.
         let mut score_cells = Vec::new();
         let mut score_grads = Vec::new();
+        let mut score_keys = Vec::new();
         let mut relaxed_cells = Vec::new();
         let mut relaxed_grads = Vec::new();
-        for ctx in &contexts {
-            for e in &score {
-                score_cells.push(params::score_cell(*e, ctx, samples)?);
-                score_grads.push(ctx.grad.as_slice());
-            }
-            for e in &relaxed {
-                relaxed_cells.push(params::relaxed_cell(*e, ctx)?);
-                relaxed_grads.push(ctx.grad.as_slice());
+        let mut relaxed_keys = Vec::new();
+        for (li, ctx) in contexts.iter().enumerate() {
+            for &e in &estimators {
+                match path_of(e, ctx) {
+                    Path::Counts => {
+                        score_cells.push(params::score_cell(e, ctx, samples)?);
+                        score_grads.push(ctx.grad.as_slice());
+                        score_keys.push((li, e.id()));
+                    }
+                    Path::RelaxedSums => {
+                        relaxed_cells.push(params::relaxed_cell(e, ctx)?);
+                        relaxed_grads.push(ctx.grad.as_slice());
+                        relaxed_keys.push((li, e.id()));
+                    }
+                    Path::Generic(_) => {}
+                }
             }
         }
+        let fallback = (score_cells.len() + relaxed_cells.len()
+            < contexts.len() * estimators.len())
+        .then(|| crate::engine::cpu_point_cells(spec, point, &|p| !self.lowers(p), progress));
         let mut score_moments = vec![EstimateMoments::new(k); score_cells.len()];
         let mut relaxed_moments = vec![EstimateMoments::new(k); relaxed_cells.len()];
 
@@ -538,37 +549,36 @@ impl Engine for GpuEngine {
         drop(guard);
 
         // Cells in the CPU engine's order: losses, then the estimators at this S.
-        let mut score_iter = score_moments.into_iter();
-        let mut relaxed_iter = relaxed_moments.into_iter();
+        let mut gpu_cells: Vec<Option<(EstimateMoments, f64)>> = score_moments
+            .into_iter()
+            .map(|m| Some((m, score_seconds)))
+            .chain(
+                relaxed_moments
+                    .into_iter()
+                    .map(|m| Some((m, relaxed_seconds))),
+            )
+            .collect();
+        let keys: Vec<(usize, &str)> = score_keys.into_iter().chain(relaxed_keys).collect();
+        let mut cpu_cells = fallback.map(|p| p.cells.into_iter()).into_iter().flatten();
         let mut cells = Vec::new();
-        for &loss in &spec.losses {
-            let mut own_score: Vec<_> = score.iter().map(|_| score_iter.next()).collect();
-            let mut own_relaxed: Vec<_> = relaxed.iter().map(|_| relaxed_iter.next()).collect();
+        for (li, &loss) in spec.losses.iter().enumerate() {
             for &estimator in &estimators {
-                let (slot, seconds) = match estimator.family() {
-                    Family::ScoreFunction => {
-                        let i = score
-                            .iter()
-                            .position(|e| e.id() == estimator.id())
-                            .unwrap_or(0);
-                        (own_score[i].take(), score_seconds)
+                match keys.iter().position(|&key| key == (li, estimator.id())) {
+                    Some(i) => {
+                        let (moments, seconds) = gpu_cells[i].take().ok_or_else(|| {
+                            Error::Gpu(format!("no moments for {}", estimator.id()))
+                        })?;
+                        cells.push(Cell {
+                            loss,
+                            estimator,
+                            moments,
+                            seconds,
+                        });
                     }
-                    Family::Relaxed => {
-                        let i = relaxed
-                            .iter()
-                            .position(|e| e.id() == estimator.id())
-                            .unwrap_or(0);
-                        (own_relaxed[i].take(), relaxed_seconds)
-                    }
-                };
-                let moments =
-                    slot.ok_or_else(|| Error::Gpu(format!("no moments for {}", estimator.id())))?;
-                cells.push(Cell {
-                    loss,
-                    estimator,
-                    moments,
-                    seconds,
-                });
+                    None => cells.push(cpu_cells.next().ok_or_else(|| {
+                        Error::Gpu(format!("no CPU moments for {}", estimator.id()))
+                    })?),
+                }
             }
         }
         Ok(PointMoments { samples, cells })
@@ -704,7 +714,7 @@ impl GpuEngine {
         let logits = spec.problem.logits();
         let mut cells = Vec::new();
         for &loss in &spec.losses {
-            let ctx = Context::from_logits(&logits, &spec.problem.t, loss, spec.tau);
+            let ctx = Context::new(&spec.problem, loss, spec.tau);
             for e in spec
                 .estimators
                 .iter()

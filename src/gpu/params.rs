@@ -6,7 +6,7 @@ use bytemuck::{Pod, Zeroable};
 
 use crate::draws::{CategoricalTable, RelaxedTable};
 use crate::error::{Error, Result};
-use crate::estimators::{Context, Estimator};
+use crate::estimators::{Baseline, Constant, Context, Estimator, Lowering, Signal};
 
 /// Largest K the kernels serve (keep in sync with `MAX_K` in shaders/common.wgsl).
 pub const MAX_K: usize = 16;
@@ -177,39 +177,57 @@ fn cosine_defined(grad: &[f64]) -> u32 {
     u32::from(grad.iter().map(|g| g * g).sum::<f64>() > 0.0)
 }
 
+fn no_kernel(estimator: &dyn Estimator) -> Error {
+    Error::InvalidArgument(format!(
+        "estimator `{}` has no GPU lowering for this problem: use --backend cpu",
+        estimator.id()
+    ))
+}
+
 /// The GPU descriptor of a score-function estimator under one loss at S draws.
 ///
-/// Every score-function estimator of the registry is `scale sum_k n_k (L_k - b) (e_k - p) + c`
-/// for a signal L, a baseline b and a constant c; this names them per estimator id.
+/// Every score-function lowering is `scale sum_k n_k (L_k - b) (e_k - p) + c` for a signal L,
+/// a baseline b and a constant c; the estimator's [`Lowering`] says which.
 ///
 /// # Errors
-/// [`Error::InvalidArgument`] for an estimator the GPU kernels do not know.
+/// [`Error::InvalidArgument`] for an estimator without a score-function lowering, or a
+/// problem with several variables.
 pub fn score_cell(estimator: &dyn Estimator, ctx: &Context, samples: u32) -> Result<ScoreCell> {
+    let Some(Lowering::ScoreFunction {
+        signal,
+        baseline,
+        constant,
+    }) = estimator.lowering().filter(|_| ctx.l == 1)
+    else {
+        return Err(no_kernel(estimator));
+    };
     let k = ctx.k;
     let zeros = vec![0.0; k];
     let s = f64::from(samples);
-    let (signal, constant, scale, baseline): (&[f64], &[f64], f64, u32) = match estimator.id() {
-        "exact" => (&zeros, &ctx.grad, 0.0, BASELINE_NONE),
-        "reinforce" => (&ctx.f, &zeros, 1.0 / s, BASELINE_NONE),
-        "reinforce-ema" => (&ctx.f, &zeros, 1.0 / s, BASELINE_MOVING_AVERAGE),
-        "rloo" => (&ctx.f, &zeros, 1.0 / (s - 1.0), BASELINE_LEAVE_ONE_OUT),
-        "muprop" => (
-            &ctx.muprop_signal,
-            &ctx.muprop_mean_field,
-            1.0 / s,
-            BASELINE_NONE,
+    // No signal (the exact gradient): the draws are read by nothing, the scale is 0.
+    let (signal, scale, baseline): (&[f64], f64, u32) = match (signal, baseline) {
+        (None, _) => (&zeros, 0.0, BASELINE_NONE),
+        (Some(sig), b) => (
+            match sig {
+                Signal::Loss => &ctx.f,
+                Signal::MupropResidual => &ctx.muprop_signal,
+            },
+            if b == Baseline::LeaveOneOut {
+                1.0 / (s - 1.0)
+            } else {
+                1.0 / s
+            },
+            match b {
+                Baseline::None => BASELINE_NONE,
+                Baseline::MovingAverage => BASELINE_MOVING_AVERAGE,
+                Baseline::LeaveOneOut => BASELINE_LEAVE_ONE_OUT,
+            },
         ),
-        "muprop-c" => (
-            &ctx.muprop_signal,
-            &ctx.muprop_mean_field,
-            1.0 / s,
-            BASELINE_MOVING_AVERAGE,
-        ),
-        other => {
-            return Err(Error::InvalidArgument(format!(
-                "estimator `{other}` has no GPU kernel: use --backend cpu"
-            )))
-        }
+    };
+    let constant: &[f64] = match constant {
+        Constant::None => &zeros,
+        Constant::MeanField => &ctx.muprop_mean_field,
+        Constant::ExactGradient => &ctx.grad,
     };
     let mean_signal: f64 = ctx.p.iter().zip(signal).map(|(p, l)| p * l).sum();
     let centred: Vec<f64> = signal.iter().map(|l| l - mean_signal).collect();
@@ -230,23 +248,24 @@ pub fn score_cell(estimator: &dyn Estimator, ctx: &Context, samples: u32) -> Res
 /// The GPU descriptor of a relaxed estimator under one loss.
 ///
 /// # Errors
-/// [`Error::InvalidArgument`] for an estimator the GPU kernels do not know.
+/// [`Error::InvalidArgument`] for an estimator without a relaxed lowering, or a problem that
+/// is not one variable under a quadratic loss.
 pub fn relaxed_cell(estimator: &dyn Estimator, ctx: &Context) -> Result<RelaxedCell> {
-    let kind = match estimator.id() {
-        "gumbel-softmax" => RELAXED_SOFT,
-        "st-gumbel" => RELAXED_STRAIGHT_THROUGH,
-        other => {
-            return Err(Error::InvalidArgument(format!(
-                "estimator `{other}` has no GPU kernel: use --backend cpu"
-            )))
-        }
+    let (Some(Lowering::Relaxed { straight_through }), Some(quad), 1) =
+        (estimator.lowering(), ctx.quad.as_ref(), ctx.l)
+    else {
+        return Err(no_kernel(estimator));
     };
     Ok(RelaxedCell {
-        beta: padded(&ctx.quad.beta),
+        beta: padded(&quad.beta),
         grad: padded(&ctx.grad),
-        alpha: ctx.quad.alpha as f32,
+        alpha: quad.alpha as f32,
         inv_tau: (1.0 / ctx.tau) as f32,
-        kind,
+        kind: if straight_through {
+            RELAXED_STRAIGHT_THROUGH
+        } else {
+            RELAXED_SOFT
+        },
         cosine: cosine_defined(&ctx.grad),
     })
 }

@@ -126,7 +126,7 @@ pub fn estimate(
             g.iter_mut().for_each(|v| *v = 0.0);
             for draw in 0..samples {
                 let z = table.draw(key.key, key.rep_offset + b, key.step, draw, &mut h, &mut y);
-                est.add_relaxed_draw(ctx, RelaxedDraw { y: &y, z }, g);
+                crate::estimators::add_relaxed_draw(est, ctx, RelaxedDraw { y: &y, z }, g);
             }
             let inv = 1.0 / f64::from(samples);
             g.iter_mut().for_each(|v| *v *= inv);

@@ -1,0 +1,344 @@
+//! The objective `f(z_0, ..., z_{L-1})`: a [`Loss`] bound to a problem's data, evaluated at a
+//! joint vertex (the categories drawn) or, where the loss extends off the vertices, at a
+//! relaxed point `y` in `R^{L*K}` with its gradient. Every estimator's loss evaluations go
+//! through here, so the cost of an estimate is counted in one place.
+//!
+//! The losses that are sums of per-variable terms (`squared`, `linear`, `seed`, `pnorm`) also
+//! give those terms ([`Objective::separable_terms`]): the exact oracles use them for closed
+//! forms at any L (see [`crate::oracle`]).
+
+use crate::loss::{Loss, Quadratic};
+use crate::problem::{Decoder, Problem};
+
+/// A loss bound to the data it reads.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Objective {
+    /// The loss.
+    pub loss: Loss,
+    /// Variables L.
+    pub l: usize,
+    /// Categories per variable K.
+    pub k: usize,
+    form: Form,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+enum Form {
+    Quadratic(Quadratic),
+    Pnorm { b: Vec<f64>, p: f64 },
+    Decoder(Decoder),
+    Table(Vec<f64>),
+}
+
+fn softplus(h: f64) -> f64 {
+    // log(1 + e^h) without overflow: max(h, 0) + log1p(e^-|h|).
+    h.max(0.0) + (-h.abs()).exp().ln_1p()
+}
+
+fn sigmoid(h: f64) -> f64 {
+    if h >= 0.0 {
+        1.0 / (1.0 + (-h).exp())
+    } else {
+        let e = h.exp();
+        e / (1.0 + e)
+    }
+}
+
+impl Objective {
+    /// `loss` on `problem`'s data.
+    ///
+    /// # Panics
+    /// If the problem lacks the loss's field (see [`Problem::check_loss`], which callers run
+    /// first).
+    pub fn new(problem: &Problem, loss: Loss) -> Self {
+        let form = match loss {
+            Loss::Seed | Loss::Squared | Loss::Linear => {
+                Form::Quadratic(loss.quadratic(&problem.t))
+            }
+            Loss::Pnorm => Form::Pnorm {
+                b: problem.b.clone(),
+                p: problem.exponent,
+            },
+            Loss::Decoder => Form::Decoder(
+                problem
+                    .decoder
+                    .clone()
+                    .expect("the decoder loss needs the problem's decoder"),
+            ),
+            Loss::Table => Form::Table(problem.table.clone()),
+        };
+        Self {
+            loss,
+            l: problem.l,
+            k: problem.k,
+            form,
+        }
+    }
+
+    /// The quadratic form, for the three quadratic losses.
+    pub fn quadratic(&self) -> Option<&Quadratic> {
+        match &self.form {
+            Form::Quadratic(q) => Some(q),
+            _ => None,
+        }
+    }
+
+    /// Whether `f` is defined off the vertices.
+    pub fn has_extension(&self) -> bool {
+        self.loss.has_extension()
+    }
+
+    /// `f` at the joint vertex `z` (L categories): one loss evaluation.
+    pub fn at_vertex(&self, z: &[u32]) -> f64 {
+        let k = self.k;
+        match &self.form {
+            Form::Quadratic(q) => {
+                let lin: f64 = z
+                    .iter()
+                    .enumerate()
+                    .map(|(l, &c)| q.beta[l * k + c as usize])
+                    .sum();
+                q.alpha * self.l as f64 + lin + q.gamma
+            }
+            Form::Pnorm { b, p } => {
+                let total: f64 = z
+                    .iter()
+                    .zip(b)
+                    .map(|(&c, bl)| pnorm_term(f64::from(c) - bl, *p))
+                    .sum();
+                total / self.l as f64
+            }
+            Form::Decoder(dec) => {
+                let n = self.l * k;
+                let mut f = 0.0;
+                for (hh, (row, (&c, &t))) in dec
+                    .v
+                    .chunks_exact(n)
+                    .zip(dec.c.iter().zip(&dec.target))
+                    .enumerate()
+                {
+                    let _ = hh;
+                    let h: f64 = c + z
+                        .iter()
+                        .enumerate()
+                        .map(|(l, &zl)| row[l * k + zl as usize])
+                        .sum::<f64>();
+                    f += softplus(h) - t * h;
+                }
+                f
+            }
+            Form::Table(table) => {
+                let index = z.iter().fold(0usize, |acc, &c| acc * k + c as usize);
+                table[index]
+            }
+        }
+    }
+
+    /// `f(y)` at a relaxed point (L*K numbers), or `None` where the loss has no extension.
+    pub fn value(&self, y: &[f64]) -> Option<f64> {
+        match &self.form {
+            Form::Quadratic(q) => Some(q.value(y)),
+            Form::Pnorm { b, p } => {
+                let total: f64 = y
+                    .chunks_exact(self.k)
+                    .zip(b)
+                    .map(|(yl, bl)| pnorm_term(category_index(yl) - bl, *p))
+                    .sum();
+                Some(total / self.l as f64)
+            }
+            Form::Decoder(dec) => {
+                let n = self.l * self.k;
+                Some(
+                    dec.v
+                        .chunks_exact(n)
+                        .zip(dec.c.iter().zip(&dec.target))
+                        .map(|(row, (&c, &t))| {
+                            let h = c + row.iter().zip(y).map(|(v, yv)| v * yv).sum::<f64>();
+                            softplus(h) - t * h
+                        })
+                        .sum(),
+                )
+            }
+            Form::Table(_) => None,
+        }
+    }
+
+    /// `grad f(y)` into `out` (L*K numbers); `false` (and `out` untouched) where the loss has
+    /// no extension.
+    pub fn grad(&self, y: &[f64], out: &mut [f64]) -> bool {
+        let k = self.k;
+        match &self.form {
+            Form::Quadratic(q) => {
+                for ((o, v), b) in out.iter_mut().zip(y).zip(&q.beta) {
+                    *o = 2.0 * q.alpha * v + b;
+                }
+            }
+            Form::Pnorm { b, p } => {
+                let inv_l = 1.0 / self.l as f64;
+                for ((yl, ol), bl) in y.chunks_exact(k).zip(out.chunks_exact_mut(k)).zip(b) {
+                    let d = category_index(yl) - bl;
+                    let slope = pnorm_slope(d, *p) * inv_l;
+                    for (j, o) in ol.iter_mut().enumerate() {
+                        *o = slope * j as f64;
+                    }
+                }
+            }
+            Form::Decoder(dec) => {
+                let n = self.l * k;
+                out.iter_mut().for_each(|o| *o = 0.0);
+                for (row, (&c, &t)) in dec.v.chunks_exact(n).zip(dec.c.iter().zip(&dec.target)) {
+                    let h = c + row.iter().zip(y).map(|(v, yv)| v * yv).sum::<f64>();
+                    let r = sigmoid(h) - t;
+                    for (o, v) in out.iter_mut().zip(row) {
+                        *o += r * v;
+                    }
+                }
+            }
+            Form::Table(_) => return false,
+        }
+        true
+    }
+
+    /// For a loss that is a sum of per-variable terms, `f(z) = constant + sum_l terms[l*K + z_l]`:
+    /// `(terms, constant)`. `None` for a loss that couples the variables.
+    pub fn separable_terms(&self) -> Option<(Vec<f64>, f64)> {
+        if !self.loss.is_separable() {
+            return None;
+        }
+        // Relative to the vertex z = 0: term_l(j) = f(z with z_l = j) - f(0).
+        let (l, k) = (self.l, self.k);
+        let mut z = vec![0u32; l];
+        let base = self.at_vertex(&z);
+        let mut terms = vec![0.0; l * k];
+        for var in 0..l {
+            for j in 1..k {
+                z[var] = j as u32;
+                terms[var * k + j] = self.at_vertex(&z) - base;
+            }
+            z[var] = 0;
+        }
+        Some((terms, base))
+    }
+}
+
+/// `|d|^p`.
+fn pnorm_term(d: f64, p: f64) -> f64 {
+    if p == 2.0 {
+        d * d
+    } else if p == 1.0 {
+        d.abs()
+    } else {
+        d.abs().powf(p)
+    }
+}
+
+/// `d/dd |d|^p = p |d|^(p-1) sign(d)` (the subgradient `sign(d)` at p = 1).
+fn pnorm_slope(d: f64, p: f64) -> f64 {
+    if p == 1.0 {
+        d.signum() * f64::from(u8::from(d != 0.0))
+    } else {
+        p * d.abs().powf(p - 1.0) * d.signum()
+    }
+}
+
+/// `c = sum_k k y[k]`, the category index at a vertex.
+fn category_index(y: &[f64]) -> f64 {
+    y.iter().enumerate().map(|(j, v)| j as f64 * v).sum()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn problem() -> Problem {
+        let (l, k) = (3, 4);
+        let mut p =
+            Problem::free_logits(l, k, (0..l * k).map(|i| (i as f64 * 0.37).sin()).collect());
+        p.t = (0..l * k).map(|i| (i as f64 * 0.71).cos()).collect();
+        p.b = vec![0.4, 2.5, 1.0];
+        p.exponent = 1.5;
+        p.decoder = Some(Decoder {
+            h: 5,
+            v: (0..5 * l * k).map(|i| (i as f64 * 0.13).sin()).collect(),
+            c: vec![0.1, -0.2, 0.3, 0.0, 0.5],
+            target: vec![1.0, 0.0, 1.0, 1.0, 0.0],
+        });
+        p.table = (0..64).map(|i| (f64::from(i) * 0.3).cos()).collect();
+        p
+    }
+
+    fn one_hot(z: &[u32], k: usize) -> Vec<f64> {
+        let mut y = vec![0.0; z.len() * k];
+        for (l, &c) in z.iter().enumerate() {
+            y[l * k + c as usize] = 1.0;
+        }
+        y
+    }
+
+    #[test]
+    fn vertex_values_equal_the_extension_at_one_hot_points() {
+        let p = problem();
+        for loss in [
+            Loss::Squared,
+            Loss::Seed,
+            Loss::Linear,
+            Loss::Pnorm,
+            Loss::Decoder,
+        ] {
+            let obj = Objective::new(&p, loss);
+            for z in [[0u32, 1, 2], [3, 3, 0], [1, 0, 3]] {
+                let direct = obj.value(&one_hot(&z, 4)).unwrap();
+                assert!((obj.at_vertex(&z) - direct).abs() < 1e-12, "{loss} {z:?}");
+            }
+        }
+    }
+
+    #[test]
+    fn gradients_match_central_differences() {
+        let p = problem();
+        let y: Vec<f64> = (0..12).map(|i| 0.2 + 0.05 * (i as f64).sin()).collect();
+        for loss in [
+            Loss::Squared,
+            Loss::Seed,
+            Loss::Linear,
+            Loss::Pnorm,
+            Loss::Decoder,
+        ] {
+            let obj = Objective::new(&p, loss);
+            let mut g = vec![0.0; 12];
+            assert!(obj.grad(&y, &mut g));
+            for j in 0..12 {
+                let (mut a, mut b) = (y.clone(), y.clone());
+                a[j] += 1e-6;
+                b[j] -= 1e-6;
+                let fd = (obj.value(&a).unwrap() - obj.value(&b).unwrap()) / 2e-6;
+                assert!((fd - g[j]).abs() < 1e-6, "{loss} {j}: {fd} vs {}", g[j]);
+            }
+        }
+        assert!(!Objective::new(&p, Loss::Table).grad(&y, &mut [0.0; 12]));
+    }
+
+    #[test]
+    fn separable_terms_rebuild_every_vertex() {
+        let p = problem();
+        for loss in [Loss::Squared, Loss::Seed, Loss::Linear, Loss::Pnorm] {
+            let obj = Objective::new(&p, loss);
+            let (terms, c) = obj.separable_terms().unwrap();
+            for i in 0..64u32 {
+                let z = [i / 16, (i / 4) % 4, i % 4];
+                let sum: f64 = c + (0..3).map(|l| terms[l * 4 + z[l] as usize]).sum::<f64>();
+                assert!((sum - obj.at_vertex(&z)).abs() < 1e-12, "{loss} {z:?}");
+            }
+        }
+        assert!(Objective::new(&p, Loss::Decoder)
+            .separable_terms()
+            .is_none());
+    }
+
+    #[test]
+    fn table_is_row_major_with_z0_most_significant() {
+        let p = problem();
+        let obj = Objective::new(&p, Loss::Table);
+        assert_eq!(obj.at_vertex(&[1, 2, 3]), p.table[16 + 2 * 4 + 3]);
+    }
+}
