@@ -219,7 +219,7 @@ impl RelaxedTable {
         h: &mut [f32],
         y: &mut [f64],
     ) -> usize {
-        self.draw_lanes(key, rep, point, draw, 0, h, y)
+        self.draw_lanes(key, rep, point, draw, 0, h, y, None)
     }
 
     /// [`Self::draw`] reading the Gumbel stream from lane `first_lane` on.
@@ -233,6 +233,7 @@ impl RelaxedTable {
         first_lane: u32,
         h: &mut [f32],
         y: &mut [f64],
+        perturbed: Option<&mut [f64]>,
     ) -> usize {
         let k = self.shifted_logits.len();
         let mut words = [0u32; 4];
@@ -244,6 +245,11 @@ impl RelaxedTable {
                 );
             }
             h[c] = self.shifted_logits[c] + gumbel(words[c % 4]);
+        }
+        if let Some(out) = perturbed {
+            for (o, &v) in out.iter_mut().zip(&h[..k]) {
+                *o = f64::from(v);
+            }
         }
         let (z, hmax) = argmax(&h[..k]);
         let mut sum = 0.0f32;
@@ -359,9 +365,9 @@ impl JointRelaxedTable {
         }
     }
 
-    /// One joint relaxed draw: `y` (L*K numbers, in f64 from the f32 arithmetic) and the hard
-    /// categories `z` (L numbers). `h` is scratch of K floats. Variable 0 draws exactly what
-    /// [`RelaxedTable::draw`] draws.
+    /// One joint relaxed draw: `y` (L*K numbers, in f64 from the f32 arithmetic), the
+    /// perturbed logits `a - max(a) + G` (L*K) and the hard categories `z` (L numbers). `h`
+    /// is scratch of K floats. Variable 0 draws exactly what [`RelaxedTable::draw`] draws.
     #[allow(clippy::too_many_arguments)]
     pub fn draw(
         &self,
@@ -371,6 +377,7 @@ impl JointRelaxedTable {
         draw: u32,
         h: &mut [f32],
         y: &mut [f64],
+        perturbed: &mut [f64],
         z: &mut [u32],
     ) {
         let k = self.variables[0].shifted_logits.len();
@@ -384,6 +391,7 @@ impl JointRelaxedTable {
                 var as u32 * groups,
                 h,
                 &mut y[var * k..(var + 1) * k],
+                Some(&mut perturbed[var * k..(var + 1) * k]),
             ) as u32;
         }
     }

@@ -18,7 +18,7 @@ use crate::draws::{
 };
 use crate::error::{Error, Result};
 use crate::estimators::{
-    uses_counts, uses_relaxed_sums, Context, Estimator, Family, JointDraws, MovingAverage,
+    uses_counts, uses_relaxed_sums, Context, Estimator, Family, JointDraws, MovingAverage, Noise,
     RelaxedBatch, RelaxedMoments, RELAXED_BATCH,
 };
 use crate::faults;
@@ -458,14 +458,16 @@ pub(crate) fn cpu_point_cells(
         // Generic relaxed pass: every draw's relaxed sample and hard categories.
         let mut rel_y = vec![0f64; if generic_rel { nbu * su * dim } else { 0 }];
         let mut rel_z = vec![0u32; if generic_rel { nbu * su * l } else { 0 }];
+        let mut rel_g = vec![0f64; if generic_rel { nbu * su * dim } else { 0 }];
         if generic_rel {
             let t0 = Instant::now();
             for _ in 0..faults::repeat_pass("relaxed") {
                 rel_y
                     .par_chunks_mut(su * dim)
+                    .zip(rel_g.par_chunks_mut(su * dim))
                     .zip(rel_z.par_chunks_mut(su * l))
                     .enumerate()
-                    .for_each(|(i, (y, z))| {
+                    .for_each(|(i, ((y, g), z))| {
                         let mut h = vec![0f32; k];
                         for d in 0..su {
                             joint_relaxed.draw(
@@ -475,6 +477,7 @@ pub(crate) fn cpu_point_cells(
                                 d as u32,
                                 &mut h,
                                 &mut y[d * dim..(d + 1) * dim],
+                                &mut g[d * dim..(d + 1) * dim],
                                 &mut z[d * l..(d + 1) * l],
                             );
                         }
@@ -508,18 +511,27 @@ pub(crate) fn cpu_point_cells(
                         estimate.copy_from_slice(&sums[off..off + k]);
                     }
                     Path::Generic(family) => {
+                        let noise = Noise {
+                            key,
+                            rep: block_start + r as u32,
+                            point: point_id,
+                        };
                         let draws = match family {
                             Family::ScoreFunction => JointDraws {
                                 s: su,
                                 z: &joint_z[r * su * l..(r + 1) * su * l],
                                 f: &joint_f[(r * nl + f_offset) * su..(r * nl + f_offset + 1) * su],
                                 y: &[],
+                                perturbed: &[],
+                                noise,
                             },
                             Family::Relaxed => JointDraws {
                                 s: su,
                                 z: &rel_z[r * su * l..(r + 1) * su * l],
                                 f: &[],
                                 y: &rel_y[r * su * dim..(r + 1) * su * dim],
+                                perturbed: &rel_g[r * su * dim..(r + 1) * su * dim],
+                                noise,
                             },
                         };
                         let b = cell.baseline.value();

@@ -32,6 +32,8 @@ pub const STREAM_GUMBEL: u32 = 1;
 pub const STREAM_PROBLEM: u32 = 2;
 /// Stream of training data and minibatch order.
 pub const STREAM_TRAIN: u32 = 3;
+/// Stream of the estimators' own auxiliary noise (see [`crate::estimators::Noise`]).
+pub const STREAM_AUX: u32 = 4;
 
 #[inline(always)]
 fn mulhilo(a: u32, b: u32) -> (u32, u32) {

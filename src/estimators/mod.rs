@@ -578,6 +578,41 @@ pub fn dot(a: &[f64], b: &[f64]) -> f64 {
     lanes.iter().sum::<f64>() + ra.iter().zip(rb).map(|(x, y)| x * y).sum::<f64>()
 }
 
+/// An estimator's own auxiliary noise for one repetition (ARSM's Dirichlet, draws without
+/// replacement, conditional Gumbels, ...): Philox blocks of the stream
+/// [`crate::philox::STREAM_AUX`] at this repetition's counters, so that every engine and
+/// every thread count reads the same numbers. Block `b`, lane `lane` is the counter
+/// `[b, rep, AUX << 16 | lane, point]`; an estimator chooses its own layout of blocks and lanes
+/// (lanes below 2^16).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Noise {
+    /// The sweep's Philox key.
+    pub key: [u32; 2],
+    /// The repetition.
+    pub rep: u32,
+    /// The sweep point.
+    pub point: u32,
+}
+
+impl Noise {
+    /// Four random words of block `block`, lane `lane`.
+    #[inline]
+    pub fn words(&self, block: u32, lane: u32) -> [u32; 4] {
+        crate::philox::philox4x32_10(
+            crate::philox::counter(block, self.rep, crate::philox::STREAM_AUX, lane, self.point),
+            self.key,
+        )
+    }
+
+    /// Four uniforms in (0, 1) (never 0 or 1) of block `block`, lane `lane`, in f64 with 23
+    /// random bits each (as the Gumbel draws).
+    #[inline]
+    pub fn open_uniforms(&self, block: u32, lane: u32) -> [f64; 4] {
+        self.words(block, lane)
+            .map(|w| f64::from(crate::philox::open_uniform_f32(w)))
+    }
+}
+
 /// A batch of S joint draws, as the generic path reads it.
 #[derive(Clone, Copy, Debug)]
 pub struct JointDraws<'a> {
@@ -591,6 +626,11 @@ pub struct JointDraws<'a> {
     /// The relaxed samples `y_l = softmax((a_l + G_l) / tau)`, draw-major, L*K per draw
     /// (relaxed family; empty for the score-function one).
     pub y: &'a [f64],
+    /// The perturbed logits `a_l - max(a_l) + G_l` (f32 arithmetic, in f64), draw-major, L*K
+    /// per draw (relaxed family; empty for the score-function one). `z_l` is their argmax.
+    pub perturbed: &'a [f64],
+    /// This repetition's auxiliary noise.
+    pub noise: Noise,
 }
 
 impl JointDraws<'_> {
