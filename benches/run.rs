@@ -31,6 +31,7 @@ fn default_run(c: &mut Criterion) {
         reps,
         seed: 0,
         tau: 1.0,
+        settings: Default::default(),
     };
     let config = RunConfig {
         out: dir.path().join("run"),

@@ -228,6 +228,7 @@ pub fn default_spec(seed: u64) -> SweepSpec {
         reps: 2000,
         seed,
         tau: 1.0,
+        settings: Default::default(),
     }
 }
 

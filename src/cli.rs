@@ -190,6 +190,7 @@ impl RunArgs {
             reps: self.reps,
             seed: self.seed,
             tau: self.tau,
+            settings: Default::default(),
         };
         spec.validate()?;
         Ok(RunConfig {

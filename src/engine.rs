@@ -18,8 +18,8 @@ use crate::draws::{
 };
 use crate::error::{Error, Result};
 use crate::estimators::{
-    uses_counts, uses_relaxed_sums, Context, Estimator, Family, JointDraws, MovingAverage, Noise,
-    RelaxedBatch, RelaxedMoments, RELAXED_BATCH,
+    uses_counts, uses_relaxed_sums, Context, Estimator, Family, JointDraws, Lowering,
+    MovingAverage, Noise, RelaxedBatch, RelaxedMoments, Settings, RELAXED_BATCH,
 };
 use crate::faults;
 use crate::loss::Loss;
@@ -72,6 +72,8 @@ pub struct SweepSpec {
     pub seed: u64,
     /// Gumbel-softmax temperature.
     pub tau: f64,
+    /// The estimators' own settings.
+    pub settings: Settings,
 }
 
 impl SweepSpec {
@@ -118,12 +120,17 @@ impl SweepSpec {
     pub fn contexts(&self) -> Vec<Context> {
         self.losses
             .iter()
-            .map(|&l| Context::new(&self.problem, l, self.tau))
+            .map(|&l| {
+                let mut ctx = Context::new(&self.problem, l, self.tau);
+                ctx.settings = self.settings.clone();
+                ctx
+            })
             .collect()
     }
 
     /// The workload the benches and the speed check time: the seed problem (D = 784,
-    /// K = 10), every loss, every estimator of one family, one draw count.
+    /// K = 10), the three quadratic losses, every estimator whose lowering is of one family's
+    /// fast path (counts or relaxed sums), one draw count.
     pub fn family_workload(family: Family, samples: u32, reps: u32) -> Self {
         Self {
             problem: Problem::seeded(0, 784, 10),
@@ -131,12 +138,17 @@ impl SweepSpec {
             estimators: crate::estimators::REGISTRY
                 .iter()
                 .copied()
-                .filter(|e| e.family() == family)
+                .filter(|e| match (family, e.lowering()) {
+                    (Family::ScoreFunction, Some(Lowering::ScoreFunction { .. })) => true,
+                    (Family::Relaxed, Some(Lowering::Relaxed { .. })) => true,
+                    _ => false,
+                })
                 .collect(),
             samples: vec![samples],
             reps,
             seed: 1,
             tau: 1.0,
+            settings: Settings::default(),
         }
     }
 
@@ -378,7 +390,7 @@ pub(crate) fn cpu_point_cells(
     let l = spec.problem.l;
     let per_rep = u64::from(s) * (l as u64 + 2 * generic_losses.len() as u64)
         + if generic_rel {
-            u64::from(s) * (dim as u64 * 2 + l as u64)
+            u64::from(s) * (dim as u64 * 3 + l as u64)
         } else {
             0
         };

@@ -16,6 +16,7 @@
 //!     reps: 1000,
 //!     seed: 0,
 //!     tau: 1.0,
+//!     settings: Default::default(),
 //! };
 //! let points = run_sweep(&spec, &CpuEngine::new(0).unwrap(), &|_| {}).unwrap();
 //! for r in mcgrad::record::records(&spec, &points) {

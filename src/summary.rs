@@ -88,6 +88,7 @@ impl SweepConfig {
             reps: self.reps,
             seed,
             tau: self.tau,
+            settings: Default::default(),
         })
     }
 }
@@ -343,6 +344,7 @@ mod tests {
             reps: 50,
             seed: 9,
             tau: 0.5,
+            settings: Default::default(),
         };
         let engine = CpuEngine::new(1).unwrap();
         let points = run_sweep(&spec, &engine, &|_| {}).unwrap();

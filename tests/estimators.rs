@@ -47,6 +47,7 @@ fn sweep(
         reps,
         seed,
         tau: 1.0,
+        settings: Default::default(),
     };
     let points = run_sweep(&spec, &CpuEngine::new(0).unwrap(), &|_| {}).unwrap();
     records(&spec, &points)

@@ -54,6 +54,7 @@ fn spec(problem: Problem, samples: Vec<u32>, reps: u32) -> SweepSpec {
         reps,
         seed: 0x5eed_0000_0000_0007,
         tau: 0.5,
+        settings: Default::default(),
     }
 }
 

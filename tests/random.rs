@@ -105,6 +105,7 @@ fn results_do_not_depend_on_the_thread_count() {
         reps: 3000,
         seed: 5,
         tau: 0.5,
+        settings: Default::default(),
     };
     let strip = |mut rs: Vec<mcgrad::record::Record>| {
         rs.iter_mut().for_each(|r| r.seconds = 0.0);

@@ -152,6 +152,34 @@ pub struct LinearForm {
     pub constant: Constant,
 }
 
+/// The estimators' own settings (command-line flags), shared by every estimator of a sweep.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Settings {
+    /// Conditional Gumbel draws per hard draw of `gumbel-rao` (`--gr-samples`).
+    pub gr_samples: u32,
+    /// Categories summed exactly by `sum-and-sample` (`--rb-k`).
+    pub rb_k: usize,
+    /// REBAR's control-variate scale `eta` (`--rebar-eta`); `None`: chosen in the warm-up.
+    pub rebar_eta: Option<f64>,
+    /// REBAR's relaxation temperature (`--rebar-tau`); `None`: chosen in the warm-up.
+    pub rebar_tau: Option<f64>,
+    /// Repetitions of the warm-up that tunes REBAR's and RELAX's parameters before the
+    /// measured repetitions (reported, not counted in the measurement).
+    pub warmup: u32,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Self {
+            gr_samples: 10,
+            rb_k: 1,
+            rebar_eta: None,
+            rebar_tau: None,
+            warmup: 200,
+        }
+    }
+}
+
 /// MuProp's mean-field quantities at `y = p`, where the loss extends off the vertices.
 #[derive(Clone, Debug, PartialEq)]
 pub struct MeanField {
@@ -194,6 +222,8 @@ pub struct Context {
     pub grad_se: Option<Vec<f64>>,
     /// Gumbel-softmax temperature.
     pub tau: f64,
+    /// The estimators' own settings.
+    pub settings: Settings,
     /// MuProp's mean-field point, where the loss extends off the vertices.
     pub mean_field: Option<MeanField>,
     /// With one variable, MuProp's learning signal per category,
@@ -264,6 +294,7 @@ impl Context {
             grad_kind: ExactKind::Exact,
             grad_se: None,
             tau,
+            settings: Settings::default(),
             mean_field,
             muprop_signal: Vec::new(),
             muprop_mean_field,
