@@ -342,18 +342,29 @@ fn check(args: CheckArgs) -> Result<()> {
     Ok(())
 }
 
+/// `D = 784, K = 10` or `D = 1, L = 6 variables of K = 10`.
+fn shape(dims: &mcgrad::summary::ProblemDims) -> String {
+    if dims.variables == 1 {
+        format!("D = {}, K = {}", dims.d, dims.k)
+    } else {
+        format!(
+            "D = {}, L = {} variables of K = {}",
+            dims.d, dims.variables, dims.k
+        )
+    }
+}
+
 fn run(args: RunArgs) -> Result<()> {
     let config = args.into_config()?;
     let outcome = mcgrad::run::execute(&config)?;
     let summary = &outcome.summary;
     println!(
-        "mcgrad {}: {} engine ({}, {} threads), {} x {} problem, R = {}, largest S per estimator:",
+        "mcgrad {}: {} engine ({}, {} threads), {}, R = {}, largest S per estimator:",
         summary.mcgrad_version,
         summary.backend.engine,
         summary.backend.adapter,
         summary.backend.threads,
-        summary.config.problem.d,
-        summary.config.problem.k,
+        shape(&summary.config.problem),
         summary.config.reps
     );
     println!("(bias and variance of the W-gradient estimate, ± one standard error; all S in summary.csv)\n");

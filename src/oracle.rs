@@ -127,12 +127,40 @@ pub fn gradient(ctx: &Context) -> Truth {
 /// `None` where neither closed forms nor enumeration apply (or MuProp's residual is asked for
 /// a loss with no extension).
 pub fn conditionals(ctx: &Context, signal: Signal, centred: bool) -> Option<Conditionals> {
+    conditionals_by(ctx, method(ctx), signal, centred)
+}
+
+/// [`conditionals`] by a chosen method (tests cross-check the closed forms against
+/// enumeration this way). Enumeration needs `K^L <= `[`MAX_ENUMERATION`], the closed forms a
+/// separable loss.
+///
+/// # Panics
+/// For a method that does not apply to `ctx`.
+pub fn conditionals_by(
+    ctx: &Context,
+    method: Method,
+    signal: Signal,
+    centred: bool,
+) -> Option<Conditionals> {
     if signal == Signal::MupropResidual && ctx.mean_field.is_none() {
         return None;
     }
-    let mut cond = match method(ctx) {
-        Method::OneVariable | Method::Separable => separable_conditionals(ctx, signal),
-        Method::Enumeration => enumerated_conditionals(ctx, signal),
+    let mut cond = match method {
+        Method::OneVariable | Method::Separable => {
+            assert!(
+                ctx.loss.is_separable(),
+                "closed forms need a separable loss"
+            );
+            separable_conditionals(ctx, signal)
+        }
+        Method::Enumeration => {
+            let joint = (ctx.k as u64).checked_pow(ctx.l as u32);
+            assert!(
+                joint.is_some_and(|n| n <= MAX_ENUMERATION),
+                "too many configurations"
+            );
+            enumerated_conditionals(ctx, signal)
+        }
         Method::Reference => return None,
     };
     if centred {

@@ -118,7 +118,7 @@ pub fn uniform_f32(word: u32) -> f32 {
 
 /// A uniform in (0, 1), never 0 or 1, for `-log(-log u)`: `(u32 >> 9) + 0.5` times 2^-23.
 ///
-/// ESTIMATORS.md's `((u >> 8) + 0.5) 2^-24` needs 25 significant bits: in f32 its top values
+/// The project notes' original `((u >> 8) + 0.5) 2^-24` (see docs/estimators.md) needs 25 significant bits: in f32 its top values
 /// round to exactly 1.0 (once in 2^24 words, so about once per 1.7 million Gumbel draws of
 /// K = 10) and `-log(-log 1)` is infinite. With 23 random bits every step is exact in f32.
 #[inline(always)]

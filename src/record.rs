@@ -1,7 +1,7 @@
 //! Records: what the suite reports for one (loss, estimator, S) — bias, variance, MSE,
 //! cosine and signal-to-noise ratio, each with a standard error, beside the exact closed
 //! forms. Logit-space moments become W-space figures through `||x||^2` (rank one; see
-//! ESTIMATORS.md).
+//! docs/estimators.md).
 
 use serde::{Deserialize, Serialize};
 

@@ -23,8 +23,19 @@ use crate::record::Record;
 pub struct ProblemDims {
     /// Input dimension D.
     pub d: usize,
-    /// Number of categories K.
+    /// Number of categories K per variable.
     pub k: usize,
+    /// Number of variables L (1 in summaries that predate several variables).
+    #[serde(default = "one_variable")]
+    pub variables: usize,
+}
+
+fn one_variable() -> usize {
+    1
+}
+
+fn default_exponent() -> f64 {
+    crate::problem::DEFAULT_EXPONENT
 }
 
 /// What was swept: enough, with the seed and `problem.json`, to rerun it.
@@ -42,6 +53,9 @@ pub struct SweepConfig {
     pub tau: f64,
     /// The problem's shape.
     pub problem: ProblemDims,
+    /// Exponent of the `pnorm` loss (`--p`).
+    #[serde(default = "default_exponent")]
+    pub p: f64,
 }
 
 impl SweepConfig {
@@ -56,7 +70,9 @@ impl SweepConfig {
             problem: ProblemDims {
                 d: spec.problem.d,
                 k: spec.problem.k,
+                variables: spec.problem.l,
             },
+            p: spec.problem.exponent,
         }
     }
 
@@ -65,13 +81,15 @@ impl SweepConfig {
     /// # Errors
     /// [`Error::Unknown`] for a loss or estimator this build does not know;
     /// [`Error::InvalidProblem`] if `problem`'s shape is not the recorded one.
-    pub fn to_spec(&self, problem: Problem, seed: u64) -> Result<SweepSpec> {
-        if problem.d != self.problem.d || problem.k != self.problem.k {
+    pub fn to_spec(&self, mut problem: Problem, seed: u64) -> Result<SweepSpec> {
+        let dims = &self.problem;
+        if problem.d != dims.d || problem.k != dims.k || problem.l != dims.variables {
             return Err(Error::InvalidProblem(format!(
-                "the summary was made on a {} x {} problem, this one is {} x {}",
-                self.problem.d, self.problem.k, problem.d, problem.k
+                "the summary was made on a {} x ({} x {}) problem, this one is {} x ({} x {})",
+                dims.d, dims.variables, dims.k, problem.d, problem.l, problem.k
             )));
         }
+        problem.exponent = self.p;
         Ok(SweepSpec {
             problem,
             losses: self

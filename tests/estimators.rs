@@ -1,12 +1,12 @@
 //! The estimators against their oracles: exact gradients against finite differences, Monte
-//! Carlo means and variances against the closed forms of ESTIMATORS.md, the zero-variance
+//! Carlo means and variances against the closed forms of docs/estimators.md, the zero-variance
 //! facts, and the rank-one shortcut against a direct D x K computation.
 //!
 //! Every Monte Carlo check is seeded (never flaky) and uses a tolerance of 5 standard errors:
 //! for one normal comparison that is a false-alarm probability of 5.7e-7, so even the few
 //! hundred comparisons here would all pass with probability above 0.999 for a fresh seed.
 
-// Index loops keep the formulas comparable to ESTIMATORS.md.
+// Index loops keep the formulas comparable to docs/estimators.md.
 #![allow(clippy::needless_range_loop)]
 
 use mcgrad::engine::{run_sweep, CpuEngine, SweepSpec};

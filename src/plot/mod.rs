@@ -42,7 +42,7 @@ pub fn write_all(summary: &Summary, problem: &Problem, dir: &Path) -> Result<Vec
     for metric in sweep::Metric::ALL {
         files.extend(render(&sweep::SweepFigure::new(summary, metric), dir)?);
     }
-    if problem.d == heatmap::IMAGE_SIDE * heatmap::IMAGE_SIDE {
+    if problem.l == 1 && problem.d == heatmap::IMAGE_SIDE * heatmap::IMAGE_SIDE {
         for loss in &summary.config.losses {
             if let Some(figure) = heatmap::MapFigure::new(summary, problem, loss) {
                 files.extend(render(&figure, dir)?);

@@ -315,7 +315,7 @@ impl VarianceMethod {
 #[derive(Clone, Copy, Debug)]
 pub struct GradientVariance {
     /// `V = E ||G_hat - E G_hat||_F^2 = (1/B^2) sum_b ||x_b||^2 sum_j Var(g_hat_bj)` (the
-    /// inputs' draws are independent; see ESTIMATORS.md).
+    /// inputs' draws are independent; see docs/estimators.md).
     pub total: f64,
     /// `||G||_F^2` of the exact minibatch gradient `G = (1/B) sum_b x_b^T g_b`.
     pub exact_grad_sq: f64,
