@@ -1,5 +1,6 @@
 //! CPU engine throughput, in draws per second, by estimator family and draw count S, at the
-//! default problem size (D = 784, K = 10) and all three losses.
+//! default problem size (D = 784, K = 10) and all three losses (the single-variable
+//! lowerings), and of the generic path on `indecater-6x10` in joint draws per second.
 //! `MCGRAD_BENCH_QUICK=1` shrinks every workload so CI only checks that the bench runs.
 
 use std::hint::black_box;
@@ -54,5 +55,30 @@ fn families(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, families);
+/// The generic path: `indecater-6x10` (6 variables of 10 categories, pnorm), the
+/// score-function family's estimators with a lowering (exact, reinforce, reinforce-ema, rloo,
+/// muprop, muprop-c), S = 64; throughput in joint draws (6 categories each).
+fn generic(c: &mut Criterion) {
+    let engine = CpuEngine::new(0).unwrap();
+    let mut group = c.benchmark_group("cpu_generic");
+    group.sample_size(10);
+    if quick() {
+        group
+            .warm_up_time(std::time::Duration::from_millis(100))
+            .measurement_time(std::time::Duration::from_millis(300));
+    }
+    let (s, r) = if quick() { (64, 50) } else { (64, 20_000) };
+    let mut spec = SweepSpec::family_workload(Family::ScoreFunction, s, r);
+    spec.problem = (mcgrad::problems::by_name("indecater-6x10").unwrap().build)(0);
+    spec.losses = vec![mcgrad::loss::Loss::Pnorm];
+    group.throughput(Throughput::Elements(u64::from(s) * u64::from(r)));
+    group.bench_with_input(
+        BenchmarkId::new("indecater-6x10/score-function", format!("S={s}/R={r}")),
+        &spec,
+        |b, spec| b.iter(|| black_box(run_sweep(spec, &engine, &|_| {}).unwrap())),
+    );
+    group.finish();
+}
+
+criterion_group!(benches, families, generic);
 criterion_main!(benches);

@@ -18,7 +18,8 @@ use crate::draws::{
 };
 use crate::error::{Error, Result};
 use crate::estimators::{
-    uses_counts, uses_relaxed_sums, Context, Estimator, Family, JointDraws, Lowering,
+    estimate_from_joint_counts, fill_joint_counts, uses_counts, uses_joint_counts,
+    uses_relaxed_sums, Context, Estimator, Family, JointCounts, JointDraws, Lowering,
     MovingAverage, Noise, RelaxedBatch, RelaxedMoments, Settings, RELAXED_BATCH,
 };
 use crate::faults;
@@ -38,6 +39,8 @@ pub const GENERIC_BLOCK_NUMBERS: u64 = 1 << 23;
 pub enum Path {
     /// The counts lowering (one variable, score-function form).
     Counts,
+    /// The joint-counts lowering (several variables, score-function form).
+    JointCounts,
     /// The relaxed-sums lowering (one variable, quadratic loss, relaxed form).
     RelaxedSums,
     /// The generic path over joint draws of the estimator's family.
@@ -48,6 +51,8 @@ pub enum Path {
 pub fn path_of(estimator: &dyn Estimator, ctx: &Context) -> Path {
     if uses_counts(estimator, ctx) {
         Path::Counts
+    } else if uses_joint_counts(estimator, ctx) {
+        Path::JointCounts
     } else if uses_relaxed_sums(estimator, ctx) {
         Path::RelaxedSums
     } else {
@@ -379,24 +384,28 @@ pub(crate) fn cpu_point_cells(
     let tables: Vec<CategoricalTable> =
         contexts[0].p.chunks(k).map(CategoricalTable::new).collect();
     let joint_relaxed = JointRelaxedTable::new(&logits, k, spec.tau);
-    // Losses whose f the generic score-function pass evaluates per draw.
-    let generic_losses: Vec<usize> = (0..contexts.len())
-        .filter(|&li| {
-            cells
-                .iter()
-                .any(|c| c.loss_index == li && c.path == Path::Generic(Family::ScoreFunction))
-        })
-        .collect();
+    // Losses whose f the generic score-function pass keeps per draw, and those whose joint
+    // counts it keeps per repetition.
+    let losses_on = |path: Path| -> Vec<usize> {
+        (0..contexts.len())
+            .filter(|&li| cells.iter().any(|c| c.loss_index == li && c.path == path))
+            .collect()
+    };
+    let generic_losses = losses_on(Path::Generic(Family::ScoreFunction));
+    let joint_losses = losses_on(Path::JointCounts);
+    let joint_on = !joint_losses.is_empty();
+    let joint_len = JointCounts::buffer_len(&contexts[0]);
 
     let mut pass_seconds = [0.0f64; 4];
     let l = spec.problem.l;
     let per_rep = u64::from(s) * (l as u64 + 2 * generic_losses.len() as u64)
+        + (joint_losses.len() * joint_len) as u64
         + if generic_rel {
             u64::from(s) * (dim as u64 * 3 + l as u64)
         } else {
             0
         };
-    let block = if generic_sf || generic_rel {
+    let block = if generic_sf || generic_rel || joint_on {
         (GENERIC_BLOCK_NUMBERS / per_rep.max(1)).clamp(1, u64::from(REP_BLOCK)) as u32
     } else {
         REP_BLOCK
@@ -447,24 +456,66 @@ pub(crate) fn cpu_point_cells(
         // Generic score-function pass: the joint categories and every generic loss's f.
         let su = s as usize;
         let nl = generic_losses.len();
+        let nj = joint_losses.len();
         let mut joint_z = vec![0u32; if generic_sf { nbu * su * l } else { 0 }];
         let mut joint_f = vec![0f64; if generic_sf { nbu * su * nl } else { 0 }];
-        if generic_sf {
+        let mut joint_sums = vec![0f64; nbu * nj * joint_len];
+        if generic_sf || joint_on {
             let t0 = Instant::now();
+            let (zw, fw, jw) = (
+                if generic_sf { su * l } else { 0 },
+                if generic_sf { su * nl } else { 0 },
+                nj * joint_len,
+            );
             for _ in 0..faults::repeat_pass("score-function") {
-                joint_z
-                    .par_chunks_mut(su * l)
-                    .zip(joint_f.par_chunks_mut(su * nl))
-                    .enumerate()
-                    .for_each(|(i, (z, f))| {
-                        draw_joint_categories(&tables, key, block_start + i as u32, point_id, s, z);
-                        for (gi, &li) in generic_losses.iter().enumerate() {
-                            let obj = &contexts[li].objective;
-                            for (d, zi) in z.chunks_exact(l).enumerate() {
-                                f[gi * su + d] = obj.at_vertex(zi);
-                            }
+                let work = |i: usize, z: &mut [u32], f: &mut [f64], sums: &mut [f64]| {
+                    let (mut z_local, mut f_local) = (Vec::new(), Vec::new());
+                    let z: &mut [u32] = if generic_sf {
+                        z
+                    } else {
+                        z_local.resize(su * l, 0);
+                        &mut z_local
+                    };
+                    draw_joint_categories(&tables, key, block_start + i as u32, point_id, s, z);
+                    for (gi, &li) in generic_losses.iter().enumerate() {
+                        let obj = &contexts[li].objective;
+                        for (d, zi) in z.chunks_exact(l).enumerate() {
+                            f[gi * su + d] = obj.at_vertex(zi);
                         }
-                    });
+                    }
+                    for (ji, &li) in joint_losses.iter().enumerate() {
+                        let ctx = &contexts[li];
+                        let fl: &[f64] = match generic_losses.iter().position(|&g| g == li) {
+                            Some(gi) => &f[gi * su..(gi + 1) * su],
+                            None => {
+                                f_local.clear();
+                                f_local.extend(
+                                    z.chunks_exact(l).map(|zi| ctx.objective.at_vertex(zi)),
+                                );
+                                &f_local
+                            }
+                        };
+                        fill_joint_counts(
+                            ctx,
+                            z,
+                            fl,
+                            &mut sums[ji * joint_len..(ji + 1) * joint_len],
+                        );
+                    }
+                };
+                if generic_sf {
+                    joint_z
+                        .par_chunks_mut(zw)
+                        .zip(joint_f.par_chunks_mut(fw.max(1)))
+                        .zip(joint_sums.par_chunks_mut(jw.max(1)))
+                        .enumerate()
+                        .for_each(|(i, ((z, f), sums))| work(i, z, f, sums));
+                } else {
+                    joint_sums
+                        .par_chunks_mut(jw)
+                        .enumerate()
+                        .for_each(|(i, sums)| work(i, &mut [], &mut [], sums));
+                }
             }
             pass_seconds[2] += t0.elapsed().as_secs_f64();
             progress(u64::from(nb) * u64::from(s));
@@ -524,6 +575,20 @@ pub(crate) fn cpu_point_cells(
                         let off = r * sums_width + cell.path_index * k;
                         estimate.copy_from_slice(&sums[off..off + k]);
                     }
+                    Path::JointCounts => {
+                        let ji = joint_losses
+                            .iter()
+                            .position(|&li| li == cell.loss_index)
+                            .unwrap_or(0);
+                        let off = (r * nj + ji) * joint_len;
+                        let view = JointCounts::view(ctx, su, &joint_sums[off..off + joint_len]);
+                        let b = cell.baseline.value();
+                        if let Some(signal) =
+                            estimate_from_joint_counts(cell.estimator, ctx, &view, b, &mut estimate)
+                        {
+                            cell.baseline.push(signal);
+                        }
+                    }
                     Path::Generic(family) => {
                         let noise = Noise {
                             key,
@@ -571,7 +636,7 @@ pub(crate) fn cpu_point_cells(
             let pass = match c.path {
                 Path::Counts => pass_seconds[0],
                 Path::RelaxedSums => pass_seconds[1],
-                Path::Generic(Family::ScoreFunction) => pass_seconds[2],
+                Path::Generic(Family::ScoreFunction) | Path::JointCounts => pass_seconds[2],
                 Path::Generic(Family::Relaxed) => pass_seconds[3],
             };
             Cell {

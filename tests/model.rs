@@ -15,7 +15,8 @@
 use mcgrad::draws::{draw_joint_categories, CategoricalTable, JointRelaxedTable, RelaxedTable};
 use mcgrad::engine::{run_sweep, CpuEngine, SweepSpec};
 use mcgrad::estimators::{
-    self, uses_counts, uses_relaxed_sums, Context, JointDraws, Lowering, Noise, RelaxedBatch,
+    self, estimate_from_joint_counts, fill_joint_counts, uses_counts, uses_joint_counts,
+    uses_relaxed_sums, Context, JointCounts, JointDraws, Lowering, Noise, RelaxedBatch,
     RelaxedMoments, Signal, REGISTRY,
 };
 use mcgrad::loss::Loss;
@@ -366,6 +367,57 @@ fn lowered_paths_equal_the_generic_path_on_the_same_draws() {
     assert!(REGISTRY
         .iter()
         .any(|e| matches!(e.lowering(), Some(Lowering::Relaxed { .. }))));
+}
+
+#[test]
+fn joint_counts_equal_the_generic_path_on_the_same_draws() {
+    let mut problems_losses: Vec<(Problem, Loss)> =
+        Loss::ALL.iter().map(|&l| (small_problem(), l)).collect();
+    problems_losses.push((
+        (problems::by_name("indecater-6x10").unwrap().build)(2),
+        Loss::Pnorm,
+    ));
+    let (key, rep, point, s) = ([5, 8], 4u32, 1u32, 29u32);
+    let mut checked = 0;
+    for (problem, loss) in problems_losses {
+        let ctx = Context::new(&problem, loss, 1.0);
+        let tables: Vec<CategoricalTable> =
+            ctx.p.chunks(ctx.k).map(CategoricalTable::new).collect();
+        let mut z = vec![0u32; s as usize * ctx.l];
+        draw_joint_categories(&tables, key, rep, point, s, &mut z);
+        let f: Vec<f64> = z
+            .chunks(ctx.l)
+            .map(|zi| ctx.objective.at_vertex(zi))
+            .collect();
+        let mut buffer = vec![0.0; JointCounts::buffer_len(&ctx)];
+        fill_joint_counts(&ctx, &z, &f, &mut buffer);
+        let sums = JointCounts::view(&ctx, s as usize, &buffer);
+        let noise = Noise { key, rep, point };
+        let draws = JointDraws {
+            s: s as usize,
+            z: &z,
+            f: &f,
+            y: &[],
+            perturbed: &[],
+            noise,
+        };
+        for &est in REGISTRY {
+            if !uses_joint_counts(est, &ctx) || est.check(&ctx).is_err() {
+                continue;
+            }
+            let (mut lowered, mut generic) = (vec![0.0; ctx.dim()], vec![0.0; ctx.dim()]);
+            let a = estimate_from_joint_counts(est, &ctx, &sums, 0.21, &mut lowered);
+            let b = est.estimate(&ctx, &draws, 0.21, &mut generic);
+            let f_scale = f.iter().fold(0.0f64, |m, v| m.max(v.abs()));
+            assert_close(&lowered, &generic, f_scale, &format!("{} {loss}", est.id()));
+            assert_eq!(a.is_some(), b.is_some(), "{}", est.id());
+            if let (Some(a), Some(b)) = (a, b) {
+                assert!((a - b).abs() <= 1e-12 * f_scale, "{} signal", est.id());
+            }
+            checked += 1;
+        }
+    }
+    assert!(checked >= 6 * 5 + 4, "{checked}");
 }
 
 #[test]

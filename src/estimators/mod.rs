@@ -814,6 +814,147 @@ pub fn uses_counts(estimator: &dyn Estimator, ctx: &Context) -> bool {
     ctx.l == 1 && matches!(estimator.lowering(), Some(Lowering::ScoreFunction { .. }))
 }
 
+/// Whether `estimator` runs on the joint-counts lowering for `ctx` (score-function form,
+/// several variables).
+pub fn uses_joint_counts(estimator: &dyn Estimator, ctx: &Context) -> bool {
+    ctx.l > 1 && matches!(estimator.lowering(), Some(Lowering::ScoreFunction { .. }))
+}
+
+/// What the score-function lowering reads of one repetition's S joint draws with L > 1, per
+/// (variable l, category j), L*K numbers each: every score-function-form estimate is linear in
+/// these, so it costs O(L K) instead of O(S L). A view of a flat buffer laid out
+/// `n | F | Q | [sum f, sum q]` (see [`fill_joint_counts`]).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct JointCounts<'a> {
+    /// Draws S.
+    pub s: usize,
+    /// `n_lj = #{i : z_il = j}`.
+    pub n: &'a [f64],
+    /// `F_lj = sum_{i : z_il = j} f(z_i)`.
+    pub f: &'a [f64],
+    /// `Q_lj = sum_{i : z_il = j} q_i` with `q_i = sum_m grad f(p)[m, z_im]` (MuProp's
+    /// residual; zeros without a mean field).
+    pub q: &'a [f64],
+    /// `sum_i f(z_i)`.
+    pub f_total: f64,
+    /// `sum_i q_i`.
+    pub q_total: f64,
+}
+
+impl<'a> JointCounts<'a> {
+    /// Numbers of the flat buffer for `ctx`: `3 L K + 2`.
+    pub fn buffer_len(ctx: &Context) -> usize {
+        3 * ctx.dim() + 2
+    }
+
+    /// The view of a buffer that [`fill_joint_counts`] filled from S draws.
+    pub fn view(ctx: &Context, s: usize, buffer: &'a [f64]) -> Self {
+        let n = ctx.dim();
+        Self {
+            s,
+            n: &buffer[..n],
+            f: &buffer[n..2 * n],
+            q: &buffer[2 * n..3 * n],
+            f_total: buffer[3 * n],
+            q_total: buffer[3 * n + 1],
+        }
+    }
+}
+
+/// Fills `buffer` ([`JointCounts::buffer_len`] numbers) with the sums of the draws `z`
+/// (S x L, draw-major) with losses `f`, for `ctx` (which gives `grad f(p)` where the loss
+/// extends).
+pub fn fill_joint_counts(ctx: &Context, z: &[u32], f: &[f64], buffer: &mut [f64]) {
+    let (l, k) = (ctx.l, ctx.k);
+    let n = l * k;
+    buffer.iter_mut().for_each(|v| *v = 0.0);
+    let (counts, rest) = buffer.split_at_mut(n);
+    let (fs, rest) = rest.split_at_mut(n);
+    let (qs, totals) = rest.split_at_mut(n);
+    let grad = ctx.mean_field.as_ref().map(|m| m.grad.as_slice());
+    let (mut f_total, mut q_total) = (0.0, 0.0);
+    for (zi, &fi) in z.chunks_exact(l).zip(f) {
+        let q: f64 = grad.map_or(0.0, |g| {
+            zi.iter()
+                .enumerate()
+                .map(|(var, &c)| g[var * k + c as usize])
+                .sum()
+        });
+        for (var, &c) in zi.iter().enumerate() {
+            let i = var * k + c as usize;
+            counts[i] += 1.0;
+            fs[i] += fi;
+            qs[i] += q;
+        }
+        f_total += fi;
+        q_total += q;
+    }
+    totals[0] = f_total;
+    totals[1] = q_total;
+}
+
+/// The joint-counts lowering: the S-draw estimate of a score-function-form estimator (its
+/// [`Lowering::ScoreFunction`]) from a repetition's [`JointCounts`] and the moving-average
+/// baseline, into `out`; returns the baseline signal (the mean signal) for a moving average.
+///
+/// With signal `A` (the loss, or MuProp's residual `f - f(p) - q + sum_m grad_m f(p) . p_m`),
+/// bucket sums `A_lj = sum_{z_il = j} A_i` and `A = sum_i A_i`:
+/// `out_lj = scale (A_lj - b n_lj - p_lj (A - b S)) + c_lj` with `b` the moving average (or
+/// the mean `A / S` for leave-one-out, scale `1/(S-1)`; else 0, scale `1/S`).
+///
+/// # Panics
+/// For an estimator without a score-function lowering.
+pub fn estimate_from_joint_counts(
+    estimator: &dyn Estimator,
+    ctx: &Context,
+    sums: &JointCounts<'_>,
+    baseline: f64,
+    out: &mut [f64],
+) -> Option<f64> {
+    let Some(Lowering::ScoreFunction {
+        signal,
+        baseline: kind,
+        constant,
+    }) = estimator.lowering()
+    else {
+        panic!("{} has no score-function lowering", estimator.id());
+    };
+    let s = sums.s as f64;
+    let c: &[f64] = match constant {
+        Constant::None => &[],
+        Constant::MeanField => &ctx.muprop_mean_field,
+        Constant::ExactGradient => {
+            out.copy_from_slice(&ctx.grad);
+            return None;
+        }
+    };
+    // A_lj = F_lj - shift n_lj - Q_lj for MuProp (shift = f(p) - sum_m grad_m f(p) . p_m).
+    let (shift, total) = match signal {
+        Some(Signal::MupropResidual) => {
+            let m = ctx
+                .mean_field
+                .as_ref()
+                .expect("MuProp needs the loss's extension");
+            let shift = m.value - m.grad_dot_p.iter().sum::<f64>();
+            (shift, sums.f_total - shift * s - sums.q_total)
+        }
+        _ => (0.0, sums.f_total),
+    };
+    let (b, scale) = match kind {
+        Baseline::None => (0.0, 1.0 / s),
+        Baseline::MovingAverage => (baseline, 1.0 / s),
+        Baseline::LeaveOneOut => (total / s, 1.0 / (s - 1.0)),
+    };
+    let residual = matches!(signal, Some(Signal::MupropResidual));
+    let centre = total - b * s;
+    for (i, o) in out.iter_mut().enumerate() {
+        let q = if residual { sums.q[i] } else { 0.0 };
+        let a = sums.f[i] - (shift + b) * sums.n[i] - q;
+        *o = scale * (a - ctx.p[i] * centre) + c.get(i).copied().unwrap_or(0.0);
+    }
+    (kind == Baseline::MovingAverage).then_some(total / s)
+}
+
 /// Whether `estimator` runs on the relaxed-sums lowering for `ctx` (relaxed form, one
 /// variable, quadratic loss).
 pub fn uses_relaxed_sums(estimator: &dyn Estimator, ctx: &Context) -> bool {

@@ -475,7 +475,7 @@ impl Engine for GpuEngine {
                         relaxed_grads.push(ctx.grad.as_slice());
                         relaxed_keys.push((li, e.id()));
                     }
-                    Path::Generic(_) => {}
+                    Path::JointCounts | Path::Generic(_) => {}
                 }
             }
         }
