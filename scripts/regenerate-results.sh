@@ -1,0 +1,12 @@
+#!/usr/bin/env bash
+# Regenerates the committed runs under results/ from the committed code, on the CPU engine
+# (bit-identical for any thread count): the default single-variable run (results/reference)
+# and the multi-variable reference run on indecater-6x10 (results/indecater-6x10).
+# About a minute on 2 cores after the release build.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+cargo build --release --quiet
+bin=target/release/mcgrad
+"$bin" run --backend cpu --quiet --out results/reference >/dev/null
+"$bin" run --backend cpu --quiet --problem indecater-6x10 --out results/indecater-6x10 >/dev/null
+echo "regenerated results/reference and results/indecater-6x10"
