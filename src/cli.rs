@@ -97,7 +97,8 @@ pub struct RunArgs {
     /// Repetitions R per (loss, estimator, S); at least 2.
     #[arg(long, value_name = "R", default_value_t = 1000)]
     pub reps: u32,
-    /// Gumbel-softmax temperature.
+    /// Gumbel-softmax temperature, at least 1e-3 (`mcgrad::engine::MIN_TAU`: below it the
+    /// f32 Gumbel kernels would leave f32's range).
     #[arg(long, value_name = "T", default_value_t = 1.0)]
     pub tau: f64,
     /// Engine.
