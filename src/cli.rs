@@ -3,10 +3,12 @@
 //! `mcgrad run`. Adding a subcommand is a variant of [`Command`], its argument struct, and
 //! one arm in [`dispatch`].
 
+use std::fmt::Write as _;
 use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand};
 use mcgrad::engine::SweepSpec;
+use mcgrad::error::print_stdout;
 use mcgrad::estimators;
 use mcgrad::loss::Loss;
 use mcgrad::problem::{Problem, DEFAULT_D, DEFAULT_K};
@@ -70,7 +72,8 @@ pub struct CheckArgs {
 /// The raw options of `mcgrad run`, as typed.
 #[derive(Debug, Args)]
 pub struct RunArgs {
-    /// Results folder, created or replaced whole at the end of the run.
+    /// Results folder, created or replaced whole at the end of the run (only an earlier
+    /// mcgrad output, whose `.mcgrad-output` marker lists everything in it, is replaced).
     #[arg(long, value_name = "DIR", default_value = "results/latest")]
     pub out: PathBuf,
     /// Problem file `{"x": [D], "w": [D rows of K], "t": [K]}` (default: the seed problem,
@@ -194,22 +197,20 @@ pub fn dispatch(cli: Cli) -> Result<()> {
         Command::Run(args) => run(args),
         Command::Train(args) => mcgrad::train::run_train(&args),
         Command::Check(args) => check(args),
-        Command::Info => {
-            info();
-            Ok(())
-        }
+        Command::Info => info(),
     }
 }
 
-fn info() {
+fn info() -> Result<()> {
     let adapters = mcgrad::gpu::adapter_list();
-    println!(
-        "mcgrad {}: {} GPU adapter(s)",
+    let mut text = format!(
+        "mcgrad {}: {} GPU adapter(s)\n",
         env!("CARGO_PKG_VERSION"),
         adapters.len()
     );
     for a in &adapters {
-        println!(
+        let _ = writeln!(
+            text,
             "  {} [{} {}{}] driver: {}",
             a.name,
             a.backend,
@@ -223,7 +224,8 @@ fn info() {
         );
     }
     let hardware = adapters.iter().any(|a| a.hardware);
-    println!(
+    let _ = writeln!(
+        text,
         "--backend auto uses {}; --backend gpu uses {}; CPU engine: {} threads",
         if hardware {
             "the hardware GPU"
@@ -235,6 +237,7 @@ fn info() {
             .map_or("nothing (no adapter)", |a| a.name.as_str()),
         rayon::current_num_threads()
     );
+    print_stdout(&text)
 }
 
 fn check(args: CheckArgs) -> Result<()> {
@@ -255,25 +258,22 @@ fn check(args: CheckArgs) -> Result<()> {
         };
         let baseline = Baseline::measure(&spec, &options)?;
         baseline.save(&args.baseline)?;
-        println!(
-            "wrote baseline {} ({} quality figures, {} speed paths, seed {})",
+        return print_stdout(&format!(
+            "wrote baseline {} ({} quality figures, {} speed paths, seed {})\n",
             args.baseline.display(),
             baseline.quality.len(),
             baseline.speed.len(),
             baseline.seed
-        );
-        return Ok(());
+        ));
     }
     let baseline = Baseline::load(&args.baseline)?;
     let report = run_check(&baseline, &options)?;
     if args.json {
-        println!(
-            "{}",
-            serde_json::to_string_pretty(&report)
-                .map_err(|e| Error::InvalidArgument(e.to_string()))?
-        );
+        let json = serde_json::to_string_pretty(&report)
+            .map_err(|e| Error::Internal(format!("cannot serialise the report: {e}")))?;
+        print_stdout(&(json + "\n"))?;
     } else {
-        print!("{}", report.table());
+        print_stdout(&report.table())?;
     }
     if report.regressed() {
         return Err(Error::Regression(format!(
@@ -289,8 +289,8 @@ fn run(args: RunArgs) -> Result<()> {
     let config = args.into_config()?;
     let outcome = mcgrad::run::execute(&config)?;
     let summary = &outcome.summary;
-    println!(
-        "mcgrad {}: {} engine ({}, {} threads), {} x {} problem, R = {}, largest S per estimator:",
+    let mut text = format!(
+        "mcgrad {}: {} engine ({}, {} threads), {} x {} problem, R = {}, largest S per estimator:\n",
         summary.mcgrad_version,
         summary.backend.engine,
         summary.backend.adapter,
@@ -299,14 +299,15 @@ fn run(args: RunArgs) -> Result<()> {
         summary.config.problem.k,
         summary.config.reps
     );
-    println!("(bias and variance of the W-gradient estimate, ± one standard error; all S in summary.csv)\n");
-    print!("{}", summary.table());
-    println!(
+    text.push_str("(bias and variance of the W-gradient estimate, ± one standard error; all S in summary.csv)\n\n");
+    text.push_str(&summary.table());
+    let _ = writeln!(
+        text,
         "\nswept {:.3e} draws in {:.2} s; wrote {} files to {}",
         summary.timing.draws_per_second * summary.timing.sweep_seconds,
         summary.timing.sweep_seconds,
         outcome.files.len(),
         config.out.display()
     );
-    Ok(())
+    print_stdout(&text)
 }

@@ -32,6 +32,7 @@ pub mod fastmath;
 pub mod faults;
 pub mod gpu;
 pub mod loss;
+pub mod outdir;
 pub mod philox;
 pub mod plot;
 pub mod problem;

@@ -209,11 +209,17 @@ fn problem_file_reproduces_the_summary_and_plots_are_written() {
     }
 
     // A second run from the first one's problem file, into a folder that holds an earlier
-    // result (which it must replace whole).
+    // result (which it must replace whole): a copy of the first, with one more file its
+    // marker lists.
     let second = tmp.path().join("second");
     std::fs::create_dir(&second).unwrap();
-    std::fs::write(second.join("summary.json"), "{}").unwrap();
+    for name in entries(&first) {
+        std::fs::copy(first.join(&name), second.join(&name)).unwrap();
+    }
     std::fs::write(second.join("stale.txt"), "from an earlier run").unwrap();
+    let marker = second.join(mcgrad::outdir::MARKER);
+    let listed = std::fs::read_to_string(&marker).unwrap();
+    std::fs::write(&marker, listed + "stale.txt\n").unwrap();
     let problem = first.join("problem.json");
     let out = mcgrad(
         &[

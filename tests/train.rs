@@ -472,6 +472,7 @@ fn run_train_writes_its_files() {
         .collect();
     names.sort();
     let mut want = vec![
+        mcgrad::outdir::MARKER.to_string(),
         "curves.csv".to_string(),
         "curves.json".into(),
         "weights.png".into(),
@@ -502,7 +503,7 @@ fn run_train_writes_its_files() {
         .read_dir()
         .unwrap()
         .any(|e| { e.unwrap().file_name().to_string_lossy().starts_with('.') }));
-    std::fs::remove_file(out.join("curves.json")).unwrap();
+    std::fs::write(out.join("notes.txt"), "not mcgrad's").unwrap();
     assert!(matches!(
         train::run_train(&tiny_args(&out, 2)),
         Err(Error::InvalidArgument(_))

@@ -777,21 +777,10 @@ pub fn load_data(args: &TrainArgs) -> Result<Splits> {
     }
 }
 
-/// Checks that `out` can be replaced: absent, an empty folder, or an earlier output.
+/// Checks that `out` can be replaced: absent, an empty folder, or an earlier output (see
+/// [`crate::outdir::check`]).
 fn check_out(out: &Path) -> Result<()> {
-    if !out.exists() {
-        return Ok(());
-    }
-    let empty = std::fs::read_dir(out)
-        .map(|mut d| d.next().is_none())
-        .unwrap_or(false);
-    if !out.is_dir() || !(empty || out.join("curves.json").is_file()) {
-        return Err(Error::InvalidArgument(format!(
-            "--out {}: exists and is not an earlier `mcgrad train` output; choose another folder or remove it",
-            out.display()
-        )));
-    }
-    Ok(())
+    crate::outdir::check(out).map(|_| ())
 }
 
 /// Everything a finished run produced.
@@ -907,9 +896,11 @@ pub fn run_train(args: &TrainArgs) -> Result<()> {
     let report = report?;
     write_outputs(&args.out, &report)?;
     // As `mcgrad run`: --quiet silences stderr (the progress bar), not the results table.
-    println!("{}", summary(&report));
-    println!("wrote {}", args.out.display());
-    Ok(())
+    crate::error::print_stdout(&format!(
+        "{}\nwrote {}\n",
+        summary(&report),
+        args.out.display()
+    ))
 }
 
 /// A table of the final numbers, one line per estimator.
@@ -969,46 +960,24 @@ fn io_err(path: &Path) -> impl Fn(std::io::Error) -> Error + '_ {
     }
 }
 
-/// Writes the report into `out`, through a temporary sibling folder renamed at the end.
+/// Writes the report into `out`, through a staging folder renamed into place at the end
+/// (see [`crate::outdir`]).
 ///
 /// # Errors
-/// [`Error::Write`] or [`Error::Plot`].
+/// [`Error::InvalidArgument`] for an `out` that is not ours to replace; [`Error::Write`] if
+/// it cannot be created; [`Error::Output`] or [`Error::Plot`] while writing.
 pub fn write_outputs(out: &Path, report: &TrainReport) -> Result<()> {
-    let parent = match out.parent() {
-        Some(p) if !p.as_os_str().is_empty() => p.to_owned(),
-        _ => PathBuf::from("."),
-    };
-    std::fs::create_dir_all(&parent).map_err(io_err(&parent))?;
-    let name = out
-        .file_name()
-        .map_or("train".into(), |n| n.to_string_lossy().into_owned());
-    let tmp = parent.join(format!(".{name}.tmp-{}", std::process::id()));
-    if tmp.exists() {
-        std::fs::remove_dir_all(&tmp).map_err(io_err(&tmp))?;
-    }
-    std::fs::create_dir(&tmp).map_err(io_err(&tmp))?;
-    let written = write_files(&tmp, report).and_then(|()| {
-        let old = parent.join(format!(".{name}.old-{}", std::process::id()));
-        if out.exists() {
-            std::fs::rename(out, &old).map_err(io_err(out))?;
-        }
-        std::fs::rename(&tmp, out).map_err(io_err(out))?;
-        if old.exists() {
-            std::fs::remove_dir_all(&old).map_err(io_err(&old))?;
-        }
-        Ok(())
-    });
-    if written.is_err() {
-        let _ = std::fs::remove_dir_all(&tmp);
-    }
-    written
+    let dir = crate::outdir::OutDir::create(out)?;
+    dir.fill(|d| write_files(d, report))?;
+    dir.commit().map(|_| ())
 }
 
 fn write_files(dir: &Path, report: &TrainReport) -> Result<()> {
     let csv_path = dir.join("curves.csv");
     std::fs::write(&csv_path, curves_csv(report)).map_err(io_err(&csv_path))?;
     let json_path = dir.join("curves.json");
-    let json = serde_json::to_string_pretty(&curves_json(report)).expect("plain data serialises");
+    let json = serde_json::to_string_pretty(&curves_json(report))
+        .map_err(|e| Error::Internal(format!("cannot serialise curves.json: {e}")))?;
     std::fs::write(&json_path, json + "\n").map_err(io_err(&json_path))?;
     plot::write_plots(dir, report)
 }
