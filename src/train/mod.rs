@@ -720,14 +720,7 @@ pub fn plan(args: &TrainArgs) -> Result<Plan> {
     if grid.len() > 1 && tune_steps == 0 {
         return bad("--tune-steps must be at least 1 when tuning over a grid".into());
     }
-    for (name, v) in [
-        ("--train-size", args.train_size),
-        ("--test-size", args.test_size),
-    ] {
-        if v == Some(0) || v.is_some_and(|n| n >= data::MAX_IMAGES) {
-            return bad(format!("{name} must be between 1 and 2^28 - 1"));
-        }
-    }
+    check_sizes(args)?;
     let config = TrainConfig {
         loss,
         samples: args.samples,
@@ -750,6 +743,79 @@ pub fn plan(args: &TrainArgs) -> Result<Plan> {
         backend: args.backend,
         adapter: args.adapter.clone(),
     })
+}
+
+/// The most draws per input per step, `--samples`.
+pub const MAX_SAMPLES: u32 = 1 << 16;
+/// The most draws of one step, B x S (on the GPU they take 64 bytes each: 1 GiB).
+pub const MAX_STEP_DRAWS: u64 = 1 << 24;
+/// The most evaluation points of one learning curve, `--steps / --eval-every`.
+pub const MAX_EVAL_POINTS: u64 = 100_000;
+/// The most repetitions of the variance probe, `--variance-reps`.
+pub const MAX_VARIANCE_REPS: u32 = 1 << 16;
+
+/// Checks every size option that drives memory against its limit, before anything is
+/// allocated (the limits are the constants above and [`data::MAX_SPLIT_IMAGES`]).
+fn check_sizes(args: &TrainArgs) -> Result<()> {
+    let bad = |m: String| Err(Error::InvalidArgument(m));
+    let gb = |bytes: f64| format!("{:.1} GB", bytes / 1e9);
+    for (name, v) in [
+        ("--train-size", args.train_size),
+        ("--test-size", args.test_size),
+    ] {
+        match v {
+            Some(0) => return bad(format!("{name} must be at least 1")),
+            Some(n) if n > data::MAX_SPLIT_IMAGES => {
+                return bad(format!(
+                    "{name} {n}: at most {} images per split ({n} images would take {} of memory, {} bytes each)",
+                    data::MAX_SPLIT_IMAGES,
+                    gb(n as f64 * data::BYTES_PER_IMAGE as f64),
+                    data::BYTES_PER_IMAGE
+                ))
+            }
+            _ => {}
+        }
+    }
+    if args.samples > MAX_SAMPLES {
+        return bad(format!(
+            "--samples {}: at most {MAX_SAMPLES} draws per input per step",
+            args.samples
+        ));
+    }
+    let step_draws = args.batch as u64 * u64::from(args.samples);
+    if step_draws > MAX_STEP_DRAWS {
+        return bad(format!(
+            "--batch {} x --samples {} = {step_draws} draws per step: at most {MAX_STEP_DRAWS} \
+             (on the GPU they would take {} of memory, 64 bytes each)",
+            args.batch,
+            args.samples,
+            gb(step_draws as f64 * 64.0)
+        ));
+    }
+    let points = u64::from(args.steps) / u64::from(args.eval_every.max(1)) + 2;
+    if points > MAX_EVAL_POINTS {
+        return bad(format!(
+            "--steps {} / --eval-every {} = {points} evaluation points per curve: at most \
+             {MAX_EVAL_POINTS} (they would take {} of memory per estimator); raise --eval-every",
+            args.steps,
+            args.eval_every,
+            gb(points as f64 * std::mem::size_of::<CurvePoint>() as f64)
+        ));
+    }
+    if !(2..=MAX_VARIANCE_REPS).contains(&args.variance_reps) {
+        return bad(format!(
+            "--variance-reps {}: must be between 2 (to estimate a variance) and {MAX_VARIANCE_REPS}",
+            args.variance_reps
+        ));
+    }
+    if !(args.tau.is_finite() && args.tau >= crate::engine::MIN_TAU) {
+        return bad(format!(
+            "--tau {}: must be at least {} (see `mcgrad run --help`)",
+            args.tau,
+            crate::engine::MIN_TAU
+        ));
+    }
+    Ok(())
 }
 
 /// Loads the data a run asks for: MNIST from `--mnist` or the built-in digits.
