@@ -83,16 +83,22 @@ pub struct RunArgs {
     /// Seed of every random number.
     #[arg(long, value_name = "N", default_value_t = 0)]
     pub seed: u64,
-    /// Losses, comma-separated: squared, seed, linear.
+    /// Losses, comma-separated (the known ones are listed by `loss_help`).
     #[arg(
         long,
         value_name = "LIST",
         value_delimiter = ',',
-        default_value = "squared,seed,linear"
+        default_value = "squared,seed,linear",
+        help = loss_help()
     )]
     pub loss: Vec<String>,
-    /// Estimators, comma-separated (default: all).
-    #[arg(long, value_name = "LIST", value_delimiter = ',')]
+    /// Estimators, comma-separated (the known ones are listed by `estimators_help`).
+    #[arg(
+        long,
+        value_name = "LIST",
+        value_delimiter = ',',
+        help = estimators_help()
+    )]
     pub estimators: Vec<String>,
     /// Draw counts S per estimate, comma-separated (default: 1,2,4,...,4096).
     #[arg(long, value_name = "LIST", value_delimiter = ',')]
@@ -116,6 +122,21 @@ pub struct RunArgs {
     /// No progress bar and no notes on stderr.
     #[arg(long)]
     pub quiet: bool,
+}
+
+/// The help of `--loss`, from [`Loss::ALL`] (so a new loss shows up without editing it).
+fn loss_help() -> String {
+    let names: Vec<&str> = Loss::ALL.iter().map(|l| l.name()).collect();
+    format!("Losses, comma-separated: {}", names.join(", "))
+}
+
+/// The help of `--estimators`, from [`estimators::REGISTRY`].
+fn estimators_help() -> String {
+    let ids: Vec<&str> = estimators::REGISTRY.iter().map(|e| e.id()).collect();
+    format!(
+        "Estimators, comma-separated: {} (default: all)",
+        ids.join(", ")
+    )
 }
 
 /// The default draw counts: powers of 2 from 1 to 4096.

@@ -362,3 +362,30 @@ fn bad_input_exits_with_2_and_writes_nothing() {
         );
     }
 }
+
+/// `mcgrad run --help` lists every estimator and loss id, from the registry (so one added
+/// later shows up without editing the help).
+#[test]
+fn run_help_lists_every_estimator_and_loss() {
+    let out = mcgrad(&["run", "--help"]);
+    assert_success(&out);
+    let text = String::from_utf8_lossy(&out.stdout);
+    let listed = |line_start: &str| -> Vec<String> {
+        let i = text.find(line_start).expect("option in the help");
+        let line = text[i..].lines().nth(1).unwrap_or_default();
+        let list = line.split_once(": ").map_or("", |(_, l)| l);
+        list.split(" (")
+            .next()
+            .unwrap_or_default()
+            .split(", ")
+            .map(|s| s.trim().to_string())
+            .collect()
+    };
+    let ids: Vec<String> = estimators::REGISTRY
+        .iter()
+        .map(|e| e.id().to_string())
+        .collect();
+    assert_eq!(listed("--estimators <LIST>"), ids, "{text}");
+    let losses: Vec<String> = Loss::ALL.iter().map(|l| l.name().to_string()).collect();
+    assert_eq!(listed("--loss <LIST>"), losses, "{text}");
+}
