@@ -346,8 +346,8 @@ impl Summary {
     }
 }
 
-/// Every figure of a record by name: vectors, optional vectors, scalars, optional scalars.
-#[allow(clippy::type_complexity)]
+/// Every figure of a record by name (an absent optional figure gives no value). A field
+/// added to [`Record`] belongs here too.
 fn figures(r: &Record) -> Vec<(&'static str, Vec<f64>)> {
     let opt = |v: Option<f64>| v.into_iter().collect::<Vec<_>>();
     vec![

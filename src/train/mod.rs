@@ -95,7 +95,7 @@ pub struct TrainArgs {
     /// Loss of a draw: `squared` (against the one-hot class) or `linear` (cost 1 for a wrong class).
     #[arg(long, default_value = "squared")]
     pub loss: String,
-    /// Gumbel-softmax temperature.
+    /// Gumbel-softmax temperature, at least 1e-3 (`mcgrad::engine::MIN_TAU`).
     #[arg(long, default_value_t = 1.0)]
     pub tau: f64,
     /// Seed of the built-in data, the minibatch order and every draw.
