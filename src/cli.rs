@@ -3,10 +3,12 @@
 //! `mcgrad run`. Adding a subcommand is a variant of [`Command`], its argument struct, and
 //! one arm in [`dispatch`].
 
+use std::fmt::Write as _;
 use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand};
 use mcgrad::engine::SweepSpec;
+use mcgrad::error::print_stdout;
 use mcgrad::estimators;
 use mcgrad::loss::Loss;
 use mcgrad::problem::Problem;
@@ -73,7 +75,8 @@ pub struct CheckArgs {
 /// The raw options of `mcgrad run`, as typed.
 #[derive(Debug, Args)]
 pub struct RunArgs {
-    /// Results folder, created or replaced whole at the end of the run.
+    /// Results folder, created or replaced whole at the end of the run (only an earlier
+    /// mcgrad output, whose `.mcgrad-output` marker lists everything in it, is replaced).
     #[arg(long, value_name = "DIR", default_value = "results/latest")]
     pub out: PathBuf,
     /// A named problem (see `mcgrad problems`) or a problem file `{"x": [D], "w": [D rows of
@@ -87,12 +90,16 @@ pub struct RunArgs {
     /// Seed of every random number.
     #[arg(long, value_name = "N", default_value_t = 0)]
     pub seed: u64,
-    /// Losses, comma-separated: squared, seed, linear, pnorm, decoder, table (default: the
-    /// named problem's; for a file, every loss whose fields it holds).
-    #[arg(long, value_name = "LIST", value_delimiter = ',')]
+    /// Losses, comma-separated (the known ones are listed by `loss_help`).
+    #[arg(long, value_name = "LIST", value_delimiter = ',', help = loss_help())]
     pub loss: Vec<String>,
-    /// Estimators, comma-separated (default: all).
-    #[arg(long, value_name = "LIST", value_delimiter = ',')]
+    /// Estimators, comma-separated (the known ones are listed by `estimators_help`).
+    #[arg(
+        long,
+        value_name = "LIST",
+        value_delimiter = ',',
+        help = estimators_help()
+    )]
     pub estimators: Vec<String>,
     /// Draw counts S per estimate, comma-separated (default: 1,2,4,...,4096).
     #[arg(long, value_name = "LIST", value_delimiter = ',')]
@@ -100,7 +107,8 @@ pub struct RunArgs {
     /// Repetitions R per (loss, estimator, S); at least 2.
     #[arg(long, value_name = "R", default_value_t = 1000)]
     pub reps: u32,
-    /// Gumbel-softmax temperature.
+    /// Gumbel-softmax temperature, at least 1e-3 (`mcgrad::engine::MIN_TAU`: below it the
+    /// f32 Gumbel kernels would leave f32's range).
     #[arg(long, value_name = "T", default_value_t = 1.0)]
     pub tau: f64,
     /// Engine.
@@ -115,6 +123,24 @@ pub struct RunArgs {
     /// No progress bar and no notes on stderr.
     #[arg(long)]
     pub quiet: bool,
+}
+
+/// The help of `--loss`, from [`Loss::ALL`] (so a new loss shows up without editing it).
+fn loss_help() -> String {
+    let names: Vec<&str> = Loss::ALL.iter().map(|l| l.name()).collect();
+    format!(
+        "Losses, comma-separated: {} (default: the named problem's; for a file, every loss whose fields it holds)",
+        names.join(", ")
+    )
+}
+
+/// The help of `--estimators`, from [`estimators::REGISTRY`].
+fn estimators_help() -> String {
+    let ids: Vec<&str> = estimators::REGISTRY.iter().map(|e| e.id()).collect();
+    format!(
+        "Estimators, comma-separated: {} (default: every one defined on the problem)",
+        ids.join(", ")
+    )
 }
 
 /// The default draw counts: powers of 2 from 1 to 4096.
@@ -231,11 +257,15 @@ pub fn load_problem(arg: Option<&str>, seed: u64) -> Result<(Problem, Vec<Loss>)
     Ok((problem, losses))
 }
 
-fn list_problems() {
+fn list_problems() -> Result<()> {
+    let mut text = String::new();
     for p in problems::NAMED {
-        println!("{:<16} {}", p.name, p.about);
-        println!("{:<16} source: {}", "", p.source);
+        text.push_str(&format!(
+            "{:<16} {}\n{:<16} source: {}\n",
+            p.name, p.about, "", p.source
+        ));
     }
+    print_stdout(&text)
 }
 
 /// Runs the parsed command line.
@@ -247,26 +277,21 @@ pub fn dispatch(cli: Cli) -> Result<()> {
         Command::Run(args) => run(args),
         Command::Train(args) => mcgrad::train::run_train(&args),
         Command::Check(args) => check(args),
-        Command::Info => {
-            info();
-            Ok(())
-        }
-        Command::Problems => {
-            list_problems();
-            Ok(())
-        }
+        Command::Info => info(),
+        Command::Problems => list_problems(),
     }
 }
 
-fn info() {
+fn info() -> Result<()> {
     let adapters = mcgrad::gpu::adapter_list();
-    println!(
-        "mcgrad {}: {} GPU adapter(s)",
+    let mut text = format!(
+        "mcgrad {}: {} GPU adapter(s)\n",
         env!("CARGO_PKG_VERSION"),
         adapters.len()
     );
     for a in &adapters {
-        println!(
+        let _ = writeln!(
+            text,
             "  {} [{} {}{}] driver: {}",
             a.name,
             a.backend,
@@ -280,7 +305,8 @@ fn info() {
         );
     }
     let hardware = adapters.iter().any(|a| a.hardware);
-    println!(
+    let _ = writeln!(
+        text,
         "--backend auto uses {}; --backend gpu uses {}; CPU engine: {} threads",
         if hardware {
             "the hardware GPU"
@@ -292,6 +318,7 @@ fn info() {
             .map_or("nothing (no adapter)", |a| a.name.as_str()),
         rayon::current_num_threads()
     );
+    print_stdout(&text)
 }
 
 fn check(args: CheckArgs) -> Result<()> {
@@ -312,25 +339,22 @@ fn check(args: CheckArgs) -> Result<()> {
         };
         let baseline = Baseline::measure(&spec, &options)?;
         baseline.save(&args.baseline)?;
-        println!(
-            "wrote baseline {} ({} quality figures, {} speed paths, seed {})",
+        return print_stdout(&format!(
+            "wrote baseline {} ({} quality figures, {} speed paths, seed {})\n",
             args.baseline.display(),
             baseline.quality.len(),
             baseline.speed.len(),
             baseline.seed
-        );
-        return Ok(());
+        ));
     }
     let baseline = Baseline::load(&args.baseline)?;
     let report = run_check(&baseline, &options)?;
     if args.json {
-        println!(
-            "{}",
-            serde_json::to_string_pretty(&report)
-                .map_err(|e| Error::InvalidArgument(e.to_string()))?
-        );
+        let json = serde_json::to_string_pretty(&report)
+            .map_err(|e| Error::Internal(format!("cannot serialise the report: {e}")))?;
+        print_stdout(&(json + "\n"))?;
     } else {
-        print!("{}", report.table());
+        print_stdout(&report.table())?;
     }
     if report.regressed() {
         return Err(Error::Regression(format!(
@@ -358,8 +382,8 @@ fn run(args: RunArgs) -> Result<()> {
     let config = args.into_config()?;
     let outcome = mcgrad::run::execute(&config)?;
     let summary = &outcome.summary;
-    println!(
-        "mcgrad {}: {} engine ({}, {} threads), {}, R = {}, largest S per estimator:",
+    let mut text = format!(
+        "mcgrad {}: {} engine ({}, {} threads), {}, R = {}, largest S per estimator:\n",
         summary.mcgrad_version,
         summary.backend.engine,
         summary.backend.adapter,
@@ -367,14 +391,15 @@ fn run(args: RunArgs) -> Result<()> {
         shape(&summary.config.problem),
         summary.config.reps
     );
-    println!("(bias and variance of the W-gradient estimate, ± one standard error; all S in summary.csv)\n");
-    print!("{}", summary.table());
-    println!(
+    text.push_str("(bias and variance of the W-gradient estimate, ± one standard error; all S in summary.csv)\n\n");
+    text.push_str(&summary.table());
+    let _ = writeln!(
+        text,
         "\nswept {:.3e} draws in {:.2} s; wrote {} files to {}",
         summary.timing.draws_per_second * summary.timing.sweep_seconds,
         summary.timing.sweep_seconds,
         outcome.files.len(),
         config.out.display()
     );
-    Ok(())
+    print_stdout(&text)
 }

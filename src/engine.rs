@@ -28,6 +28,13 @@ use crate::philox::key_of;
 use crate::problem::Problem;
 use crate::stats::EstimateMoments;
 
+/// The smallest Gumbel-softmax temperature: the Gumbel kernels scale `(h - max h)` by
+/// `1 / tau` in f32, and the relaxed estimates by `1 / tau` again, whose squares the moment
+/// kernels sum in f32; with `tau >= 1e-3` both stay far inside f32's range (3.4e38), and
+/// below it the f32 softmax is a hard argmax anyway (`exp(-gap / tau)` underflows f32 for
+/// any gap over 0.11).
+pub const MIN_TAU: f64 = 1e-3;
+
 /// Repetitions per block: bounds the memory of a pass whatever R is.
 pub const REP_BLOCK: u32 = 1 << 14;
 /// Most numbers the generic path keeps per block of repetitions (draws and losses): 2^23,
@@ -85,7 +92,7 @@ impl SweepSpec {
     /// Checks the spec.
     ///
     /// # Errors
-    /// [`Error::InvalidArgument`] for R < 2, S = 0, a non-positive tau, or nothing to do.
+    /// [`Error::InvalidArgument`] for R < 2, S = 0, tau below [`MIN_TAU`], or nothing to do.
     pub fn validate(&self) -> Result<()> {
         if self.reps < 2 {
             return Err(Error::InvalidArgument(format!(
@@ -98,9 +105,9 @@ impl SweepSpec {
                 "--samples must be positive draw counts".into(),
             ));
         }
-        if !(self.tau.is_finite() && self.tau > 0.0) {
+        if !(self.tau.is_finite() && self.tau >= MIN_TAU) {
             return Err(Error::InvalidArgument(format!(
-                "--tau must be positive (got {})",
+                "--tau must be at least {MIN_TAU} (got {})",
                 self.tau
             )));
         }

@@ -24,6 +24,29 @@ pub enum Error {
         source: std::io::Error,
     },
 
+    /// Writing the results failed after the run had started (a full disk, a folder removed
+    /// under the run): check free space and the folder. `--out` was left as it was.
+    #[error("cannot write {path}: {source} (--out was left as it was)")]
+    Output {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+
+    /// The results table could not be written to standard output: check that it is open and
+    /// that the disk behind it is not full.
+    #[error("cannot write to standard output: {0}")]
+    Stdout(std::io::Error),
+
+    /// A result is NaN or infinite, so it would mislead: the message names the figure and
+    /// where it came from; check `--tau` and the scale of the problem.
+    #[error("a result is not a finite number: {0}")]
+    NonFinite(String),
+
+    /// A fault in mcgrad itself (for instance a value that cannot be serialised): a bug, to
+    /// report with the command that caused it.
+    #[error("internal error (a bug in mcgrad): {0}")]
+    Internal(String),
+
     /// A file is not valid JSON: check its syntax.
     #[error("{path} is not valid JSON: {message}")]
     Json { path: PathBuf, message: String },
@@ -69,9 +92,29 @@ impl Error {
     /// The process exit code for this error: 2 for bad input, 1 for a failure while running.
     pub fn exit_code(&self) -> i32 {
         match self {
-            Error::Gpu(_) | Error::Plot { .. } | Error::Regression(_) => 1,
+            Error::Gpu(_)
+            | Error::Plot { .. }
+            | Error::Regression(_)
+            | Error::Output { .. }
+            | Error::Stdout(_)
+            | Error::NonFinite(_)
+            | Error::Internal(_) => 1,
             _ => 2,
         }
+    }
+}
+
+/// Writes `text` to standard output and flushes it. A closed pipe (`mcgrad run | head -0`)
+/// ends the output quietly, as it would end a Unix filter; any other failure is an error.
+///
+/// # Errors
+/// [`Error::Stdout`] if standard output cannot be written (a full disk: `> /dev/full`).
+pub fn print_stdout(text: &str) -> Result<()> {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    match out.write_all(text.as_bytes()).and_then(|()| out.flush()) {
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(()),
+        written => written.map_err(Error::Stdout),
     }
 }
 

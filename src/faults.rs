@@ -1,7 +1,15 @@
-//! Test-only fault injection, so that the regression check's tests can prove it catches what
-//! it claims: an estimator made noisier or biased, a hot path made slower. Compiled only with
-//! the `fault-injection` feature (which `cargo test` turns on through a dev-dependency);
-//! otherwise every hook is a constant the optimiser removes.
+//! Fault injection for the tests, so that they can prove what the suite claims: that the
+//! regression check catches an estimator made noisier or biased and a hot path made slower,
+//! and that a results file that cannot be written (a full disk) fails cleanly.
+//!
+//! Faults are a runtime switch that every build carries (so `cargo test --release` reuses the
+//! release build of the library instead of compiling a second, feature-flagged one), but
+//! they are reachable only through this library API, [`set`]: neither the command line nor
+//! the environment can turn them on. With no fault set, each hook costs one relaxed atomic
+//! load of a flag.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::RwLock;
 
 /// The faults to inject.
 #[derive(Clone, Debug, Default, PartialEq)]
@@ -13,42 +21,33 @@ pub struct Faults {
     pub bias: Option<(String, f64)>,
     /// Do this pass's draw work this many times (`score-function` or `relaxed`).
     pub slowdown: Option<(String, u32)>,
+    /// Writing the results file of this name (`summary.json`, `curves.csv`, ...) fails as on
+    /// a full disk.
+    pub write_failure: Option<String>,
 }
 
-#[cfg(feature = "fault-injection")]
-mod active {
-    use super::Faults;
-    use std::sync::RwLock;
+/// Whether a fault is set: the hooks' fast path reads only this.
+static ACTIVE: AtomicBool = AtomicBool::new(false);
+static FAULTS: RwLock<Option<Faults>> = RwLock::new(None);
 
-    static FAULTS: RwLock<Option<Faults>> = RwLock::new(None);
-
-    /// Injects `faults` until [`clear`].
-    pub fn set(faults: Faults) {
-        *FAULTS.write().unwrap_or_else(|e| e.into_inner()) = Some(faults);
-    }
-
-    /// Removes every fault.
-    pub fn clear() {
-        *FAULTS.write().unwrap_or_else(|e| e.into_inner()) = None;
-    }
-
-    pub(crate) fn current() -> Option<Faults> {
-        FAULTS.read().unwrap_or_else(|e| e.into_inner()).clone()
-    }
+/// Injects `faults` (process-wide) until [`clear`].
+pub fn set(faults: Faults) {
+    *FAULTS.write().unwrap_or_else(|e| e.into_inner()) = Some(faults);
+    ACTIVE.store(true, Ordering::SeqCst);
 }
 
-#[cfg(feature = "fault-injection")]
-pub use active::{clear, set};
+/// Removes every fault.
+pub fn clear() {
+    ACTIVE.store(false, Ordering::SeqCst);
+    *FAULTS.write().unwrap_or_else(|e| e.into_inner()) = None;
+}
 
-#[cfg(feature = "fault-injection")]
+#[inline]
 fn current() -> Option<Faults> {
-    active::current()
-}
-
-#[cfg(not(feature = "fault-injection"))]
-#[inline(always)]
-fn current() -> Option<Faults> {
-    None
+    if !ACTIVE.load(Ordering::Relaxed) {
+        return None;
+    }
+    FAULTS.read().unwrap_or_else(|e| e.into_inner()).clone()
 }
 
 /// How many times to do pass `pass`'s draw work (1 without faults).
@@ -83,5 +82,18 @@ pub(crate) fn distort(estimator: &str, exact: &[f64], estimate: &mut [f64]) {
 /// Whether any fault is set (so hot loops can skip the per-estimate hook).
 #[inline]
 pub(crate) fn any() -> bool {
-    current().is_some()
+    ACTIVE.load(Ordering::Relaxed)
+}
+
+/// The error to report instead of writing the results file `name`, if a fault asks for one.
+pub(crate) fn write_failure(name: &str) -> Option<std::io::Error> {
+    current()
+        .and_then(|f| f.write_failure)
+        .filter(|n| n == name)
+        .map(|_| {
+            std::io::Error::new(
+                std::io::ErrorKind::StorageFull,
+                "no space left on device (injected fault)",
+            )
+        })
 }

@@ -35,6 +35,7 @@ pub mod gpu;
 pub mod loss;
 pub mod objective;
 pub mod oracle;
+pub mod outdir;
 pub mod philox;
 pub mod plot;
 pub mod problem;

@@ -1,21 +1,22 @@
 //! The main job, `mcgrad run`: sweeps every selected estimator on one problem and writes the
-//! results folder (problem, summary, CSV, plots). Owns the validated run configuration, the
-//! choice of engine, and the staging folder that makes a results folder appear whole or not
-//! at all.
+//! results folder (problem, summary, CSV, plots). Owns the validated run configuration and
+//! the choice of engine; the results folder itself is [`crate::outdir`]'s.
 //!
 //! Everything the user can get wrong is checked before anything is written; the last check
 //! creates the staging folder beside the destination (which proves it writable). The run
 //! writes into that folder and renames it into place at the end, so an interrupted run never
-//! leaves a half-written results folder.
+//! leaves a half-written results folder. A figure that came out NaN or infinite fails the
+//! run (exit 1) before anything is written.
 
 use std::io::IsTerminal;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::Instant;
 
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 
 use crate::engine::{run_sweep, CpuEngine, Engine, SweepSpec};
 use crate::error::{Error, Result};
+use crate::outdir::OutDir;
 use crate::plot;
 use crate::record::records;
 use crate::summary::{Summary, Timing};
@@ -131,135 +132,6 @@ pub fn skip_notes(spec: &SweepSpec) -> Result<Vec<String>> {
     Ok(notes)
 }
 
-/// A folder beside the destination that the run writes into; [`StagingDir::commit`] renames
-/// it into place, and dropping it uncommitted removes it.
-#[derive(Debug)]
-pub struct StagingDir {
-    staging: PathBuf,
-    dest: PathBuf,
-    committed: bool,
-}
-
-impl StagingDir {
-    /// Creates the staging folder for `dest` (and `dest`'s parent folders if missing).
-    ///
-    /// # Errors
-    /// [`Error::InvalidArgument`] if `dest` names no folder, is a file, or is a non-empty
-    /// folder that is not a results folder (no `summary.json`: it is not ours to replace);
-    /// [`Error::Write`] if the folder beside it cannot be created.
-    pub fn create(dest: &Path) -> Result<Self> {
-        let name = match dest.file_name() {
-            Some(n)
-                if dest
-                    .components()
-                    .next_back()
-                    .is_some_and(|c| matches!(c, std::path::Component::Normal(_))) =>
-            {
-                n.to_string_lossy().into_owned()
-            }
-            _ => {
-                return Err(Error::InvalidArgument(format!(
-                    "--out {}: must name a folder",
-                    dest.display()
-                )))
-            }
-        };
-        if dest.exists() {
-            if !dest.is_dir() {
-                return Err(Error::InvalidArgument(format!(
-                    "--out {}: exists and is not a folder",
-                    dest.display()
-                )));
-            }
-            let empty = std::fs::read_dir(dest)
-                .map_err(|source| Error::Write {
-                    path: dest.to_owned(),
-                    source,
-                })?
-                .next()
-                .is_none();
-            if !empty && !dest.join("summary.json").is_file() {
-                return Err(Error::InvalidArgument(format!(
-                    "--out {}: exists and is not an mcgrad results folder (no summary.json); \
-                     choose another folder or remove it",
-                    dest.display()
-                )));
-            }
-        }
-        let parent = match dest.parent() {
-            Some(p) if !p.as_os_str().is_empty() => p.to_owned(),
-            _ => PathBuf::from("."),
-        };
-        std::fs::create_dir_all(&parent).map_err(|source| Error::Write {
-            path: dest.to_owned(),
-            source,
-        })?;
-        let staging = parent.join(format!(".{name}.partial-{}", std::process::id()));
-        if staging.exists() {
-            let _ = std::fs::remove_dir_all(&staging);
-        }
-        std::fs::create_dir(&staging).map_err(|source| Error::Write {
-            path: dest.to_owned(),
-            source,
-        })?;
-        Ok(Self {
-            staging,
-            dest: dest.to_owned(),
-            committed: false,
-        })
-    }
-
-    /// The folder to write into.
-    pub fn path(&self) -> &Path {
-        &self.staging
-    }
-
-    /// Moves the staging folder into place, replacing an earlier results folder.
-    ///
-    /// # Errors
-    /// [`Error::Write`] if a rename fails (the earlier folder is restored if it can be).
-    pub fn commit(mut self) -> Result<()> {
-        let write_err = |source| Error::Write {
-            path: self.dest.clone(),
-            source,
-        };
-        if self.dest.exists() {
-            let old = self.staging.with_file_name(format!(
-                ".{}.old-{}",
-                self.dest.file_name().unwrap_or_default().to_string_lossy(),
-                std::process::id()
-            ));
-            std::fs::rename(&self.dest, &old).map_err(write_err)?;
-            if let Err(e) = std::fs::rename(&self.staging, &self.dest) {
-                let _ = std::fs::rename(&old, &self.dest);
-                return Err(write_err(e));
-            }
-            let _ = std::fs::remove_dir_all(&old);
-        } else {
-            std::fs::rename(&self.staging, &self.dest).map_err(write_err)?;
-        }
-        self.committed = true;
-        Ok(())
-    }
-}
-
-impl Drop for StagingDir {
-    fn drop(&mut self) {
-        if !self.committed {
-            let _ = std::fs::remove_dir_all(&self.staging);
-        }
-    }
-}
-
-fn write_file(dir: &Path, name: &str, contents: &[u8]) -> Result<PathBuf> {
-    let path = dir.join(name);
-    std::fs::write(&path, contents).map_err(|source| Error::Write {
-        path: path.clone(),
-        source,
-    })?;
-    Ok(PathBuf::from(name))
-}
-
 fn progress_bar(total: u64, quiet: bool) -> ProgressBar {
     let target = if quiet || !std::io::stderr().is_terminal() {
         ProgressDrawTarget::hidden()
@@ -283,8 +155,10 @@ fn progress_bar(total: u64, quiet: bool) -> ProgressBar {
 ///
 /// # Errors
 /// Bad input ([`Error::exit_code`] 2) before anything is written: an unusable backend, an
-/// estimator that runs at no S, an unwritable or foreign `--out`. Afterwards, engine and
-/// plot failures; the staging folder is then removed and `--out` left as it was.
+/// estimator that runs at no S, an unwritable or foreign `--out` (see [`OutDir::create`]).
+/// Afterwards (exit 1): engine failures, a figure that is NaN or infinite
+/// ([`Error::NonFinite`]), write ([`Error::Output`]) and plot failures; the staging folder
+/// is then removed and `--out` left as it was.
 pub fn execute(config: &RunConfig) -> Result<RunOutcome> {
     config.spec.validate()?;
     let notes = skip_notes(&config.spec)?;
@@ -294,7 +168,7 @@ pub fn execute(config: &RunConfig) -> Result<RunOutcome> {
         config.threads,
         config.spec.problem.k,
     )?;
-    let staging = StagingDir::create(&config.out)?;
+    let out = OutDir::create(&config.out)?;
     if !config.quiet {
         notes.iter().for_each(|n| eprintln!("{n}"));
     }
@@ -312,15 +186,13 @@ pub fn execute(config: &RunConfig) -> Result<RunOutcome> {
     };
     let summary = Summary::new(spec, engine.backend_info(), records(spec, &points), timing);
 
-    let dir = staging.path();
+    summary.check_finite()?;
     let problem_json = serde_json::to_string(&spec.problem.to_json())
-        .map_err(|e| Error::InvalidArgument(format!("cannot serialise the problem: {e}")))?;
-    let mut files = vec![
-        write_file(dir, "problem.json", problem_json.as_bytes())?,
-        write_file(dir, "summary.json", summary.to_json_text()?.as_bytes())?,
-        write_file(dir, "summary.csv", summary.to_csv().as_bytes())?,
-    ];
-    files.extend(plot::write_all(&summary, &spec.problem, dir)?);
-    staging.commit()?;
+        .map_err(|e| Error::Internal(format!("cannot serialise the problem: {e}")))?;
+    out.write("problem.json", problem_json.as_bytes())?;
+    out.write("summary.json", summary.to_json_text()?.as_bytes())?;
+    out.write("summary.csv", summary.to_csv().as_bytes())?;
+    out.fill(|dir| plot::write_all(&summary, &spec.problem, dir))?;
+    let files = out.commit()?;
     Ok(RunOutcome { summary, files })
 }

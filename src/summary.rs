@@ -155,6 +155,28 @@ impl Summary {
         }
     }
 
+    /// Checks that every figure of every record is a finite number (an absent optional
+    /// figure, such as the SNR of an estimator without variance, is fine): a NaN would be
+    /// written as `null` in `summary.json` and dropped from the plots, silently.
+    ///
+    /// # Errors
+    /// [`Error::NonFinite`] naming the first figure that is NaN or infinite, with its
+    /// estimator, loss and S.
+    pub fn check_finite(&self) -> Result<()> {
+        for r in &self.records {
+            if let Some(figure) = non_finite_figure(r) {
+                return Err(Error::NonFinite(format!(
+                    "{figure} of {} on loss {} at S = {} is {}; nothing was written (check --tau and the scale of the problem)",
+                    r.estimator,
+                    r.loss,
+                    r.samples,
+                    figure_value(r, figure)
+                )));
+            }
+        }
+        Ok(())
+    }
+
     /// A copy with every timing set to zero: two runs of one configuration give equal copies.
     pub fn without_timings(&self) -> Self {
         let mut s = self.clone();
@@ -167,7 +189,7 @@ impl Summary {
     /// the file stays compact and diffs line by line.
     ///
     /// # Errors
-    /// [`Error::InvalidArgument`] if a value cannot be serialised (not expected).
+    /// [`Error::Internal`] if a value cannot be serialised (a bug).
     pub fn to_json_text(&self) -> Result<String> {
         let mut out = String::from("{\n");
         for (key, value) in [
@@ -269,7 +291,10 @@ impl Summary {
     }
 
     /// The table printed after a run: one row per (loss, estimator) at its largest S, with
-    /// the W-space bias norm, total variance (Monte Carlo and exact), SNR and wall time.
+    /// the W-space bias norm, total variance (Monte Carlo and exact), SNR and the record's
+    /// `seconds`, labelled "pass time": the wall time of the pass over the draws that its
+    /// family shares at that S (every estimator of the family shows it whole) plus its own
+    /// reduction, so the column does not add up.
     pub fn table(&self) -> String {
         let header = [
             "loss",
@@ -279,7 +304,7 @@ impl Summary {
             "variance tr Cov G^",
             "exact variance",
             "SNR",
-            "time (s)",
+            "pass time (s)",
         ];
         let pm = |v: f64, se: f64| format!("{v:.3e} ± {se:.1e}");
         let rows: Vec<[String; 8]> = self
@@ -340,9 +365,52 @@ impl Summary {
     }
 }
 
+/// Every figure of a record by name (an absent optional figure gives no value). A field
+/// added to [`Record`] belongs here too.
+fn figures(r: &Record) -> Vec<(&'static str, Vec<f64>)> {
+    let opt = |v: Option<f64>| v.into_iter().collect::<Vec<_>>();
+    vec![
+        ("exact_grad", r.exact_grad.clone()),
+        ("mean", r.mean.clone()),
+        ("mean_se", r.mean_se.clone()),
+        ("var", r.var.clone()),
+        ("var_se", r.var_se.clone()),
+        ("exact_var", r.exact_var.clone().unwrap_or_default()),
+        ("bias", r.bias.clone()),
+        ("bias_norm_w", vec![r.bias_norm_w]),
+        ("bias_norm_w_se", vec![r.bias_norm_w_se]),
+        ("bias_z_max", vec![r.bias_z_max]),
+        ("bias_p_value", vec![r.bias_p_value]),
+        ("total_var_w", vec![r.total_var_w]),
+        ("total_var_w_se", vec![r.total_var_w_se]),
+        ("exact_total_var_w", opt(r.exact_total_var_w)),
+        ("mse_w", vec![r.mse_w]),
+        ("mse_w_se", vec![r.mse_w_se]),
+        ("cosine", opt(r.cosine)),
+        ("cosine_se", opt(r.cosine_se)),
+        ("snr", opt(r.snr)),
+        ("snr_se", opt(r.snr_se)),
+        ("seconds", vec![r.seconds]),
+    ]
+}
+
+fn non_finite_figure(r: &Record) -> Option<&'static str> {
+    figures(r)
+        .into_iter()
+        .find(|(_, values)| values.iter().any(|v| !v.is_finite()))
+        .map(|(name, _)| name)
+}
+
+fn figure_value(r: &Record, figure: &str) -> String {
+    figures(r)
+        .into_iter()
+        .find(|(name, _)| *name == figure)
+        .and_then(|(_, values)| values.into_iter().find(|v| !v.is_finite()))
+        .map_or_else(|| "not finite".into(), |v| v.to_string())
+}
+
 fn json<T: Serialize>(value: &T) -> Result<String> {
-    serde_json::to_string(value)
-        .map_err(|e| Error::InvalidArgument(format!("cannot serialise: {e}")))
+    serde_json::to_string(value).map_err(|e| Error::Internal(format!("cannot serialise: {e}")))
 }
 
 #[cfg(test)]
@@ -406,5 +474,31 @@ mod tests {
         assert_eq!(picked.len(), 4);
         assert!(picked.iter().all(|r| r.samples == 4));
         assert_eq!(s.table().lines().filter(|l| l.contains("rloo")).count(), 2);
+        // The time column is the family's shared pass, and says so.
+        assert!(s.table().lines().next().unwrap().ends_with("pass time (s)"));
+    }
+
+    #[test]
+    fn a_nan_figure_is_an_error_naming_where_it_came_from() {
+        let mut summary = small_summary();
+        assert!(summary.check_finite().is_ok());
+        let r = &mut summary.records[1];
+        r.var[0] = f64::NAN;
+        let (estimator, loss, s) = (r.estimator.clone(), r.loss.clone(), r.samples);
+        let err = summary.check_finite().unwrap_err();
+        assert_eq!(err.exit_code(), 1);
+        let m = err.to_string();
+        assert!(
+            m.contains("var of") && m.contains(&estimator) && m.contains(&loss),
+            "{m}"
+        );
+        assert!(m.contains(&format!("S = {s}")), "{m}");
+        summary.records[1].var[0] = 0.0;
+        summary.records[2].snr = Some(f64::INFINITY);
+        assert!(summary
+            .check_finite()
+            .unwrap_err()
+            .to_string()
+            .contains("snr"));
     }
 }

@@ -1,5 +1,5 @@
 //! Proof that `mcgrad check` can fail and does not cry wolf: faults injected through the
-//! test-only `fault-injection` feature (an estimator made 2x noisier, an unbiased one given a
+//! library-only `mcgrad::faults` switch (an estimator made 2x noisier, an unbiased one given a
 //! small bias, a hot path slowed 2x) are each caught, and unchanged code passes 20
 //! consecutive checks with 20 different seeds. One test function, because faults are
 //! process-wide.

@@ -475,7 +475,9 @@ fn a_lost_device_is_an_error_not_a_hang() {
     engine.context().device.destroy();
     match engine.run_point(&spec, 0, &|_| {}) {
         Err(Error::Gpu(message)) => {
-            let _ = writeln!(std::io::stderr(), "lost device reported as: {message}");
+            // Captured (shown only if the test fails): a passing run should not print a
+            // line that reads like a device failure.
+            eprintln!("lost device reported as: {message}");
         }
         other => panic!("expected a GPU error, got {other:?}"),
     }

@@ -209,11 +209,17 @@ fn problem_file_reproduces_the_summary_and_plots_are_written() {
     }
 
     // A second run from the first one's problem file, into a folder that holds an earlier
-    // result (which it must replace whole).
+    // result (which it must replace whole): a copy of the first, with one more file its
+    // marker lists.
     let second = tmp.path().join("second");
     std::fs::create_dir(&second).unwrap();
-    std::fs::write(second.join("summary.json"), "{}").unwrap();
+    for name in entries(&first) {
+        std::fs::copy(first.join(&name), second.join(&name)).unwrap();
+    }
     std::fs::write(second.join("stale.txt"), "from an earlier run").unwrap();
+    let marker = second.join(mcgrad::outdir::MARKER);
+    let listed = std::fs::read_to_string(&marker).unwrap();
+    std::fs::write(&marker, listed + "stale.txt\n").unwrap();
     let problem = first.join("problem.json");
     let out = mcgrad(
         &[
@@ -292,6 +298,7 @@ fn bad_input_exits_with_2_and_writes_nothing() {
         ("S = 0", vec!["--samples", "4,0"], &out_dir),
         ("R < 2", vec!["--reps", "1"], &out_dir),
         ("tau = 0", vec!["--tau", "0"], &out_dir),
+        ("tau below its bound", vec!["--tau", "1e-300"], &out_dir),
         (
             "rloo with S < 2 only",
             vec!["--estimators", "rloo", "--samples", "1"],
@@ -354,4 +361,31 @@ fn bad_input_exits_with_2_and_writes_nothing() {
             "{what}: touched a foreign folder"
         );
     }
+}
+
+/// `mcgrad run --help` lists every estimator and loss id, from the registry (so one added
+/// later shows up without editing the help).
+#[test]
+fn run_help_lists_every_estimator_and_loss() {
+    let out = mcgrad(&["run", "--help"]);
+    assert_success(&out);
+    let text = String::from_utf8_lossy(&out.stdout);
+    let listed = |line_start: &str| -> Vec<String> {
+        let i = text.find(line_start).expect("option in the help");
+        let line = text[i..].lines().nth(1).unwrap_or_default();
+        let list = line.split_once(": ").map_or("", |(_, l)| l);
+        list.split(" (")
+            .next()
+            .unwrap_or_default()
+            .split(", ")
+            .map(|s| s.trim().to_string())
+            .collect()
+    };
+    let ids: Vec<String> = estimators::REGISTRY
+        .iter()
+        .map(|e| e.id().to_string())
+        .collect();
+    assert_eq!(listed("--estimators <LIST>"), ids, "{text}");
+    let losses: Vec<String> = Loss::ALL.iter().map(|l| l.name().to_string()).collect();
+    assert_eq!(listed("--loss <LIST>"), losses, "{text}");
 }

@@ -472,6 +472,7 @@ fn run_train_writes_its_files() {
         .collect();
     names.sort();
     let mut want = vec![
+        mcgrad::outdir::MARKER.to_string(),
         "curves.csv".to_string(),
         "curves.json".into(),
         "weights.png".into(),
@@ -502,9 +503,178 @@ fn run_train_writes_its_files() {
         .read_dir()
         .unwrap()
         .any(|e| { e.unwrap().file_name().to_string_lossy().starts_with('.') }));
-    std::fs::remove_file(out.join("curves.json")).unwrap();
+    std::fs::write(out.join("notes.txt"), "not mcgrad's").unwrap();
     assert!(matches!(
         train::run_train(&tiny_args(&out, 2)),
         Err(Error::InvalidArgument(_))
     ));
+    assert!(out.join("notes.txt").exists());
+}
+
+/// An IDX header is read and checked first: one that claims millions of images is refused
+/// (naming the limit) before anything is allocated, and a gzip stream that inflates to more
+/// than its header declares (a "bomb") is refused after one byte too many.
+#[test]
+fn idx_headers_bound_what_is_read() {
+    let p = Path::new("f");
+    // Claims 10 million 28 x 28 images (7.8 GB) but holds 3.
+    let mut huge = idx_images(3);
+    huge[4..8].copy_from_slice(&10_000_000u32.to_be_bytes());
+    for bytes in [huge.clone(), gzip(&huge)] {
+        match data::parse_idx(p, &bytes) {
+            Err(e @ Error::InvalidData { .. }) => {
+                let m = e.to_string();
+                assert!(m.contains(&data::MAX_IDX_ITEMS.to_string()), "{m}");
+                assert_eq!(e.exit_code(), 2);
+            }
+            other => panic!("expected InvalidData, got {other:?}"),
+        }
+    }
+    // Labels: 10 million is over the item limit even though it is only 10 MB.
+    let mut labels = vec![0, 0, 8, 1];
+    labels.extend(10_000_000u32.to_be_bytes());
+    assert_invalid_data(data::parse_idx(p, &labels), "10 million labels");
+    // A bomb: the header declares 3 images, the stream inflates to 3 images and 2 MB more.
+    let mut bomb = idx_images(3);
+    bomb.extend(std::iter::repeat_n(0u8, 2 << 20));
+    let z = gzip(&bomb);
+    assert!(z.len() < 16 << 10, "{} bytes", z.len());
+    match data::parse_idx(p, &z) {
+        Err(e @ Error::InvalidData { .. }) => assert!(e.to_string().contains("trailing"), "{e}"),
+        other => panic!("expected InvalidData, got {other:?}"),
+    }
+    // The read stops soon after one byte past what the header declares: count what the
+    // reader pulls out of the decoder (it then sees the inflated, raw IDX stream).
+    struct Counting<R>(R, std::rc::Rc<std::cell::Cell<usize>>);
+    impl<R: std::io::Read> std::io::Read for Counting<R> {
+        fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+            let n = self.0.read(buf)?;
+            self.1.set(self.1.get() + n);
+            Ok(n)
+        }
+    }
+    let inflated = std::rc::Rc::new(std::cell::Cell::new(0));
+    let reader = Counting(
+        flate2::read::GzDecoder::new(&z[..]),
+        std::rc::Rc::clone(&inflated),
+    );
+    let _ = data::read_idx_from(p, reader);
+    assert!(
+        inflated.get() < (1 << 20),
+        "inflated {} bytes of a 2 MB bomb",
+        inflated.get()
+    );
+}
+
+/// MNIST files named with a dot (`train-images.idx3-ubyte`, as some mirrors spell them) are
+/// found, gzip or not; a missing file's error lists each name it tried once.
+#[test]
+fn mnist_files_with_dotted_names_are_found() {
+    for gz in [false, true] {
+        let dir = tempfile::tempdir().unwrap();
+        write_mnist(dir.path(), &idx_images(20), gz);
+        for entry in std::fs::read_dir(dir.path()).unwrap() {
+            let path = entry.unwrap().path();
+            let name = path.file_name().unwrap().to_str().unwrap().to_string();
+            let dotted = name.replacen("-idx", ".idx", 1);
+            std::fs::rename(&path, dir.path().join(dotted)).unwrap();
+        }
+        let s = data::load_mnist(dir.path()).unwrap();
+        assert_eq!((s.train.len(), s.test.len()), (18, 5));
+    }
+    let empty = tempfile::tempdir().unwrap();
+    let err = data::load_mnist(empty.path()).unwrap_err().to_string();
+    let tried = [
+        "train-images-idx3-ubyte",
+        "train-images-idx3-ubyte.gz",
+        "train-images.idx3-ubyte",
+        "train-images.idx3-ubyte.gz",
+    ];
+    for name in tried {
+        assert_eq!(
+            err.matches(&format!("{name},")).count() + err.matches(&format!("{name})")).count(),
+            1,
+            "{name} in {err}"
+        );
+    }
+}
+
+/// Every size option that drives memory is checked against a limit before anything is
+/// allocated; the message names the limit and, for the image counts, the memory.
+#[test]
+fn oversized_train_options_are_refused_naming_the_limit() {
+    let base = TrainArgs {
+        quiet: true,
+        ..TrainArgs::default()
+    };
+    let cases: Vec<(&str, TrainArgs, &str)> = vec![
+        (
+            "--train-size",
+            TrainArgs {
+                train_size: Some(10_000_000),
+                ..base.clone()
+            },
+            "32.2 GB",
+        ),
+        (
+            "--test-size",
+            TrainArgs {
+                test_size: Some(2_000_000),
+                ..base.clone()
+            },
+            "1000000",
+        ),
+        (
+            "--samples",
+            TrainArgs {
+                samples: u32::MAX,
+                ..base.clone()
+            },
+            "65536",
+        ),
+        (
+            "--batch x --samples",
+            TrainArgs {
+                batch: 65_536,
+                samples: 65_536,
+                ..base.clone()
+            },
+            "16777216",
+        ),
+        (
+            "--eval-every",
+            TrainArgs {
+                steps: u32::MAX,
+                eval_every: 1,
+                ..base.clone()
+            },
+            "100000",
+        ),
+        (
+            "--variance-reps",
+            TrainArgs {
+                variance_reps: 0,
+                ..base.clone()
+            },
+            "--variance-reps",
+        ),
+        (
+            "--tau",
+            TrainArgs {
+                tau: 1e-300,
+                ..base.clone()
+            },
+            "0.001",
+        ),
+    ];
+    for (what, args, names) in cases {
+        match train::plan(&args) {
+            Err(e @ Error::InvalidArgument(_)) => {
+                let m = e.to_string();
+                assert!(m.contains(names), "{what}: {m}");
+                assert_eq!(e.exit_code(), 2);
+            }
+            other => panic!("{what}: expected InvalidArgument, got {other:?}"),
+        }
+    }
 }

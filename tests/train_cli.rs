@@ -129,3 +129,28 @@ fn bad_idx_files_exit_2_with_one_error_line_and_write_nothing() {
         eprintln!("{what}: {}", errors[0]);
     }
 }
+
+/// `--train-size 10000000` (32 GB of pixels and logits) used to abort the process (SIGABRT on the
+/// failed allocation): it is bad input, one error line naming the limit and the memory.
+#[test]
+fn an_oversized_train_size_is_bad_input_not_an_abort() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out_dir = tmp.path().join("out");
+    let out = mcgrad(&[
+        "train",
+        "--train-size",
+        "10000000",
+        "--out",
+        out_dir.to_str().unwrap(),
+        "--backend",
+        "cpu",
+        "--quiet",
+    ]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "stderr {stderr}");
+    assert!(
+        stderr.contains("1000000") && stderr.contains("GB"),
+        "{stderr}"
+    );
+    assert!(!out_dir.exists());
+}

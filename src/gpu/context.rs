@@ -79,6 +79,7 @@ fn is_hardware(info: &wgpu::AdapterInfo) -> bool {
 }
 
 fn instance() -> wgpu::Instance {
+    super::quiet_mesa();
     wgpu::Instance::new(wgpu::InstanceDescriptor::new_without_display_handle_from_env())
 }
 

@@ -14,6 +14,7 @@
 pub mod chunks;
 pub mod context;
 pub mod forward;
+mod mesa;
 pub mod moments;
 pub mod params;
 pub mod philox_kernel;
@@ -28,6 +29,7 @@ use std::time::Instant;
 pub use chunks::{ChunkLimits, ChunkPlan};
 pub use context::{adapter_list, AdapterSummary, GpuContext, GpuPreference};
 pub use forward::Forward;
+pub use mesa::quiet_mesa;
 
 use crate::draws::RelaxedTable;
 use crate::engine::{path_of, BackendInfo, Cell, Engine, Path, PointMoments, SweepSpec};

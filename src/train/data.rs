@@ -14,8 +14,10 @@
 //!
 //! IDX (LeCun's MNIST format): a big-endian header `00 00 08 n` (unsigned bytes, `n`
 //! dimensions), `n` big-endian u32 sizes, then exactly the product of the sizes in bytes.
-//! Files may be gzip-compressed (detected by the gzip magic `1f 8b`). Anything else is an
-//! [`Error::InvalidData`] naming the file and what is wrong.
+//! Files may be gzip-compressed (detected by the gzip magic `1f 8b`). They are read as a
+//! stream, header first, and never beyond what the header declares nor beyond
+//! [`MAX_IDX_ITEMS`] items. Anything else is an [`Error::InvalidData`] naming the file and
+//! what is wrong.
 
 use std::io::Read;
 use std::path::{Path, PathBuf};
@@ -38,6 +40,16 @@ const SPLIT_TEST: u32 = 2;
 pub(crate) const SPLIT_ORDER: u32 = 3;
 /// Images per split must stay below 2^28 so sub-streams never collide.
 pub const MAX_IMAGES: usize = 1 << 28;
+/// The most images of one split (`--train-size`, `--test-size`) and the most items an IDX
+/// file may declare: MNIST has 60 000, EMNIST ByClass about 700 000. A million images take
+/// 3.1 GB as the f32 pixels training keeps ([`BYTES_PER_IMAGE`] each).
+pub const MAX_SPLIT_IMAGES: usize = 1_000_000;
+/// The most items an IDX file may declare.
+pub const MAX_IDX_ITEMS: usize = MAX_SPLIT_IMAGES;
+/// The most data bytes an IDX file may declare: [`MAX_IDX_ITEMS`] images of 28 x 28.
+pub const MAX_IDX_BYTES: usize = MAX_IDX_ITEMS * D;
+/// Memory of one image as training holds it: D f32 pixels and K f64 logits.
+pub const BYTES_PER_IMAGE: usize = D * 4 + K * 8;
 
 /// A set of labelled images, row-major pixels in [0, 1] (stored as f32: 784 of them each).
 #[derive(Clone, Debug, PartialEq)]
@@ -279,99 +291,168 @@ fn invalid(path: &Path, message: impl Into<String>) -> Error {
     }
 }
 
-/// Parses the bytes of an IDX file of unsigned bytes (gzip-compressed or not).
+/// Parses the bytes of an IDX file of unsigned bytes (gzip-compressed or not), as
+/// [`read_idx_from`] does.
+///
+/// # Errors
+/// As [`read_idx_from`].
+pub fn parse_idx(path: &Path, bytes: &[u8]) -> Result<Idx> {
+    read_idx_from(path, bytes)
+}
+
+/// Reads as many bytes as `buf` holds, fewer only at the end of the stream.
+fn read_up_to(reader: &mut impl Read, buf: &mut [u8]) -> std::io::Result<usize> {
+    let mut filled = 0;
+    while filled < buf.len() {
+        match reader.read(&mut buf[filled..]) {
+            Ok(0) => break,
+            Ok(n) => filled += n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(filled)
+}
+
+/// Reads an IDX stream of unsigned bytes, gzip-compressed or not (detected by the gzip magic
+/// `1f 8b`). The header is read and checked first; then exactly the data bytes it declares
+/// are read (a stream that inflates to more is refused as soon as one byte too many comes),
+/// and never more than [`MAX_IDX_ITEMS`] items or [`MAX_IDX_BYTES`] bytes, so a crafted or
+/// corrupted file can neither make it allocate what the header claims nor inflate without
+/// bound.
 ///
 /// # Errors
 /// [`Error::InvalidData`] (naming `path`) for a corrupt gzip stream, a wrong magic number, an
-/// element type other than unsigned bytes, or a data size that disagrees with the header.
-pub fn parse_idx(path: &Path, bytes: &[u8]) -> Result<Idx> {
-    let inflated;
-    let bytes = if bytes.starts_with(&[0x1f, 0x8b]) {
-        let mut out = Vec::new();
-        flate2::read::MultiGzDecoder::new(bytes)
-            .read_to_end(&mut out)
-            .map_err(|e| {
-                invalid(
-                    path,
-                    format!("the gzip stream is corrupt or truncated ({e})"),
-                )
-            })?;
-        inflated = out;
-        &inflated[..]
-    } else {
-        bytes
+/// element type other than unsigned bytes, a header over the limits, or a data size that
+/// disagrees with the header; [`Error::Read`] if the (uncompressed) stream cannot be read.
+pub fn read_idx_from(path: &Path, reader: impl Read) -> Result<Idx> {
+    let mut reader = std::io::BufReader::new(reader);
+    let gz = {
+        let mut magic = [0u8; 2];
+        let head = std::io::BufRead::fill_buf(&mut reader).map_err(|source| Error::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        let n = head.len().min(2);
+        magic[..n].copy_from_slice(&head[..n]);
+        magic == [0x1f, 0x8b]
     };
-    if bytes.len() < 4 {
+    if gz {
+        read_idx_stream(path, flate2::read::MultiGzDecoder::new(reader), true)
+    } else {
+        read_idx_stream(path, reader, false)
+    }
+}
+
+fn read_idx_stream(path: &Path, mut reader: impl Read, gz: bool) -> Result<Idx> {
+    let failed = |e: std::io::Error| {
+        if gz {
+            invalid(
+                path,
+                format!("the gzip stream is corrupt or truncated ({e})"),
+            )
+        } else {
+            Error::Read {
+                path: path.to_owned(),
+                source: e,
+            }
+        }
+    };
+    let mut head = [0u8; 4];
+    let got = read_up_to(&mut reader, &mut head).map_err(failed)?;
+    if got < 4 {
         return Err(invalid(
             path,
-            format!("{} bytes: too short for an IDX header", bytes.len()),
+            format!("{got} bytes: too short for an IDX header"),
         ));
     }
-    if bytes[0] != 0 || bytes[1] != 0 {
+    if head[0] != 0 || head[1] != 0 {
         return Err(invalid(
             path,
             format!(
                 "bad magic number {:02x} {:02x} {:02x} {:02x} (an IDX file starts with 00 00)",
-                bytes[0], bytes[1], bytes[2], bytes[3]
+                head[0], head[1], head[2], head[3]
             ),
         ));
     }
-    if bytes[2] != 0x08 {
+    if head[2] != 0x08 {
         return Err(invalid(
             path,
             format!(
                 "element type 0x{:02x}: only unsigned bytes (0x08) are supported",
-                bytes[2]
+                head[2]
             ),
         ));
     }
-    let ndims = usize::from(bytes[3]);
+    let ndims = usize::from(head[3]);
     if ndims == 0 {
         return Err(invalid(path, "the header declares 0 dimensions"));
     }
-    let header = 4 + 4 * ndims;
-    if bytes.len() < header {
+    let mut sizes = vec![0u8; 4 * ndims];
+    if read_up_to(&mut reader, &mut sizes).map_err(failed)? < sizes.len() {
         return Err(invalid(
             path,
-            format!("truncated header: {ndims} dimensions need {header} bytes"),
+            format!(
+                "truncated header: {ndims} dimensions need {} bytes",
+                4 + 4 * ndims
+            ),
         ));
     }
-    let dims: Vec<usize> = bytes[4..header]
+    let dims: Vec<usize> = sizes
         .chunks(4)
         .map(|c| u32::from_be_bytes([c[0], c[1], c[2], c[3]]) as usize)
         .collect();
-    let expected = dims.iter().try_fold(1usize, |a, &b| a.checked_mul(b));
-    let have = bytes.len() - header;
-    match expected {
-        Some(n) if n == have => Ok(Idx {
-            dims,
-            data: bytes[header..].to_vec(),
-        }),
-        Some(n) if n > have => Err(invalid(
-            path,
-            format!("truncated: the header {dims:?} needs {n} data bytes, the file has {have}"),
-        )),
-        Some(n) => Err(invalid(
+    if dims[0] > MAX_IDX_ITEMS {
+        return Err(invalid(
             path,
             format!(
-                "{} trailing bytes after the {n} data bytes of the header {dims:?}",
-                have - n
+                "the header {dims:?} declares {} items, more than the {MAX_IDX_ITEMS} this reader accepts",
+                dims[0]
             ),
+        ));
+    }
+    let expected = match dims.iter().try_fold(1usize, |a, &b| a.checked_mul(b)) {
+        Some(n) if n <= MAX_IDX_BYTES => n,
+        Some(n) => {
+            return Err(invalid(
+                path,
+                format!(
+                    "the header {dims:?} declares {n} data bytes, more than the {MAX_IDX_BYTES} \
+                     ({MAX_IDX_ITEMS} images of 28 x 28) this reader accepts"
+                ),
+            ))
+        }
+        None => return Err(invalid(path, format!("the sizes {dims:?} overflow"))),
+    };
+    // Grows with what arrives: a header that lies about a short file allocates nothing more.
+    let mut data = Vec::with_capacity(expected.min(1 << 20));
+    reader
+        .take(expected as u64 + 1)
+        .read_to_end(&mut data)
+        .map_err(failed)?;
+    match data.len() {
+        n if n == expected => Ok(Idx { dims, data }),
+        n if n < expected => Err(invalid(
+            path,
+            format!("truncated: the header {dims:?} needs {expected} data bytes, the file has {n}"),
         )),
-        None => Err(invalid(path, format!("the sizes {dims:?} overflow"))),
+        _ => Err(invalid(
+            path,
+            format!("trailing bytes after the {expected} data bytes of the header {dims:?}"),
+        )),
     }
 }
 
-/// Reads an IDX file.
+/// Reads an IDX file, streaming (see [`read_idx_from`]).
 ///
 /// # Errors
-/// [`Error::Read`] if it cannot be read, else as [`parse_idx`].
+/// [`Error::Read`] if it cannot be opened or read, else as [`read_idx_from`].
 pub fn read_idx(path: &Path) -> Result<Idx> {
-    let bytes = std::fs::read(path).map_err(|source| Error::Read {
+    let file = std::fs::File::open(path).map_err(|source| Error::Read {
         path: path.to_owned(),
         source,
     })?;
-    parse_idx(path, &bytes)
+    read_idx_from(path, file)
 }
 
 /// Reads an MNIST image file: three dimensions, 28 x 28 images, pixels scaled to [0, 1].
@@ -416,26 +497,22 @@ pub fn read_mnist_labels(path: &Path) -> Result<Vec<u8>> {
     Ok(idx.data)
 }
 
-/// Finds `stem` in `dir` under its usual names: `train-images-idx3-ubyte`,
-/// `train-images.idx3-ubyte`, each with or without `.gz`.
+/// Finds `stem` in `dir` under its usual names: `train-images-idx3-ubyte` (LeCun's) and
+/// `train-images.idx3-ubyte` (as some mirrors spell it), each with or without `.gz`.
 fn find_mnist_file(dir: &Path, stem: &str) -> Result<PathBuf> {
-    let dotted = match stem.rfind('-') {
-        Some(i) if stem[..i].ends_with("images") || stem[..i].ends_with("labels") => {
-            format!("{}.{}", &stem[..i], &stem[i + 1..])
-        }
-        _ => stem.to_string(),
-    };
-    let mut tried = Vec::new();
+    let dotted = stem.replacen("-idx", ".idx", 1);
+    let mut tried: Vec<String> = Vec::new();
     for name in [stem.to_string(), dotted] {
         for candidate in [name.clone(), format!("{name}.gz")] {
             let path = dir.join(&candidate);
             if path.is_file() {
                 return Ok(path);
             }
-            tried.push(candidate);
+            if !tried.contains(&candidate) {
+                tried.push(candidate);
+            }
         }
     }
-    tried.dedup();
     Err(Error::Read {
         path: dir.to_owned(),
         source: std::io::Error::new(

@@ -95,7 +95,7 @@ pub struct TrainArgs {
     /// Loss of a draw: `squared` (against the one-hot class) or `linear` (cost 1 for a wrong class).
     #[arg(long, default_value = "squared")]
     pub loss: String,
-    /// Gumbel-softmax temperature.
+    /// Gumbel-softmax temperature, at least 1e-3 (`mcgrad::engine::MIN_TAU`).
     #[arg(long, default_value_t = 1.0)]
     pub tau: f64,
     /// Seed of the built-in data, the minibatch order and every draw.
@@ -720,14 +720,7 @@ pub fn plan(args: &TrainArgs) -> Result<Plan> {
     if grid.len() > 1 && tune_steps == 0 {
         return bad("--tune-steps must be at least 1 when tuning over a grid".into());
     }
-    for (name, v) in [
-        ("--train-size", args.train_size),
-        ("--test-size", args.test_size),
-    ] {
-        if v == Some(0) || v.is_some_and(|n| n >= data::MAX_IMAGES) {
-            return bad(format!("{name} must be between 1 and 2^28 - 1"));
-        }
-    }
+    check_sizes(args)?;
     let config = TrainConfig {
         loss,
         samples: args.samples,
@@ -750,6 +743,79 @@ pub fn plan(args: &TrainArgs) -> Result<Plan> {
         backend: args.backend,
         adapter: args.adapter.clone(),
     })
+}
+
+/// The most draws per input per step, `--samples`.
+pub const MAX_SAMPLES: u32 = 1 << 16;
+/// The most draws of one step, B x S (on the GPU they take 64 bytes each: 1 GiB).
+pub const MAX_STEP_DRAWS: u64 = 1 << 24;
+/// The most evaluation points of one learning curve, `--steps / --eval-every`.
+pub const MAX_EVAL_POINTS: u64 = 100_000;
+/// The most repetitions of the variance probe, `--variance-reps`.
+pub const MAX_VARIANCE_REPS: u32 = 1 << 16;
+
+/// Checks every size option that drives memory against its limit, before anything is
+/// allocated (the limits are the constants above and [`data::MAX_SPLIT_IMAGES`]).
+fn check_sizes(args: &TrainArgs) -> Result<()> {
+    let bad = |m: String| Err(Error::InvalidArgument(m));
+    let gb = |bytes: f64| format!("{:.1} GB", bytes / 1e9);
+    for (name, v) in [
+        ("--train-size", args.train_size),
+        ("--test-size", args.test_size),
+    ] {
+        match v {
+            Some(0) => return bad(format!("{name} must be at least 1")),
+            Some(n) if n > data::MAX_SPLIT_IMAGES => {
+                return bad(format!(
+                    "{name} {n}: at most {} images per split ({n} images would take {} of memory, {} bytes each)",
+                    data::MAX_SPLIT_IMAGES,
+                    gb(n as f64 * data::BYTES_PER_IMAGE as f64),
+                    data::BYTES_PER_IMAGE
+                ))
+            }
+            _ => {}
+        }
+    }
+    if args.samples > MAX_SAMPLES {
+        return bad(format!(
+            "--samples {}: at most {MAX_SAMPLES} draws per input per step",
+            args.samples
+        ));
+    }
+    let step_draws = args.batch as u64 * u64::from(args.samples);
+    if step_draws > MAX_STEP_DRAWS {
+        return bad(format!(
+            "--batch {} x --samples {} = {step_draws} draws per step: at most {MAX_STEP_DRAWS} \
+             (on the GPU they would take {} of memory, 64 bytes each)",
+            args.batch,
+            args.samples,
+            gb(step_draws as f64 * 64.0)
+        ));
+    }
+    let points = u64::from(args.steps) / u64::from(args.eval_every.max(1)) + 2;
+    if points > MAX_EVAL_POINTS {
+        return bad(format!(
+            "--steps {} / --eval-every {} = {points} evaluation points per curve: at most \
+             {MAX_EVAL_POINTS} (they would take {} of memory per estimator); raise --eval-every",
+            args.steps,
+            args.eval_every,
+            gb(points as f64 * std::mem::size_of::<CurvePoint>() as f64)
+        ));
+    }
+    if !(2..=MAX_VARIANCE_REPS).contains(&args.variance_reps) {
+        return bad(format!(
+            "--variance-reps {}: must be between 2 (to estimate a variance) and {MAX_VARIANCE_REPS}",
+            args.variance_reps
+        ));
+    }
+    if !(args.tau.is_finite() && args.tau >= crate::engine::MIN_TAU) {
+        return bad(format!(
+            "--tau {}: must be at least {} (see `mcgrad run --help`)",
+            args.tau,
+            crate::engine::MIN_TAU
+        ));
+    }
+    Ok(())
 }
 
 /// Loads the data a run asks for: MNIST from `--mnist` or the built-in digits.
@@ -777,21 +843,10 @@ pub fn load_data(args: &TrainArgs) -> Result<Splits> {
     }
 }
 
-/// Checks that `out` can be replaced: absent, an empty folder, or an earlier output.
+/// Checks that `out` can be replaced: absent, an empty folder, or an earlier output (see
+/// [`crate::outdir::check`]).
 fn check_out(out: &Path) -> Result<()> {
-    if !out.exists() {
-        return Ok(());
-    }
-    let empty = std::fs::read_dir(out)
-        .map(|mut d| d.next().is_none())
-        .unwrap_or(false);
-    if !out.is_dir() || !(empty || out.join("curves.json").is_file()) {
-        return Err(Error::InvalidArgument(format!(
-            "--out {}: exists and is not an earlier `mcgrad train` output; choose another folder or remove it",
-            out.display()
-        )));
-    }
-    Ok(())
+    crate::outdir::check(out).map(|_| ())
 }
 
 /// Everything a finished run produced.
@@ -907,9 +962,11 @@ pub fn run_train(args: &TrainArgs) -> Result<()> {
     let report = report?;
     write_outputs(&args.out, &report)?;
     // As `mcgrad run`: --quiet silences stderr (the progress bar), not the results table.
-    println!("{}", summary(&report));
-    println!("wrote {}", args.out.display());
-    Ok(())
+    crate::error::print_stdout(&format!(
+        "{}\nwrote {}\n",
+        summary(&report),
+        args.out.display()
+    ))
 }
 
 /// A table of the final numbers, one line per estimator.
@@ -969,46 +1026,24 @@ fn io_err(path: &Path) -> impl Fn(std::io::Error) -> Error + '_ {
     }
 }
 
-/// Writes the report into `out`, through a temporary sibling folder renamed at the end.
+/// Writes the report into `out`, through a staging folder renamed into place at the end
+/// (see [`crate::outdir`]).
 ///
 /// # Errors
-/// [`Error::Write`] or [`Error::Plot`].
+/// [`Error::InvalidArgument`] for an `out` that is not ours to replace; [`Error::Write`] if
+/// it cannot be created; [`Error::Output`] or [`Error::Plot`] while writing.
 pub fn write_outputs(out: &Path, report: &TrainReport) -> Result<()> {
-    let parent = match out.parent() {
-        Some(p) if !p.as_os_str().is_empty() => p.to_owned(),
-        _ => PathBuf::from("."),
-    };
-    std::fs::create_dir_all(&parent).map_err(io_err(&parent))?;
-    let name = out
-        .file_name()
-        .map_or("train".into(), |n| n.to_string_lossy().into_owned());
-    let tmp = parent.join(format!(".{name}.tmp-{}", std::process::id()));
-    if tmp.exists() {
-        std::fs::remove_dir_all(&tmp).map_err(io_err(&tmp))?;
-    }
-    std::fs::create_dir(&tmp).map_err(io_err(&tmp))?;
-    let written = write_files(&tmp, report).and_then(|()| {
-        let old = parent.join(format!(".{name}.old-{}", std::process::id()));
-        if out.exists() {
-            std::fs::rename(out, &old).map_err(io_err(out))?;
-        }
-        std::fs::rename(&tmp, out).map_err(io_err(out))?;
-        if old.exists() {
-            std::fs::remove_dir_all(&old).map_err(io_err(&old))?;
-        }
-        Ok(())
-    });
-    if written.is_err() {
-        let _ = std::fs::remove_dir_all(&tmp);
-    }
-    written
+    let dir = crate::outdir::OutDir::create(out)?;
+    dir.fill(|d| write_files(d, report))?;
+    dir.commit().map(|_| ())
 }
 
 fn write_files(dir: &Path, report: &TrainReport) -> Result<()> {
     let csv_path = dir.join("curves.csv");
     std::fs::write(&csv_path, curves_csv(report)).map_err(io_err(&csv_path))?;
     let json_path = dir.join("curves.json");
-    let json = serde_json::to_string_pretty(&curves_json(report)).expect("plain data serialises");
+    let json = serde_json::to_string_pretty(&curves_json(report))
+        .map_err(|e| Error::Internal(format!("cannot serialise curves.json: {e}")))?;
     std::fs::write(&json_path, json + "\n").map_err(io_err(&json_path))?;
     plot::write_plots(dir, report)
 }
