@@ -23,6 +23,7 @@
 //! }
 //! ```
 
+pub mod backend;
 pub mod check;
 pub mod draws;
 pub mod engine;
