@@ -106,7 +106,7 @@ pub fn train_estimator(
 /// `progress` is called with the number of steps done since its last call.
 ///
 /// # Errors
-/// [`Error::Gpu`] if the GPU fails (never on the CPU).
+/// [`crate::Error::Gpu`] if the GPU fails (never on the CPU).
 ///
 /// # Panics
 /// If `train` is empty or `cfg.batch` is 0 (validated by [`super::plan`]).

@@ -48,7 +48,7 @@ pub fn tune_lr(
 /// [`tune_lr`] with the forward passes on `engine` (the grid's runs share the device).
 ///
 /// # Errors
-/// [`Error::Gpu`] if the GPU fails.
+/// [`crate::Error::Gpu`] if the GPU fails.
 #[allow(clippy::too_many_arguments)]
 pub fn tune_lr_on(
     engine: &TrainEngine,
