@@ -6,11 +6,12 @@
 use std::time::Duration;
 
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
+use mcgrad::backend::Backend;
 use mcgrad::engine::SweepSpec;
 use mcgrad::estimators;
 use mcgrad::loss::Loss;
 use mcgrad::problem::Problem;
-use mcgrad::run::{execute, BackendChoice, RunConfig};
+use mcgrad::run::{execute, RunConfig};
 
 fn quick() -> bool {
     std::env::var_os("MCGRAD_BENCH_QUICK").is_some()
@@ -36,7 +37,7 @@ fn default_run(c: &mut Criterion) {
     let config = RunConfig {
         out: dir.path().join("run"),
         spec: spec.clone(),
-        backend: BackendChoice::Cpu,
+        backend: Backend::Cpu,
         adapter: None,
         threads: 0,
         quiet: true,

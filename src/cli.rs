@@ -7,13 +7,15 @@ use std::fmt::Write as _;
 use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand};
+use mcgrad::backend::Backend;
 use mcgrad::engine::SweepSpec;
 use mcgrad::error::print_stdout;
 use mcgrad::estimators;
 use mcgrad::loss::Loss;
 use mcgrad::problem::Problem;
 use mcgrad::problems;
-use mcgrad::run::{BackendChoice, RunConfig};
+use mcgrad::run::RunConfig;
+use mcgrad::train::TrainOptions;
 use mcgrad::{Error, Result};
 
 /// Benchmark Monte Carlo gradient estimators of a softmax-categorical layer.
@@ -39,13 +41,114 @@ pub enum Command {
     /// Sweep every estimator over draw counts S and write results and plots (the default).
     Run(RunArgs),
     /// Learn the stochastic layer with each estimator and plot the learning curves.
-    Train(mcgrad::train::TrainArgs),
+    Train(TrainArgs),
     /// Rerun a baseline's configuration and fail (exit 1) on a quality or speed regression.
     Check(CheckArgs),
     /// List the GPU adapters wgpu finds, and which one each backend choice would take.
     Info,
     /// List the named problems `--problem` takes, with what each is and its source.
     Problems,
+}
+
+/// The raw options of `mcgrad train`, as typed.
+#[derive(Debug, Args)]
+pub struct TrainArgs {
+    /// Estimators to train with, comma-separated, or `all` (those that can run with --samples).
+    #[arg(long, value_delimiter = ',', default_value = "all")]
+    pub estimators: Vec<String>,
+    /// Optimiser steps of each estimator's reported run.
+    #[arg(long, default_value_t = 3000)]
+    pub steps: u32,
+    /// Inputs per minibatch, B.
+    #[arg(long, default_value_t = 32)]
+    pub batch: usize,
+    /// Draws per input per step, S (each costs one loss evaluation).
+    #[arg(long, default_value_t = 2)]
+    pub samples: u32,
+    /// One learning rate for every estimator (skips tuning).
+    #[arg(long, conflicts_with = "lr_grid")]
+    pub lr: Option<f64>,
+    /// Learning rates to tune each estimator over, comma-separated
+    /// [default: 0.0003,0.001,0.003,0.01,0.03,0.1 for adam; 0.03,0.1,0.3,1,3,10 for sgd].
+    #[arg(long, value_delimiter = ',')]
+    pub lr_grid: Option<Vec<f64>>,
+    /// Steps of each tuning run [default: a third of --steps].
+    #[arg(long)]
+    pub tune_steps: Option<u32>,
+    /// Optimiser: sgd or adam.
+    #[arg(long, value_name = "sgd|adam", default_value = "adam")]
+    pub optimizer: String,
+    /// Loss of a draw: `squared` (against the one-hot class) or `linear` (cost 1 for a wrong class).
+    #[arg(long, default_value = "squared")]
+    pub loss: String,
+    /// Gumbel-softmax temperature, at least 1e-3 (`mcgrad::engine::MIN_TAU`).
+    #[arg(long, default_value_t = 1.0)]
+    pub tau: f64,
+    /// Seed of the built-in data, the minibatch order and every draw.
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    /// Output folder (replaced at the end if it holds an earlier `mcgrad train` output).
+    #[arg(long, default_value = "results/train-latest")]
+    pub out: PathBuf,
+    /// Where the batched forward pass (X W, B x 784 x 10) and the S draws per input of every
+    /// step run: auto (a hardware GPU if present, else the CPU), cpu, or gpu (any adapter,
+    /// software ones too). The estimators' arithmetic on the draws, the W gradient and the
+    /// optimiser always run on the CPU.
+    #[arg(long, value_name = "auto|cpu|gpu", default_value = "auto")]
+    pub backend: String,
+    /// GPU adapter to prefer, by name (case-insensitive substring; `mcgrad info` lists them).
+    #[arg(long)]
+    pub adapter: Option<String>,
+    /// Folder with MNIST's IDX files (gzip or not) instead of the built-in digits.
+    #[arg(long)]
+    pub mnist: Option<PathBuf>,
+    /// Training images [default: 10000 built-in; all of MNIST's less 5000 for validation].
+    #[arg(long)]
+    pub train_size: Option<usize>,
+    /// Validation and test images each [default: 2000 built-in; MNIST's 10000 test images].
+    #[arg(long)]
+    pub test_size: Option<usize>,
+    /// Evaluate (held-out loss, accuracy, gradient variance) every N steps.
+    #[arg(long, default_value_t = 50)]
+    pub eval_every: u32,
+    /// Monte Carlo repetitions of the gradient-variance probe for the relaxed estimators.
+    #[arg(long, default_value_t = 32)]
+    pub variance_reps: u32,
+    /// No progress bar on stderr (the results table still goes to stdout).
+    #[arg(long)]
+    pub quiet: bool,
+}
+
+impl TrainArgs {
+    /// The options as the library takes them; `--backend` and `--optimizer` are parsed here,
+    /// the rest is checked by [`mcgrad::train::plan`].
+    ///
+    /// # Errors
+    /// [`Error::Unknown`] for an unknown backend or optimiser.
+    pub fn into_options(self) -> Result<TrainOptions> {
+        Ok(TrainOptions {
+            backend: self.backend.parse()?,
+            optimizer: self.optimizer.parse()?,
+            estimators: self.estimators,
+            steps: self.steps,
+            batch: self.batch,
+            samples: self.samples,
+            lr: self.lr,
+            lr_grid: self.lr_grid,
+            tune_steps: self.tune_steps,
+            loss: self.loss,
+            tau: self.tau,
+            seed: self.seed,
+            out: self.out,
+            adapter: self.adapter,
+            mnist: self.mnist,
+            train_size: self.train_size,
+            test_size: self.test_size,
+            eval_every: self.eval_every,
+            variance_reps: self.variance_reps,
+            quiet: self.quiet,
+        })
+    }
 }
 
 /// The options of `mcgrad check`.
@@ -111,9 +214,10 @@ pub struct RunArgs {
     /// f32 Gumbel kernels would leave f32's range).
     #[arg(long, value_name = "T", default_value_t = 1.0)]
     pub tau: f64,
-    /// Engine.
-    #[arg(long, value_enum, default_value_t = BackendChoice::Auto)]
-    pub backend: BackendChoice,
+    /// Engine: auto (a hardware GPU if there is one and K <= 16, else the CPU engine), cpu,
+    /// or gpu (any adapter, software ones too).
+    #[arg(long, value_name = "auto|cpu|gpu", default_value = "auto")]
+    pub backend: String,
     /// GPU adapter whose name contains NAME (see `mcgrad info`); GPU engine only.
     #[arg(long, value_name = "NAME")]
     pub adapter: Option<String>,
@@ -163,9 +267,10 @@ impl RunArgs {
     /// Validates the options into a run configuration; reads the problem file.
     ///
     /// # Errors
-    /// [`Error::Unknown`] for an unknown loss or estimator; the problem file's read and format
-    /// errors; [`Error::InvalidArgument`] for S = 0, R < 2 or a non-positive tau.
+    /// [`Error::Unknown`] for an unknown backend, loss or estimator; the problem file's read
+    /// and format errors; [`Error::InvalidArgument`] for S = 0, R < 2 or a non-positive tau.
     pub fn into_config(self) -> Result<RunConfig> {
+        let backend: Backend = self.backend.parse()?;
         let (mut problem, default_losses) = load_problem(self.problem.as_deref(), self.seed)?;
         if let Some(p) = self.p {
             problem.exponent = p;
@@ -222,7 +327,7 @@ impl RunArgs {
         Ok(RunConfig {
             out: self.out,
             spec,
-            backend: self.backend,
+            backend,
             adapter: self.adapter,
             threads: self.threads,
             quiet: self.quiet,
@@ -275,7 +380,7 @@ fn list_problems() -> Result<()> {
 pub fn dispatch(cli: Cli) -> Result<()> {
     match cli.command.unwrap_or(Command::Run(cli.run)) {
         Command::Run(args) => run(args),
-        Command::Train(args) => mcgrad::train::run_train(&args),
+        Command::Train(args) => mcgrad::train::run_train(&args.into_options()?),
         Command::Check(args) => check(args),
         Command::Info => info(),
         Command::Problems => list_problems(),
@@ -402,4 +507,20 @@ fn run(args: RunArgs) -> Result<()> {
         config.out.display()
     );
     print_stdout(&text)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The command line's defaults are the library's: `mcgrad train` with no options is
+    /// `TrainOptions::default()`.
+    #[test]
+    fn train_defaults_are_the_library_defaults() {
+        let cli = Cli::try_parse_from(["mcgrad", "train"]).unwrap();
+        let Some(Command::Train(args)) = cli.command else {
+            panic!("not the train subcommand");
+        };
+        assert_eq!(args.into_options().unwrap(), TrainOptions::default());
+    }
 }

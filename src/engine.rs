@@ -18,9 +18,9 @@ use crate::draws::{
 };
 use crate::error::{Error, Result};
 use crate::estimators::{
-    estimate_from_joint_counts, fill_joint_counts, uses_counts, uses_joint_counts,
-    uses_relaxed_sums, Context, Estimator, Family, JointCounts, JointDraws, Lowering,
-    MovingAverage, Noise, RelaxedBatch, RelaxedMoments, Settings, RELAXED_BATCH,
+    estimate_one, fill_joint_counts, relaxed_moments, uses_counts, uses_joint_counts,
+    uses_relaxed_sums, Context, DrawSource, Estimator, Family, JointCounts, JointDraws, Lowering,
+    MovingAverage, Noise, RelaxedMoments, Settings,
 };
 use crate::faults;
 use crate::loss::Loss;
@@ -572,9 +572,10 @@ pub(crate) fn cpu_point_cells(
                     Path::Counts => {
                         let c = &counts[r * k..(r + 1) * k];
                         let b = cell.baseline.value();
-                        cell.estimator
-                            .estimate_from_counts(ctx, c, s, b, &mut estimate);
-                        if let Some(signal) = cell.estimator.baseline_signal(ctx, c, s) {
+                        let draws = DrawSource::Counts { counts: c, s };
+                        if let Some(signal) =
+                            estimate_one(cell.estimator, ctx, draws, b, &mut estimate)
+                        {
                             cell.baseline.push(signal);
                         }
                     }
@@ -590,9 +591,13 @@ pub(crate) fn cpu_point_cells(
                         let off = (r * nj + ji) * joint_len;
                         let view = JointCounts::view(ctx, su, &joint_sums[off..off + joint_len]);
                         let b = cell.baseline.value();
-                        if let Some(signal) =
-                            estimate_from_joint_counts(cell.estimator, ctx, &view, b, &mut estimate)
-                        {
+                        if let Some(signal) = estimate_one(
+                            cell.estimator,
+                            ctx,
+                            DrawSource::JointCounts(&view),
+                            b,
+                            &mut estimate,
+                        ) {
                             cell.baseline.push(signal);
                         }
                     }
@@ -621,7 +626,9 @@ pub(crate) fn cpu_point_cells(
                             },
                         };
                         let b = cell.baseline.value();
-                        if let Some(signal) = cell.estimator.estimate(ctx, &draws, b, &mut estimate)
+                        let draws = DrawSource::Joint(&draws);
+                        if let Some(signal) =
+                            estimate_one(cell.estimator, ctx, draws, b, &mut estimate)
                         {
                             cell.baseline.push(signal);
                         }
@@ -675,37 +682,12 @@ fn relaxed_repetition(
     acc: &mut [f64],
 ) {
     let k = table.shifted_logits().len();
-    let mut y = vec![0f32; k * RELAXED_BATCH];
-    let mut z = [0u32; RELAXED_BATCH];
-    let mut y_z = [0f32; RELAXED_BATCH];
     let mut moments = RelaxedMoments::new(k);
-    let mut first = 0u32;
-    while first < s {
-        let n = (s - first).min(RELAXED_BATCH as u32) as usize;
-        table.draw_batch(
-            key,
-            rep,
-            point,
-            first,
-            n,
-            &mut y[..k * n],
-            &mut z[..n],
-            &mut y_z[..n],
-        );
-        moments.add_batch(&RelaxedBatch {
-            n,
-            y: &y[..k * n],
-            z: &z[..n],
-            y_z: &y_z[..n],
-        });
-        first += n as u32;
-    }
-    acc.iter_mut().for_each(|a| *a = 0.0);
+    relaxed_moments(table, key, rep, point, s, &mut moments);
     for (i, &(li, est)) in cells.iter().enumerate() {
-        est.add_relaxed_sum(&contexts[li], &moments, &mut acc[i * k..(i + 1) * k]);
+        let draws = DrawSource::RelaxedSums(&moments);
+        estimate_one(est, &contexts[li], draws, 0.0, &mut acc[i * k..(i + 1) * k]);
     }
-    let inv = 1.0 / f64::from(s);
-    acc.iter_mut().for_each(|a| *a *= inv);
 }
 
 /// Runs every point of a sweep on `engine`.

@@ -24,6 +24,7 @@
 //! }
 //! ```
 
+pub mod backend;
 pub mod check;
 pub mod draws;
 pub mod engine;

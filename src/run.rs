@@ -14,24 +14,13 @@ use std::time::Instant;
 
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 
+use crate::backend::{select, Backend, Device};
 use crate::engine::{run_sweep, CpuEngine, Engine, SweepSpec};
 use crate::error::{Error, Result};
 use crate::outdir::OutDir;
 use crate::plot;
 use crate::record::records;
 use crate::summary::{Summary, Timing};
-
-/// Which engine runs the sweep.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
-pub enum BackendChoice {
-    /// A hardware GPU if there is one (and K <= 16), else the CPU engine.
-    #[default]
-    Auto,
-    /// The CPU engine (rayon).
-    Cpu,
-    /// The GPU engine (wgpu) on any adapter, software ones too.
-    Gpu,
-}
 
 /// A validated run: every field has been checked, nothing has been written yet.
 #[derive(Clone, Debug)]
@@ -41,7 +30,7 @@ pub struct RunConfig {
     /// What to sweep.
     pub spec: SweepSpec,
     /// Which engine.
-    pub backend: BackendChoice,
+    pub backend: Backend,
     /// A GPU adapter name to prefer (GPU engine only).
     pub adapter: Option<String>,
     /// CPU worker threads (0: one per core).
@@ -59,45 +48,31 @@ pub struct RunOutcome {
     pub files: Vec<PathBuf>,
 }
 
-/// The engine for a backend choice: `cpu` the CPU engine; `gpu` any adapter (software ones
-/// too) or the one `--adapter` names; `auto` a hardware GPU if there is one (or the named
-/// adapter) and the problem fits the GPU engine (K <= 16), else the CPU engine, since a
-/// software GPU is slower than the CPU engine.
+/// The engine for a backend choice, as [`crate::backend::select`] rules: `cpu` the CPU
+/// engine; `gpu` any adapter (software ones too) or the one `--adapter` names; `auto` a
+/// hardware GPU if there is one (or the named adapter) and the problem fits the GPU engine
+/// (K <= 16), else the CPU engine, since a software GPU is slower than the CPU engine.
 ///
 /// # Errors
-/// [`Error::GpuUnavailable`] for `gpu` when no adapter fits; [`Error::Gpu`] if the GPU's
-/// kernels do not build; [`Error::InvalidArgument`] if the CPU thread pool cannot be built.
+/// [`Error::GpuUnavailable`] for `gpu` when no adapter fits; [`Error::InvalidArgument`] for
+/// `gpu` past the GPU engine's K, or if the CPU thread pool cannot be built; [`Error::Gpu`]
+/// if the GPU's kernels do not build.
 pub fn make_engine(
-    backend: BackendChoice,
+    backend: Backend,
     adapter: Option<&str>,
     threads: usize,
     k: usize,
 ) -> Result<Box<dyn Engine>> {
-    use crate::gpu::{params::MAX_K as MAX_GPU_K, GpuEngine, GpuPreference};
-    let named = adapter.map(|a| GpuPreference::Named(a.to_string()));
-    match backend {
-        BackendChoice::Cpu => Ok(Box::new(CpuEngine::new(threads)?)),
-        BackendChoice::Gpu => {
-            if k > MAX_GPU_K {
-                return Err(Error::InvalidArgument(format!(
-                    "the GPU engine handles K <= {MAX_GPU_K} categories (this problem has {k}); use --backend cpu"
-                )));
-            }
-            Ok(Box::new(GpuEngine::new(
-                &named.unwrap_or(GpuPreference::Any),
-            )?))
-        }
-        BackendChoice::Auto => {
-            if k <= MAX_GPU_K {
-                match GpuEngine::new(&named.unwrap_or(GpuPreference::HardwareOnly)) {
-                    Ok(engine) => return Ok(Box::new(engine)),
-                    Err(Error::GpuUnavailable(_)) => {}
-                    Err(other) => return Err(other),
-                }
-            }
-            Ok(Box::new(CpuEngine::new(threads)?))
-        }
-    }
+    use crate::gpu::{params::MAX_K as MAX_GPU_K, GpuEngine};
+    let unfit = (k > MAX_GPU_K).then(|| {
+        format!(
+            "the GPU engine handles K <= {MAX_GPU_K} categories (this problem has {k}); use --backend cpu"
+        )
+    });
+    Ok(match select(backend, adapter, unfit, GpuEngine::new)? {
+        Device::Cpu => Box::new(CpuEngine::new(threads)?),
+        Device::Gpu(engine) => Box::new(engine),
+    })
 }
 
 /// Notes about estimators skipped at some draw counts (RLOO needs S >= 2).

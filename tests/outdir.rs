@@ -267,7 +267,7 @@ fn a_full_disk_is_a_failure_that_names_the_users_path() {
     let config = mcgrad::run::RunConfig {
         out: out_dir.clone(),
         spec,
-        backend: mcgrad::run::BackendChoice::Cpu,
+        backend: mcgrad::backend::Backend::Cpu,
         adapter: None,
         threads: 1,
         quiet: true,

@@ -372,7 +372,14 @@ fn run_help_lists_every_estimator_and_loss() {
     let text = String::from_utf8_lossy(&out.stdout);
     let listed = |line_start: &str| -> Vec<String> {
         let i = text.find(line_start).expect("option in the help");
-        let line = text[i..].lines().nth(1).unwrap_or_default();
+        // clap puts the help beside the option or, when it is long, on the next line.
+        let mut lines = text[i..].lines();
+        let first = lines.next().unwrap_or_default();
+        let line = if first.contains(": ") {
+            first
+        } else {
+            lines.next().unwrap_or_default()
+        };
         let list = line.split_once(": ").map_or("", |(_, l)| l);
         list.split(" (")
             .next()

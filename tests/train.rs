@@ -5,11 +5,12 @@
 use std::io::Write;
 use std::path::Path;
 
+use mcgrad::backend::Backend;
 use mcgrad::estimators::by_id;
 use mcgrad::loss::Loss;
 use mcgrad::train::data::{self, Dataset, D, K};
 use mcgrad::train::model::{self, DrawKey, GradientSpec};
-use mcgrad::train::{self, Optimizer, OptimizerKind, Record, TrainArgs, TrainConfig};
+use mcgrad::train::{self, Optimizer, OptimizerKind, Record, TrainConfig, TrainOptions};
 use mcgrad::Error;
 
 const SPEC: GradientSpec = GradientSpec {
@@ -343,11 +344,11 @@ fn run_train_rejects_bad_data_and_options_before_writing() {
     let img = idx_images(20);
     write_mnist(&mnist, &img[..img.len() / 2], true);
     let out = dir.path().join("out");
-    let args = TrainArgs {
+    let args = TrainOptions {
         mnist: Some(mnist),
         out: out.clone(),
         quiet: true,
-        ..TrainArgs::default()
+        ..TrainOptions::default()
     };
     assert_invalid_data(
         train::run_train(&args),
@@ -357,40 +358,40 @@ fn run_train_rejects_bad_data_and_options_before_writing() {
 
     // A GPU adapter that does not exist (GpuUnavailable, found before the data is read),
     // and --adapter without a GPU backend.
-    let gpu = TrainArgs {
-        backend: train::TrainBackend::Gpu,
+    let gpu = TrainOptions {
+        backend: Backend::Gpu,
         adapter: Some("no-such-adapter-anywhere".into()),
         out: out.clone(),
-        ..TrainArgs::default()
+        ..TrainOptions::default()
     };
     assert!(matches!(
         train::run_train(&gpu),
         Err(Error::GpuUnavailable(_))
     ));
-    let adapter_on_cpu = TrainArgs {
-        backend: train::TrainBackend::Cpu,
+    let adapter_on_cpu = TrainOptions {
+        backend: Backend::Cpu,
         adapter: Some("lavapipe".into()),
         out: out.clone(),
-        ..TrainArgs::default()
+        ..TrainOptions::default()
     };
     assert!(matches!(
         train::run_train(&adapter_on_cpu),
         Err(Error::InvalidArgument(_))
     ));
-    let rloo_s1 = TrainArgs {
+    let rloo_s1 = TrainOptions {
         estimators: vec!["rloo".into()],
         samples: 1,
         out: out.clone(),
-        ..TrainArgs::default()
+        ..TrainOptions::default()
     };
     assert!(matches!(
         train::run_train(&rloo_s1),
         Err(Error::InvalidArgument(_))
     ));
-    let seed_loss = TrainArgs {
+    let seed_loss = TrainOptions {
         loss: "seed".into(),
         out: out.clone(),
-        ..TrainArgs::default()
+        ..TrainOptions::default()
     };
     assert!(matches!(
         train::run_train(&seed_loss),
@@ -398,16 +399,16 @@ fn run_train_rejects_bad_data_and_options_before_writing() {
     ));
     assert!(!out.exists());
     // `all` with S = 1 leaves rloo out rather than failing.
-    let plan = train::plan(&TrainArgs {
+    let plan = train::plan(&TrainOptions {
         samples: 1,
-        ..TrainArgs::default()
+        ..TrainOptions::default()
     })
     .unwrap();
     assert!(plan.estimators.iter().all(|e| e.id() != "rloo") && plan.estimators.len() == 7);
 }
 
-fn tiny_args(out: &Path, seed: u64) -> TrainArgs {
-    TrainArgs {
+fn tiny_args(out: &Path, seed: u64) -> TrainOptions {
+    TrainOptions {
         estimators: vec![
             "exact".into(),
             "reinforce".into(),
@@ -425,11 +426,13 @@ fn tiny_args(out: &Path, seed: u64) -> TrainArgs {
         eval_every: 20,
         variance_reps: 4,
         quiet: true,
-        ..TrainArgs::default()
+        ..TrainOptions::default()
     }
 }
 
-fn curves_without_times(args: &TrainArgs) -> Vec<(String, f64, Vec<train::CurvePoint>, Vec<f64>)> {
+fn curves_without_times(
+    args: &TrainOptions,
+) -> Vec<(String, f64, Vec<train::CurvePoint>, Vec<f64>)> {
     let plan = train::plan(args).unwrap();
     let splits = train::load_data(args).unwrap();
     let report = train::run_plan(&plan, &splits, &|_| {});
@@ -603,14 +606,14 @@ fn mnist_files_with_dotted_names_are_found() {
 /// allocated; the message names the limit and, for the image counts, the memory.
 #[test]
 fn oversized_train_options_are_refused_naming_the_limit() {
-    let base = TrainArgs {
+    let base = TrainOptions {
         quiet: true,
-        ..TrainArgs::default()
+        ..TrainOptions::default()
     };
-    let cases: Vec<(&str, TrainArgs, &str)> = vec![
+    let cases: Vec<(&str, TrainOptions, &str)> = vec![
         (
             "--train-size",
-            TrainArgs {
+            TrainOptions {
                 train_size: Some(10_000_000),
                 ..base.clone()
             },
@@ -618,7 +621,7 @@ fn oversized_train_options_are_refused_naming_the_limit() {
         ),
         (
             "--test-size",
-            TrainArgs {
+            TrainOptions {
                 test_size: Some(2_000_000),
                 ..base.clone()
             },
@@ -626,7 +629,7 @@ fn oversized_train_options_are_refused_naming_the_limit() {
         ),
         (
             "--samples",
-            TrainArgs {
+            TrainOptions {
                 samples: u32::MAX,
                 ..base.clone()
             },
@@ -634,7 +637,7 @@ fn oversized_train_options_are_refused_naming_the_limit() {
         ),
         (
             "--batch x --samples",
-            TrainArgs {
+            TrainOptions {
                 batch: 65_536,
                 samples: 65_536,
                 ..base.clone()
@@ -643,7 +646,7 @@ fn oversized_train_options_are_refused_naming_the_limit() {
         ),
         (
             "--eval-every",
-            TrainArgs {
+            TrainOptions {
                 steps: u32::MAX,
                 eval_every: 1,
                 ..base.clone()
@@ -652,7 +655,7 @@ fn oversized_train_options_are_refused_naming_the_limit() {
         ),
         (
             "--variance-reps",
-            TrainArgs {
+            TrainOptions {
                 variance_reps: 0,
                 ..base.clone()
             },
@@ -660,7 +663,7 @@ fn oversized_train_options_are_refused_naming_the_limit() {
         ),
         (
             "--tau",
-            TrainArgs {
+            TrainOptions {
                 tau: 1e-300,
                 ..base.clone()
             },
@@ -676,5 +679,77 @@ fn oversized_train_options_are_refused_naming_the_limit() {
             }
             other => panic!("{what}: expected InvalidArgument, got {other:?}"),
         }
+    }
+}
+
+/// Training's per-input estimate is the sweep engine's, bit for bit: for every estimator,
+/// both training losses and two temperatures, input `b` at step `t` reads the draws of the
+/// engine's repetition `b` at sweep point `t`, and the R estimates (with the moving-average
+/// baselines carried from repetition to repetition, as both do) reduce to identical moments.
+/// S = 70 crosses a batch of the relaxed sums (64 draws); S = 3 leaves a partial Philox block.
+#[test]
+fn per_input_estimate_is_the_sweep_engines() {
+    use mcgrad::engine::{run_sweep, CpuEngine, SweepSpec};
+    use mcgrad::estimators::{Context, MovingAverage, REGISTRY};
+    use mcgrad::problem::Problem;
+    use mcgrad::stats::EstimateMoments;
+
+    let a: Vec<f64> = (0..K).map(|j| 1.3 * (j as f64 * 0.9).sin()).collect();
+    let (seed, reps) = (17, 40);
+    let engine = CpuEngine::new(2).unwrap();
+    let mut compared = Vec::new();
+    for (loss, class, tau) in [(Loss::Squared, 3u8, 1.0), (Loss::Linear, 7, 0.5)] {
+        let ctx = Context::from_logits(&a, &model::target(loss, class), loss, tau);
+        let mut problem = Problem::free_logits(1, K, a.clone());
+        problem.t = model::target(loss, class);
+        let spec = SweepSpec {
+            problem,
+            losses: vec![loss],
+            estimators: REGISTRY.to_vec(),
+            samples: vec![3, 70],
+            reps,
+            seed,
+            tau,
+            settings: Default::default(),
+        };
+        let points = run_sweep(&spec, &engine, &|_| {}).unwrap();
+        for (step, point) in points.iter().enumerate() {
+            for cell in &point.cells {
+                let est = cell.estimator;
+                let key = DrawKey {
+                    key: mcgrad::philox::key_of(seed),
+                    step: step as u32,
+                    rep_offset: 0,
+                };
+                let (mut moments, mut baseline) =
+                    (EstimateMoments::new(K), MovingAverage::default());
+                let mut g = [0.0; K];
+                for b in 0..reps {
+                    let signal =
+                        model::estimate(est, &ctx, point.samples, baseline.value(), key, b, &mut g);
+                    if let Some(s) = signal {
+                        baseline.push(s);
+                    }
+                    moments.push(&g, &ctx.grad);
+                }
+                assert_eq!(
+                    moments,
+                    cell.moments,
+                    "{} under {loss} at S = {}: training's estimates are not the engine's",
+                    est.id(),
+                    point.samples
+                );
+                compared.push(est.id());
+            }
+        }
+    }
+    // Every estimator was compared (under both losses, at both S).
+    for e in REGISTRY {
+        assert_eq!(
+            compared.iter().filter(|id| **id == e.id()).count(),
+            4,
+            "{}",
+            e.id()
+        );
     }
 }

@@ -154,3 +154,35 @@ fn an_oversized_train_size_is_bad_input_not_an_abort() {
     );
     assert!(!out_dir.exists());
 }
+
+/// `--backend` is parsed once, by the library's `Backend`, for `mcgrad run` and `mcgrad train`:
+/// an unknown name gives the same single `error:` line (listing the known names) and exit
+/// code 2 from both, and nothing is written.
+#[test]
+fn unknown_backend_is_the_same_error_for_run_and_train() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("out");
+    let out = out.to_str().unwrap();
+    let runs = [
+        mcgrad(&["--backend", "bogus", "--out", out, "--quiet"]),
+        mcgrad(&["run", "--backend", "bogus", "--out", out, "--quiet"]),
+        mcgrad(&["train", "--backend", "bogus", "--out", out, "--quiet"]),
+    ];
+    let mut errors = Vec::new();
+    for o in &runs {
+        let stderr = String::from_utf8_lossy(&o.stderr).into_owned();
+        assert_eq!(o.status.code(), Some(2), "stderr {stderr}");
+        assert_eq!(stderr.trim_end().lines().count(), 1, "one line: {stderr:?}");
+        assert!(o.stdout.is_empty());
+        errors.push(stderr);
+    }
+    assert_eq!(
+        errors[0].trim_end(),
+        "error: unknown backend `bogus` (known: auto, cpu, gpu)"
+    );
+    assert!(errors.iter().all(|e| *e == errors[0]), "{errors:?}");
+    assert!(!Path::new(out).exists(), "nothing written");
+    // The known names are taken by both (cpu: the adapter check is train's own).
+    let o = mcgrad(&["train", "--backend", "cpu", "--adapter", "x", "--out", out]);
+    assert_eq!(o.status.code(), Some(2));
+}

@@ -9,17 +9,16 @@
 
 use std::io::Write;
 
+use mcgrad::backend::Backend;
 use mcgrad::estimators::by_id;
 use mcgrad::train::data::{self, D, K};
 use mcgrad::train::model;
-use mcgrad::train::{
-    self, OptimizerKind, Record, TrainArgs, TrainBackend, TrainConfig, TrainEngine,
-};
+use mcgrad::train::{self, OptimizerKind, Record, TrainConfig, TrainEngine, TrainOptions};
 use mcgrad::Error;
 
 /// The training engine on any GPU adapter, or `None` (after saying so) where there is none.
 fn gpu() -> Option<TrainEngine> {
-    match TrainEngine::new(TrainBackend::Gpu, None) {
+    match TrainEngine::new(Backend::Gpu, None) {
         Ok(engine) => {
             let info = engine.backend_info();
             let _ = writeln!(
@@ -148,8 +147,8 @@ fn gpu_forward_in_training_agrees_with_the_cpu() {
     }
 }
 
-fn short_args(backend: TrainBackend) -> TrainArgs {
-    TrainArgs {
+fn short_args(backend: Backend) -> TrainOptions {
+    TrainOptions {
         estimators: vec![
             "exact".into(),
             "reinforce".into(),
@@ -166,7 +165,7 @@ fn short_args(backend: TrainBackend) -> TrainArgs {
         variance_reps: 4,
         quiet: true,
         backend,
-        ..TrainArgs::default()
+        ..TrainOptions::default()
     }
 }
 
@@ -187,9 +186,9 @@ fn short_args(backend: TrainBackend) -> TrainArgs {
 fn short_gpu_training_run_is_close_to_the_cpu_run() {
     let Some(engine) = gpu() else { return };
     let dir = tempfile::tempdir().unwrap();
-    let args = TrainArgs {
+    let args = TrainOptions {
         out: dir.path().join("gpu"),
-        ..short_args(TrainBackend::Gpu)
+        ..short_args(Backend::Gpu)
     };
     let plan = train::plan(&args).unwrap();
     let splits = train::load_data(&args).unwrap();
@@ -257,7 +256,7 @@ fn run_train_on_the_gpu_writes_its_files() {
     let Some(_) = gpu() else { return };
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("run");
-    let args = TrainArgs {
+    let args = TrainOptions {
         out: out.clone(),
         steps: 40,
         eval_every: 20,
@@ -265,7 +264,7 @@ fn run_train_on_the_gpu_writes_its_files() {
         lr: None,
         lr_grid: Some(vec![0.003, 0.03]),
         tune_steps: Some(10),
-        ..short_args(TrainBackend::Gpu)
+        ..short_args(Backend::Gpu)
     };
     train::run_train(&args).unwrap();
     let json: serde_json::Value =
@@ -285,18 +284,18 @@ fn run_train_on_the_gpu_writes_its_files() {
 /// adapter exists (a software one, like lavapipe, is slower than the CPU here).
 #[test]
 fn backend_choice_follows_mcgrad_run() {
-    assert!(!TrainEngine::new(TrainBackend::Cpu, None).unwrap().is_gpu());
+    assert!(!TrainEngine::new(Backend::Cpu, None).unwrap().is_gpu());
     assert!(matches!(
-        TrainEngine::new(TrainBackend::Gpu, Some("no-such-adapter-anywhere")),
+        TrainEngine::new(Backend::Gpu, Some("no-such-adapter-anywhere")),
         Err(Error::GpuUnavailable(_))
     ));
     assert!(
-        !TrainEngine::new(TrainBackend::Auto, Some("no-such-adapter-anywhere"))
+        !TrainEngine::new(Backend::Auto, Some("no-such-adapter-anywhere"))
             .unwrap()
             .is_gpu()
     );
     let hardware = mcgrad::gpu::adapter_list().iter().any(|a| a.hardware);
-    let auto = TrainEngine::new(TrainBackend::Auto, None).unwrap();
+    let auto = TrainEngine::new(Backend::Auto, None).unwrap();
     assert_eq!(
         auto.is_gpu(),
         hardware,

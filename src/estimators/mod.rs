@@ -18,7 +18,11 @@
 //!   loss only the sums of [`RelaxedMoments`] ([`Estimator::add_relaxed_sum`]). The CPU and
 //!   GPU engines take their fast kernels from this data, never from ids; a test shows each
 //!   lowered path equals the generic path on the same draws.
+//!
+//! [`estimate_one`] (in `apply.rs`) is the one place an estimator is applied to a
+//! repetition's draws, in whichever form its path reads them; the engine and training share it.
 
+mod apply;
 mod exact;
 mod gumbel_softmax;
 mod muprop;
@@ -28,6 +32,7 @@ mod reinforce_ema;
 mod rloo;
 mod st_gumbel;
 
+pub use apply::{estimate_at, estimate_one, reads_draws, relaxed_moments, DrawSource};
 pub use exact::Exact;
 pub use gumbel_softmax::GumbelSoftmax;
 pub use muprop::Muprop;

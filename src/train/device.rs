@@ -11,6 +11,7 @@
 //! reused at every step: the minibatch pass rewrites its `x` and `W` buffers in place, the
 //! probe and held-out passes upload their images once and rewrite only `W`.
 
+use crate::backend::{select, Backend, Device};
 use crate::engine::BackendInfo;
 use crate::error::{Error, Result};
 use crate::gpu::forward::{Forward, ForwardBatch};
@@ -21,7 +22,6 @@ use crate::gpu::{GpuContext, GpuPreference};
 
 use super::data::{D, K};
 use super::model;
-use super::TrainBackend;
 
 /// The GPU side of a [`TrainEngine`]: one device and the forward kernel.
 ///
@@ -96,28 +96,20 @@ impl std::fmt::Debug for TrainEngine {
 }
 
 impl TrainEngine {
-    /// The engine for a backend choice, as `mcgrad run` chooses (`run::make_engine`):
-    /// `cpu` the CPU; `gpu` any adapter (software ones too) or the one `adapter` names;
-    /// `auto` a hardware GPU (or the named adapter) if there is one, else the CPU, since a
-    /// software GPU is slower than the CPU here.
+    /// The engine for a backend choice, by the rule `mcgrad run` follows too
+    /// ([`crate::backend::select`]): `cpu` the CPU; `gpu` any adapter (software ones too) or
+    /// the one `adapter` names; `auto` a hardware GPU (or the named adapter) if there is one,
+    /// else the CPU, since a software GPU is slower than the CPU here.
     ///
     /// # Errors
     /// [`Error::GpuUnavailable`] for `gpu` when no adapter fits; [`Error::Gpu`] if the
     /// forward kernel does not build.
-    pub fn new(backend: TrainBackend, adapter: Option<&str>) -> Result<Self> {
-        let named = adapter.map(|a| GpuPreference::Named(a.to_string()));
-        let gpu = |pref: &GpuPreference| -> Result<Self> {
-            let ctx = GpuContext::new(pref)?;
-            Ok(TrainEngine::Gpu(Box::new(GpuForward::new(ctx)?)))
-        };
-        match backend {
-            TrainBackend::Cpu => Ok(TrainEngine::Cpu),
-            TrainBackend::Gpu => gpu(&named.unwrap_or(GpuPreference::Any)),
-            TrainBackend::Auto => match gpu(&named.unwrap_or(GpuPreference::HardwareOnly)) {
-                Err(Error::GpuUnavailable(_)) => Ok(TrainEngine::Cpu),
-                other => other,
-            },
-        }
+    pub fn new(backend: Backend, adapter: Option<&str>) -> Result<Self> {
+        let open = |pref: &GpuPreference| GpuForward::new(GpuContext::new(pref)?);
+        Ok(match select(backend, adapter, None, open)? {
+            Device::Cpu => TrainEngine::Cpu,
+            Device::Gpu(gpu) => TrainEngine::Gpu(Box::new(gpu)),
+        })
     }
 
     /// Whether the forward passes run on a GPU.

@@ -1,5 +1,8 @@
 //! The stochastic layer being trained: `z ~ Cat(softmax(x W))` for a batch of inputs, its
-//! exact objective, and the per-input estimator gradients, all on the CPU.
+//! exact objective, and the per-input estimator gradients, all on the CPU. The per-input
+//! estimate is the estimators' own code through [`crate::estimators::estimate_at`] /
+//! [`crate::estimators::estimate_one`], as the sweep engine applies them; the variance probe
+//! takes the estimator's own [`Estimator::exact_moments`] where it has them.
 //!
 //! Shapes: a batch `X` is `B x D` (row-major, f32 pixels), `W` is `D x K` (row-major f64,
 //! `w[i * K + j]`, as [`crate::problem::Problem`]), logits `A = X W` are `B x K`.
@@ -12,9 +15,10 @@
 //! a minibatch averages it. Gradient in W of one input: `x^T g` with `g` the logit gradient
 //! (or an estimate of it); a minibatch averages the outer products.
 
-use crate::draws::{count_categories, CategoricalTable, RelaxedTable};
+use crate::engine::{path_of, Path};
 use crate::estimators::{
-    Context, Estimator, Family, RelaxedBatch, RelaxedDraw, RelaxedMoments, RELAXED_BATCH,
+    estimate_at, estimate_one, Context, DrawSource, Estimator, Family, RelaxedBatch,
+    RelaxedMoments, RELAXED_BATCH,
 };
 use crate::gpu::train_draws::TrainDrawn;
 use crate::loss::Loss;
@@ -93,7 +97,9 @@ pub struct DrawKey {
 
 /// One input's S-draw logit-gradient estimate into `g` (K numbers), with the moving-average
 /// `baseline` for the estimators that use one. Returns the input's baseline signal, if any.
-/// `exact` reads no draws.
+/// The estimators' own code, as the sweep engine runs it: input `b`'s draws are those of the
+/// engine's repetition `rep_offset + b` at sweep point `step`
+/// ([`crate::estimators::estimate_at`]); `exact` reads no draws.
 pub fn estimate(
     est: &dyn Estimator,
     ctx: &Context,
@@ -103,40 +109,13 @@ pub fn estimate(
     b: u32,
     g: &mut [f64],
 ) -> Option<f64> {
-    match est.family() {
-        Family::ScoreFunction => {
-            let mut counts = [0u32; K];
-            if est.id() != "exact" {
-                let table = CategoricalTable::new(&ctx.p);
-                count_categories(
-                    &table,
-                    key.key,
-                    key.rep_offset + b,
-                    key.step,
-                    samples,
-                    &mut counts,
-                );
-            }
-            est.estimate_from_counts(ctx, &counts, samples, baseline, g);
-            est.baseline_signal(ctx, &counts, samples)
-        }
-        Family::Relaxed => {
-            let table = RelaxedTable::new(&ctx.logits, ctx.tau);
-            let (mut h, mut y) = ([0f32; K], [0f64; K]);
-            g.iter_mut().for_each(|v| *v = 0.0);
-            for draw in 0..samples {
-                let z = table.draw(key.key, key.rep_offset + b, key.step, draw, &mut h, &mut y);
-                crate::estimators::add_relaxed_draw(est, ctx, RelaxedDraw { y: &y, z }, g);
-            }
-            let inv = 1.0 / f64::from(samples);
-            g.iter_mut().for_each(|v| *v *= inv);
-            None
-        }
-    }
+    let rep = key.rep_offset + b;
+    estimate_at(est, ctx, key.key, rep, key.step, samples, baseline, g)
 }
 
 /// [`estimate`] from draws made elsewhere (on the GPU, with the same counters): input `b`'s
-/// class counts, or its S relaxed draws.
+/// class counts, or its S relaxed draws summed into [`RelaxedMoments`], handed to
+/// [`crate::estimators::estimate_one`].
 pub fn estimate_from_drawn(
     est: &dyn Estimator,
     ctx: &Context,
@@ -147,13 +126,13 @@ pub fn estimate_from_drawn(
     g: &mut [f64],
 ) -> Option<f64> {
     const W: usize = 16; // the GPU's row width (MAX_K)
-    match (est.family(), drawn) {
-        (Family::ScoreFunction, TrainDrawn::Counts(counts)) if est.id() != "exact" => {
+    match (path_of(est, ctx), drawn) {
+        (Path::Counts, TrainDrawn::Counts(counts)) => {
             let counts = &counts[b * W..b * W + K];
-            est.estimate_from_counts(ctx, counts, samples, baseline, g);
-            est.baseline_signal(ctx, counts, samples)
+            let draws = DrawSource::Counts { counts, s: samples };
+            estimate_one(est, ctx, draws, baseline, g)
         }
-        (Family::Relaxed, TrainDrawn::Gumbel { weights, classes }) => {
+        (Path::RelaxedSums, TrainDrawn::Gumbel { weights, classes }) => {
             let s = samples as usize;
             let mut m = RelaxedMoments::new(K);
             let (mut y, mut z, mut y_z) = (vec![0f32; K * RELAXED_BATCH], Vec::new(), Vec::new());
@@ -177,16 +156,16 @@ pub fn estimate_from_drawn(
                     y_z: &y_z,
                 });
             }
-            g.iter_mut().for_each(|v| *v = 0.0);
-            est.add_relaxed_sum(ctx, &m, g);
-            let inv = 1.0 / f64::from(samples);
-            g.iter_mut().for_each(|v| *v *= inv);
-            None
+            estimate_one(est, ctx, DrawSource::RelaxedSums(&m), baseline, g)
         }
-        // `exact` reads no draws; a mismatched kind cannot come from the training loop.
+        // The training loop asks the GPU for the draws of the estimator's path, and none for
+        // `exact` (which reads none): this is `exact`, or a mismatch it cannot make.
         _ => {
-            est.estimate_from_counts(ctx, &[0; K], samples, baseline, g);
-            est.baseline_signal(ctx, &[0; K], samples)
+            let draws = DrawSource::Counts {
+                counts: &[0; K],
+                s: samples,
+            };
+            estimate_one(est, ctx, draws, baseline, g)
         }
     }
 }
@@ -381,7 +360,11 @@ fn one_draw_variance(est: &dyn Estimator, ctx: &Context, baseline: f64) -> f64 {
     for (cat, v) in values.iter_mut().enumerate() {
         let mut counts = [0u32; K];
         counts[cat] = 1;
-        est.estimate_from_counts(ctx, &counts, 1, baseline, v);
+        let draws = DrawSource::Counts {
+            counts: &counts,
+            s: 1,
+        };
+        estimate_one(est, ctx, draws, baseline, v);
     }
     (0..K)
         .map(|j| {

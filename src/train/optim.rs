@@ -7,7 +7,7 @@
 //!   `eps = 1e-8`.
 
 /// Which optimiser.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum, serde::Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum OptimizerKind {
     /// Plain stochastic gradient descent (no momentum).
@@ -31,6 +31,31 @@ impl OptimizerKind {
             OptimizerKind::Sgd => vec![0.03, 0.1, 0.3, 1.0, 3.0, 10.0],
             OptimizerKind::Adam => vec![0.0003, 0.001, 0.003, 0.01, 0.03, 0.1],
         }
+    }
+}
+
+impl std::fmt::Display for OptimizerKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+impl std::str::FromStr for OptimizerKind {
+    type Err = crate::Error;
+
+    /// Parses `sgd` or `adam`.
+    ///
+    /// # Errors
+    /// [`crate::Error::Unknown`] listing the known names.
+    fn from_str(s: &str) -> crate::Result<Self> {
+        [OptimizerKind::Sgd, OptimizerKind::Adam]
+            .into_iter()
+            .find(|o| o.name() == s)
+            .ok_or_else(|| crate::Error::Unknown {
+                kind: "optimizer",
+                name: s.to_string(),
+                known: "sgd, adam".into(),
+            })
     }
 }
 

@@ -1,0 +1,222 @@
+//! One S-draw estimate from one repetition's draws, whatever form the draws take: the one
+//! place where an estimator is applied, shared by the sweep engine ([`crate::engine`]) and
+//! training ([`crate::train`]).
+//!
+//! The draws come in the form of the estimator's path ([`crate::engine::path_of`]): category
+//! counts for the counts lowering, [`RelaxedMoments`] for the relaxed-sums lowering, the joint
+//! draws themselves for the generic path ([`DrawSource`]). [`estimate_one`] calls the
+//! estimator's own method on them. [`estimate_at`] first makes the draws of one repetition as
+//! the CPU engine makes them (the same Philox counters, the same arithmetic), so an estimate
+//! at counters `(rep, point)` is bit for bit the engine's estimate of repetition `rep` at
+//! sweep point `point`.
+
+use crate::draws::{
+    count_categories, draw_joint_categories, CategoricalTable, JointRelaxedTable, RelaxedTable,
+};
+use crate::engine::{path_of, Path};
+
+use super::{
+    estimate_from_joint_counts, fill_joint_counts, Context, Estimator, Family, JointCounts,
+    JointDraws, Lowering, Noise, RelaxedBatch, RelaxedMoments, RELAXED_BATCH,
+};
+
+/// One repetition's draws, in the form an estimator's path reads.
+#[derive(Clone, Copy, Debug)]
+pub enum DrawSource<'a> {
+    /// The counts lowering (one variable): the category counts of the S draws.
+    Counts {
+        /// K counts summing to `s`.
+        counts: &'a [u32],
+        /// The number of draws S.
+        s: u32,
+    },
+    /// The relaxed-sums lowering (one variable, quadratic loss): the sums of the S draws.
+    RelaxedSums(&'a RelaxedMoments),
+    /// The joint-counts lowering (several variables, score-function form): the
+    /// per-(variable, category) sums of the S joint draws.
+    JointCounts(&'a JointCounts<'a>),
+    /// The generic path: the joint draws.
+    Joint(&'a JointDraws<'a>),
+}
+
+/// `est`'s S-draw estimate from `draws` into `out` (L*K numbers), with the moving-average
+/// `baseline` (0 where it has none), through the estimator's own method for the form of the
+/// draws: [`Estimator::estimate_from_counts`] (and [`Estimator::baseline_signal`]),
+/// [`Estimator::add_relaxed_sum`] averaged over the draws, or [`Estimator::estimate`].
+/// Returns the value this estimate contributes to the moving average, if it keeps one.
+///
+/// # Panics
+/// If `est` has no method for this form of draws (the caller chose a form its path does not
+/// read; see [`crate::engine::path_of`]).
+pub fn estimate_one(
+    est: &dyn Estimator,
+    ctx: &Context,
+    draws: DrawSource<'_>,
+    baseline: f64,
+    out: &mut [f64],
+) -> Option<f64> {
+    match draws {
+        DrawSource::Counts { counts, s } => {
+            est.estimate_from_counts(ctx, counts, s, baseline, out);
+            est.baseline_signal(ctx, counts, s)
+        }
+        DrawSource::JointCounts(sums) => estimate_from_joint_counts(est, ctx, sums, baseline, out),
+        DrawSource::RelaxedSums(m) => {
+            out.iter_mut().for_each(|o| *o = 0.0);
+            est.add_relaxed_sum(ctx, m, out);
+            let inv = 1.0 / m.draws as f64;
+            out.iter_mut().for_each(|o| *o *= inv);
+            None
+        }
+        DrawSource::Joint(d) => est.estimate(ctx, d, baseline, out),
+    }
+}
+
+/// Whether `est` reads any draw (`exact`, a score-function lowering with no signal, does not).
+pub fn reads_draws(est: &dyn Estimator) -> bool {
+    !matches!(
+        est.lowering(),
+        Some(Lowering::ScoreFunction { signal: None, .. })
+    )
+}
+
+/// Adds the S relaxed draws of repetition `rep` at point `point` to `m` (cleared first), in
+/// batches of [`RELAXED_BATCH`], as the CPU engine's relaxed-sums pass draws them.
+pub fn relaxed_moments(
+    table: &RelaxedTable,
+    key: [u32; 2],
+    rep: u32,
+    point: u32,
+    s: u32,
+    m: &mut RelaxedMoments,
+) {
+    let k = table.shifted_logits().len();
+    let mut y = vec![0f32; k * RELAXED_BATCH];
+    let mut z = [0u32; RELAXED_BATCH];
+    let mut y_z = [0f32; RELAXED_BATCH];
+    m.clear();
+    let mut first = 0u32;
+    while first < s {
+        let n = (s - first).min(RELAXED_BATCH as u32) as usize;
+        table.draw_batch(
+            key,
+            rep,
+            point,
+            first,
+            n,
+            &mut y[..k * n],
+            &mut z[..n],
+            &mut y_z[..n],
+        );
+        m.add_batch(&RelaxedBatch {
+            n,
+            y: &y[..k * n],
+            z: &z[..n],
+            y_z: &y_z[..n],
+        });
+        first += n as u32;
+    }
+}
+
+/// `est`'s S-draw estimate at the Philox key `key` and counters `(rep, point)`: the draws of
+/// its path made as the CPU engine makes those of repetition `rep` at sweep point `point`
+/// (none for an estimator that [`reads_draws`] not), then [`estimate_one`].
+#[allow(clippy::too_many_arguments)]
+pub fn estimate_at(
+    est: &dyn Estimator,
+    ctx: &Context,
+    key: [u32; 2],
+    rep: u32,
+    point: u32,
+    s: u32,
+    baseline: f64,
+    out: &mut [f64],
+) -> Option<f64> {
+    let (l, k) = (ctx.l, ctx.k);
+    match path_of(est, ctx) {
+        Path::Counts => {
+            let mut counts = vec![0u32; k];
+            if reads_draws(est) {
+                let table = CategoricalTable::new(&ctx.p[..k]);
+                count_categories(&table, key, rep, point, s, &mut counts);
+            }
+            estimate_one(
+                est,
+                ctx,
+                DrawSource::Counts { counts: &counts, s },
+                baseline,
+                out,
+            )
+        }
+        Path::RelaxedSums => {
+            let mut m = RelaxedMoments::new(k);
+            relaxed_moments(
+                &RelaxedTable::new(&ctx.logits, ctx.tau),
+                key,
+                rep,
+                point,
+                s,
+                &mut m,
+            );
+            estimate_one(est, ctx, DrawSource::RelaxedSums(&m), baseline, out)
+        }
+        Path::JointCounts => {
+            let tables: Vec<CategoricalTable> =
+                ctx.p.chunks(k).map(CategoricalTable::new).collect();
+            let mut z = vec![0u32; s as usize * l];
+            draw_joint_categories(&tables, key, rep, point, s, &mut z);
+            let f: Vec<f64> = z
+                .chunks_exact(l)
+                .map(|zi| ctx.objective.at_vertex(zi))
+                .collect();
+            let mut buffer = vec![0.0; JointCounts::buffer_len(ctx)];
+            fill_joint_counts(ctx, &z, &f, &mut buffer);
+            let sums = JointCounts::view(ctx, s as usize, &buffer);
+            estimate_one(est, ctx, DrawSource::JointCounts(&sums), baseline, out)
+        }
+        Path::Generic(family) => {
+            let su = s as usize;
+            let noise = Noise { key, rep, point };
+            let mut z = vec![0u32; su * l];
+            let (mut f, mut y, mut perturbed) = (Vec::new(), Vec::new(), Vec::new());
+            match family {
+                Family::ScoreFunction => {
+                    let tables: Vec<CategoricalTable> =
+                        ctx.p.chunks(k).map(CategoricalTable::new).collect();
+                    draw_joint_categories(&tables, key, rep, point, s, &mut z);
+                    f = z
+                        .chunks_exact(l)
+                        .map(|zi| ctx.objective.at_vertex(zi))
+                        .collect();
+                }
+                Family::Relaxed => {
+                    let dim = ctx.dim();
+                    let table = JointRelaxedTable::new(&ctx.logits, k, ctx.tau);
+                    let mut h = vec![0f32; k];
+                    (y, perturbed) = (vec![0.0; su * dim], vec![0.0; su * dim]);
+                    for d in 0..su {
+                        table.draw(
+                            key,
+                            rep,
+                            point,
+                            d as u32,
+                            &mut h,
+                            &mut y[d * dim..(d + 1) * dim],
+                            &mut perturbed[d * dim..(d + 1) * dim],
+                            &mut z[d * l..(d + 1) * l],
+                        );
+                    }
+                }
+            }
+            let draws = JointDraws {
+                s: su,
+                z: &z,
+                f: &f,
+                y: &y,
+                perturbed: &perturbed,
+                noise,
+            };
+            estimate_one(est, ctx, DrawSource::Joint(&draws), baseline, out)
+        }
+    }
+}
