@@ -1,16 +1,17 @@
 //! `unordered-set`: the unordered set estimator with its built-in baseline (Kool, van Hoof and
 //! Welling 2020, "Estimating Gradients for Discrete Random Variables by Sampling without
-//! Replacement", ICLR, Theorems 1-4). A sample `S` of `k = min(S, K)` categories drawn without
+//! Replacement", ICLR). A sample `S` of `k = min(S, K)` categories drawn without
 //! replacement (Gumbel-top-k: the k largest `a_c + G_c`) gives
 //! `g_hat = sum_{s in S} p_s R(S, s) (e_s - p) (f_s - B(S, s))`, with the leave-one-out ratio
 //! `R(S, s) = p^{D\s}(S \ s) / p(S)` and the baseline
 //! `B(S, s) = p_s f_s + sum_{s' in S, s' != s} p_{s'} f_{s'} p^{D\{s,s'}}(S \ {s,s'}) / p^{D\s}(S \ s)`,
 //! where `p^{D\A}(T)` is the probability that k' = |T| draws without replacement from `p`
 //! restricted to `D \ A` give the set T. Unbiased: the baseline's expectation given `s` is
-//! `E f` whatever s (Kool et al., Theorem 4). With `k = K` the set is every category and the
-//! estimate is the exact gradient.
+//! `E f` whatever s (derived in `docs/estimators-field-sf.md`), which needs `k >= 2`: with `k = 1` there is no
+//! baseline (`B = 0`) and the estimator is REINFORCE. With `k = K` the set is every category
+//! and the estimate is the exact gradient.
 //!
-//! The set probabilities are integrals (Kool et al., Appendix; exponential races): with
+//! The set probabilities are integrals (exponential races, as in Kool et al.): with
 //! `q = 1 - p(S)` and `alpha_i = p_i / q`, `p^{D\A}(T) = int_0^1 prod_{i in T} (1 - u^{alpha_i}) du`
 //! for every `A` in S and `T = S \ A` (removing categories renormalises `p` and `q` alike, so
 //! the exponents stay the same). They are computed here after the change of variables
@@ -132,7 +133,8 @@ pub fn set_block(p: &[f64], items: &[usize], losses: &[f64], out: &mut [f64]) {
     let n = items.len();
     let mut total = 0.0;
     for (i, &s) in items.iter().enumerate() {
-        let mut baseline = p[s] * losses[s];
+        // With one item there is no other to build a baseline from: REINFORCE.
+        let mut baseline = if n > 1 { p[s] * losses[s] } else { 0.0 };
         for (j, &t) in items.iter().enumerate().filter(|&(j, _)| j != i) {
             baseline += p[t] * losses[t] * sets.without_two[i * n + j] / sets.without_one[i];
         }
