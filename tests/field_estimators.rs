@@ -82,8 +82,9 @@ fn context(problem: &Problem, loss: Loss, settings: &Settings) -> Context {
 
 /// Checks a record of an unbiased estimator: its mean against the exact gradient and, where
 /// the estimator gives exact moments, its variance against them. Returns whether exact
-/// variances were compared.
-fn check_unbiased(r: &Record, ctx: &Context) -> bool {
+/// variances were compared; a failure is added to `failures` (every one is reported, not only
+/// the first).
+fn check_unbiased(r: &Record, ctx: &Context, failures: &mut Vec<String>) -> bool {
     let est = estimators::by_id(&r.estimator).unwrap();
     let n = f64::from(r.reps);
     let exact = est.exact_moments(ctx, r.samples);
@@ -94,42 +95,55 @@ fn check_unbiased(r: &Record, ctx: &Context) -> bool {
         let exact_se = exact.as_ref().map_or(0.0, |m| (m.var[j] / n).sqrt());
         let se = r.mean_se[j].max(exact_se);
         let diff = (r.mean[j] - ctx.grad[j]).abs();
-        assert!(
+        check(
+            failures,
             diff <= 5.0 * se + tiny,
-            "{} {} S={} coord {j}: mean {} vs exact {} ({:.1} SE)",
+            format!(
+                "{} {} S={} coord {j}: mean {} vs exact {} ({:.1} SE)",
             r.estimator,
             r.loss,
             r.samples,
             r.mean[j],
-            ctx.grad[j],
-            diff / se
+                ctx.grad[j],
+                diff / se
+            ),
         );
     }
     let Some(exact) = exact else { return false };
     for j in 0..ctx.dim() {
-        assert!(
+        check(
+            failures,
             (exact.mean[j] - ctx.grad[j]).abs() <= 1e-10 * (ctx.grad[j].abs() + tiny),
-            "{} exact mean {j}: {} vs {}",
-            r.estimator,
-            exact.mean[j],
-            ctx.grad[j]
+            format!(
+                "{} exact mean {j}: {} vs {}",
+                r.estimator, exact.mean[j], ctx.grad[j]
+            ),
         );
         let se = match &exact.m4 {
             Some(m4) => variance_se(m4[j], exact.var[j], n),
             None => r.var_se[j],
         };
         let diff = (r.var[j] - exact.var[j]).abs();
-        assert!(
+        check(
+            failures,
             diff <= 5.0 * se + tiny * tiny,
-            "{} {} S={} coord {j}: var {} vs exact {} (se {se})",
-            r.estimator,
-            r.loss,
-            r.samples,
-            r.var[j],
-            exact.var[j]
+            format!(
+                "{} {} S={} coord {j}: var {} vs exact {} (se {se})",
+                r.estimator, r.loss, r.samples, r.var[j], exact.var[j]
+            ),
         );
     }
     true
+}
+
+fn check(failures: &mut Vec<String>, ok: bool, message: String) {
+    if !ok {
+        failures.push(message);
+    }
+}
+
+fn assert_none(failures: &[String]) {
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
 }
 
 const CATEGORICAL: [&str; 4] = ["arsm", "unordered-set", "sum-and-sample", "indecater"];
@@ -139,6 +153,7 @@ fn categorical_estimators_are_unbiased_with_exact_variances_on_a_table_problem()
     // L = 3, K = 3, a table loss: every estimator's exact variance is enumerable (but ARSM's,
     // whose Dirichlet noise is continuous).
     let problem = table_problem(1, 3, 3);
+    let mut failures = Vec::new();
     for rb_k in [1, 2] {
         let settings = Settings {
             rb_k,
@@ -156,11 +171,12 @@ fn categorical_estimators_are_unbiased_with_exact_variances_on_a_table_problem()
         );
         assert_eq!(recs.len(), 12);
         for r in &recs {
-            let compared = check_unbiased(r, &ctx);
+            let compared = check_unbiased(r, &ctx, &mut failures);
             assert_eq!(compared, r.estimator != "arsm", "{} S={}", r.estimator, r.samples);
             assert!(r.total_var_w > 1e-6, "{} has variance here", r.estimator);
         }
     }
+    assert_none(&failures);
 }
 
 #[test]
@@ -170,6 +186,7 @@ fn categorical_estimators_are_unbiased_on_indecater_12x3() {
     let problem = (named.build)(3);
     let settings = Settings::default();
     let ctx = context(&problem, Loss::Pnorm, &settings);
+    let mut failures = Vec::new();
     let recs = sweep(
         &problem,
         Loss::Pnorm,
@@ -180,7 +197,7 @@ fn categorical_estimators_are_unbiased_on_indecater_12x3() {
         0,
     );
     for r in &recs {
-        let compared = check_unbiased(r, &ctx);
+        let compared = check_unbiased(r, &ctx, &mut failures);
         // IndeCateR is exact on a separable loss; sum-and-sample's variance is enumerated.
         match r.estimator.as_str() {
             "indecater" => {
@@ -191,6 +208,7 @@ fn categorical_estimators_are_unbiased_on_indecater_12x3() {
             _ => {}
         }
     }
+    assert_none(&failures);
 }
 
 #[test]
@@ -198,6 +216,7 @@ fn disarm_is_unbiased_with_exact_variances_on_binary_problems() {
     // A table loss on 4 binary variables (enumerated states) and pnorm on 8 (closed form).
     let table = table_problem(4, 4, 2);
     let pnorm = binary_pnorm(5, 8);
+    let mut failures = Vec::new();
     for (problem, loss) in [(table, Loss::Table), (pnorm, Loss::Pnorm)] {
         let ctx = context(&problem, loss, &Settings::default());
         let recs = sweep(
@@ -210,13 +229,14 @@ fn disarm_is_unbiased_with_exact_variances_on_binary_problems() {
             0,
         );
         for r in &recs {
-            let compared = check_unbiased(r, &ctx);
+            let compared = check_unbiased(r, &ctx, &mut failures);
             if r.estimator == "disarm" {
                 assert!(compared, "disarm has exact moments on {loss}");
                 assert_eq!(r.loss_evaluations, 2.0 * f64::from(r.samples));
             }
         }
     }
+    assert_none(&failures);
 }
 
 #[test]
