@@ -100,10 +100,10 @@ fn check_unbiased(r: &Record, ctx: &Context, failures: &mut Vec<String>) -> bool
             diff <= 5.0 * se + tiny,
             format!(
                 "{} {} S={} coord {j}: mean {} vs exact {} ({:.1} SE)",
-            r.estimator,
-            r.loss,
-            r.samples,
-            r.mean[j],
+                r.estimator,
+                r.loss,
+                r.samples,
+                r.mean[j],
                 ctx.grad[j],
                 diff / se
             ),
@@ -172,7 +172,13 @@ fn categorical_estimators_are_unbiased_with_exact_variances_on_a_table_problem()
         assert_eq!(recs.len(), 12);
         for r in &recs {
             let compared = check_unbiased(r, &ctx, &mut failures);
-            assert_eq!(compared, r.estimator != "arsm", "{} S={}", r.estimator, r.samples);
+            assert_eq!(
+                compared,
+                r.estimator != "arsm",
+                "{} S={}",
+                r.estimator,
+                r.samples
+            );
             assert!(r.total_var_w > 1e-6, "{} has variance here", r.estimator);
         }
     }
@@ -312,10 +318,19 @@ fn set_probabilities_match_the_sum_over_orderings() {
                     let rest: Vec<usize> = set.iter().copied().filter(|&c| c != s).collect();
                     let want = set_probability_by_orderings(&renorm, &rest);
                     let got = sets.without_one[i] * scale;
-                    assert!((got - want).abs() < 1e-10 * want, "leave {s} out: {got} vs {want}");
+                    assert!(
+                        (got - want).abs() < 1e-10 * want,
+                        "leave {s} out: {got} vs {want}"
+                    );
                     for (j, &t) in set.iter().enumerate().filter(|&(j, _)| j != i) {
                         let renorm: Vec<f64> = (0..n)
-                            .map(|c| if c == s || c == t { 0.0 } else { p[c] / (1.0 - p[s] - p[t]) })
+                            .map(|c| {
+                                if c == s || c == t {
+                                    0.0
+                                } else {
+                                    p[c] / (1.0 - p[s] - p[t])
+                                }
+                            })
                             .collect();
                         let rest: Vec<usize> =
                             set.iter().copied().filter(|&c| c != s && c != t).collect();
@@ -376,22 +391,57 @@ fn results_do_not_depend_on_the_thread_count() {
     // Every estimator draws its own noise from counters, never from a thread's generator.
     let problem = table_problem(8, 3, 3);
     let ids = CATEGORICAL;
-    let one = sweep(&problem, Loss::Table, &ids, &[3], 64, Settings::default(), 1);
-    let two = sweep(&problem, Loss::Table, &ids, &[3], 64, Settings::default(), 2);
+    let one = sweep(
+        &problem,
+        Loss::Table,
+        &ids,
+        &[3],
+        64,
+        Settings::default(),
+        1,
+    );
+    let two = sweep(
+        &problem,
+        Loss::Table,
+        &ids,
+        &[3],
+        64,
+        Settings::default(),
+        2,
+    );
     for (a, b) in one.iter().zip(&two) {
         assert_eq!(a.mean, b.mean, "{}", a.estimator);
         assert_eq!(a.var, b.var, "{}", a.estimator);
     }
     let binary = table_problem(8, 3, 2);
-    let one = sweep(&binary, Loss::Table, &["disarm"], &[3], 64, Settings::default(), 1);
-    let two = sweep(&binary, Loss::Table, &["disarm"], &[3], 64, Settings::default(), 2);
+    let one = sweep(
+        &binary,
+        Loss::Table,
+        &["disarm"],
+        &[3],
+        64,
+        Settings::default(),
+        1,
+    );
+    let two = sweep(
+        &binary,
+        Loss::Table,
+        &["disarm"],
+        &[3],
+        64,
+        Settings::default(),
+        2,
+    );
     assert_eq!(one[0].mean, two[0].mean);
 }
 
 #[test]
 fn disarm_refuses_more_than_two_categories_with_exit_2() {
     let ctx = Context::new(&table_problem(1, 3, 3), Loss::Table, 1.0);
-    let err = estimators::by_id("disarm").unwrap().check(&ctx).unwrap_err();
+    let err = estimators::by_id("disarm")
+        .unwrap()
+        .check(&ctx)
+        .unwrap_err();
     assert_eq!(err.exit_code(), 2);
     assert!(err.to_string().contains("K = 2"), "{err}");
     // The others are defined on any K and on the table loss (no relaxation needed).
@@ -444,7 +494,11 @@ fn the_command_line_runs_them_and_refuses_disarm_on_k_10() {
         "--out",
         dir.to_str().unwrap(),
     ]);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let summary: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(dir.join("summary.json")).unwrap()).unwrap();
     let recs = summary["records"].as_array().unwrap();

@@ -20,7 +20,13 @@ const CHUNK: u64 = 1 << 12;
 
 /// `out[c] = f(z with variable l set to c)` for every category c: K loss evaluations.
 /// `scratch` is L numbers, overwritten.
-pub fn conditional_losses(ctx: &Context, z: &[u32], l: usize, scratch: &mut [u32], out: &mut [f64]) {
+pub fn conditional_losses(
+    ctx: &Context,
+    z: &[u32],
+    l: usize,
+    scratch: &mut [u32],
+    out: &mut [f64],
+) {
     scratch.copy_from_slice(z);
     for (c, o) in out.iter_mut().enumerate() {
         scratch[l] = c as u32;
@@ -45,13 +51,19 @@ pub fn uniform(noise: &Noise, draw: u32, n: usize) -> f64 {
 /// accumulated about the exact gradient (so a zero variance comes out as zero, not as a
 /// difference of large numbers). `None` where the gradient is only a Monte Carlo reference or
 /// the enumeration would pass [`MAX_CONDITIONAL_EVALUATIONS`].
-pub fn per_variable_moments<B>(ctx: &Context, average: Option<u32>, block: B) -> Option<ExactMoments>
+pub fn per_variable_moments<B>(
+    ctx: &Context,
+    average: Option<u32>,
+    block: B,
+) -> Option<ExactMoments>
 where
     B: Fn(usize, &[f64], &mut dyn FnMut(f64, &[f64])) + Sync,
 {
     let (l, k) = (ctx.l, ctx.k);
     let others = (k as f64).powi(l as i32 - 1);
-    if oracle::method(ctx) == Method::Reference || others * (l * k) as f64 > MAX_CONDITIONAL_EVALUATIONS {
+    if oracle::method(ctx) == Method::Reference
+        || others * (l * k) as f64 > MAX_CONDITIONAL_EVALUATIONS
+    {
         return None;
     }
     let others = others as u64;

@@ -81,7 +81,10 @@ impl Disarm {
                 prob *= q;
             }
             g.iter_mut().for_each(|x| *x = 0.0);
-            let (f, f_anti) = (ctx.objective.at_vertex(&b), ctx.objective.at_vertex(&b_anti));
+            let (f, f_anti) = (
+                ctx.objective.at_vertex(&b),
+                ctx.objective.at_vertex(&b_anti),
+            );
             add_pair(ctx, &b, &b_anti, f, f_anti, &mut g);
             for j in 0..n {
                 let d = g[j] - ctx.grad[j];

@@ -35,7 +35,12 @@ fn summed_set(p: &[f64], k: usize) -> (Vec<bool>, f64) {
         mask[c] = true;
     }
     // The complement's mass is summed directly (not 1 - p(C)), so it keeps its precision.
-    let rest: f64 = p.iter().zip(&mask).filter(|(_, &m)| !m).map(|(a, _)| a).sum();
+    let rest: f64 = p
+        .iter()
+        .zip(&mask)
+        .filter(|(_, &m)| !m)
+        .map(|(a, _)| a)
+        .sum();
     (mask, rest)
 }
 

@@ -348,9 +348,13 @@ pub fn marker_element<'a, C: Clone + 'a, DB: DrawingBackend + 'a>(
             (base + Polygon::new(points, fill)).into_dyn()
         }
         Marker::Pentagon => (base + Polygon::new(regular(5, s + 1), fill)).into_dyn(),
-        Marker::OpenPentagon => (base + PathElement::new(closed(regular(5, s + 1)), line)).into_dyn(),
+        Marker::OpenPentagon => {
+            (base + PathElement::new(closed(regular(5, s + 1)), line)).into_dyn()
+        }
         Marker::Hexagon => (base + Polygon::new(regular(6, s + 1), fill)).into_dyn(),
-        Marker::OpenHexagon => (base + PathElement::new(closed(regular(6, s + 1)), line)).into_dyn(),
+        Marker::OpenHexagon => {
+            (base + PathElement::new(closed(regular(6, s + 1)), line)).into_dyn()
+        }
     }
 }
 
@@ -454,7 +458,12 @@ mod tests {
         }
         for (i, a) in STYLES.iter().enumerate() {
             for b in &STYLES[i + 1..] {
-                assert!(a.0 != b.0 && a.2 != b.2, "{} and {} share a marker", a.0, b.0);
+                assert!(
+                    a.0 != b.0 && a.2 != b.2,
+                    "{} and {} share a marker",
+                    a.0,
+                    b.0
+                );
                 let d = ((f64::from(a.1 .0) - f64::from(b.1 .0)).powi(2)
                     + (f64::from(a.1 .1) - f64::from(b.1 .1)).powi(2)
                     + (f64::from(a.1 .2) - f64::from(b.1 .2)).powi(2))

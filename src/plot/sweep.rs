@@ -476,7 +476,9 @@ impl SweepFigure {
             ))
             .map_err(msg)?;
             let exact = match self.metric {
-                Metric::Mse | Metric::MseEvaluations => "exact (unbiased estimators: MSE = variance)",
+                Metric::Mse | Metric::MseEvaluations => {
+                    "exact (unbiased estimators: MSE = variance)"
+                }
                 Metric::Snr => "exact (unbiased estimators)",
                 _ => "exact closed form (darker)",
             };
