@@ -20,7 +20,7 @@
 //! (memorylessness), drawn from the repetition's auxiliary noise (K uniforms per variable and
 //! draw). Variance: continuous noise, no closed form here (Monte Carlo only).
 
-use super::conditional::uniform;
+use super::conditional::fill_uniforms;
 use super::{Context, Estimator, Family, JointDraws, Noise};
 use crate::draws::{draw_joint_categories, CategoricalTable};
 use crate::philox::key_of;
@@ -38,6 +38,7 @@ struct Race {
     pi: Vec<f64>,
     race: Vec<f64>,
     best: Vec<[usize; 3]>,
+    uniforms: Vec<f64>,
 }
 
 /// The logits shifted by their per-variable maximum (`e^a` cannot overflow).
@@ -58,21 +59,23 @@ impl Race {
             pi: vec![0.0; ctx.dim()],
             race: vec![0.0; ctx.dim()],
             best: vec![[0; 3]; ctx.l],
+            uniforms: vec![0.0; ctx.dim()],
         }
     }
 
     /// Draws `pi` given the draw `z` (see the module doc) from uniforms `v * K + c` of
     /// `draw`'s auxiliary noise.
     fn draw(&mut self, k: usize, phi: &[f64], z: &[u32], noise: &Noise, draw: u32) {
+        fill_uniforms(noise, draw, &mut self.uniforms);
         for (v, &zv) in z.iter().enumerate() {
             let phi_v = &phi[v * k..(v + 1) * k];
             let rate: f64 = phi_v.iter().map(|x| x.exp()).sum();
-            let t = -uniform(noise, draw, v * k + zv as usize).ln() / rate;
+            let t = -self.uniforms[v * k + zv as usize].ln() / rate;
             let e = &mut self.pi[v * k..(v + 1) * k];
             for (c, (ec, &x)) in e.iter_mut().zip(phi_v).enumerate() {
                 *ec = t * x.exp();
                 if c != zv as usize {
-                    *ec -= uniform(noise, draw, v * k + c).ln();
+                    *ec -= self.uniforms[v * k + c].ln();
                 }
             }
             let total: f64 = e.iter().sum();
@@ -83,12 +86,19 @@ impl Race {
                 self.pi[i] /= total;
                 self.race[i] = self.ln_pi[i] - phi_v[c];
             }
+            // The three smallest race entries, in order (usize::MAX where K < 3).
             let r = &self.race[v * k..(v + 1) * k];
-            let mut order: Vec<usize> = (0..k).collect();
-            order.sort_by(|&a, &b| r[a].total_cmp(&r[b]));
             let mut best = [usize::MAX; 3];
-            for (b, &c) in best.iter_mut().zip(&order) {
-                *b = c;
+            for c in 0..k {
+                let mut item = c;
+                for b in best.iter_mut() {
+                    if *b == usize::MAX || r[item] < r[*b] {
+                        std::mem::swap(b, &mut item);
+                        if item == usize::MAX {
+                            break;
+                        }
+                    }
+                }
             }
             self.best[v] = best;
         }

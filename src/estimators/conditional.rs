@@ -41,6 +41,16 @@ pub fn uniform(noise: &Noise, draw: u32, n: usize) -> f64 {
     noise.open_uniforms(draw, (n / 4) as u32)[n % 4]
 }
 
+/// Uniforms `0 .. out.len()` of draw `draw` (the numbers [`uniform`] gives), one Philox block
+/// per four.
+#[inline]
+pub fn fill_uniforms(noise: &Noise, draw: u32, out: &mut [f64]) {
+    for (lane, chunk) in out.chunks_mut(4).enumerate() {
+        let u = noise.open_uniforms(draw, lane as u32);
+        chunk.copy_from_slice(&u[..chunk.len()]);
+    }
+}
+
 /// The exact moments of an S-draw estimate made of per-variable blocks, by enumeration.
 ///
 /// For variable `l` the estimator's block (K numbers) is a function of the K losses

@@ -20,7 +20,7 @@
 //! `Var g_hat_theta_l = sigma_l^2 P_l (Delta_l^2 + sum_{m != l} P_m Delta_m^2) / 4 - g_l^2`,
 //! divided by S for the S-draw average.
 
-use super::conditional::uniform;
+use super::conditional::fill_uniforms;
 use super::{Context, Estimator, ExactMoments, Family, JointDraws};
 use crate::error::{Error, Result};
 use crate::oracle::{self, Method};
@@ -194,10 +194,11 @@ impl Estimator for Disarm {
         let l = ctx.l;
         out.iter_mut().for_each(|o| *o = 0.0);
         let mut anti = vec![0u32; l];
+        let mut uniforms = vec![0.0; l];
         for (i, (b, &f)) in d.z.chunks_exact(l).zip(d.f).enumerate() {
-            for (v, (&x, y)) in b.iter().zip(anti.iter_mut()).enumerate() {
+            fill_uniforms(&d.noise, i as u32, &mut uniforms);
+            for (v, ((&x, y), &w)) in b.iter().zip(anti.iter_mut()).zip(&uniforms).enumerate() {
                 let p1 = ctx.p[2 * v + 1];
-                let w = uniform(&d.noise, i as u32, v);
                 let u = if x == 1 { p1 * w } else { p1 + (1.0 - p1) * w };
                 *y = u32::from(1.0 - u < p1);
             }

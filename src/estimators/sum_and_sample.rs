@@ -19,7 +19,7 @@
 //! constant); in general the variance over `z_{-l}` and `v_l` of the per-draw block, divided by
 //! S, which the enumeration of [`super::conditional`] computes exactly.
 
-use super::conditional::{per_variable_moments, uniform};
+use super::conditional::{fill_uniforms, per_variable_moments, uniform};
 use super::{Context, Estimator, ExactMoments, Family, JointDraws};
 
 /// Rao-Blackwellised REINFORCE: sum the k most probable categories, sample the rest.
@@ -185,7 +185,9 @@ impl Estimator for SumAndSample {
             }
             return None;
         }
+        let mut uniforms = vec![0.0; l];
         for (i, z) in d.z.chunks_exact(l).enumerate() {
+            fill_uniforms(&d.noise, i as u32, &mut uniforms);
             for (var, split) in splits.iter().enumerate() {
                 let p = &ctx.p[var * k..(var + 1) * k];
                 let block = &mut out[var * k..(var + 1) * k];
@@ -196,7 +198,7 @@ impl Estimator for SumAndSample {
                 }
                 split.add_sum(p, &losses, block);
                 if split.samples() {
-                    let v = split.draw(uniform(&d.noise, i as u32, var));
+                    let v = split.draw(uniforms[var]);
                     scratch[var] = v as u32;
                     let f = ctx.objective.at_vertex(&scratch);
                     split.add_sample(p, v, f, block);

@@ -26,7 +26,7 @@
 //! repetition's auxiliary noise (uniform `l K + c` of draw 0). Variance: exact by enumerating
 //! the `C(K, k)` sets (and `z_{-l}`) where that is small; otherwise Monte Carlo only.
 
-use super::conditional::{per_variable_moments, uniform};
+use super::conditional::{fill_uniforms, per_variable_moments};
 use super::indecater::indecater_block;
 use super::{Context, Estimator, ExactMoments, Family, JointDraws};
 
@@ -147,12 +147,12 @@ pub fn set_block(p: &[f64], items: &[usize], losses: &[f64], out: &mut [f64]) {
     }
 }
 
-/// Variable `l`'s set: the `k` categories of largest `a_lc + G_c` (Gumbel-top-k), Gumbels from
-/// uniforms `l K + c` of draw 0.
-fn draw_set(ctx: &Context, d: &JointDraws<'_>, l: usize, k: usize) -> Vec<usize> {
+/// Variable `l`'s set: the `k` categories of largest `a_lc + G_c` (Gumbel-top-k), from the
+/// uniforms `u` of that variable (`G_c = -ln(-ln u_c)`).
+fn draw_set(ctx: &Context, l: usize, u: &[f64], k: usize) -> Vec<usize> {
     let kk = ctx.k;
     let keys: Vec<f64> = (0..kk)
-        .map(|c| ctx.logits[l * kk + c] - (-uniform(&d.noise, 0, l * kk + c).ln()).ln())
+        .map(|c| ctx.logits[l * kk + c] - (-u[c].ln()).ln())
         .collect();
     let mut order: Vec<usize> = (0..kk).collect();
     order.sort_by(|&a, &b| keys[b].total_cmp(&keys[a]));
@@ -223,8 +223,11 @@ impl Estimator for UnorderedSet {
         let mut scratch = vec![0u32; l];
         let mut losses = vec![0.0; kk];
         let z0 = &d.z[..l];
+        // Gumbels: uniforms l K + c of draw 0.
+        let mut uniforms = vec![0.0; l * kk];
+        fill_uniforms(&d.noise, 0, &mut uniforms);
         for var in 0..l {
-            let set = draw_set(ctx, d, var, k);
+            let set = draw_set(ctx, var, &uniforms[var * kk..(var + 1) * kk], k);
             scratch.copy_from_slice(z0);
             for &c in &set {
                 scratch[var] = c as u32;
