@@ -80,11 +80,11 @@ impl Race {
             }
             let total: f64 = e.iter().sum();
             let ln_total = total.ln();
-            for c in 0..k {
+            for (c, &phi_c) in phi_v.iter().enumerate() {
                 let i = v * k + c;
                 self.ln_pi[i] = self.pi[i].ln() - ln_total;
                 self.pi[i] /= total;
-                self.race[i] = self.ln_pi[i] - phi_v[c];
+                self.race[i] = self.ln_pi[i] - phi_c;
             }
             // The three smallest race entries, in order (usize::MAX where K < 3).
             let r = &self.race[v * k..(v + 1) * k];
