@@ -39,6 +39,13 @@ struct Race {
     race: Vec<f64>,
     best: Vec<[usize; 3]>,
     uniforms: Vec<f64>,
+    /// `e^a` of the shifted logits and its per-variable sum, once per estimate.
+    exp_phi: Vec<f64>,
+    rate: Vec<f64>,
+    /// Scratch: one pseudo action.
+    action: Vec<u32>,
+    /// Scratch (one variable): which categories a swap has reached.
+    distinct: Vec<bool>,
 }
 
 /// The logits shifted by their per-variable maximum (`e^a` cannot overflow).
@@ -53,13 +60,19 @@ fn shifted_logits(ctx: &Context) -> Vec<f64> {
 }
 
 impl Race {
-    fn new(ctx: &Context) -> Self {
+    fn new(ctx: &Context, phi: &[f64]) -> Self {
+        let exp_phi: Vec<f64> = phi.iter().map(|x| x.exp()).collect();
+        let rate = exp_phi.chunks(ctx.k).map(|e| e.iter().sum()).collect();
         Self {
             ln_pi: vec![0.0; ctx.dim()],
             pi: vec![0.0; ctx.dim()],
             race: vec![0.0; ctx.dim()],
             best: vec![[0; 3]; ctx.l],
             uniforms: vec![0.0; ctx.dim()],
+            exp_phi,
+            rate,
+            action: vec![0; ctx.l],
+            distinct: vec![false; ctx.k],
         }
     }
 
@@ -69,11 +82,10 @@ impl Race {
         fill_uniforms(noise, draw, &mut self.uniforms);
         for (v, &zv) in z.iter().enumerate() {
             let phi_v = &phi[v * k..(v + 1) * k];
-            let rate: f64 = phi_v.iter().map(|x| x.exp()).sum();
-            let t = -self.uniforms[v * k + zv as usize].ln() / rate;
+            let t = -self.uniforms[v * k + zv as usize].ln() / self.rate[v];
             let e = &mut self.pi[v * k..(v + 1) * k];
-            for (c, (ec, &x)) in e.iter_mut().zip(phi_v).enumerate() {
-                *ec = t * x.exp();
+            for (c, (ec, &x)) in e.iter_mut().zip(&self.exp_phi[v * k..(v + 1) * k]).enumerate() {
+                *ec = t * x;
                 if c != zv as usize {
                     *ec -= self.uniforms[v * k + c].ln();
                 }
@@ -132,7 +144,7 @@ impl Race {
 fn pseudo_losses(
     ctx: &Context,
     phi: &[f64],
-    race: &Race,
+    race: &mut Race,
     z: &[u32],
     f_z: f64,
     evaluate: bool,
@@ -140,8 +152,34 @@ fn pseudo_losses(
     f_swap: &mut [f64],
 ) -> usize {
     let (l, k) = (ctx.l, ctx.k);
+    if l == 1 {
+        // One variable: a pseudo action is a category, its loss the context's vertex loss;
+        // the distinct ones are counted with a mask.
+        let mut count = 1;
+        let mut distinct = std::mem::take(&mut race.distinct);
+        distinct.iter_mut().for_each(|d| *d = false);
+        for m in 0..k {
+            f_swap[m * k + m] = f_z;
+            for j in m + 1..k {
+                let a = race.swapped(k, phi, 0, m, j) as usize;
+                let f = if a == z[0] as usize {
+                    f_z
+                } else {
+                    if !distinct[a] {
+                        distinct[a] = true;
+                        count += 1;
+                    }
+                    ctx.f[a]
+                };
+                f_swap[m * k + j] = f;
+                f_swap[j * k + m] = f;
+            }
+        }
+        race.distinct = distinct;
+        return count;
+    }
     seen.clear();
-    let mut action = vec![0u32; l];
+    let mut action = std::mem::take(&mut race.action);
     for m in 0..k {
         f_swap[m * k + m] = f_z;
         for j in m + 1..k {
@@ -150,6 +188,7 @@ fn pseudo_losses(
             }
             let f = if action.as_slice() == z {
                 f_z
+
             } else if let Some((_, f)) = seen.iter().find(|(a, _)| *a == action) {
                 *f
             } else {
@@ -165,6 +204,7 @@ fn pseudo_losses(
             f_swap[j * k + m] = f;
         }
     }
+    race.action = action;
     1 + seen.len()
 }
 
@@ -183,7 +223,7 @@ impl Arsm {
             point: u32::MAX,
         };
         let phi = shifted_logits(ctx);
-        let mut race = Race::new(ctx);
+        let mut race = Race::new(ctx, &phi);
         let mut seen = Vec::new();
         let mut f_swap = vec![0.0; k * k];
         let total: usize = z
@@ -191,7 +231,7 @@ impl Arsm {
             .enumerate()
             .map(|(i, zi)| {
                 race.draw(k, &phi, zi, &noise, i as u32);
-                pseudo_losses(ctx, &phi, &race, zi, 0.0, false, &mut seen, &mut f_swap)
+                pseudo_losses(ctx, &phi, &mut race, zi, 0.0, false, &mut seen, &mut f_swap)
             })
             .sum();
         total as f64 / f64::from(COST_DRAWS)
@@ -214,7 +254,7 @@ impl Estimator for Arsm {
     fn estimate(&self, ctx: &Context, d: &JointDraws<'_>, _: f64, out: &mut [f64]) -> Option<f64> {
         let (l, k) = (ctx.l, ctx.k);
         let phi = shifted_logits(ctx);
-        let mut race = Race::new(ctx);
+        let mut race = Race::new(ctx, &phi);
         let mut seen = Vec::new();
         let mut f_swap = vec![0.0; k * k];
         let mut centred = vec![0.0; k * k];
@@ -222,7 +262,7 @@ impl Estimator for Arsm {
         let inv_k = 1.0 / k as f64;
         for (i, (z, &f)) in d.z.chunks_exact(l).zip(d.f).enumerate() {
             race.draw(k, &phi, z, &d.noise, i as u32);
-            pseudo_losses(ctx, &phi, &race, z, f, true, &mut seen, &mut f_swap);
+            pseudo_losses(ctx, &phi, &mut race, z, f, true, &mut seen, &mut f_swap);
             // F_mc - (1/K) sum_j F_mj.
             for m in 0..k {
                 let row = &f_swap[m * k..(m + 1) * k];

@@ -63,6 +63,12 @@ impl Estimator for Indecater {
     }
     fn estimate(&self, ctx: &Context, d: &JointDraws<'_>, _: f64, out: &mut [f64]) -> Option<f64> {
         let (l, k) = (ctx.l, ctx.k);
+        if l == 1 {
+            // One variable: every draw gives the same block, the exact gradient, from the K
+            // vertex losses (the S K evaluations are counted all the same).
+            indecater_block(&ctx.p, &ctx.f, out);
+            return None;
+        }
         out.iter_mut().for_each(|o| *o = 0.0);
         let mut scratch = vec![0u32; l];
         let mut losses = vec![0.0; k];

@@ -168,16 +168,13 @@ impl Estimator for SumAndSample {
         if l == 1 {
             // The sum does not depend on the draws: once per estimate.
             let (p, split) = (&ctx.p[..], &splits[0]);
-            for c in (0..k).filter(|&c| split.mask[c]) {
-                losses[c] = ctx.objective.at_vertex(&[c as u32]);
-            }
-            split.add_sum(p, &losses, out);
+            // One variable: the vertex losses are the context's (each use still counts).
+            split.add_sum(p, &ctx.f, out);
             if split.samples() {
                 let mut sampled = vec![0.0; k];
                 for i in 0..d.s {
                     let v = split.draw(uniform(&d.noise, i as u32, 0));
-                    let f = ctx.objective.at_vertex(&[v as u32]);
-                    split.add_sample(p, v, f, &mut sampled);
+                    split.add_sample(p, v, ctx.f[v], &mut sampled);
                 }
                 for (o, g) in out.iter_mut().zip(&sampled) {
                     *o += g * inv;
