@@ -84,7 +84,11 @@ impl Race {
             let phi_v = &phi[v * k..(v + 1) * k];
             let t = -self.uniforms[v * k + zv as usize].ln() / self.rate[v];
             let e = &mut self.pi[v * k..(v + 1) * k];
-            for (c, (ec, &x)) in e.iter_mut().zip(&self.exp_phi[v * k..(v + 1) * k]).enumerate() {
+            for (c, (ec, &x)) in e
+                .iter_mut()
+                .zip(&self.exp_phi[v * k..(v + 1) * k])
+                .enumerate()
+            {
                 *ec = t * x;
                 if c != zv as usize {
                     *ec -= self.uniforms[v * k + c].ln();
@@ -188,7 +192,6 @@ fn pseudo_losses(
             }
             let f = if action.as_slice() == z {
                 f_z
-
             } else if let Some((_, f)) = seen.iter().find(|(a, _)| *a == action) {
                 *f
             } else {
