@@ -227,6 +227,9 @@ pub struct RunArgs {
     /// No progress bar and no notes on stderr.
     #[arg(long)]
     pub quiet: bool,
+    /// Categories per variable that `sum-and-sample` sums exactly (the k most probable).
+    #[arg(long, value_name = "K", default_value_t = 1)]
+    pub rb_k: usize,
 }
 
 /// The help of `--loss`, from [`Loss::ALL`] (so a new loss shows up without editing it).
@@ -321,7 +324,10 @@ impl RunArgs {
             reps: self.reps,
             seed: self.seed,
             tau: self.tau,
-            settings: Default::default(),
+            settings: mcgrad::estimators::Settings {
+                rb_k: self.rb_k,
+                ..Default::default()
+            },
         };
         spec.validate()?;
         Ok(RunConfig {

@@ -466,13 +466,15 @@ pub(crate) fn cpu_point_cells(
         let nj = joint_losses.len();
         let mut joint_z = vec![0u32; if generic_sf { nbu * su * l } else { 0 }];
         let mut joint_f = vec![0f64; if generic_sf { nbu * su * nl } else { 0 }];
-        let mut joint_sums = vec![0f64; nbu * nj * joint_len];
+        // At least one number per repetition, so that zipping the per-repetition chunks never
+        // stops early when no joint-counts cell needs them.
+        let mut joint_sums = vec![0f64; nbu * (nj * joint_len).max(1)];
         if generic_sf || joint_on {
             let t0 = Instant::now();
             let (zw, fw, jw) = (
                 if generic_sf { su * l } else { 0 },
                 if generic_sf { su * nl } else { 0 },
-                nj * joint_len,
+                (nj * joint_len).max(1),
             );
             for _ in 0..faults::repeat_pass("score-function") {
                 let work = |i: usize, z: &mut [u32], f: &mut [f64], sums: &mut [f64]| {
@@ -514,7 +516,7 @@ pub(crate) fn cpu_point_cells(
                     joint_z
                         .par_chunks_mut(zw)
                         .zip(joint_f.par_chunks_mut(fw.max(1)))
-                        .zip(joint_sums.par_chunks_mut(jw.max(1)))
+                        .zip(joint_sums.par_chunks_mut(jw))
                         .enumerate()
                         .for_each(|(i, ((z, f), sums))| work(i, z, f, sums));
                 } else {

@@ -23,24 +23,35 @@
 //! repetition's draws, in whichever form its path reads them; the engine and training share it.
 
 mod apply;
+mod arsm;
+mod conditional;
+mod disarm;
 mod exact;
 mod gumbel_softmax;
+mod indecater;
 mod muprop;
 mod muprop_c;
 mod reinforce;
 mod reinforce_ema;
 mod rloo;
 mod st_gumbel;
+mod sum_and_sample;
+mod unordered_set;
 
 pub use apply::{estimate_at, estimate_one, reads_draws, relaxed_moments, DrawSource};
+pub use arsm::Arsm;
+pub use disarm::Disarm;
 pub use exact::Exact;
 pub use gumbel_softmax::GumbelSoftmax;
+pub use indecater::Indecater;
 pub use muprop::Muprop;
 pub use muprop_c::MupropC;
 pub use reinforce::Reinforce;
 pub use reinforce_ema::ReinforceEma;
 pub use rloo::Rloo;
 pub use st_gumbel::StGumbel;
+pub use sum_and_sample::SumAndSample;
+pub use unordered_set::{set_integrals, SetIntegrals, UnorderedSet};
 
 use crate::error::{Error, Result};
 use crate::loss::{Loss, Quadratic};
@@ -58,6 +69,11 @@ pub static REGISTRY: &[&dyn Estimator] = &[
     &MupropC,
     &GumbelSoftmax,
     &StGumbel,
+    &Arsm,
+    &Disarm,
+    &UnorderedSet,
+    &SumAndSample,
+    &Indecater,
 ];
 
 /// Decay of the exponential moving averages used as baselines (`reinforce-ema`, `muprop-c`).

@@ -222,29 +222,75 @@ pub enum Marker {
     OpenSquare,
     /// Hollow triangle.
     OpenTriangle,
+    /// Filled triangle pointing down.
+    TriangleDown,
+    /// Hollow triangle pointing down.
+    OpenTriangleDown,
+    /// Hollow diamond.
+    OpenDiamond,
+    /// Upright cross.
+    Plus,
+    /// Six-armed asterisk.
+    Asterisk,
+    /// Filled five-pointed star.
+    Star,
+    /// Filled pentagon.
+    Pentagon,
+    /// Hollow pentagon.
+    OpenPentagon,
+    /// Filled hexagon.
+    Hexagon,
+    /// Hollow hexagon.
+    OpenHexagon,
 }
 
-/// The Okabe-Ito colour-blind-safe palette (yellow replaced by a dark grey-olive that reads on
-/// white), one per marker.
-const PALETTE: [(RGBColor, Marker); 8] = [
-    (RGBColor(0, 0, 0), Marker::Diamond),
-    (RGBColor(213, 94, 0), Marker::Circle),
-    (RGBColor(230, 159, 0), Marker::OpenCircle),
-    (RGBColor(204, 121, 167), Marker::Triangle),
-    (RGBColor(0, 114, 178), Marker::Square),
-    (RGBColor(86, 180, 233), Marker::OpenSquare),
-    (RGBColor(0, 158, 115), Marker::Cross),
-    (RGBColor(120, 120, 60), Marker::OpenTriangle),
+/// Every estimator's look: a colour and a marker of its own, never shared by two estimators
+/// (a test checks it over the registry and the reserved ids). The first eight are the
+/// Okabe-Ito colour-blind-safe palette (yellow replaced by a dark grey-olive that reads on
+/// white); the rest are saturated colours chosen as far (in RGB) from them and from each other
+/// as possible. Ids not yet in the registry keep their place here, so an estimator looks the
+/// same on every branch.
+pub const STYLES: &[(&str, RGBColor, Marker)] = &[
+    ("exact", RGBColor(0, 0, 0), Marker::Diamond),
+    ("reinforce", RGBColor(213, 94, 0), Marker::Circle),
+    ("reinforce-ema", RGBColor(230, 159, 0), Marker::OpenCircle),
+    ("rloo", RGBColor(204, 121, 167), Marker::Triangle),
+    ("muprop", RGBColor(0, 114, 178), Marker::Square),
+    ("muprop-c", RGBColor(86, 180, 233), Marker::OpenSquare),
+    ("gumbel-softmax", RGBColor(0, 158, 115), Marker::Cross),
+    ("st-gumbel", RGBColor(120, 120, 60), Marker::OpenTriangle),
+    ("arsm", RGBColor(90, 0, 180), Marker::Star),
+    ("disarm", RGBColor(180, 0, 90), Marker::OpenDiamond),
+    ("unordered-set", RGBColor(0, 100, 0), Marker::Pentagon),
+    ("sum-and-sample", RGBColor(0, 0, 255), Marker::TriangleDown),
+    ("indecater", RGBColor(128, 0, 0), Marker::Hexagon),
+    ("st", RGBColor(255, 0, 0), Marker::Plus),
+    ("gumbel-rao", RGBColor(0, 0, 128), Marker::OpenPentagon),
+    ("reinmax", RGBColor(0, 190, 0), Marker::Asterisk),
+    ("rebar", RGBColor(68, 170, 153), Marker::OpenHexagon),
+    ("relax", RGBColor(160, 82, 45), Marker::OpenTriangleDown),
 ];
 
-/// The colour and marker of an estimator (fixed by its place in the registry, so an
-/// estimator looks the same in every plot).
+/// The look of an id missing from [`STYLES`] (never two such in a plot that a test knows of).
+const UNKNOWN_STYLE: (RGBColor, Marker) = (RGBColor(128, 128, 128), Marker::Cross);
+
+/// The colour and marker of an estimator (fixed by its id, so an estimator looks the same in
+/// every plot).
 pub fn estimator_style(id: &str) -> (RGBColor, Marker) {
-    let index = crate::estimators::REGISTRY
+    STYLES
         .iter()
-        .position(|e| e.id() == id)
-        .unwrap_or(7);
-    PALETTE[index % PALETTE.len()]
+        .find(|s| s.0 == id)
+        .map_or(UNKNOWN_STYLE, |s| (s.1, s.2))
+}
+
+/// The legend group of an estimator: its family in the registry (the score-function family
+/// reads categories, the relaxed one Gumbel noise).
+pub fn estimator_group(id: &str) -> &'static str {
+    match crate::estimators::by_id(id).map(|e| e.family()) {
+        Ok(crate::estimators::Family::ScoreFunction) => "score function",
+        Ok(crate::estimators::Family::Relaxed) => "relaxed",
+        Err(_) => "other",
+    }
 }
 
 /// A marker of `size` pixels (half-width) at `at`, for any coordinate system.
@@ -265,11 +311,7 @@ pub fn marker_element<'a, C: Clone + 'a, DB: DrawingBackend + 'a>(
         Marker::Square => (base + Rectangle::new([(-s, -s), (s, s)], fill)).into_dyn(),
         Marker::OpenSquare => (base + Rectangle::new([(-s, -s), (s, s)], line)).into_dyn(),
         Marker::Triangle => (base + Polygon::new(tri, fill)).into_dyn(),
-        Marker::OpenTriangle => {
-            let mut closed = tri;
-            closed.push(closed[0]);
-            (base + PathElement::new(closed, line)).into_dyn()
-        }
+        Marker::OpenTriangle => (base + PathElement::new(closed(tri), line)).into_dyn(),
         Marker::Diamond => (base
             + Polygon::new(vec![(0, -s - 1), (s + 1, 0), (0, s + 1), (-s - 1, 0)], fill))
         .into_dyn(),
@@ -277,7 +319,71 @@ pub fn marker_element<'a, C: Clone + 'a, DB: DrawingBackend + 'a>(
             + PathElement::new(vec![(-s, -s), (s, s)], line)
             + PathElement::new(vec![(-s, s), (s, -s)], line))
         .into_dyn(),
+        Marker::TriangleDown => (base + Polygon::new(flip(tri), fill)).into_dyn(),
+        Marker::OpenTriangleDown => (base + PathElement::new(closed(flip(tri)), line)).into_dyn(),
+        Marker::OpenDiamond => (base
+            + PathElement::new(
+                closed(vec![(0, -s - 1), (s + 1, 0), (0, s + 1), (-s - 1, 0)]),
+                line,
+            ))
+        .into_dyn(),
+        Marker::Plus => (base
+            + PathElement::new(vec![(-s - 1, 0), (s + 1, 0)], line)
+            + PathElement::new(vec![(0, -s - 1), (0, s + 1)], line))
+        .into_dyn(),
+        Marker::Asterisk => {
+            let arm = |deg: f64| {
+                let (x, y) = polar(s + 1, deg);
+                PathElement::new(vec![(x, y), (-x, -y)], line)
+            };
+            (base + arm(90.0) + arm(30.0) + arm(150.0)).into_dyn()
+        }
+        Marker::Star => {
+            let points: Vec<(i32, i32)> = (0..10)
+                .map(|i| {
+                    let r = if i % 2 == 0 { s + 2 } else { (s + 2) / 2 };
+                    polar(r, 90.0 + 36.0 * f64::from(i))
+                })
+                .collect();
+            (base + Polygon::new(points, fill)).into_dyn()
+        }
+        Marker::Pentagon => (base + Polygon::new(regular(5, s + 1), fill)).into_dyn(),
+        Marker::OpenPentagon => {
+            (base + PathElement::new(closed(regular(5, s + 1)), line)).into_dyn()
+        }
+        Marker::Hexagon => (base + Polygon::new(regular(6, s + 1), fill)).into_dyn(),
+        Marker::OpenHexagon => {
+            (base + PathElement::new(closed(regular(6, s + 1)), line)).into_dyn()
+        }
     }
+}
+
+/// A point at radius `r` pixels and angle `deg` (counter-clockwise from the x axis; pixel y
+/// grows downwards).
+fn polar(r: i32, deg: f64) -> (i32, i32) {
+    let t = deg.to_radians();
+    (
+        (f64::from(r) * t.cos()).round() as i32,
+        -(f64::from(r) * t.sin()).round() as i32,
+    )
+}
+
+/// The corners of a regular polygon with `n` corners, one at the top.
+fn regular(n: u32, r: i32) -> Vec<(i32, i32)> {
+    (0..n)
+        .map(|i| polar(r, 90.0 + 360.0 * f64::from(i) / f64::from(n)))
+        .collect()
+}
+
+/// A polygon's outline, closed.
+fn closed(mut points: Vec<(i32, i32)>) -> Vec<(i32, i32)> {
+    points.push(points[0]);
+    points
+}
+
+/// Mirrored top to bottom.
+fn flip(points: Vec<(i32, i32)>) -> Vec<(i32, i32)> {
+    points.into_iter().map(|(x, y)| (x, -y)).collect()
 }
 
 /// `10^e` written with superscript digits (`10⁻³`), for decade ticks of a log axis that is
@@ -341,13 +447,28 @@ mod tests {
 
     #[test]
     fn estimators_look_different() {
-        let styles: Vec<_> = crate::estimators::REGISTRY
-            .iter()
-            .map(|e| estimator_style(e.id()))
-            .collect();
-        for (i, a) in styles.iter().enumerate() {
-            for b in &styles[i + 1..] {
-                assert!(a.0 != b.0 && a.1 != b.1);
+        // Every registered estimator has a style of its own, and no two styles (the reserved
+        // ids included) share a colour or a marker; colours stay apart in RGB.
+        for e in crate::estimators::REGISTRY {
+            assert!(
+                STYLES.iter().any(|s| s.0 == e.id()),
+                "{} has no style in STYLES",
+                e.id()
+            );
+        }
+        for (i, a) in STYLES.iter().enumerate() {
+            for b in &STYLES[i + 1..] {
+                assert!(
+                    a.0 != b.0 && a.2 != b.2,
+                    "{} and {} share a marker",
+                    a.0,
+                    b.0
+                );
+                let d = ((f64::from(a.1 .0) - f64::from(b.1 .0)).powi(2)
+                    + (f64::from(a.1 .1) - f64::from(b.1 .1)).powi(2)
+                    + (f64::from(a.1 .2) - f64::from(b.1 .2)).powi(2))
+                .sqrt();
+                assert!(d >= 45.0, "{} and {} look alike ({d:.0})", a.0, b.0);
             }
         }
     }

@@ -1,7 +1,9 @@
 //! Curves against the draw count S, one panel per loss and one line per estimator: total
 //! variance, mean squared error, bias norm and signal-to-noise ratio of the W-gradient
-//! estimate. Both axes are logarithmic (drawn as `log2 S` and `log10 value` with their own
-//! labels); Monte Carlo points carry 95% confidence bars (`±1.96` standard errors) and the
+//! estimate; and the mean squared error against the cost, the loss evaluations of one
+//! estimate (`mse-evaluations`: estimators that pay more per draw move right, so equal cost
+//! reads vertically). Both axes are logarithmic (drawn as `log2 S` or `log10 evaluations`, and
+//! `log10 value`, with their own labels); the legend groups the estimators by family; Monte Carlo points carry 95% confidence bars (`±1.96` standard errors) and the
 //! exact closed forms are dashed.
 //!
 //! A log axis cannot show a value `<= 0`: such points are left out (the seed loss has an exact
@@ -11,7 +13,7 @@
 use plotters::coord::Shift;
 use plotters::prelude::*;
 
-use super::{decade_label, estimator_style, marker_element, msg, Figure, FONT};
+use super::{decade_label, estimator_group, estimator_style, marker_element, msg, Figure, FONT};
 use crate::record::Record;
 use crate::summary::Summary;
 
@@ -25,6 +27,8 @@ pub enum Metric {
     Variance,
     /// Mean squared error `E ||G_hat - G||^2` (for unbiased estimators the exact variance).
     Mse,
+    /// The mean squared error against the loss evaluations of one estimate.
+    MseEvaluations,
     /// Bias norm `||E G_hat - G||`.
     Bias,
     /// Signal-to-noise ratio `||E G_hat|| / sqrt(sum_ij Var G_ij)`.
@@ -33,13 +37,20 @@ pub enum Metric {
 
 impl Metric {
     /// Every metric, in the order the files are written.
-    pub const ALL: [Metric; 4] = [Metric::Variance, Metric::Mse, Metric::Bias, Metric::Snr];
+    pub const ALL: [Metric; 5] = [
+        Metric::Variance,
+        Metric::Mse,
+        Metric::MseEvaluations,
+        Metric::Bias,
+        Metric::Snr,
+    ];
 
     /// File name without extension.
     pub fn stem(self) -> &'static str {
         match self {
             Metric::Variance => "variance",
             Metric::Mse => "mse",
+            Metric::MseEvaluations => "mse-evaluations",
             Metric::Bias => "bias",
             Metric::Snr => "snr",
         }
@@ -49,6 +60,9 @@ impl Metric {
         match self {
             Metric::Variance => "Variance of the gradient estimate Ĝ of ∂L/∂W against draws S",
             Metric::Mse => "Mean squared error of Ĝ against draws S (biased estimators level off)",
+            Metric::MseEvaluations => {
+                "Mean squared error of Ĝ against its cost in loss evaluations (equal cost: read vertically)"
+            }
             Metric::Bias => "Bias of Ĝ against draws S",
             Metric::Snr => "Signal-to-noise ratio of Ĝ against draws S",
         }
@@ -57,7 +71,7 @@ impl Metric {
     fn y_label(self) -> &'static str {
         match self {
             Metric::Variance => "total variance Σ Var Ĝ  [(loss/weight)²]",
-            Metric::Mse => "MSE  E‖Ĝ − G‖²  [(loss/weight)²]",
+            Metric::Mse | Metric::MseEvaluations => "MSE  E‖Ĝ − G‖²  [(loss/weight)²]",
             Metric::Bias => "bias  ‖E Ĝ − G‖  [loss/weight]",
             Metric::Snr => "SNR  ‖E Ĝ‖ / √(Σ Var Ĝ)  [1]",
         }
@@ -67,9 +81,24 @@ impl Metric {
     fn value(self, r: &Record) -> Option<(f64, f64)> {
         match self {
             Metric::Variance => Some((r.total_var_w, r.total_var_w_se)),
-            Metric::Mse => Some((r.mse_w, r.mse_w_se)),
+            Metric::Mse | Metric::MseEvaluations => Some((r.mse_w, r.mse_w_se)),
             Metric::Bias => Some((r.bias_norm_w, r.bias_norm_w_se)),
             Metric::Snr => r.snr.map(|v| (v, r.snr_se.unwrap_or(0.0))),
+        }
+    }
+
+    /// Whether the x axis is the cost (loss evaluations) rather than the draws S.
+    fn against_cost(self) -> bool {
+        self == Metric::MseEvaluations
+    }
+
+    /// A record's x coordinate: `log2 S`, or `log10` of its loss evaluations (`None` for a
+    /// summary that predates them).
+    fn x(self, r: &Record) -> Option<f64> {
+        if self.against_cost() {
+            (r.loss_evaluations > 0.0).then(|| r.loss_evaluations.log10())
+        } else {
+            Some(f64::from(r.samples).log2())
         }
     }
 
@@ -77,7 +106,7 @@ impl Metric {
     fn exact(self, r: &Record) -> Option<f64> {
         match self {
             Metric::Variance => r.exact_total_var_w,
-            Metric::Mse => r.exact_total_var_w.filter(|_| r.unbiased),
+            Metric::Mse | Metric::MseEvaluations => r.exact_total_var_w.filter(|_| r.unbiased),
             Metric::Bias => None,
             Metric::Snr => {
                 let var: f64 = r.exact_var.as_ref()?.iter().sum();
@@ -134,6 +163,7 @@ impl SweepFigure {
     pub fn new(summary: &Summary, metric: Metric) -> Self {
         let mut panels = Vec::new();
         let (mut ymin, mut ymax) = (f64::INFINITY, f64::NEG_INFINITY);
+        let (mut xmin, mut xmax) = (f64::INFINITY, f64::NEG_INFINITY);
         for loss in &summary.config.losses {
             let rows_of = |est: &String| -> Vec<&Record> {
                 summary
@@ -172,7 +202,12 @@ impl SweepFigure {
                     omitted: false,
                 };
                 for r in rows {
-                    let x = f64::from(r.samples).log2();
+                    let Some(x) = metric.x(r) else {
+                        curve.omitted = true;
+                        continue;
+                    };
+                    xmin = xmin.min(x);
+                    xmax = xmax.max(x);
                     match metric.value(r) {
                         Some((v, se)) if drawable(v) => {
                             let lo = v - Z95 * se;
@@ -213,12 +248,19 @@ impl SweepFigure {
             .unwrap_or(1)
             .max(2);
         let smin = summary.config.samples.iter().copied().min().unwrap_or(1);
+        let x_range = if !metric.against_cost() {
+            (f64::from(smin).log2() - 0.4, f64::from(smax).log2() + 0.4)
+        } else if xmin.is_finite() {
+            (xmin - 0.15, xmax.max(xmin + 1.0) + 0.15)
+        } else {
+            (-0.15, 1.15)
+        };
         Self {
             metric,
             reps: summary.config.reps,
             estimators: summary.config.estimators.clone(),
             panels,
-            x_range: (f64::from(smin).log2() - 0.4, f64::from(smax).log2() + 0.4),
+            x_range,
             y_range: ((ymin - 0.15).floor(), (ymax + 0.15).ceil()),
         }
     }
@@ -241,13 +283,29 @@ impl SweepFigure {
             .build_cartesian_2d(x0..x1, y0..y1)
             .map_err(msg)?;
         let decades = (y1 - y0).round() as usize + 1;
+        let cost = self.metric.against_cost();
+        let x_format = |v: &f64| {
+            if cost {
+                decade_label(*v)
+            } else {
+                format!("{}", 2f64.powf(*v).round())
+            }
+        };
         chart
             .configure_mesh()
-            .x_labels(8)
+            .x_labels(if cost {
+                ((x1 - x0).floor() as usize + 1).clamp(2, 9)
+            } else {
+                8
+            })
             .y_labels(decades.min(9))
-            .x_label_formatter(&|v| format!("{}", 2f64.powf(*v).round()))
+            .x_label_formatter(&x_format)
             .y_label_formatter(&|v| decade_label(*v))
-            .x_desc("draws per estimate S")
+            .x_desc(if cost {
+                "loss evaluations per estimate"
+            } else {
+                "draws per estimate S"
+            })
             .y_desc(self.metric.y_label())
             .label_style((FONT, 17))
             .axis_desc_style((FONT, 18))
@@ -311,28 +369,76 @@ impl SweepFigure {
         Ok(())
     }
 
+    /// The legend's lines of estimators: one group per family (in registry order), wrapped
+    /// to `width` pixels; each entry is (x, group label or estimator id, is a label).
+    fn legend_lines(&self, width: i32) -> Vec<Vec<(i32, String, bool)>> {
+        let mut groups: Vec<(&str, Vec<&String>)> = Vec::new();
+        for est in &self.estimators {
+            let group = estimator_group(est);
+            match groups.iter_mut().find(|g| g.0 == group) {
+                Some(g) => g.1.push(est),
+                None => groups.push((group, vec![est])),
+            }
+        }
+        let mut lines = Vec::new();
+        for (group, members) in groups {
+            let label = format!("{group}:");
+            let indent = 20 + text_width(&label) + 16;
+            let mut line = vec![(20, label, true)];
+            let mut x = indent;
+            for est in members {
+                let w = 44 + text_width(est) + 28;
+                if x + w > width && line.len() > 1 {
+                    lines.push(std::mem::take(&mut line));
+                    x = indent;
+                }
+                line.push((x, est.clone(), false));
+                x += w;
+            }
+            lines.push(line);
+        }
+        lines
+    }
+
+    /// Height of the legend area in pixels.
+    fn legend_height(&self) -> u32 {
+        let (width, _) = self.size_without_legend();
+        let lines = self.legend_lines(width as i32 - 40).len().max(1) as u32;
+        30 * lines + 60 + 24 * self.panels.len() as u32
+    }
+
+    fn size_without_legend(&self) -> (u32, u32) {
+        (60 + 560 * self.panels.len().max(2) as u32, 550)
+    }
+
     fn draw_legend<DB: DrawingBackend>(&self, area: &DrawingArea<DB, Shift>) -> Result<(), String> {
         let (width, _) = area.dim_in_pixel();
         let text = TextStyle::from((FONT, 18)).color(&BLACK);
-        let n = self.estimators.len().max(1) as i32;
-        let slot = (width as i32 - 40) / n;
-        for (i, est) in self.estimators.iter().enumerate() {
-            let (color, marker) = estimator_style(est);
-            let x = 20 + i as i32 * slot;
-            let y = 18;
-            area.draw(&PathElement::new(
-                vec![(x, y), (x + 36, y)],
-                color.stroke_width(2),
-            ))
-            .map_err(msg)?;
-            area.draw(&marker_element(marker, (x + 18, y), 5, color))
+        let label = TextStyle::from((FONT, 18)).color(&RGBColor(90, 90, 90));
+        let lines = self.legend_lines(width as i32);
+        for (row, line) in lines.iter().enumerate() {
+            let y = 18 + 30 * row as i32;
+            for (x, name, is_label) in line {
+                if *is_label {
+                    area.draw_text(name, &label, (*x, y - 10)).map_err(msg)?;
+                    continue;
+                }
+                let (color, marker) = estimator_style(name);
+                area.draw(&PathElement::new(
+                    vec![(*x, y), (x + 36, y)],
+                    color.stroke_width(2),
+                ))
                 .map_err(msg)?;
-            area.draw_text(est, &text, (x + 44, y - 10)).map_err(msg)?;
+                area.draw(&marker_element(marker, (x + 18, y), 5, color))
+                    .map_err(msg)?;
+                area.draw_text(name, &text, (x + 44, y - 10)).map_err(msg)?;
+            }
         }
+        let base = 30 * lines.len().max(1) as i32 - 30;
         let grey = RGBColor(60, 60, 60);
         let small = TextStyle::from((FONT, 17)).color(&grey);
         let mut x = 20;
-        let y = 52;
+        let y = 52 + base;
         area.draw(&PathElement::new(
             vec![(x, y), (x + 36, y)],
             grey.stroke_width(2),
@@ -370,7 +476,9 @@ impl SweepFigure {
             ))
             .map_err(msg)?;
             let exact = match self.metric {
-                Metric::Mse => "exact (unbiased estimators: MSE = variance)",
+                Metric::Mse | Metric::MseEvaluations => {
+                    "exact (unbiased estimators: MSE = variance)"
+                }
                 Metric::Snr => "exact (unbiased estimators)",
                 _ => "exact closed form (darker)",
             };
@@ -382,7 +490,7 @@ impl SweepFigure {
         } else {
             ""
         };
-        let mut y = 80;
+        let mut y = 80 + base;
         for panel in &self.panels {
             let names: Vec<&str> = panel
                 .curves
@@ -411,10 +519,8 @@ impl Figure for SweepFigure {
     }
 
     fn size(&self) -> (u32, u32) {
-        (
-            60 + 560 * self.panels.len().max(2) as u32,
-            640 + 24 * self.panels.len() as u32,
-        )
+        let (width, plots) = self.size_without_legend();
+        (width, plots + self.legend_height())
     }
 
     fn draw<DB: DrawingBackend>(&self, root: &DrawingArea<DB, Shift>) -> Result<(), String> {
@@ -424,12 +530,17 @@ impl Figure for SweepFigure {
             .map_err(msg)?
             .margin(0, 0, 20, 20);
         let (_, height) = area.dim_in_pixel();
-        let (plots, legend) =
-            area.split_vertically(height as i32 - 90 - 24 * self.panels.len() as i32);
+        let (plots, legend) = area.split_vertically(height as i32 - self.legend_height() as i32);
         let cells = plots.split_evenly((1, self.panels.len().max(1)));
         for (cell, panel) in cells.iter().zip(&self.panels) {
             self.draw_panel(cell, panel)?;
         }
         self.draw_legend(&legend)
     }
+}
+
+/// The width of `text` in the legend's 18-pixel font, estimated (DejaVu Sans averages about
+/// 10 pixels a character at that size; an overestimate only wraps a line early).
+fn text_width(text: &str) -> i32 {
+    10 * text.chars().count() as i32
 }

@@ -178,15 +178,23 @@ pub fn plan(args: &TrainOptions) -> Result<Plan> {
     }
     let all = args.estimators.iter().any(|e| e == "all");
     let estimators: Vec<&'static dyn Estimator> = if all {
+        // Training reads counts or relaxed sums: the estimators with a lowering.
         REGISTRY
             .iter()
             .copied()
-            .filter(|e| args.samples >= e.min_samples())
+            .filter(|e| args.samples >= e.min_samples() && e.lowering().is_some())
             .collect()
     } else {
         let mut chosen = Vec::new();
         for id in &args.estimators {
             let e = estimators::by_id(id.trim())?;
+            if e.lowering().is_none() {
+                return bad(format!(
+                    "{} cannot be trained: training reads category counts or relaxed sums, and {} reads the joint draws themselves (the sweep's generic path); use it with mcgrad run",
+                    e.id(),
+                    e.id()
+                ));
+            }
             if args.samples < e.min_samples() {
                 return bad(format!(
                     "{} needs --samples {} or more (got {})",

@@ -1,0 +1,149 @@
+//! What the per-variable estimators share (`indecater`, `sum-and-sample`, and
+//! `unordered-set` with several variables): each estimates the gradient of variable `l` from
+//! the K losses `f(z_{-l}, c)`, `c = 0..K`, at the other variables' draws `z_{-l}` (the
+//! IndeCateR decomposition, De Smet et al. 2023, eq. 5:
+//! `d E f / d a_l = E_{z_{-l}} [ sum_c (d p_lc / d a_l) f(z_{-l}, c) ]`, exact because the
+//! variables are independent). Here: those K losses, the estimators' own noise read as
+//! uniforms, and the exact moments of such an estimator by enumerating `z_{-l}` (and the
+//! estimator's own discrete noise) for every variable.
+
+use rayon::prelude::*;
+
+use super::{Context, ExactMoments, Noise};
+use crate::oracle::{self, Method};
+
+/// Most loss evaluations the per-variable enumeration spends (`L K^L`).
+pub const MAX_CONDITIONAL_EVALUATIONS: f64 = 2.5e7;
+/// Configurations of `z_{-l}` per enumeration chunk (a fixed partition: sums do not depend on
+/// the thread count).
+const CHUNK: u64 = 1 << 12;
+
+/// `out[c] = f(z with variable l set to c)` for every category c: K loss evaluations.
+/// `scratch` is L numbers, overwritten.
+pub fn conditional_losses(
+    ctx: &Context,
+    z: &[u32],
+    l: usize,
+    scratch: &mut [u32],
+    out: &mut [f64],
+) {
+    scratch.copy_from_slice(z);
+    for (c, o) in out.iter_mut().enumerate() {
+        scratch[l] = c as u32;
+        *o = ctx.objective.at_vertex(scratch);
+    }
+}
+
+/// The `n`-th uniform in (0, 1) of the auxiliary noise of draw `draw` (four per Philox lane:
+/// uniform `n` is lane `n / 4`, word `n % 4`).
+#[inline]
+pub fn uniform(noise: &Noise, draw: u32, n: usize) -> f64 {
+    noise.open_uniforms(draw, (n / 4) as u32)[n % 4]
+}
+
+/// Uniforms `0 .. out.len()` of draw `draw` (the numbers [`uniform`] gives), one Philox block
+/// per four.
+#[inline]
+pub fn fill_uniforms(noise: &Noise, draw: u32, out: &mut [f64]) {
+    for (lane, chunk) in out.chunks_mut(4).enumerate() {
+        let u = noise.open_uniforms(draw, lane as u32);
+        chunk.copy_from_slice(&u[..chunk.len()]);
+    }
+}
+
+/// The exact moments of an S-draw estimate made of per-variable blocks, by enumeration.
+///
+/// For variable `l` the estimator's block (K numbers) is a function of the K losses
+/// `f(z_{-l}, .)` and of its own discrete noise: `block(l, losses, push)` calls
+/// `push(probability, block)` once per outcome of that noise (probabilities summing to 1).
+/// `average` is `Some(S)` where the estimate averages S independent such draws, `None` where
+/// it is one such draw. The mean, variance and fourth central moment of every coordinate are
+/// accumulated about the exact gradient (so a zero variance comes out as zero, not as a
+/// difference of large numbers). `None` where the gradient is only a Monte Carlo reference or
+/// the enumeration would pass [`MAX_CONDITIONAL_EVALUATIONS`].
+pub fn per_variable_moments<B>(
+    ctx: &Context,
+    average: Option<u32>,
+    block: B,
+) -> Option<ExactMoments>
+where
+    B: Fn(usize, &[f64], &mut dyn FnMut(f64, &[f64])) + Sync,
+{
+    let (l, k) = (ctx.l, ctx.k);
+    let others = (k as f64).powi(l as i32 - 1);
+    if oracle::method(ctx) == Method::Reference
+        || others * (l * k) as f64 > MAX_CONDITIONAL_EVALUATIONS
+    {
+        return None;
+    }
+    let others = others as u64;
+    let mut mean = vec![0.0; l * k];
+    let mut var = vec![0.0; l * k];
+    let mut m4 = vec![0.0; l * k];
+    for var_index in 0..l {
+        let shift = &ctx.grad[var_index * k..(var_index + 1) * k];
+        let chunks = others.div_ceil(CHUNK);
+        // Raw moments 1..4 about the exact gradient, K each.
+        let parts: Vec<Vec<f64>> = (0..chunks)
+            .into_par_iter()
+            .map(|chunk| {
+                let mut acc = vec![0.0; 4 * k];
+                let mut z = vec![0u32; l];
+                let mut scratch = vec![0u32; l];
+                let mut losses = vec![0.0; k];
+                for index in chunk * CHUNK..((chunk + 1) * CHUNK).min(others) {
+                    // Decode z_{-l}: the other variables, the last one least significant.
+                    let mut rest = index;
+                    let mut prob = 1.0;
+                    for m in (0..l).rev().filter(|&m| m != var_index) {
+                        let c = (rest % k as u64) as usize;
+                        rest /= k as u64;
+                        z[m] = c as u32;
+                        prob *= ctx.p[m * k + c];
+                    }
+                    if prob == 0.0 {
+                        continue;
+                    }
+                    conditional_losses(ctx, &z, var_index, &mut scratch, &mut losses);
+                    block(var_index, &losses, &mut |q, g| {
+                        let w = prob * q;
+                        for j in 0..k {
+                            let d = g[j] - shift[j];
+                            let d2 = d * d;
+                            acc[j] += w * d;
+                            acc[k + j] += w * d2;
+                            acc[2 * k + j] += w * d2 * d;
+                            acc[3 * k + j] += w * d2 * d2;
+                        }
+                    });
+                }
+                acc
+            })
+            .collect();
+        let mut raw = vec![0.0; 4 * k];
+        for part in parts {
+            raw.iter_mut().zip(part).for_each(|(a, b)| *a += b);
+        }
+        for j in 0..k {
+            let (r1, r2, r3, r4) = (raw[j], raw[k + j], raw[2 * k + j], raw[3 * k + j]);
+            let m2 = (r2 - r1 * r1).max(0.0);
+            let c4 = (r4 - 4.0 * r1 * r3 + 6.0 * r1 * r1 * r2 - 3.0 * r1.powi(4)).max(0.0);
+            let i = var_index * k + j;
+            mean[i] = shift[j] + r1;
+            var[i] = m2;
+            m4[i] = c4;
+        }
+    }
+    if let Some(s) = average {
+        let s = f64::from(s);
+        for (v, q) in var.iter_mut().zip(m4.iter_mut()) {
+            *q = (*q + 3.0 * (s - 1.0) * *v * *v) / (s * s * s);
+            *v /= s;
+        }
+    }
+    Some(ExactMoments {
+        mean,
+        var,
+        m4: Some(m4),
+    })
+}

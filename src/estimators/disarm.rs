@@ -1,0 +1,216 @@
+//! `disarm`: DisARM, the antithetic estimator for binary variables of Dong, Mnih and Tucker 2020
+//! ("DisARM: An Antithetic Gradient Estimator for Binary Latent Variables", NeurIPS;
+//! reference code in google-research/google-research, folder `disarm`). K = 2 only: variable `l` is a Bernoulli
+//! `b_l = z_l` with `P(b_l = 1) = p_l1 = sigma(theta_l)`, `theta_l = a_l1 - a_l0`. A draw
+//! `b_l = 1[u_l < p_l1]` from uniforms `u` has the antithetic partner `b~_l = 1[1 - u_l < p_l1]`,
+//! and per pair
+//! `g_hat_theta_l = 1/2 (f(b) - f(b~)) (-1)^{b~_l} 1[b_l != b~_l] sigma(|theta_l|)`;
+//! the logit gradient is `(-g_hat_theta_l, g_hat_theta_l)` (`d/da_l1 = d/dtheta_l`). Unbiased.
+//!
+//! Here each of the S joint draws `z_i` of the pass is the first half of a pair: its uniforms
+//! are drawn given `z_i` from the repetition's auxiliary noise (`u_l = p_l1 v` where `b_l = 1`,
+//! `p_l1 + (1 - p_l1) v` where `b_l = 0`, `v` uniform, so `u` is uniform and `b = 1[u < p1]`),
+//! and the partner is evaluated: two loss evaluations per draw, `2 S` per estimate (the
+//! paper's one pair is S = 1). Refuses K != 2.
+//!
+//! Variance: per variable the pair `(b_l, b~_l)` takes `(1,0)` and `(0,1)` with probability
+//! `min(p_l0, p_l1)` each, and `(1,1)` or `(0,0)` otherwise, so the exact moments come from
+//! enumerating these states (at most `3^L`). For a separable loss `f = c + sum_m t_m(b_m)`, with
+//! `Delta_m = t_m(1) - t_m(0)`, `P_m = 2 min(p_m0, p_m1)` and `sigma_l = max(p_l0, p_l1)`:
+//! `Var g_hat_theta_l = sigma_l^2 P_l (Delta_l^2 + sum_{m != l} P_m Delta_m^2) / 4 - g_l^2`,
+//! divided by S for the S-draw average.
+
+use super::conditional::fill_uniforms;
+use super::{Context, Estimator, ExactMoments, Family, JointDraws};
+use crate::error::{Error, Result};
+use crate::oracle::{self, Method};
+
+/// Most antithetic states `3^L` the exact moments enumerate.
+pub const MAX_PAIR_STATES: f64 = 2e6;
+
+/// DisARM for binary variables.
+pub struct Disarm;
+
+/// Adds one pair's estimate to `out` (L*2 numbers): `b`, `b~` and their losses.
+#[inline]
+fn add_pair(ctx: &Context, b: &[u32], b_anti: &[u32], f: f64, f_anti: f64, out: &mut [f64]) {
+    let half = 0.5 * (f - f_anti);
+    for (l, (&x, &y)) in b.iter().zip(b_anti).enumerate() {
+        if x != y {
+            let sigma_abs = ctx.p[2 * l].max(ctx.p[2 * l + 1]);
+            let g = if y == 1 { -half } else { half } * sigma_abs;
+            out[2 * l + 1] += g;
+            out[2 * l] -= g;
+        }
+    }
+}
+
+impl Disarm {
+    /// The exact moments by enumerating the antithetic states of every variable, or `None`
+    /// past [`MAX_PAIR_STATES`] states (or where the gradient is only a reference).
+    pub fn enumerated_moments(&self, ctx: &Context, s: u32) -> Option<ExactMoments> {
+        let l = ctx.l;
+        // Per variable: its states (b, b~, probability) of nonzero probability.
+        let states: Vec<Vec<(u32, u32, f64)>> = (0..l)
+            .map(|v| {
+                let (p0, p1) = (ctx.p[2 * v], ctx.p[2 * v + 1]);
+                let lo = p0.min(p1);
+                let both = (p1 - p0).abs();
+                let same = if p1 > p0 { 1 } else { 0 };
+                [(1, 0, lo), (0, 1, lo), (same, same, both)]
+                    .into_iter()
+                    .filter(|s| s.2 > 0.0)
+                    .collect()
+            })
+            .collect();
+        let total: f64 = states.iter().map(|s| s.len() as f64).product();
+        if total > MAX_PAIR_STATES || oracle::method(ctx) == Method::Reference {
+            return None;
+        }
+        let n = ctx.dim();
+        let mut raw = vec![0.0; 4 * n];
+        let mut index = vec![0usize; l];
+        let (mut b, mut b_anti) = (vec![0u32; l], vec![0u32; l]);
+        let mut g = vec![0.0; n];
+        loop {
+            let mut prob = 1.0;
+            for v in 0..l {
+                let (x, y, q) = states[v][index[v]];
+                b[v] = x;
+                b_anti[v] = y;
+                prob *= q;
+            }
+            g.iter_mut().for_each(|x| *x = 0.0);
+            let (f, f_anti) = (
+                ctx.objective.at_vertex(&b),
+                ctx.objective.at_vertex(&b_anti),
+            );
+            add_pair(ctx, &b, &b_anti, f, f_anti, &mut g);
+            for j in 0..n {
+                let d = g[j] - ctx.grad[j];
+                let d2 = d * d;
+                raw[j] += prob * d;
+                raw[n + j] += prob * d2;
+                raw[2 * n + j] += prob * d2 * d;
+                raw[3 * n + j] += prob * d2 * d2;
+            }
+            // Next state, mixed radix, the last variable fastest.
+            let mut v = l;
+            loop {
+                if v == 0 {
+                    return Some(moments_from_raw(ctx, &raw, s));
+                }
+                v -= 1;
+                index[v] += 1;
+                if index[v] < states[v].len() {
+                    break;
+                }
+                index[v] = 0;
+            }
+        }
+    }
+
+    /// The closed form for a separable loss (see the module doc); no fourth moment.
+    pub fn separable_moments(&self, ctx: &Context, s: u32) -> Option<ExactMoments> {
+        let (terms, _) = ctx.objective.separable_terms()?;
+        let l = ctx.l;
+        let delta: Vec<f64> = (0..l).map(|v| terms[2 * v + 1] - terms[2 * v]).collect();
+        let pair: Vec<f64> = (0..l)
+            .map(|v| 2.0 * ctx.p[2 * v].min(ctx.p[2 * v + 1]))
+            .collect();
+        let spread: f64 = (0..l).map(|v| pair[v] * delta[v] * delta[v]).sum();
+        let s = f64::from(s);
+        let mut var = vec![0.0; 2 * l];
+        for v in 0..l {
+            let sigma = ctx.p[2 * v].max(ctx.p[2 * v + 1]);
+            let others = spread - pair[v] * delta[v] * delta[v];
+            let second = 0.25 * sigma * sigma * pair[v] * (delta[v] * delta[v] + others);
+            let g = ctx.grad[2 * v + 1];
+            let x = (second - g * g).max(0.0) / s;
+            var[2 * v] = x;
+            var[2 * v + 1] = x;
+        }
+        Some(ExactMoments {
+            mean: ctx.grad.clone(),
+            var,
+            m4: None,
+        })
+    }
+}
+
+/// Mean, variance and fourth central moment of the S-draw average from the single-pair raw
+/// moments about the exact gradient.
+fn moments_from_raw(ctx: &Context, raw: &[f64], s: u32) -> ExactMoments {
+    let n = ctx.dim();
+    let s = f64::from(s);
+    let (mut mean, mut var, mut m4) = (vec![0.0; n], vec![0.0; n], vec![0.0; n]);
+    for j in 0..n {
+        let (r1, r2, r3, r4) = (raw[j], raw[n + j], raw[2 * n + j], raw[3 * n + j]);
+        let m2 = (r2 - r1 * r1).max(0.0);
+        let c4 = (r4 - 4.0 * r1 * r3 + 6.0 * r1 * r1 * r2 - 3.0 * r1.powi(4)).max(0.0);
+        mean[j] = ctx.grad[j] + r1;
+        var[j] = m2 / s;
+        m4[j] = (c4 + 3.0 * (s - 1.0) * m2 * m2) / (s * s * s);
+    }
+    ExactMoments {
+        mean,
+        var,
+        m4: Some(m4),
+    }
+}
+
+impl Estimator for Disarm {
+    fn id(&self) -> &'static str {
+        "disarm"
+    }
+    fn family(&self) -> Family {
+        Family::ScoreFunction
+    }
+    fn is_unbiased(&self) -> bool {
+        true
+    }
+    fn check(&self, ctx: &Context) -> Result<()> {
+        if ctx.k != 2 {
+            return Err(Error::InvalidArgument(format!(
+                "disarm is defined for binary variables (K = 2) only, and this problem has K = {}; drop it or use arsm, its categorical counterpart",
+                ctx.k
+            )));
+        }
+        Ok(())
+    }
+    fn loss_evaluations(&self, _ctx: &Context, s: u32) -> f64 {
+        2.0 * f64::from(s)
+    }
+    fn exact_moments(&self, ctx: &Context, s: u32) -> Option<ExactMoments> {
+        if ctx.k != 2 {
+            return None;
+        }
+        if oracle::method(ctx) == Method::Separable && ctx.l > 1 {
+            return self.separable_moments(ctx, s);
+        }
+        self.enumerated_moments(ctx, s)
+    }
+    fn estimate(&self, ctx: &Context, d: &JointDraws<'_>, _: f64, out: &mut [f64]) -> Option<f64> {
+        let l = ctx.l;
+        out.iter_mut().for_each(|o| *o = 0.0);
+        let mut anti = vec![0u32; l];
+        let mut uniforms = vec![0.0; l];
+        for (i, (b, &f)) in d.z.chunks_exact(l).zip(d.f).enumerate() {
+            fill_uniforms(&d.noise, i as u32, &mut uniforms);
+            for (v, ((&x, y), &w)) in b.iter().zip(anti.iter_mut()).zip(&uniforms).enumerate() {
+                let p1 = ctx.p[2 * v + 1];
+                let u = if x == 1 { p1 * w } else { p1 + (1.0 - p1) * w };
+                *y = u32::from(1.0 - u < p1);
+            }
+            if anti.as_slice() == b {
+                // Every indicator is 0: the pair adds nothing (its loss is not needed).
+                continue;
+            }
+            let f_anti = ctx.objective.at_vertex(&anti);
+            add_pair(ctx, b, &anti, f, f_anti, out);
+        }
+        let inv = 1.0 / d.s as f64;
+        out.iter_mut().for_each(|o| *o *= inv);
+        None
+    }
+}
