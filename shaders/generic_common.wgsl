@@ -37,7 +37,8 @@ struct SignalGroup {
     residual: u32,
     // Offset of the loss's numbers in `data`.
     data: u32,
-    // Offset of grad f(p)[l, j] - grad_l f(p) . p_l (L*K numbers) in `data` (residual only).
+    // Offset of G'[l, j] = grad f(p)[l, j] - grad_l f(p) . p_l in `data` (residual only): L*K
+    // high f32 parts, then L*K low parts.
     grad: u32,
     // Subtracted from the loss's sum (see src/gpu/generic.rs for what it folds in).
     shift: f32,

@@ -7,9 +7,9 @@
 // The losses, in f32 (src/loss.rs has their definitions):
 // - quadratic: sum_l beta[l*K + z_l]; the constant alpha L + gamma is folded into `shift`;
 // - pnorm: (1/L) sum_l |z_l - b_l|^p;
-// - decoder: sum_h (softplus(h_h) - target_h h_h - s_h), h_h = c_h + sum_l V[h, l*K + z_l],
-//   with s_h the term's value at the mean-field point (so the sum is of small numbers) and a
-//   compensated (Kahan) sum over h;
+// - decoder: sum_h softplus(h_h) - target_h h_h, h_h = c_h + sum_l V[h, l*K + z_l], as the
+//   sum of each term's step from its value at the mean-field point h_p (the host adds those
+//   values back in f64), in compensated (Kahan) sums;
 // - table: table[z_0 K^(L-1) + ... + z_{L-1}].
 //
 // One thread per (repetition, signal group, draw), draw fastest; the output is
@@ -21,9 +21,9 @@
 @group(0) @binding(3) var<storage, read> z: array<u32>;
 @group(0) @binding(4) var<storage, read_write> signals: array<f32>;
 
-// log(1 + x) for x in (0, 1], accurate for small x: log(u) x / (u - 1) with u = 1 + x
-// (the rounding of u cancels; Goldberg 1991).
-fn log1p_unit(x: f32) -> f32 {
+// log(1 + x) for x > -1/2, accurate for small x: log(u) x / (u - 1) with u = 1 + x (the
+// rounding of u cancels; Goldberg 1991).
+fn log1p_accurate(x: f32) -> f32 {
     let u = 1.0 + x;
     if u == 1.0 {
         return x;
@@ -31,8 +31,33 @@ fn log1p_unit(x: f32) -> f32 {
     return accurate_log(u) * (x / (u - 1.0));
 }
 
-fn softplus(h: f32) -> f32 {
-    return max(h, 0.0) + log1p_unit(exp(-abs(h)));
+// e^x - 1 with a relative error of a few ulp: a Taylor polynomial for |x| < 1/2 (the first
+// omitted term is below 2^-30 of the value), exp(x) - 1 beyond.
+fn expm1_accurate(x: f32) -> f32 {
+    if abs(x) >= 0.5 {
+        return exp(x) - 1.0;
+    }
+    var poly = 1.0 + x / 10.0;
+    poly = 1.0 + x / 9.0 * poly;
+    poly = 1.0 + x / 8.0 * poly;
+    poly = 1.0 + x / 7.0 * poly;
+    poly = 1.0 + x / 6.0 * poly;
+    poly = 1.0 + x / 5.0 * poly;
+    poly = 1.0 + x / 4.0 * poly;
+    poly = 1.0 + x / 3.0 * poly;
+    poly = 1.0 + x / 2.0 * poly;
+    return x * poly;
+}
+
+// softplus(h_p + delta) - softplus(h_p) from delta and sigma = sigmoid(-|h_p|) <= 1/2:
+// log1p(sigma expm1(delta)) for h_p < 0, and delta + log1p(sigma expm1(-delta)) for
+// h_p >= 0 (softplus(h) = h + softplus(-h)), so the argument of log1p stays above -1/2 and the
+// difference keeps its relative accuracy however small it is.
+fn softplus_step(delta: f32, sigma: f32, upper: bool) -> f32 {
+    if upper {
+        return delta + log1p_accurate(sigma * expm1_accurate(-delta));
+    }
+    return log1p_accurate(sigma * expm1_accurate(delta));
 }
 
 fn pnorm_term(d: f32, p: f32) -> f32 {
@@ -77,20 +102,30 @@ fn main(@builtin(global_invocation_id) gid: vec3<u32>) {
             d = acc / f32(l) - group.shift;
         }
         case LOSS_DECODER: {
+            // Each term as its step from the mean-field point h_p (the host subtracts the sum
+            // of the terms at h_p, exactly): softplus(h) - softplus(h_p) - target (h - h_p),
+            // with h - h_p = (c - h_p) + sum_l V[h, l*K + z_l] summed with compensation.
             let n = l * k;
             let hidden = group.hidden;
-            let c_at = group.data + hidden * n;
-            let target_at = c_at + hidden;
-            let shift_at = target_at + hidden;
+            let base_at = group.data + hidden * n;
+            let sigma_at = base_at + hidden;
+            let upper_at = sigma_at + hidden;
+            let target_at = upper_at + hidden;
             var sum = 0.0;
             var comp = 0.0;
             for (var hh = 0u; hh < hidden; hh++) {
-                var h = data[c_at + hh];
+                var delta = data[base_at + hh];
+                var delta_comp = 0.0;
                 let v_row = group.data + hh * n;
                 for (var v = 0u; v < l; v++) {
-                    h += data[v_row + v * k + z[row + v]];
+                    let y = data[v_row + v * k + z[row + v]] - delta_comp;
+                    let t = delta + y;
+                    delta_comp = (t - delta) - y;
+                    delta = t;
                 }
-                let term = (softplus(h) - data[target_at + hh] * h) - data[shift_at + hh];
+                delta -= delta_comp;
+                let step = softplus_step(delta, data[sigma_at + hh], data[upper_at + hh] > 0.0);
+                let term = step - data[target_at + hh] * delta;
                 let y = term - comp;
                 let t = sum + y;
                 comp = (t - sum) - y;
@@ -107,11 +142,17 @@ fn main(@builtin(global_invocation_id) gid: vec3<u32>) {
         }
     }
     if group.residual == 1u {
+        // G' in two f32 parts (high, then low at L*K further), summed with compensation.
         var lin = 0.0;
+        var lin_comp = 0.0;
         for (var v = 0u; v < l; v++) {
-            lin += data[group.grad + v * k + z[row + v]];
+            let at = group.grad + v * k + z[row + v];
+            let y = (data[at] + data[at + l * k]) - lin_comp;
+            let t = lin + y;
+            lin_comp = (t - lin) - y;
+            lin = t;
         }
-        d -= lin;
+        d -= lin - lin_comp;
     }
     signals[index] = d;
 }

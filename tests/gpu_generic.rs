@@ -113,11 +113,12 @@ fn score_function_estimators(contexts: &[Context]) -> Vec<&'static dyn Estimator
 fn joint_draws_are_the_cpus_bit_for_bit() {
     let Some(engine) = gpu() else { return };
     let key = key_of(0x1234_5678_9abc);
-    // L = 3, K = 5 with a category of probability 0 (the clamp to the last nonzero one), and
-    // L = 20, K = 10; odd S (a partial Philox block), repetitions near the top of u32.
-    let mut clamped = free(3, 5, 1.0).logits();
-    clamped[14] = -1e9;
-    let clamped = Problem::free_logits(3, 5, clamped);
+    // L = 3, K = 5 where variable 1's probabilities sum to 0.99 with its last two categories
+    // at 0 (1% of its draws pass every threshold and are clamped to the last nonzero
+    // category), and L = 20, K = 10; odd S (a partial Philox block), repetitions near the top
+    // of u32.
+    let mut clamped = free(3, 5, 1.0).probs();
+    clamped[5..10].copy_from_slice(&[0.3, 0.3, 0.39, 0.0, 0.0]);
     // Small chunks: several chunks per call.
     let chunked = GpuEngine::new(&GpuPreference::Any)
         .unwrap()
@@ -125,14 +126,13 @@ fn joint_draws_are_the_cpus_bit_for_bit() {
             max_reps: 16,
             ..ChunkLimits::default()
         });
-    for (engine, problem, samples, rep_begin, reps) in [
-        (&engine, clamped, 37, 11, 40),
-        (&engine, free(20, 10, 2.0), 64, 0, 24),
-        (&chunked, free(20, 10, 2.0), 5, u32::MAX - 40, 40),
-        (&chunked, free(3, 5, 3.0), 1, 7, 33),
+    for (engine, p, k, samples, rep_begin, reps) in [
+        (&engine, clamped, 5, 37, 11, 40),
+        (&engine, free(20, 10, 2.0).probs(), 10, 64, 0, 24),
+        (&chunked, free(20, 10, 2.0).probs(), 10, 5, u32::MAX - 40, 40),
+        (&chunked, free(3, 5, 3.0).probs(), 5, 1, 7, 33),
     ] {
-        let (l, k) = (problem.l, problem.k);
-        let p = problem.probs();
+        let l = p.len() / k;
         let tables: Vec<CategoricalTable> = p.chunks(k).map(CategoricalTable::new).collect();
         let got = engine
             .joint_categories(&p, k, key, 5, samples, rep_begin, reps)
@@ -269,15 +269,21 @@ fn estimates_match_the_cpu_generic_path_for_every_loss_and_estimator() {
             );
             let (want, f_scale) = cpu_estimates(&spec, &contexts, &cells, point, rep_begin, reps);
             assert_eq!(got.len(), want.len());
+            // Each cell's scale: its largest coordinate over the repetitions. A single
+            // estimate can cancel to any size (RLOO at S = 2 is (f_1 - f_2)/2 times scores),
+            // and f32 keeps digits of the signal, not of the cancelled difference. A cell
+            // 1e4 times smaller than the loss is zero up to rounding (RLOO under a constant
+            // loss), where the f32 loss leaves about 1e-7 of |f|.
+            let mut scales = vec![0.0f64; cells.len()];
+            for (i, w) in want.chunks(dim).enumerate() {
+                let c = i % cells.len();
+                let floor = 1e-4 * f_scale[cells[c].0];
+                scales[c] = w.iter().fold(scales[c].max(floor), |m, v| m.max(v.abs()));
+            }
             let mut worst = (0.0f64, String::new());
             for (i, (g, w)) in got.chunks(dim).zip(want.chunks(dim)).enumerate() {
                 let (li, e) = cells[i % cells.len()];
-                // 1e-5 of the estimate's largest coordinate; an estimate 1e4 times smaller
-                // than the loss is zero up to rounding (RLOO under a constant loss), where the
-                // f32 loss leaves about 1e-7 of |f|.
-                let scale = w
-                    .iter()
-                    .fold(1e-4 * f_scale[li], |m: f64, v| m.max(v.abs()));
+                let scale = scales[i % cells.len()];
                 for (gj, wj) in g.iter().zip(w) {
                     let err = (gj - wj).abs() / scale;
                     if err > worst.0 {

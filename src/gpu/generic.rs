@@ -92,7 +92,8 @@ pub struct SignalGroup {
     pub residual: u32,
     /// Offset of the loss's numbers in the data buffer.
     pub data: u32,
-    /// Offset of `G'[l, j] = grad f(p)[l, j] - grad_l f(p) . p_l` (residual only).
+    /// Offset of `G'[l, j] = grad f(p)[l, j] - grad_l f(p) . p_l` (residual only; L*K high
+    /// f32 parts, then L*K low parts).
     pub grad: u32,
     /// Subtracted from the loss's sum on the GPU.
     pub shift: f32,
@@ -347,11 +348,13 @@ impl GenericPlan {
                         .decoder
                         .as_ref()
                         .expect("the decoder loss has its decoder");
+                    // Per output unit, at the mean-field point h_p = c + V p: c - h_p,
+                    // sigmoid(-|h_p|), whether h_p >= 0, and the target; the terms' values at
+                    // h_p are what the GPU leaves out (see generic_signals.wgsl).
                     data.extend(f32s(&dec.v));
-                    data.extend(f32s(&dec.c));
-                    data.extend(f32s(&dec.target));
-                    // Each term's value at the mean-field point, subtracted term by term so
-                    // the f32 sum is of small numbers.
+                    let mut base = Vec::with_capacity(dec.h);
+                    let mut sigma = Vec::with_capacity(dec.h);
+                    let mut upper = Vec::with_capacity(dec.h);
                     let mut omitted = 0.0;
                     for (row, (&c, &t)) in dec
                         .v
@@ -359,10 +362,15 @@ impl GenericPlan {
                         .zip(dec.c.iter().zip(&dec.target))
                     {
                         let h = c + row.iter().zip(&p).map(|(v, pj)| v * pj).sum::<f64>();
-                        let shift = (softplus(h) - t * h) as f32;
-                        omitted += f64::from(shift);
-                        data.push(shift);
+                        omitted += softplus(h) - t * h;
+                        base.push((c - h) as f32);
+                        sigma.push((1.0 / (1.0 + h.abs().exp())) as f32);
+                        upper.push(if h >= 0.0 { 1.0f32 } else { 0.0 });
                     }
+                    data.extend(base);
+                    data.extend(sigma);
+                    data.extend(upper);
+                    data.extend(f32s(&dec.target));
                     (LOSS_DECODER, omitted, dec.h as u32)
                 }
                 Loss::Table => {
@@ -379,10 +387,16 @@ impl GenericPlan {
                             ctx.loss
                         ))
                     })?;
+                    // G' in two f32 parts: high, then the low parts L*K further.
                     let grad_at = data.len() as u32;
-                    for (gl, gp) in mf.grad.chunks(k).zip(&mf.grad_dot_p) {
-                        data.extend(gl.iter().map(|g| (g - gp) as f32));
-                    }
+                    let exact: Vec<f64> = mf
+                        .grad
+                        .chunks(k)
+                        .zip(&mf.grad_dot_p)
+                        .flat_map(|(gl, gp)| gl.iter().map(move |g| g - gp))
+                        .collect();
+                    data.extend(f32s(&exact));
+                    data.extend(exact.iter().map(|&g| (g - f64::from(g as f32)) as f32));
                     (1, grad_at, mf.value)
                 }
             };
