@@ -68,7 +68,9 @@ fn quadratic_problem() -> Problem {
 /// L = 3, K = 3 with a table of the 27 joint configurations.
 fn table_problem() -> Problem {
     let mut p = free(3, 3, 1.0);
-    p.table = (0..27).map(|i| (f64::from(i) * 0.9).cos() * 2.0 + 1.0).collect();
+    p.table = (0..27)
+        .map(|i| (f64::from(i) * 0.9).cos() * 2.0 + 1.0)
+        .collect();
     p
 }
 
@@ -129,7 +131,14 @@ fn joint_draws_are_the_cpus_bit_for_bit() {
     for (engine, p, k, samples, rep_begin, reps) in [
         (&engine, clamped, 5, 37, 11, 40),
         (&engine, free(20, 10, 2.0).probs(), 10, 64, 0, 24),
-        (&chunked, free(20, 10, 2.0).probs(), 10, 5, u32::MAX - 40, 40),
+        (
+            &chunked,
+            free(20, 10, 2.0).probs(),
+            10,
+            5,
+            u32::MAX - 40,
+            40,
+        ),
         (&chunked, free(3, 5, 3.0).probs(), 5, 1, 7, 33),
     ] {
         let l = p.len() / k;
@@ -154,10 +163,16 @@ fn joint_draws_are_the_cpus_bit_for_bit() {
 }
 
 /// The CPU's joint draws and losses of repetition `rep` (z draw-major, f per loss).
-fn cpu_draws(spec: &SweepSpec, contexts: &[Context], point: usize, rep: u32) -> (Vec<u32>, Vec<Vec<f64>>) {
+fn cpu_draws(
+    spec: &SweepSpec,
+    contexts: &[Context],
+    point: usize,
+    rep: u32,
+) -> (Vec<u32>, Vec<Vec<f64>>) {
     let (l, k) = (spec.problem.l, spec.problem.k);
     let s = spec.samples[point];
-    let tables: Vec<CategoricalTable> = contexts[0].p.chunks(k).map(CategoricalTable::new).collect();
+    let tables: Vec<CategoricalTable> =
+        contexts[0].p.chunks(k).map(CategoricalTable::new).collect();
     let mut z = vec![0u32; s as usize * l];
     draw_joint_categories(&tables, key_of(spec.seed), rep, point as u32, s, &mut z);
     let f = contexts
@@ -306,7 +321,12 @@ fn estimates_match_the_cpu_generic_path_for_every_loss_and_estimator() {
                 worst.0,
                 worst.1
             );
-            assert!(worst.0 <= 1e-5, "estimates differ: {:.2e} {}", worst.0, worst.1);
+            assert!(
+                worst.0 <= 1e-5,
+                "estimates differ: {:.2e} {}",
+                worst.0,
+                worst.1
+            );
         }
     }
 }
@@ -365,7 +385,13 @@ fn assert_records_agree(spec: &SweepSpec, gpu: &[Record], cpu: &[Record], rel: f
             check("bias", g, g.bias[j], c.bias[j], mean_scale);
             if !degenerate {
                 check("var", g, g.var[j], c.var[j], max_abs(&c.var));
-                check("mean_se", g, g.mean_se[j], c.mean_se[j], max_abs(&c.mean_se));
+                check(
+                    "mean_se",
+                    g,
+                    g.mean_se[j],
+                    c.mean_se[j],
+                    max_abs(&c.mean_se),
+                );
                 check("var_se", g, g.var_se[j], c.var_se[j], max_abs(&c.var_se));
             }
         }
@@ -436,7 +462,8 @@ fn gpu_sweep_matches_cpu_sweep_on_generic_problems() {
         let mut spec = spec(problem, losses, vec![1, 3, 64], 300);
         // The relaxed estimators refuse the table loss (no extension).
         let contexts = spec.contexts();
-        spec.estimators.retain(|e| contexts.iter().all(|c| e.check(c).is_ok()));
+        spec.estimators
+            .retain(|e| contexts.iter().all(|c| e.check(c).is_ok()));
         let want = records(&spec, &run_sweep(&spec, &cpu, &|_| {}).unwrap());
         let got = records(&spec, &run_sweep(&spec, &engine, &|_| {}).unwrap());
         assert_records_agree(&spec, &got, &want, 1e-5);
@@ -449,7 +476,12 @@ fn mixed_gpu_and_fallback_cells_come_in_the_cpu_engines_order() {
     let cpu = CpuEngine::new(2).unwrap();
     // Three quadratic losses on L = 3: the score-function cells run on the GPU, the relaxed
     // ones (no GPU kernel on the generic path) on the CPU; losses and estimators interleave.
-    let spec = spec(quadratic_problem(), Loss::QUADRATIC.to_vec(), vec![1, 8], 50);
+    let spec = spec(
+        quadratic_problem(),
+        Loss::QUADRATIC.to_vec(),
+        vec![1, 8],
+        50,
+    );
     let notes = fallback_notes(&spec, &engine);
     assert_eq!(
         notes,

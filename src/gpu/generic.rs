@@ -190,7 +190,11 @@ pub fn unsupported(
         None => return Some("no GPU lowering".into()),
     }
     let budget = buffer_budget(limits);
-    let per_rep = u64::from(samples) * ctx.l.max(MAX_GROUPS).max(ctx.dim()) as u64 * 4;
+    // The largest buffer of one repetition, with every group a sweep can hold.
+    let dim = ctx.dim() as u64;
+    let per_rep = (u64::from(samples) * ctx.l.max(MAX_GROUPS) as u64)
+        .max(MAX_GROUPS as u64 * (dim + 1) + dim)
+        * 4;
     if per_rep > budget {
         return Some(format!(
             "S = {samples} draws of {} variables do not fit one GPU buffer",
@@ -356,10 +360,8 @@ impl GenericPlan {
                     let mut sigma = Vec::with_capacity(dec.h);
                     let mut upper = Vec::with_capacity(dec.h);
                     let mut omitted = 0.0;
-                    for (row, (&c, &t)) in dec
-                        .v
-                        .chunks_exact(l * k)
-                        .zip(dec.c.iter().zip(&dec.target))
+                    for (row, (&c, &t)) in
+                        dec.v.chunks_exact(l * k).zip(dec.c.iter().zip(&dec.target))
                     {
                         let h = c + row.iter().zip(&p).map(|(v, pj)| v * pj).sum::<f64>();
                         omitted += softplus(h) - t * h;
@@ -725,7 +727,8 @@ fn buffers(
         U::STORAGE | U::COPY_SRC,
     );
     let counts = ctx.buffer("generic counts", c * dim * 4, U::STORAGE | U::COPY_SRC);
-    let staging = |label, like: &wgpu::Buffer| ctx.buffer(label, like.size(), U::MAP_READ | U::COPY_DST);
+    let staging =
+        |label, like: &wgpu::Buffer| ctx.buffer(label, like.size(), U::MAP_READ | U::COPY_DST);
     let sums_staging = staging("generic sums readback", &sums);
     let counts_staging = staging("generic counts readback", &counts);
     let z_staging = readback.z.then(|| staging("joint draws readback", &z));
@@ -869,15 +872,10 @@ mod tests {
                     f: &f_of[li],
                     y: &[],
                     perturbed: &[],
-                    noise: Noise {
-                        key,
-                        rep,
-                        point: 0,
-                    },
+                    noise: Noise { key, rep, point: 0 },
                 };
                 let mut want = vec![0.0; dim];
-                if let Some(signal) = e.estimate(ctx, &draws, cpu_baselines[c].value(), &mut want)
-                {
+                if let Some(signal) = e.estimate(ctx, &draws, cpu_baselines[c].value(), &mut want) {
                     cpu_baselines[c].push(signal);
                 }
                 let scale = want.iter().fold(1e-3, |m: f64, v| m.max(v.abs()));

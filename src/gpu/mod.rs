@@ -7,9 +7,17 @@
 //! built once and buffers grow once to the largest chunk, then are reused across the sweep.
 //! Per sweep point and family, every chunk of repetitions ([`chunks`]) is one submit: the
 //! draws kernel, the moments kernel and a copy of the small per-workgroup partial moments,
-//! which the host merges in f64 ([`moments`]). Kernel sources live in `shaders/`, one file
-//! per kernel; each launch is a small function in [`score_function`], [`relaxed`] or
-//! [`forward`] beside its CPU twin's name.
+//! which the host merges in f64 ([`moments`]). Several variables and the other losses run
+//! on the generic path ([`generic`]): joint draws, per-draw signals and per-repetition sums
+//! on the GPU, each cell's estimate finished on the host in repetition order. Kernel sources
+//! live in `shaders/`, one file per kernel; each launch is a small function in
+//! [`score_function`], [`relaxed`], [`generic`] or [`forward`] beside its CPU twin's name.
+//!
+//! The engine plans per cell from the estimator's [`crate::estimators::Lowering`] and the
+//! context ([`Engine::fallback_reason`]): a cell with no GPU form (the relaxed family on the
+//! generic path, an estimator with no lowering, K past the one-variable kernels, a repetition
+//! too large for one buffer) runs on the CPU engine in the same sweep, and
+//! [`fallback_notes`] says so.
 
 pub mod chunks;
 pub mod context;
@@ -510,8 +518,6 @@ impl Engine for GpuEngine {
         });
         let mut score_moments = vec![EstimateMoments::new(k); score_cells.len()];
         let mut relaxed_moments = vec![EstimateMoments::new(k); relaxed_cells.len()];
-        let mut generic_moments =
-            vec![EstimateMoments::new(spec.problem.dim()); generic_cells.len()];
 
         let mut score_seconds = 0.0;
         let mut relaxed_seconds = 0.0;
@@ -577,16 +583,11 @@ impl Engine for GpuEngine {
             }
         }
         let mut generic_seconds = 0.0;
+        let mut generic_moments = Vec::new();
         if !generic_cells.is_empty() {
             let t0 = Instant::now();
-            self.generic_pass(
-                spec,
-                point,
-                &contexts,
-                &generic_cells,
-                &mut generic_moments,
-                progress,
-            )?;
+            generic_moments =
+                self.generic_moments(spec, point, &contexts, &generic_cells, progress)?;
             generic_seconds = t0.elapsed().as_secs_f64();
         }
 
@@ -853,22 +854,31 @@ impl GpuEngine {
 }
 
 impl GpuEngine {
-    /// The generic score-function pass of one point: every cell of `cells` (loss index,
-    /// estimator) over all repetitions, its estimates finished on the host in repetition
-    /// order (see [`generic`]) and pushed into `moments`.
-    fn generic_pass(
+    /// The generic score-function pass of one point: the moments of every cell of `cells`
+    /// (loss index into `contexts`, the contexts of `spec`'s losses; estimator with a
+    /// score-function lowering) over all repetitions, each estimate finished on the host in
+    /// repetition order (see [`generic`]). `run_point` runs it for the cells it lowers; the
+    /// benches time it alone (the contexts, with their exact or reference gradients, made
+    /// once outside).
+    ///
+    /// # Errors
+    /// [`Error::InvalidArgument`] for a cell without a score-function lowering;
+    /// [`Error::Gpu`] if the device fails.
+    pub fn generic_moments(
         &self,
         spec: &SweepSpec,
         point: usize,
         contexts: &[Context],
         cells: &[(usize, &'static dyn Estimator)],
-        moments: &mut [EstimateMoments],
         progress: &(dyn Fn(u64) + Sync),
-    ) -> Result<()> {
+    ) -> Result<Vec<EstimateMoments>> {
         use rayon::prelude::*;
+        let mut moments = vec![EstimateMoments::new(spec.problem.dim()); cells.len()];
         let samples = spec.samples[point];
-        let refs: Vec<(usize, &dyn Estimator)> =
-            cells.iter().map(|&(li, e)| (li, e as &dyn Estimator)).collect();
+        let refs: Vec<(usize, &dyn Estimator)> = cells
+            .iter()
+            .map(|&(li, e)| (li, e as &dyn Estimator))
+            .collect();
         let plan = generic::GenericPlan::new(&spec.problem, contexts, &refs, samples)?;
         let dim = plan.dim();
         let mut baselines = vec![MovingAverage::default(); cells.len()];
@@ -899,7 +909,8 @@ impl GpuEngine {
                 progress(u64::from(chunk.reps) * u64::from(samples));
                 Ok(())
             },
-        )
+        )?;
+        Ok(moments)
     }
 
     /// The categories of the joint draws (`reps * S * L`, draw-major) of repetitions
@@ -994,10 +1005,7 @@ impl GpuEngine {
                     for (gi, m) in plan.m.iter().enumerate() {
                         let from = (r * g + gi) * s;
                         let to = (gi * reps as usize + first + r) * s;
-                        for (o, d) in f[to..to + s]
-                            .iter_mut()
-                            .zip(&chunk.signals[from..from + s])
-                        {
+                        for (o, d) in f[to..to + s].iter_mut().zip(&chunk.signals[from..from + s]) {
                             *o = f64::from(*d) + m;
                         }
                     }
@@ -1036,8 +1044,10 @@ impl GpuEngine {
                 }
             }
         }
-        let refs: Vec<(usize, &dyn Estimator)> =
-            cells.iter().map(|&(li, e)| (li, e as &dyn Estimator)).collect();
+        let refs: Vec<(usize, &dyn Estimator)> = cells
+            .iter()
+            .map(|&(li, e)| (li, e as &dyn Estimator))
+            .collect();
         let plan = generic::GenericPlan::new(&spec.problem, &contexts, &refs, samples)?;
         let dim = plan.dim();
         let mut baselines = vec![MovingAverage::default(); cells.len()];
@@ -1074,8 +1084,9 @@ impl GpuEngine {
 /// for the CPU engine.
 pub fn fallback_notes(spec: &SweepSpec, engine: &dyn Engine) -> Vec<String> {
     let contexts = spec.contexts();
-    // (estimator, path, reason) -> draw counts where it falls back.
-    let mut found: Vec<((&str, String, String), Vec<u32>)> = Vec::new();
+    // (estimator, path, reason) and the draw counts where it falls back.
+    type Key<'a> = (&'a str, String, String);
+    let mut found: Vec<(Key<'_>, Vec<u32>)> = Vec::new();
     for &s in &spec.samples {
         for ctx in &contexts {
             for e in spec.estimators_at(s) {
