@@ -102,7 +102,7 @@ fn generic(c: &mut Criterion) {
     let Some(engine) = engine() else { return };
     let mut group = c.benchmark_group("gpu_generic");
     configure(&mut group);
-    let (s, r) = if quick() { (64, 64) } else { (64, 4096) };
+    let (s, r) = if quick() { (64, 16) } else { (64, 4096) };
     let named = mcgrad::problems::by_name("vae-decoder").expect("a named problem");
     let spec = SweepSpec {
         problem: (named.build)(1),
