@@ -46,8 +46,15 @@ struct SignalGroup {
     exponent: f32,
     // Output units H of the decoder loss.
     hidden: u32,
-    _pad: u32,
+    // PAIR_*.
+    pair: u32,
 }
+
+// A group alone; the first of a (loss, residual) pair of one loss, whose thread writes both
+// rows; the second, which its predecessor wrote (keep in sync with src/gpu/generic.rs).
+const PAIR_NONE: u32 = 0u;
+const PAIR_FIRST: u32 = 1u;
+const PAIR_SECOND: u32 = 2u;
 
 // The flat index of a thread of a two-dimensional dispatch of 64-thread workgroups.
 fn flat_index(gid: vec3<u32>) -> u32 {

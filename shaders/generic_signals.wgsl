@@ -13,7 +13,8 @@
 // - table: table[z_0 K^(L-1) + ... + z_{L-1}].
 //
 // One thread per (repetition, signal group, draw), draw fastest; the output is
-// signals[(rep * G + g) * S + i].
+// signals[(rep * G + g) * S + i]. A loss's signal group followed by its residual group
+// (PAIR_FIRST, PAIR_SECOND) evaluates the loss once and writes both rows.
 
 @group(0) @binding(0) var<uniform> params: GenericParams;
 @group(0) @binding(1) var<storage, read> groups: array<SignalGroup>;
@@ -70,6 +71,23 @@ fn pnorm_term(d: f32, p: f32) -> f32 {
     return pow(abs(d), p);
 }
 
+// G'[l, z_l] summed over the variables, G' in two f32 parts (high, then low at L*K further),
+// with compensation.
+fn residual_linear(at: u32, row: u32) -> f32 {
+    let l = params.l;
+    let k = params.k;
+    var lin = 0.0;
+    var lin_comp = 0.0;
+    for (var v = 0u; v < l; v++) {
+        let j = at + v * k + z[row + v];
+        let y = (data[j] + data[j + l * k]) - lin_comp;
+        let t = lin + y;
+        lin_comp = (t - lin) - y;
+        lin = t;
+    }
+    return lin - lin_comp;
+}
+
 @compute @workgroup_size(64)
 fn main(@builtin(global_invocation_id) gid: vec3<u32>) {
     let index = flat_index(gid);
@@ -81,25 +99,28 @@ fn main(@builtin(global_invocation_id) gid: vec3<u32>) {
     let i = index % s;
     let g = (index / s) % n_groups;
     let rep_local = index / (s * n_groups);
+    let group = groups[g];
+    if group.pair == PAIR_SECOND {
+        // The previous group's thread wrote this row from the same loss.
+        return;
+    }
     let l = params.l;
     let k = params.k;
     let row = (rep_local * s + i) * l;
-    let group = groups[g];
-    var d = 0.0;
+    // The loss as value - comp (comp: a compensated sum's correction).
+    var value = 0.0;
+    var comp = 0.0;
     switch group.loss {
         case LOSS_QUADRATIC: {
-            var acc = 0.0;
             for (var v = 0u; v < l; v++) {
-                acc += data[group.data + v * k + z[row + v]];
+                value += data[group.data + v * k + z[row + v]];
             }
-            d = acc - group.shift;
         }
         case LOSS_PNORM: {
-            var acc = 0.0;
             for (var v = 0u; v < l; v++) {
-                acc += pnorm_term(f32(z[row + v]) - data[group.data + v], group.exponent);
+                value += pnorm_term(f32(z[row + v]) - data[group.data + v], group.exponent);
             }
-            d = acc / f32(l) - group.shift;
+            value /= f32(l);
         }
         case LOSS_DECODER: {
             // Each term as its step from the mean-field point h_p (the host subtracts the sum
@@ -111,8 +132,6 @@ fn main(@builtin(global_invocation_id) gid: vec3<u32>) {
             let sigma_at = base_at + hidden;
             let upper_at = sigma_at + hidden;
             let target_at = upper_at + hidden;
-            var sum = 0.0;
-            var comp = 0.0;
             for (var hh = 0u; hh < hidden; hh++) {
                 var delta = data[base_at + hh];
                 var delta_comp = 0.0;
@@ -127,32 +146,27 @@ fn main(@builtin(global_invocation_id) gid: vec3<u32>) {
                 let step = softplus_step(delta, data[sigma_at + hh], data[upper_at + hh] > 0.0);
                 let term = step - data[target_at + hh] * delta;
                 let y = term - comp;
-                let t = sum + y;
-                comp = (t - sum) - y;
-                sum = t;
+                let t = value + y;
+                comp = (t - value) - y;
+                value = t;
             }
-            d = (sum - group.shift) - comp;
         }
         default: {
             var at = 0u;
             for (var v = 0u; v < l; v++) {
                 at = at * k + z[row + v];
             }
-            d = data[group.data + at] - group.shift;
+            value = data[group.data + at];
         }
     }
+    var d = (value - group.shift) - comp;
     if group.residual == 1u {
-        // G' in two f32 parts (high, then low at L*K further), summed with compensation.
-        var lin = 0.0;
-        var lin_comp = 0.0;
-        for (var v = 0u; v < l; v++) {
-            let at = group.grad + v * k + z[row + v];
-            let y = (data[at] + data[at + l * k]) - lin_comp;
-            let t = lin + y;
-            lin_comp = (t - lin) - y;
-            lin = t;
-        }
-        d -= lin - lin_comp;
+        d -= residual_linear(group.grad, row);
     }
     signals[index] = d;
+    if group.pair == PAIR_FIRST {
+        // The next group is MuProp's residual under the same loss: one loss evaluation.
+        let next = groups[g + 1u];
+        signals[index + s] = ((value - next.shift) - comp) - residual_linear(next.grad, row);
+    }
 }

@@ -101,9 +101,16 @@ pub struct SignalGroup {
     pub exponent: f32,
     /// The decoder's output units H.
     pub hidden: u32,
-    /// Padding.
-    pub _pad: u32,
+    /// `PAIR_*`.
+    pub pair: u32,
 }
+
+/// A signal group alone (keep in sync with `PAIR_*` in shaders/generic_common.wgsl).
+pub const PAIR_NONE: u32 = 0;
+/// The loss signal of a loss whose residual group follows: its thread writes both rows.
+pub const PAIR_FIRST: u32 = 1;
+/// The residual group after its loss's [`PAIR_FIRST`] group.
+pub const PAIR_SECOND: u32 = 2;
 
 /// The three generic kernels.
 pub struct GenericKernels {
@@ -324,6 +331,16 @@ impl GenericPlan {
                 constant,
             });
         }
+        // Groups in (loss, signal) order, so a loss's two signals are neighbours and share
+        // one loss evaluation per draw.
+        let mut sorted = keys.clone();
+        sorted.sort_by_key(|&(li, sig)| (li, sig == Signal::MupropResidual));
+        for plan in &mut plans {
+            if let Some(g) = plan.group {
+                plan.group = sorted.iter().position(|&key| key == keys[g]);
+            }
+        }
+        let keys = sorted;
         if keys.len() > MAX_GROUPS {
             return Err(Error::InvalidArgument(format!(
                 "{} signal groups: the GPU's generic path holds at most {MAX_GROUPS}",
@@ -414,8 +431,15 @@ impl GenericPlan {
                 shift,
                 exponent: problem.exponent as f32,
                 hidden,
-                _pad: 0,
+                pair: PAIR_NONE,
             });
+        }
+        for g in 1..groups.len() {
+            if keys[g - 1].0 == keys[g].0 && groups[g - 1].residual == 0 && groups[g].residual == 1
+            {
+                groups[g - 1].pair = PAIR_FIRST;
+                groups[g].pair = PAIR_SECOND;
+            }
         }
         Ok(Self {
             l,
@@ -813,6 +837,7 @@ mod tests {
         }
         let plan = GenericPlan::new(&problem, &contexts, &cells, s).unwrap();
         assert!(plan.groups.len() > 6, "both signals under several losses");
+        assert!(plan.groups.iter().any(|g| g.pair == PAIR_FIRST));
         let tables: Vec<CategoricalTable> = plan.p.chunks(k).map(CategoricalTable::new).collect();
         let key = [3, 4];
         let (dim, su) = (l * k, s as usize);
