@@ -3,7 +3,8 @@
 //! Gumbel pass (both relaxed estimators), timed with `iter_custom` around the engine's work
 //! only (the engine and its pipelines are built once, outside the timing). Targets on an
 //! NVIDIA H100: 2e10 draws/s for the score-function pass, 2e9 for the Gumbel pass. The
-//! forward layer's bench is `benches/forward.rs`.
+//! forward layer's bench is `benches/forward.rs`. The `gpu_generic` group times the generic
+//! path (several variables, any loss) on `vae-decoder`.
 //!
 //! `MCGRAD_BENCH_QUICK=1` shrinks every workload so CI only checks that the bench runs.
 //! Without a GPU adapter it prints "skipped: no GPU adapter" and exits successfully.
@@ -12,8 +13,9 @@ use std::time::{Duration, Instant};
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use mcgrad::engine::{Engine, SweepSpec};
-use mcgrad::estimators::Family;
+use mcgrad::estimators::{Estimator, Family, Lowering};
 use mcgrad::gpu::{GpuEngine, GpuPreference};
+use mcgrad::loss::Loss;
 
 fn quick() -> bool {
     std::env::var_os("MCGRAD_BENCH_QUICK").is_some()
@@ -92,5 +94,54 @@ fn passes(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, passes);
+/// The generic path on `vae-decoder` (L = 20 variables of K = 10, a 784-unit decoder loss) at
+/// S = 64: every score-function estimator with a lowering, timed around
+/// [`GpuEngine::generic_moments`] alone (the contexts, whose reference gradient is a Monte
+/// Carlo run of its own, are made once outside the timing), in draws per second.
+fn generic(c: &mut Criterion) {
+    let Some(engine) = engine() else { return };
+    let mut group = c.benchmark_group("gpu_generic");
+    configure(&mut group);
+    let (s, r) = if quick() { (64, 16) } else { (64, 4096) };
+    let named = mcgrad::problems::by_name("vae-decoder").expect("a named problem");
+    let spec = SweepSpec {
+        problem: (named.build)(1),
+        losses: vec![Loss::Decoder],
+        estimators: Vec::new(),
+        samples: vec![s],
+        reps: r,
+        seed: 1,
+        tau: 1.0,
+        settings: Default::default(),
+    };
+    let contexts = spec.contexts();
+    let cells: Vec<(usize, &'static dyn Estimator)> = mcgrad::estimators::REGISTRY
+        .iter()
+        .copied()
+        .filter(|e| matches!(e.lowering(), Some(Lowering::ScoreFunction { .. })))
+        .filter(|e| e.check(&contexts[0]).is_ok())
+        .map(|e| (0, e))
+        .collect();
+    group.throughput(Throughput::Elements(u64::from(s) * u64::from(r)));
+    group.bench_function(
+        BenchmarkId::new("vae-decoder", format!("S={s}/R={r}")),
+        |b| {
+            b.iter_custom(|iters| {
+                let mut total = Duration::ZERO;
+                for _ in 0..iters {
+                    let t0 = Instant::now();
+                    let moments = engine
+                        .generic_moments(&spec, 0, &contexts, &cells, &|_| {})
+                        .expect("GPU generic pass");
+                    total += t0.elapsed();
+                    std::hint::black_box(moments);
+                }
+                total
+            })
+        },
+    );
+    group.finish();
+}
+
+criterion_group!(benches, passes, generic);
 criterion_main!(benches);

@@ -251,10 +251,20 @@ pub trait Engine {
     /// Where it runs.
     fn backend_info(&self) -> BackendInfo;
 
-    /// Whether it runs cells of `path` itself; the others run on the CPU engine's generic
-    /// path (with a note).
-    fn lowers(&self, _path: Path) -> bool {
-        true
+    /// Why it cannot run `estimator`'s cell under `ctx` at S = `samples` itself (such a cell
+    /// runs on the CPU engine, with a note), or `None` if it can.
+    fn fallback_reason(
+        &self,
+        _estimator: &dyn Estimator,
+        _ctx: &Context,
+        _samples: u32,
+    ) -> Option<String> {
+        None
+    }
+
+    /// Whether it runs `estimator`'s cell under `ctx` at S = `samples` itself.
+    fn lowers(&self, estimator: &dyn Estimator, ctx: &Context, samples: u32) -> bool {
+        self.fallback_reason(estimator, ctx, samples).is_none()
     }
 
     /// Runs sweep point `point` (the index into `spec.samples`); calls `progress` with the
@@ -340,12 +350,12 @@ struct CellState {
     seconds: f64,
 }
 
-/// Runs the cells of `spec` at point `point` whose index `select` keeps (all of them on the
-/// CPU engine; the GPU engine hands over the cells it cannot lower).
+/// Runs the cells of `spec` at point `point` that `select(context, estimator)` keeps (all of
+/// them on the CPU engine; the GPU engine hands over the cells it cannot lower).
 pub(crate) fn cpu_point_cells(
     spec: &SweepSpec,
     point: usize,
-    select: &dyn Fn(Path) -> bool,
+    select: &dyn Fn(&Context, &dyn Estimator) -> bool,
     progress: &(dyn Fn(u64) + Sync),
 ) -> PointMoments {
     let s = spec.samples[point];
@@ -362,7 +372,7 @@ pub(crate) fn cpu_point_cells(
     for (loss_index, ctx) in contexts.iter().enumerate() {
         for &estimator in &estimators {
             let path = path_of(estimator, ctx);
-            if !select(path) {
+            if !select(ctx, estimator) {
                 continue;
             }
             let path_index = if path == Path::RelaxedSums {
@@ -667,7 +677,7 @@ pub(crate) fn cpu_point_cells(
 }
 
 fn cpu_point(spec: &SweepSpec, point: usize, progress: &(dyn Fn(u64) + Sync)) -> PointMoments {
-    cpu_point_cells(spec, point, &|_| true, progress)
+    cpu_point_cells(spec, point, &|_, _| true, progress)
 }
 
 /// One repetition of the relaxed-sums lowering: averages every listed (loss, relaxed

@@ -136,13 +136,16 @@ fn progress_bar(total: u64, quiet: bool) -> ProgressBar {
 /// is then removed and `--out` left as it was.
 pub fn execute(config: &RunConfig) -> Result<RunOutcome> {
     config.spec.validate()?;
-    let notes = skip_notes(&config.spec)?;
+    let mut notes = skip_notes(&config.spec)?;
     let engine = make_engine(
         config.backend,
         config.adapter.as_deref(),
         config.threads,
         config.spec.problem.k,
     )?;
+    if engine.backend_info().engine == "gpu" {
+        notes.extend(crate::gpu::fallback_notes(&config.spec, engine.as_ref()));
+    }
     let out = OutDir::create(&config.out)?;
     if !config.quiet {
         notes.iter().for_each(|n| eprintln!("{n}"));

@@ -7,13 +7,22 @@
 //! built once and buffers grow once to the largest chunk, then are reused across the sweep.
 //! Per sweep point and family, every chunk of repetitions ([`chunks`]) is one submit: the
 //! draws kernel, the moments kernel and a copy of the small per-workgroup partial moments,
-//! which the host merges in f64 ([`moments`]). Kernel sources live in `shaders/`, one file
-//! per kernel; each launch is a small function in [`score_function`], [`relaxed`] or
-//! [`forward`] beside its CPU twin's name.
+//! which the host merges in f64 ([`moments`]). Several variables and the other losses run
+//! on the generic path ([`generic`]): joint draws, per-draw signals and per-repetition sums
+//! on the GPU, each cell's estimate finished on the host in repetition order. Kernel sources
+//! live in `shaders/`, one file per kernel; each launch is a small function in
+//! [`score_function`], [`relaxed`], [`generic`] or [`forward`] beside its CPU twin's name.
+//!
+//! The engine plans per cell from the estimator's [`crate::estimators::Lowering`] and the
+//! context ([`Engine::fallback_reason`]): a cell with no GPU form (the relaxed family on the
+//! generic path, an estimator with no lowering, K past the one-variable kernels, a repetition
+//! too large for one buffer) runs on the CPU engine in the same sweep, and
+//! [`fallback_notes`] says so.
 
 pub mod chunks;
 pub mod context;
 pub mod forward;
+pub mod generic;
 mod mesa;
 pub mod moments;
 pub mod params;
@@ -34,7 +43,7 @@ pub use mesa::quiet_mesa;
 use crate::draws::RelaxedTable;
 use crate::engine::{path_of, BackendInfo, Cell, Engine, Path, PointMoments, SweepSpec};
 use crate::error::{Error, Result};
-use crate::estimators::{Context, Family};
+use crate::estimators::{Context, Estimator, Family, MovingAverage};
 use crate::philox::key_of;
 use crate::stats::EstimateMoments;
 use chunks::{threads_per_rep, REP_ALIGN};
@@ -49,6 +58,7 @@ pub struct GpuEngine {
     ctx: GpuContext,
     score: ScoreFunctionKernels,
     relaxed: RelaxedKernels,
+    generic: generic::GenericKernels,
     limits: ChunkLimits,
     resources: Mutex<Option<Resources>>,
 }
@@ -195,10 +205,12 @@ impl GpuEngine {
     pub fn with_context(ctx: GpuContext) -> Result<Self> {
         let score = ScoreFunctionKernels::new(&ctx)?;
         let relaxed = RelaxedKernels::new(&ctx)?;
+        let generic = generic::GenericKernels::new(&ctx)?;
         Ok(Self {
             ctx,
             score,
             relaxed,
+            generic,
             limits: ChunkLimits::default(),
             resources: Mutex::new(None),
         })
@@ -427,8 +439,25 @@ fn partial_len(reps: u32, cells: usize) -> usize {
 }
 
 impl Engine for GpuEngine {
-    fn lowers(&self, path: Path) -> bool {
-        matches!(path, Path::Counts | Path::RelaxedSums)
+    fn fallback_reason(
+        &self,
+        estimator: &dyn Estimator,
+        ctx: &Context,
+        samples: u32,
+    ) -> Option<String> {
+        match path_of(estimator, ctx) {
+            Path::Counts | Path::RelaxedSums if ctx.k > MAX_K => Some(format!(
+                "the one-variable kernels serve K <= {MAX_K}, this problem has K = {}",
+                ctx.k
+            )),
+            Path::Counts | Path::RelaxedSums => None,
+            Path::JointCounts | Path::Generic(Family::ScoreFunction) => {
+                generic::unsupported(estimator, ctx, samples, &self.ctx.limits)
+            }
+            Path::Generic(Family::Relaxed) => {
+                Some("no GPU kernel for the relaxed family on the generic path".into())
+            }
+        }
     }
 
     fn backend_info(&self) -> BackendInfo {
@@ -443,29 +472,25 @@ impl Engine for GpuEngine {
     ) -> Result<PointMoments> {
         let samples = spec.samples[point];
         let k = spec.problem.k;
-        if k > MAX_K {
-            // No kernel serves this K: every cell runs on the CPU engine.
-            return Ok(crate::engine::cpu_point_cells(
-                spec,
-                point,
-                &|_| true,
-                progress,
-            ));
-        }
         let logits = spec.problem.logits();
         let contexts = spec.contexts();
         let estimators = spec.estimators_at(samples);
 
-        // Family cells, loss-major, with their moments: the cells whose estimator lowers to a
-        // GPU kernel on this problem. The rest run on the CPU engine's generic path.
+        // The cells that run on a GPU kernel, per path, loss-major, with their moments; the
+        // rest run on the CPU engine (`fallback_reason` says why).
         let mut score_cells = Vec::new();
         let mut score_grads = Vec::new();
         let mut score_keys = Vec::new();
         let mut relaxed_cells = Vec::new();
         let mut relaxed_grads = Vec::new();
         let mut relaxed_keys = Vec::new();
+        let mut generic_cells: Vec<(usize, &'static dyn Estimator)> = Vec::new();
+        let mut generic_keys = Vec::new();
         for (li, ctx) in contexts.iter().enumerate() {
             for &e in &estimators {
+                if !self.lowers(e, ctx, samples) {
+                    continue;
+                }
                 match path_of(e, ctx) {
                     Path::Counts => {
                         score_cells.push(params::score_cell(e, ctx, samples)?);
@@ -477,78 +502,96 @@ impl Engine for GpuEngine {
                         relaxed_grads.push(ctx.grad.as_slice());
                         relaxed_keys.push((li, e.id()));
                     }
-                    Path::JointCounts | Path::Generic(_) => {}
+                    Path::JointCounts | Path::Generic(_) => {
+                        generic_cells.push((li, e));
+                        generic_keys.push((li, e.id()));
+                    }
                 }
             }
         }
-        let fallback = (score_cells.len() + relaxed_cells.len()
-            < contexts.len() * estimators.len())
-        .then(|| crate::engine::cpu_point_cells(spec, point, &|p| !self.lowers(p), progress));
+        let on_gpu = score_cells.len() + relaxed_cells.len() + generic_cells.len();
+        let fallback = (on_gpu < contexts.len() * estimators.len()).then(|| {
+            crate::engine::cpu_point_cells(
+                spec,
+                point,
+                &|ctx, e| !self.lowers(e, ctx, samples),
+                progress,
+            )
+        });
         let mut score_moments = vec![EstimateMoments::new(k); score_cells.len()];
         let mut relaxed_moments = vec![EstimateMoments::new(k); relaxed_cells.len()];
 
-        let plan = ChunkPlan::new(
-            samples,
-            self.limits,
-            self.cap_reps(samples, score_cells.len()),
-        );
-        let guard = self.resources_for(plan.chunk_reps, score_cells.len());
-        let res = guard.as_ref().expect("resources were just made");
-        debug_assert!(
-            res.partial_len
-                >= partial_len(plan.chunk_reps, score_cells.len().max(MAX_RELAXED_CELLS))
-        );
-
-        let table = PointTable::new(
-            &contexts[0].p,
-            &RelaxedTable::new(&logits, spec.tau),
-            samples,
-        );
-        self.ctx
-            .queue
-            .write_buffer(&res.table, 0, bytemuck::bytes_of(&table));
-        let job = PointJob {
-            params: SweepParams {
-                key: key_of(spec.seed),
-                point: point as u32,
-                samples,
-                k: k as u32,
-                inv_tau: (1.0 / spec.tau) as f32,
-                samples_f: samples as f32,
-                ..Default::default()
-            },
-            reps: spec.reps,
-        };
-
         let mut score_seconds = 0.0;
-        if !score_cells.is_empty() {
-            let t0 = Instant::now();
-            let mut refs: Vec<&mut EstimateMoments> = score_moments.iter_mut().collect();
-            self.score_function_pass(
-                res,
-                &job,
-                plan,
-                &score_cells,
-                &score_grads,
-                &mut refs,
-                progress,
-            )?;
-            score_seconds = t0.elapsed().as_secs_f64();
-        }
         let mut relaxed_seconds = 0.0;
-        if !relaxed_cells.is_empty() {
-            let t0 = Instant::now();
-            let mut refs: Vec<&mut EstimateMoments> = relaxed_moments.iter_mut().collect();
-            for ((cells, grads), moments) in relaxed_cells
-                .chunks(MAX_RELAXED_CELLS)
-                .zip(relaxed_grads.chunks(MAX_RELAXED_CELLS))
-                .zip(refs.chunks_mut(MAX_RELAXED_CELLS))
-            {
-                self.relaxed_pass(res, &job, plan, cells, grads, moments, progress)?;
+        if !score_cells.is_empty() || !relaxed_cells.is_empty() {
+            let plan = ChunkPlan::new(
+                samples,
+                self.limits,
+                self.cap_reps(samples, score_cells.len()),
+            );
+            let guard = self.resources_for(plan.chunk_reps, score_cells.len());
+            let res = guard.as_ref().expect("resources were just made");
+            debug_assert!(
+                res.partial_len
+                    >= partial_len(plan.chunk_reps, score_cells.len().max(MAX_RELAXED_CELLS))
+            );
+
+            let table = PointTable::new(
+                &contexts[0].p,
+                &RelaxedTable::new(&logits, spec.tau),
+                samples,
+            );
+            self.ctx
+                .queue
+                .write_buffer(&res.table, 0, bytemuck::bytes_of(&table));
+            let job = PointJob {
+                params: SweepParams {
+                    key: key_of(spec.seed),
+                    point: point as u32,
+                    samples,
+                    k: k as u32,
+                    inv_tau: (1.0 / spec.tau) as f32,
+                    samples_f: samples as f32,
+                    ..Default::default()
+                },
+                reps: spec.reps,
+            };
+
+            if !score_cells.is_empty() {
+                let t0 = Instant::now();
+                let mut refs: Vec<&mut EstimateMoments> = score_moments.iter_mut().collect();
+                self.score_function_pass(
+                    res,
+                    &job,
+                    plan,
+                    &score_cells,
+                    &score_grads,
+                    &mut refs,
+                    progress,
+                )?;
+                score_seconds = t0.elapsed().as_secs_f64();
             }
-            relaxed_seconds = t0.elapsed().as_secs_f64();
+            if !relaxed_cells.is_empty() {
+                let t0 = Instant::now();
+                let mut refs: Vec<&mut EstimateMoments> = relaxed_moments.iter_mut().collect();
+                for ((cells, grads), moments) in relaxed_cells
+                    .chunks(MAX_RELAXED_CELLS)
+                    .zip(relaxed_grads.chunks(MAX_RELAXED_CELLS))
+                    .zip(refs.chunks_mut(MAX_RELAXED_CELLS))
+                {
+                    self.relaxed_pass(res, &job, plan, cells, grads, moments, progress)?;
+                }
+                relaxed_seconds = t0.elapsed().as_secs_f64();
+            }
         }
-        drop(guard);
+        let mut generic_seconds = 0.0;
+        let mut generic_moments = Vec::new();
+        if !generic_cells.is_empty() {
+            let t0 = Instant::now();
+            generic_moments =
+                self.generic_moments(spec, point, &contexts, &generic_cells, progress)?;
+            generic_seconds = t0.elapsed().as_secs_f64();
+        }
 
         // Cells in the CPU engine's order: losses, then the estimators at this S.
         let mut gpu_cells: Vec<Option<(EstimateMoments, f64)>> = score_moments
@@ -559,8 +602,17 @@ impl Engine for GpuEngine {
                     .into_iter()
                     .map(|m| Some((m, relaxed_seconds))),
             )
+            .chain(
+                generic_moments
+                    .into_iter()
+                    .map(|m| Some((m, generic_seconds))),
+            )
             .collect();
-        let keys: Vec<(usize, &str)> = score_keys.into_iter().chain(relaxed_keys).collect();
+        let keys: Vec<(usize, &str)> = score_keys
+            .into_iter()
+            .chain(relaxed_keys)
+            .chain(generic_keys)
+            .collect();
         let mut cpu_cells = fallback.map(|p| p.cells.into_iter()).into_iter().flatten();
         let mut cells = Vec::new();
         for (li, &loss) in spec.losses.iter().enumerate() {
@@ -801,4 +853,283 @@ impl GpuEngine {
             .flat_map(|r| r[..k].iter().map(move |v| f64::from(*v) * inv))
             .collect())
     }
+}
+
+impl GpuEngine {
+    /// The generic score-function pass of one point: the moments of every cell of `cells`
+    /// (loss index into `contexts`, the contexts of `spec`'s losses; estimator with a
+    /// score-function lowering) over all repetitions, each estimate finished on the host in
+    /// repetition order (see [`generic`]). `run_point` runs it for the cells it lowers; the
+    /// benches time it alone (the contexts, with their exact or reference gradients, made
+    /// once outside).
+    ///
+    /// # Errors
+    /// [`Error::InvalidArgument`] for a cell without a score-function lowering;
+    /// [`Error::Gpu`] if the device fails.
+    pub fn generic_moments(
+        &self,
+        spec: &SweepSpec,
+        point: usize,
+        contexts: &[Context],
+        cells: &[(usize, &'static dyn Estimator)],
+        progress: &(dyn Fn(u64) + Sync),
+    ) -> Result<Vec<EstimateMoments>> {
+        use rayon::prelude::*;
+        let mut moments = vec![EstimateMoments::new(spec.problem.dim()); cells.len()];
+        let samples = spec.samples[point];
+        let refs: Vec<(usize, &dyn Estimator)> = cells
+            .iter()
+            .map(|&(li, e)| (li, e as &dyn Estimator))
+            .collect();
+        let plan = generic::GenericPlan::new(&spec.problem, contexts, &refs, samples)?;
+        let dim = plan.dim();
+        let mut baselines = vec![MovingAverage::default(); cells.len()];
+        generic::run(
+            &self.ctx,
+            &self.generic,
+            &plan,
+            key_of(spec.seed),
+            point as u32,
+            samples,
+            0,
+            spec.reps,
+            self.limits.max_reps,
+            generic::Readback::default(),
+            &mut |chunk| {
+                moments
+                    .par_iter_mut()
+                    .zip(baselines.par_iter_mut())
+                    .enumerate()
+                    .for_each(|(c, (m, baseline))| {
+                        let grad = &contexts[plan.cells[c].loss_index].grad;
+                        let mut estimate = vec![0.0; dim];
+                        for r in 0..chunk.reps as usize {
+                            plan.finish(c, chunk, r, samples, baseline, &mut estimate);
+                            m.push(&estimate, grad);
+                        }
+                    });
+                progress(u64::from(chunk.reps) * u64::from(samples));
+                Ok(())
+            },
+        )?;
+        Ok(moments)
+    }
+
+    /// The categories of the joint draws (`reps * S * L`, draw-major) of repetitions
+    /// `rep_begin..rep_begin + reps` at sweep point `point`, for L variables of K categories
+    /// with probabilities `p` (L*K numbers), by the joint draws kernel alone. The GPU twin of
+    /// [`crate::draws::draw_joint_categories`], for tests.
+    ///
+    /// # Errors
+    /// [`Error::InvalidArgument`] if `p` is not L*K numbers; [`Error::Gpu`] if the device
+    /// fails.
+    #[allow(clippy::too_many_arguments)]
+    pub fn joint_categories(
+        &self,
+        p: &[f64],
+        k: usize,
+        key: [u32; 2],
+        point: u32,
+        samples: u32,
+        rep_begin: u32,
+        reps: u32,
+    ) -> Result<Vec<u32>> {
+        if k < 2 || p.is_empty() || p.len() % k != 0 {
+            return Err(Error::InvalidArgument(format!(
+                "joint_categories: {} probabilities of K = {k}",
+                p.len()
+            )));
+        }
+        let plan = generic::GenericPlan::draws_only(p, k);
+        let mut z = Vec::new();
+        generic::run(
+            &self.ctx,
+            &self.generic,
+            &plan,
+            key,
+            point,
+            samples,
+            rep_begin,
+            reps,
+            self.limits.max_reps,
+            generic::Readback {
+                z: true,
+                signals: false,
+            },
+            &mut |chunk| {
+                z.extend_from_slice(&chunk.z);
+                Ok(())
+            },
+        )?;
+        Ok(z)
+    }
+
+    /// The loss of every joint draw under every loss of `spec` (`[loss][repetition][draw]`)
+    /// for repetitions `rep_begin..rep_begin + reps` of sweep point `point`, by the joint
+    /// draws and signals kernels (f32, centred on the host's `E f`, returned in f64). The GPU
+    /// twin of [`crate::objective::Objective::at_vertex`] over the CPU's joint draws, for
+    /// tests.
+    ///
+    /// # Errors
+    /// [`Error::Gpu`] if the device fails.
+    pub fn generic_losses(
+        &self,
+        spec: &SweepSpec,
+        point: usize,
+        rep_begin: u32,
+        reps: u32,
+    ) -> Result<Vec<f64>> {
+        let samples = spec.samples[point];
+        let contexts = spec.contexts();
+        let cells: Vec<(usize, &dyn Estimator)> = (0..contexts.len())
+            .map(|li| (li, &crate::estimators::Reinforce as &dyn Estimator))
+            .collect();
+        let plan = generic::GenericPlan::new(&spec.problem, &contexts, &cells, samples)?;
+        let (s, g) = (samples as usize, plan.groups.len());
+        let mut f = vec![0.0; g * reps as usize * s];
+        generic::run(
+            &self.ctx,
+            &self.generic,
+            &plan,
+            key_of(spec.seed),
+            point as u32,
+            samples,
+            rep_begin,
+            reps,
+            self.limits.max_reps,
+            generic::Readback {
+                z: false,
+                signals: true,
+            },
+            &mut |chunk| {
+                let first = (chunk.rep_begin - rep_begin) as usize;
+                for r in 0..chunk.reps as usize {
+                    for (gi, m) in plan.m.iter().enumerate() {
+                        let from = (r * g + gi) * s;
+                        let to = (gi * reps as usize + first + r) * s;
+                        for (o, d) in f[to..to + s].iter_mut().zip(&chunk.signals[from..from + s]) {
+                            *o = f64::from(*d) + m;
+                        }
+                    }
+                }
+                Ok(())
+            },
+        )?;
+        Ok(f)
+    }
+
+    /// Every score-function cell of `spec` at sweep point `point` that runs on the GPU's
+    /// generic path (loss-major, in estimator order), and their estimates for repetitions
+    /// `rep_begin..rep_begin + reps` (`[repetition][cell][L*K]`), moving averages starting
+    /// empty at `rep_begin`. The GPU twin of the CPU engine's generic path
+    /// ([`Estimator::estimate`] on [`crate::estimators::JointDraws`]), for tests.
+    ///
+    /// # Errors
+    /// [`Error::Gpu`] if the device fails.
+    #[allow(clippy::type_complexity)]
+    pub fn generic_estimates(
+        &self,
+        spec: &SweepSpec,
+        point: usize,
+        rep_begin: u32,
+        reps: u32,
+    ) -> Result<(Vec<(usize, &'static dyn Estimator)>, Vec<f64>)> {
+        let samples = spec.samples[point];
+        let contexts = spec.contexts();
+        let mut cells: Vec<(usize, &'static dyn Estimator)> = Vec::new();
+        for (li, ctx) in contexts.iter().enumerate() {
+            for &e in &spec.estimators_at(samples) {
+                if matches!(
+                    path_of(e, ctx),
+                    Path::JointCounts | Path::Generic(Family::ScoreFunction)
+                ) && self.lowers(e, ctx, samples)
+                {
+                    cells.push((li, e));
+                }
+            }
+        }
+        let refs: Vec<(usize, &dyn Estimator)> = cells
+            .iter()
+            .map(|&(li, e)| (li, e as &dyn Estimator))
+            .collect();
+        let plan = generic::GenericPlan::new(&spec.problem, &contexts, &refs, samples)?;
+        let dim = plan.dim();
+        let mut baselines = vec![MovingAverage::default(); cells.len()];
+        let mut out = Vec::with_capacity(reps as usize * cells.len() * dim);
+        generic::run(
+            &self.ctx,
+            &self.generic,
+            &plan,
+            key_of(spec.seed),
+            point as u32,
+            samples,
+            rep_begin,
+            reps,
+            self.limits.max_reps,
+            generic::Readback::default(),
+            &mut |chunk| {
+                let mut estimate = vec![0.0; dim];
+                for r in 0..chunk.reps as usize {
+                    for (c, baseline) in baselines.iter_mut().enumerate() {
+                        plan.finish(c, chunk, r, samples, baseline, &mut estimate);
+                        out.extend_from_slice(&estimate);
+                    }
+                }
+                Ok(())
+            },
+        )?;
+        Ok((cells, out))
+    }
+}
+
+/// The notes `mcgrad run` prints for the cells of `spec` that `engine` hands to the CPU
+/// engine, one per (estimator, path, reason), with the draw counts where it happens if not
+/// all of them: `note: muprop-c on the generic path runs on the CPU (no GPU lowering)`. Empty
+/// for the CPU engine.
+pub fn fallback_notes(spec: &SweepSpec, engine: &dyn Engine) -> Vec<String> {
+    let contexts = spec.contexts();
+    // (estimator, path, reason) and the draw counts where it falls back.
+    type Key<'a> = (&'a str, String, String);
+    let mut found: Vec<(Key<'_>, Vec<u32>)> = Vec::new();
+    for &s in &spec.samples {
+        for ctx in &contexts {
+            for e in spec.estimators_at(s) {
+                let Some(reason) = engine.fallback_reason(e, ctx, s) else {
+                    continue;
+                };
+                let path = match path_of(e, ctx) {
+                    Path::Counts => "counts".to_string(),
+                    Path::RelaxedSums => "relaxed-sums".to_string(),
+                    Path::JointCounts => "joint-counts".to_string(),
+                    Path::Generic(_) => "generic".to_string(),
+                };
+                let key = (e.id(), path, reason);
+                match found.iter_mut().find(|(k, _)| *k == key) {
+                    Some((_, at)) => {
+                        if !at.contains(&s) {
+                            at.push(s);
+                        }
+                    }
+                    None => found.push((key, vec![s])),
+                }
+            }
+        }
+    }
+    found
+        .into_iter()
+        .map(|((id, path, reason), at)| {
+            let runs_at = spec
+                .samples
+                .iter()
+                .filter(|&&s| spec.estimators_at(s).iter().any(|e| e.id() == id))
+                .count();
+            let where_ = if at.len() < runs_at {
+                let list: Vec<String> = at.iter().map(u32::to_string).collect();
+                format!(" at S = {}", list.join(", "))
+            } else {
+                String::new()
+            };
+            format!("note: {id} on the {path} path runs on the CPU{where_} ({reason})")
+        })
+        .collect()
 }

@@ -1,6 +1,7 @@
 //! The WGSL sources: one file per kernel under `shaders/`, each with `shaders/common.wgsl`
 //! (Philox, the shared structs, f32 moments) prepended, and `shaders/moments.wgsl` (the
-//! workgroup reduction) for the two moments kernels.
+//! workgroup reduction) for the two moments kernels, and `shaders/generic_common.wgsl` (the
+//! generic path's structs) for the three generic kernels.
 
 macro_rules! kernel {
     ($($file:literal),+) => {
@@ -24,3 +25,9 @@ pub const RELAXED_MOMENTS: &str = kernel!("moments.wgsl", "relaxed_moments.wgsl"
 pub const TRAIN_CATEGORICAL: &str = kernel!("train_categorical.wgsl");
 /// The Gumbel draws of a training step (per input, from the forward pass's logits).
 pub const TRAIN_GUMBEL: &str = kernel!("train_gumbel.wgsl");
+/// Joint categorical draws of L variables (the generic path).
+pub const JOINT_DRAWS: &str = kernel!("generic_common.wgsl", "joint_draws.wgsl");
+/// The loss and centred learning signals of every joint draw (the generic path).
+pub const GENERIC_SIGNALS: &str = kernel!("generic_common.wgsl", "generic_signals.wgsl");
+/// Per-repetition sums of the signals by category (the generic path).
+pub const GENERIC_SCORES: &str = kernel!("generic_common.wgsl", "generic_scores.wgsl");

@@ -1,0 +1,925 @@
+//! The generic score-function path on the GPU: joint draws of L variables, the loss of every
+//! draw under every generic loss, and every score-function cell's per-repetition estimate,
+//! planned from the estimators' [`Lowering`] data (never from ids).
+//!
+//! Three kernels per chunk of repetitions, one WGSL file each:
+//! - `shaders/joint_draws.wgsl`: the categories of every draw and variable; CPU twin
+//!   [`crate::draws::draw_joint_categories`] (bit-identical categories);
+//! - `shaders/generic_signals.wgsl`: per (loss, learning signal) *signal group*, the centred
+//!   signal `D_i = A_i - m` of every draw (`A_i = f(z_i)` or MuProp's residual); CPU twins
+//!   [`crate::objective::Objective::at_vertex`] and [`Context::muprop_residual`];
+//! - `shaders/generic_scores.wgsl`: per repetition, group and variable, the sums of `D` by
+//!   category, their total, and the category counts; CPU twin
+//!   [`crate::estimators::weighted_scores`].
+//!
+//! Every score-function lowering is `scale sum_i (A_i - b_i) (e_{z_il} - p_l) + c`. Writing
+//! `A_i = D_i + m`, `W(D)_lj = sum_{i: z_il = j} D_i - p_lj sum_i D_i` and
+//! `dev_lj = n_lj - S p_lj`, the estimate is `scale (W(D) + k_b dev) + c` with
+//! `k_b = m` (no baseline), `m - b` (moving average `b`) or `-mean D` (leave-one-out: then
+//! `b_i` is the mean signal and `scale = 1/(S-1)`, as the CPU's RLOO). The kernels do the
+//! O(S L) work per repetition; the host finishes these O(L K) numbers in f64 in repetition
+//! order, which is also where the moving averages of `reinforce-ema` and `muprop-c` advance:
+//! so every score-function estimator with a lowering runs here, moving averages included.
+//! `m` is chosen near `E A`, so `D` is small and f32 keeps its digits: the estimates agree
+//! with the CPU's f64 to about 1e-6 of their scale.
+//!
+//! Memory is bounded: a chunk of repetitions holds at most [`MAX_BUFFER_BYTES`] in any one
+//! buffer (and the readback of a chunk as much), whatever S, L and R are.
+
+use bytemuck::{Pod, Zeroable};
+
+use crate::draws::CategoricalTable;
+use crate::error::{Error, Result};
+use crate::estimators::{Baseline, Constant, Context, Estimator, Lowering, MovingAverage, Signal};
+use crate::gpu::context::{GpuContext, READ, READ_WRITE, UNIFORM};
+use crate::gpu::shaders;
+use crate::loss::Loss;
+use crate::problem::Problem;
+
+/// Quadratic losses (keep in sync with `LOSS_QUADRATIC` in shaders/generic_common.wgsl).
+pub const LOSS_QUADRATIC: u32 = 0;
+/// The `pnorm` loss.
+pub const LOSS_PNORM: u32 = 1;
+/// The `decoder` loss.
+pub const LOSS_DECODER: u32 = 2;
+/// The `table` loss.
+pub const LOSS_TABLE: u32 = 3;
+
+/// Threads per workgroup of the three generic kernels.
+pub const GENERIC_WG: u32 = 64;
+/// Most bytes of any one buffer of a chunk (and of a chunk's readback): 64 MiB.
+pub const MAX_BUFFER_BYTES: u64 = 64 << 20;
+/// Most signal groups a pass can hold: every loss with both signals.
+pub const MAX_GROUPS: usize = 2 * Loss::ALL.len();
+
+/// The parameters of one chunk. Keep in sync with `GenericParams` in
+/// shaders/generic_common.wgsl.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Pod, Zeroable)]
+pub struct GenericParams {
+    /// The Philox key.
+    pub key: [u32; 2],
+    /// Sweep point index.
+    pub point: u32,
+    /// Draws per repetition S.
+    pub samples: u32,
+    /// Index within the point of the chunk's first repetition.
+    pub rep_begin: u32,
+    /// Repetitions in the chunk.
+    pub chunk_reps: u32,
+    /// Variables L.
+    pub l: u32,
+    /// Categories K.
+    pub k: u32,
+    /// Signal groups G.
+    pub n_groups: u32,
+    /// `ceil(S / 4)`.
+    pub blocks: u32,
+    /// Threads per row of the two-dimensional dispatch.
+    pub row: u32,
+    /// Padding.
+    pub _pad: u32,
+}
+
+/// One (loss, learning signal). Keep in sync with `SignalGroup` in
+/// shaders/generic_common.wgsl.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Pod, Zeroable)]
+pub struct SignalGroup {
+    /// `LOSS_*`.
+    pub loss: u32,
+    /// 1 for MuProp's residual.
+    pub residual: u32,
+    /// Offset of the loss's numbers in the data buffer.
+    pub data: u32,
+    /// Offset of `G'[l, j] = grad f(p)[l, j] - grad_l f(p) . p_l` (residual only; L*K high
+    /// f32 parts, then L*K low parts).
+    pub grad: u32,
+    /// Subtracted from the loss's sum on the GPU.
+    pub shift: f32,
+    /// The pnorm exponent.
+    pub exponent: f32,
+    /// The decoder's output units H.
+    pub hidden: u32,
+    /// `PAIR_*`.
+    pub pair: u32,
+}
+
+/// A signal group alone (keep in sync with `PAIR_*` in shaders/generic_common.wgsl).
+pub const PAIR_NONE: u32 = 0;
+/// The loss signal of a loss whose residual group follows: its thread writes both rows.
+pub const PAIR_FIRST: u32 = 1;
+/// The residual group after its loss's [`PAIR_FIRST`] group.
+pub const PAIR_SECOND: u32 = 2;
+
+/// The three generic kernels.
+pub struct GenericKernels {
+    draws_layout: wgpu::BindGroupLayout,
+    draws: wgpu::ComputePipeline,
+    signals_layout: wgpu::BindGroupLayout,
+    signals: wgpu::ComputePipeline,
+    scores_layout: wgpu::BindGroupLayout,
+    scores: wgpu::ComputePipeline,
+}
+
+impl GenericKernels {
+    /// Builds the pipelines.
+    ///
+    /// # Errors
+    /// [`Error::Gpu`] if a kernel does not build on this adapter.
+    pub fn new(ctx: &GpuContext) -> Result<Self> {
+        let params = std::mem::size_of::<GenericParams>() as u64;
+        let group = std::mem::size_of::<SignalGroup>() as u64;
+        let draws_layout = ctx.layout(
+            "joint draws",
+            &[(UNIFORM, params), (READ, 4), (READ_WRITE, 4)],
+        );
+        let signals_layout = ctx.layout(
+            "generic signals",
+            &[
+                (UNIFORM, params),
+                (READ, group),
+                (READ, 4),
+                (READ, 4),
+                (READ_WRITE, 4),
+            ],
+        );
+        let scores_layout = ctx.layout(
+            "generic scores",
+            &[
+                (UNIFORM, params),
+                (READ, 4),
+                (READ, 4),
+                (READ_WRITE, 4),
+                (READ_WRITE, 4),
+            ],
+        );
+        Ok(Self {
+            draws: ctx.compute_pipeline("joint_draws", shaders::JOINT_DRAWS, &draws_layout)?,
+            draws_layout,
+            signals: ctx.compute_pipeline(
+                "generic_signals",
+                shaders::GENERIC_SIGNALS,
+                &signals_layout,
+            )?,
+            signals_layout,
+            scores: ctx.compute_pipeline(
+                "generic_scores",
+                shaders::GENERIC_SCORES,
+                &scores_layout,
+            )?,
+            scores_layout,
+        })
+    }
+}
+
+/// The byte budget of one buffer on this device.
+fn buffer_budget(limits: &wgpu::Limits) -> u64 {
+    MAX_BUFFER_BYTES
+        .min(limits.max_storage_buffer_binding_size)
+        .min(limits.max_buffer_size)
+}
+
+/// Why a score-function cell on the generic path cannot run on the GPU, or `None` if it
+/// can: an estimator with no score-function lowering, or a repetition (S draws of L
+/// variables) or a table too large for one buffer.
+pub fn unsupported(
+    estimator: &dyn Estimator,
+    ctx: &Context,
+    samples: u32,
+    limits: &wgpu::Limits,
+) -> Option<String> {
+    match estimator.lowering() {
+        Some(Lowering::ScoreFunction { .. }) => {}
+        Some(Lowering::Relaxed { .. }) => {
+            return Some("no GPU kernel for the relaxed family on the generic path".into())
+        }
+        None => return Some("no GPU lowering".into()),
+    }
+    let budget = buffer_budget(limits);
+    // The largest buffer of one repetition, with every group a sweep can hold.
+    let dim = ctx.dim() as u64;
+    let per_rep = (u64::from(samples) * ctx.l.max(MAX_GROUPS) as u64)
+        .max(MAX_GROUPS as u64 * (dim + 1) + dim)
+        * 4;
+    if per_rep > budget {
+        return Some(format!(
+            "S = {samples} draws of {} variables do not fit one GPU buffer",
+            ctx.l
+        ));
+    }
+    if ctx.loss == Loss::Table
+        && (ctx.k as u64)
+            .checked_pow(ctx.l as u32)
+            .is_none_or(|n| n * 4 > budget)
+    {
+        return Some("the table does not fit one GPU buffer".into());
+    }
+    None
+}
+
+/// How the host finishes one cell's estimate from its group's sums.
+#[derive(Clone, Debug)]
+pub struct CellPlan {
+    /// The loss's index in the spec.
+    pub loss_index: usize,
+    /// Its signal group (`None`: no draws read, the estimate is the constant).
+    pub group: Option<usize>,
+    /// `1/S`, or `1/(S-1)` for leave-one-out.
+    pub scale: f64,
+    /// The baseline.
+    pub baseline: Baseline,
+    /// The constant `c` (L*K numbers).
+    pub constant: Vec<f64>,
+}
+
+/// Everything one sweep point's generic pass uploads, and how the host finishes it.
+#[derive(Clone, Debug)]
+pub struct GenericPlan {
+    /// Variables L.
+    pub l: usize,
+    /// Categories K.
+    pub k: usize,
+    /// Probabilities `p` (L*K numbers, f64).
+    pub p: Vec<f64>,
+    /// Per variable: the K - 1 inverse-CDF thresholds, then the last nonzero category.
+    pub thresholds: Vec<u32>,
+    /// The signal groups.
+    pub groups: Vec<SignalGroup>,
+    /// `m` of every group: `A_i = D_i + m` (f64, exactly what the GPU's f32 constants sum to).
+    pub m: Vec<f64>,
+    /// The losses' and residuals' numbers.
+    pub data: Vec<f32>,
+    /// The cells, in the order given.
+    pub cells: Vec<CellPlan>,
+}
+
+/// Per variable: the K - 1 inverse-CDF thresholds of [`CategoricalTable`], then its last
+/// nonzero category (the clamp), as `shaders/joint_draws.wgsl` reads them.
+pub fn joint_thresholds(p: &[f64], k: usize) -> Vec<u32> {
+    let mut thresholds = Vec::with_capacity(p.len());
+    for pl in p.chunks(k) {
+        let table = CategoricalTable::new(pl);
+        thresholds.extend_from_slice(table.thresholds());
+        thresholds.push(table.last_nonzero());
+    }
+    thresholds
+}
+
+fn f32s(v: &[f64]) -> impl Iterator<Item = f32> + '_ {
+    v.iter().map(|&x| x as f32)
+}
+
+fn softplus(h: f64) -> f64 {
+    h.max(0.0) + (-h.abs()).exp().ln_1p()
+}
+
+impl GenericPlan {
+    /// The plan of `cells` (loss index, estimator: each with a score-function lowering) on
+    /// `problem` under `contexts` (one per loss of the spec) at S = `samples`.
+    ///
+    /// # Errors
+    /// [`Error::InvalidArgument`] for an estimator without a score-function lowering, a
+    /// MuProp residual under a loss with no extension, or more than [`MAX_GROUPS`] groups.
+    pub fn new(
+        problem: &Problem,
+        contexts: &[Context],
+        cells: &[(usize, &dyn Estimator)],
+        samples: u32,
+    ) -> Result<Self> {
+        let (l, k) = (problem.l, problem.k);
+        let p = contexts[0].p.clone();
+        let thresholds = joint_thresholds(&p, k);
+        let mut keys: Vec<(usize, Signal)> = Vec::new();
+        let mut plans = Vec::new();
+        let s = f64::from(samples);
+        for &(loss_index, estimator) in cells {
+            let Some(Lowering::ScoreFunction {
+                signal,
+                baseline,
+                constant,
+            }) = estimator.lowering()
+            else {
+                return Err(Error::InvalidArgument(format!(
+                    "estimator `{}` has no score-function lowering for the GPU",
+                    estimator.id()
+                )));
+            };
+            let ctx = &contexts[loss_index];
+            let group = signal.map(|sig| {
+                keys.iter()
+                    .position(|&key| key == (loss_index, sig))
+                    .unwrap_or_else(|| {
+                        keys.push((loss_index, sig));
+                        keys.len() - 1
+                    })
+            });
+            let constant = match constant {
+                Constant::None => vec![0.0; ctx.dim()],
+                Constant::MeanField => ctx.muprop_mean_field.clone(),
+                Constant::ExactGradient => ctx.grad.clone(),
+            };
+            plans.push(CellPlan {
+                loss_index,
+                group,
+                scale: if baseline == Baseline::LeaveOneOut {
+                    1.0 / (s - 1.0)
+                } else {
+                    1.0 / s
+                },
+                baseline,
+                constant,
+            });
+        }
+        // Groups in (loss, signal) order, so a loss's two signals are neighbours and share
+        // one loss evaluation per draw.
+        let mut sorted = keys.clone();
+        sorted.sort_by_key(|&(li, sig)| (li, sig == Signal::MupropResidual));
+        for plan in &mut plans {
+            if let Some(g) = plan.group {
+                plan.group = sorted.iter().position(|&key| key == keys[g]);
+            }
+        }
+        let keys = sorted;
+        if keys.len() > MAX_GROUPS {
+            return Err(Error::InvalidArgument(format!(
+                "{} signal groups: the GPU's generic path holds at most {MAX_GROUPS}",
+                keys.len()
+            )));
+        }
+        let mut data: Vec<f32> = Vec::new();
+        let mut groups = Vec::new();
+        let mut m = Vec::new();
+        for &(loss_index, signal) in &keys {
+            let ctx = &contexts[loss_index];
+            let at = data.len() as u32;
+            // `omitted`: what the GPU leaves out of f (its own constants, exactly in f64).
+            let (loss, omitted, hidden) = match ctx.loss {
+                Loss::Seed | Loss::Squared | Loss::Linear => {
+                    let q = ctx.quad.as_ref().expect("a quadratic loss has its form");
+                    data.extend(f32s(&q.beta));
+                    (LOSS_QUADRATIC, q.alpha * l as f64 + q.gamma, 0)
+                }
+                Loss::Pnorm => {
+                    data.extend(f32s(&problem.b));
+                    (LOSS_PNORM, 0.0, 0)
+                }
+                Loss::Decoder => {
+                    let dec = problem
+                        .decoder
+                        .as_ref()
+                        .expect("the decoder loss has its decoder");
+                    // Per output unit, at the mean-field point h_p = c + V p: c - h_p,
+                    // sigmoid(-|h_p|), whether h_p >= 0, and the target; the terms' values at
+                    // h_p are what the GPU leaves out (see generic_signals.wgsl).
+                    data.extend(f32s(&dec.v));
+                    let mut base = Vec::with_capacity(dec.h);
+                    let mut sigma = Vec::with_capacity(dec.h);
+                    let mut upper = Vec::with_capacity(dec.h);
+                    let mut omitted = 0.0;
+                    for (row, (&c, &t)) in
+                        dec.v.chunks_exact(l * k).zip(dec.c.iter().zip(&dec.target))
+                    {
+                        let h = c + row.iter().zip(&p).map(|(v, pj)| v * pj).sum::<f64>();
+                        omitted += softplus(h) - t * h;
+                        base.push((c - h) as f32);
+                        sigma.push((1.0 / (1.0 + h.abs().exp())) as f32);
+                        upper.push(if h >= 0.0 { 1.0f32 } else { 0.0 });
+                    }
+                    data.extend(base);
+                    data.extend(sigma);
+                    data.extend(upper);
+                    data.extend(f32s(&dec.target));
+                    (LOSS_DECODER, omitted, dec.h as u32)
+                }
+                Loss::Table => {
+                    data.extend(f32s(&problem.table));
+                    (LOSS_TABLE, 0.0, 0)
+                }
+            };
+            let (residual, grad_at, f_p) = match signal {
+                Signal::Loss => (0, 0, 0.0),
+                Signal::MupropResidual => {
+                    let mf = ctx.mean_field.as_ref().ok_or_else(|| {
+                        Error::InvalidArgument(format!(
+                            "MuProp's residual needs the {} loss off the vertices",
+                            ctx.loss
+                        ))
+                    })?;
+                    // G' in two f32 parts: high, then the low parts L*K further.
+                    let grad_at = data.len() as u32;
+                    let exact: Vec<f64> = mf
+                        .grad
+                        .chunks(k)
+                        .zip(&mf.grad_dot_p)
+                        .flat_map(|(gl, gp)| gl.iter().map(move |g| g - gp))
+                        .collect();
+                    data.extend(f32s(&exact));
+                    data.extend(exact.iter().map(|&g| (g - f64::from(g as f32)) as f32));
+                    (1, grad_at, mf.value)
+                }
+            };
+            // D = A + [residual] f(p) - omitted - shift, and A + [residual] f(p) has mean
+            // about fbar: so shift = fbar - omitted leaves D near 0.
+            let shift = (ctx.fbar - omitted) as f32;
+            m.push(omitted + f64::from(shift) - f_p);
+            groups.push(SignalGroup {
+                loss,
+                residual,
+                data: at,
+                grad: grad_at,
+                shift,
+                exponent: problem.exponent as f32,
+                hidden,
+                pair: PAIR_NONE,
+            });
+        }
+        for g in 1..groups.len() {
+            if keys[g - 1].0 == keys[g].0 && groups[g - 1].residual == 0 && groups[g].residual == 1
+            {
+                groups[g - 1].pair = PAIR_FIRST;
+                groups[g].pair = PAIR_SECOND;
+            }
+        }
+        Ok(Self {
+            l,
+            k,
+            p,
+            thresholds,
+            groups,
+            m,
+            data,
+            cells: plans,
+        })
+    }
+
+    /// A plan with no cells, for the draws alone (`p`: L*K probabilities).
+    pub fn draws_only(p: &[f64], k: usize) -> Self {
+        Self {
+            l: p.len() / k,
+            k,
+            p: p.to_vec(),
+            thresholds: joint_thresholds(p, k),
+            groups: Vec::new(),
+            m: Vec::new(),
+            data: Vec::new(),
+            cells: Vec::new(),
+        }
+    }
+
+    /// L*K.
+    pub fn dim(&self) -> usize {
+        self.l * self.k
+    }
+
+    /// Cell `cell`'s estimate of repetition `r` of `chunk` into `out` (L*K numbers), with
+    /// the moving average `baseline` (used, then advanced, for a moving-average baseline).
+    pub fn finish(
+        &self,
+        cell: usize,
+        chunk: &GenericChunk,
+        r: usize,
+        samples: u32,
+        baseline: &mut MovingAverage,
+        out: &mut [f64],
+    ) {
+        let plan = &self.cells[cell];
+        let Some(g) = plan.group else {
+            out.copy_from_slice(&plan.constant);
+            return;
+        };
+        let dim = self.dim();
+        let width = dim + 1;
+        let at = (r * self.groups.len() + g) * width;
+        let sums = &chunk.sums[at..at + width];
+        let counts = &chunk.counts[r * dim..(r + 1) * dim];
+        let s = f64::from(samples);
+        let total = f64::from(sums[dim]);
+        let m = self.m[g];
+        let coef = match plan.baseline {
+            Baseline::None => m,
+            Baseline::MovingAverage => m - baseline.value(),
+            Baseline::LeaveOneOut => -total / s,
+        };
+        for (j, o) in out.iter_mut().enumerate() {
+            let pj = self.p[j];
+            let w = f64::from(sums[j]) - pj * total;
+            let dev = f64::from(counts[j]) - s * pj;
+            *o = plan.scale * (w + coef * dev) + plan.constant[j];
+        }
+        if plan.baseline == Baseline::MovingAverage {
+            baseline.push(m + total / s);
+        }
+    }
+}
+
+/// What one chunk of the generic pass reads back.
+#[derive(Clone, Debug, Default)]
+pub struct GenericChunk {
+    /// Index of the chunk's first repetition.
+    pub rep_begin: u32,
+    /// Repetitions in the chunk.
+    pub reps: u32,
+    /// Per repetition and group: `L*K` sums of `D` by category, then the total.
+    pub sums: Vec<f32>,
+    /// Per repetition: the `L*K` category counts.
+    pub counts: Vec<u32>,
+    /// The categories (`reps * S * L`, draw-major), where asked for.
+    pub z: Vec<u32>,
+    /// The centred signals (`reps * G * S`), where asked for.
+    pub signals: Vec<f32>,
+}
+
+/// What the host wants back besides the sums.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Readback {
+    /// The categories.
+    pub z: bool,
+    /// The centred signals.
+    pub signals: bool,
+}
+
+/// Repetitions per chunk at S draws: every buffer within its budget.
+pub fn chunk_reps(plan: &GenericPlan, samples: u32, limits: &wgpu::Limits) -> u32 {
+    let budget = buffer_budget(limits);
+    let s = u64::from(samples);
+    let g = plan.groups.len().max(1) as u64;
+    let dim = plan.dim() as u64;
+    let per_rep = [s * plan.l as u64, s * g, g * (dim + 1) + dim]
+        .into_iter()
+        .max()
+        .unwrap_or(1)
+        * 4;
+    (budget / per_rep.max(1)).clamp(1, u64::from(u32::MAX)) as u32
+}
+
+struct Buffers {
+    params: wgpu::Buffer,
+    z: wgpu::Buffer,
+    signals: wgpu::Buffer,
+    sums: wgpu::Buffer,
+    counts: wgpu::Buffer,
+    sums_staging: wgpu::Buffer,
+    counts_staging: wgpu::Buffer,
+    z_staging: Option<wgpu::Buffer>,
+    signals_staging: Option<wgpu::Buffer>,
+    draws_group: wgpu::BindGroup,
+    signals_group: wgpu::BindGroup,
+    scores_group: wgpu::BindGroup,
+}
+
+fn dispatch(pass: &mut wgpu::ComputePass<'_>, threads: u64, max_x: u32) {
+    let groups = threads.div_ceil(u64::from(GENERIC_WG)).max(1);
+    let x = groups.min(u64::from(max_x)) as u32;
+    let y = groups.div_ceil(u64::from(x)) as u32;
+    pass.dispatch_workgroups(x, y, 1);
+}
+
+/// Runs the generic pass of `plan` over repetitions `rep_begin..rep_begin + reps` at sweep
+/// point `point` with S = `samples` draws, in chunks of at most `max_reps` repetitions (and
+/// of the buffer budget), calling `on_chunk` with each chunk's readback in repetition order. With no signal group (only constant cells) nothing runs on the GPU and
+/// the chunks are empty.
+///
+/// # Errors
+/// [`Error::Gpu`] if the device fails; `on_chunk`'s errors.
+#[allow(clippy::too_many_arguments)]
+pub fn run(
+    ctx: &GpuContext,
+    kernels: &GenericKernels,
+    plan: &GenericPlan,
+    key: [u32; 2],
+    point: u32,
+    samples: u32,
+    rep_begin: u32,
+    reps: u32,
+    max_reps: u32,
+    readback: Readback,
+    on_chunk: &mut dyn FnMut(&GenericChunk) -> Result<()>,
+) -> Result<()> {
+    let n_groups = plan.groups.len();
+    let chunk = chunk_reps(plan, samples, &ctx.limits)
+        .min(max_reps.max(1))
+        .min(reps.max(1));
+    if n_groups == 0 && !readback.z {
+        let mut done = 0;
+        while done < reps {
+            let n = chunk.min(reps - done);
+            on_chunk(&GenericChunk {
+                rep_begin: rep_begin + done,
+                reps: n,
+                ..Default::default()
+            })?;
+            done += n;
+        }
+        return Ok(());
+    }
+    let b = buffers(ctx, kernels, plan, samples, chunk, readback);
+    let max_x = ctx.limits.max_compute_workgroups_per_dimension.min(65_535);
+    let (l, dim) = (plan.l as u64, plan.dim() as u64);
+    let s = u64::from(samples);
+    let g = n_groups as u64;
+    let mut done = 0u32;
+    while done < reps {
+        let n = chunk.min(reps - done);
+        let params = GenericParams {
+            key,
+            point,
+            samples,
+            rep_begin: rep_begin + done,
+            chunk_reps: n,
+            l: plan.l as u32,
+            k: plan.k as u32,
+            n_groups: n_groups as u32,
+            blocks: samples.div_ceil(4),
+            row: max_x * GENERIC_WG,
+            _pad: 0,
+        };
+        ctx.queue
+            .write_buffer(&b.params, 0, bytemuck::bytes_of(&params));
+        let mut encoder = ctx
+            .device
+            .create_command_encoder(&wgpu::CommandEncoderDescriptor {
+                label: Some("generic chunk"),
+            });
+        let nu = u64::from(n);
+        {
+            let mut pass = encoder.begin_compute_pass(&wgpu::ComputePassDescriptor {
+                label: Some("joint draws"),
+                timestamp_writes: None,
+            });
+            pass.set_pipeline(&kernels.draws);
+            pass.set_bind_group(0, &b.draws_group, &[]);
+            dispatch(&mut pass, nu * u64::from(params.blocks) * l, max_x);
+            if n_groups > 0 {
+                pass.set_pipeline(&kernels.signals);
+                pass.set_bind_group(0, &b.signals_group, &[]);
+                dispatch(&mut pass, nu * g * s, max_x);
+                pass.set_pipeline(&kernels.scores);
+                pass.set_bind_group(0, &b.scores_group, &[]);
+                dispatch(&mut pass, nu * g * l, max_x);
+            }
+        }
+        let sums_len = nu * g * (dim + 1);
+        let counts_len = nu * dim;
+        if n_groups > 0 {
+            encoder.copy_buffer_to_buffer(&b.sums, 0, &b.sums_staging, 0, sums_len * 4);
+            encoder.copy_buffer_to_buffer(&b.counts, 0, &b.counts_staging, 0, counts_len * 4);
+        }
+        if let Some(st) = &b.z_staging {
+            encoder.copy_buffer_to_buffer(&b.z, 0, st, 0, nu * s * l * 4);
+        }
+        if let Some(st) = &b.signals_staging {
+            encoder.copy_buffer_to_buffer(&b.signals, 0, st, 0, nu * g * s * 4);
+        }
+        ctx.queue.submit([encoder.finish()]);
+        let mut out = GenericChunk {
+            rep_begin: rep_begin + done,
+            reps: n,
+            ..Default::default()
+        };
+        if n_groups > 0 {
+            out.sums = ctx.read(&b.sums_staging, sums_len as usize, "reading generic sums")?;
+            out.counts = ctx.read(
+                &b.counts_staging,
+                counts_len as usize,
+                "reading generic counts",
+            )?;
+        }
+        if let Some(st) = &b.z_staging {
+            out.z = ctx.read(st, (nu * s * l) as usize, "reading joint draws")?;
+        }
+        if let Some(st) = &b.signals_staging {
+            out.signals = ctx.read(st, (nu * g * s) as usize, "reading generic signals")?;
+        }
+        ctx.check("running the generic pass")?;
+        on_chunk(&out)?;
+        done += n;
+    }
+    Ok(())
+}
+
+fn buffers(
+    ctx: &GpuContext,
+    kernels: &GenericKernels,
+    plan: &GenericPlan,
+    samples: u32,
+    chunk: u32,
+    readback: Readback,
+) -> Buffers {
+    use wgpu::util::DeviceExt;
+    use wgpu::BufferUsages as U;
+    let init = |label, contents: &[u8]| {
+        // Storage bindings may not be empty.
+        let padded;
+        let contents = if contents.len() < 16 {
+            padded = [contents, &[0u8; 16][contents.len()..]].concat();
+            &padded[..]
+        } else {
+            contents
+        };
+        ctx.device
+            .create_buffer_init(&wgpu::util::BufferInitDescriptor {
+                label: Some(label),
+                contents,
+                usage: U::STORAGE,
+            })
+    };
+    let (c, s, l) = (u64::from(chunk), u64::from(samples), plan.l as u64);
+    let g = plan.groups.len().max(1) as u64;
+    let dim = plan.dim() as u64;
+    let params = ctx.buffer(
+        "generic params",
+        std::mem::size_of::<GenericParams>() as u64,
+        U::UNIFORM | U::COPY_DST,
+    );
+    let thresholds = init("joint thresholds", bytemuck::cast_slice(&plan.thresholds));
+    let no_group = [SignalGroup::default()];
+    let groups_buf = init(
+        "signal groups",
+        bytemuck::cast_slice(if plan.groups.is_empty() {
+            &no_group[..]
+        } else {
+            &plan.groups
+        }),
+    );
+    let data = init("generic loss data", bytemuck::cast_slice(&plan.data));
+    let z = ctx.buffer("joint draws", c * s * l * 4, U::STORAGE | U::COPY_SRC);
+    let signals = ctx.buffer("generic signals", c * g * s * 4, U::STORAGE | U::COPY_SRC);
+    let sums = ctx.buffer(
+        "generic sums",
+        c * g * (dim + 1) * 4,
+        U::STORAGE | U::COPY_SRC,
+    );
+    let counts = ctx.buffer("generic counts", c * dim * 4, U::STORAGE | U::COPY_SRC);
+    let staging =
+        |label, like: &wgpu::Buffer| ctx.buffer(label, like.size(), U::MAP_READ | U::COPY_DST);
+    let sums_staging = staging("generic sums readback", &sums);
+    let counts_staging = staging("generic counts readback", &counts);
+    let z_staging = readback.z.then(|| staging("joint draws readback", &z));
+    let signals_staging = readback
+        .signals
+        .then(|| staging("generic signals readback", &signals));
+    let draws_group = ctx.bind_group(
+        "joint draws",
+        &kernels.draws_layout,
+        &[&params, &thresholds, &z],
+    );
+    let signals_group = ctx.bind_group(
+        "generic signals",
+        &kernels.signals_layout,
+        &[&params, &groups_buf, &data, &z, &signals],
+    );
+    let scores_group = ctx.bind_group(
+        "generic scores",
+        &kernels.scores_layout,
+        &[&params, &signals, &z, &sums, &counts],
+    );
+    Buffers {
+        params,
+        z,
+        signals,
+        sums,
+        counts,
+        sums_staging,
+        counts_staging,
+        z_staging,
+        signals_staging,
+        draws_group,
+        signals_group,
+        scores_group,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::draws::draw_joint_categories;
+    use crate::estimators::{JointDraws, Noise, REGISTRY};
+    use crate::problem::Decoder;
+
+    fn problem() -> Problem {
+        let (l, k) = (3, 4);
+        let mut p =
+            Problem::free_logits(l, k, (0..l * k).map(|i| (i as f64 * 0.37).sin()).collect());
+        p.t = (0..l * k).map(|i| (i as f64 * 0.71).cos()).collect();
+        p.b = vec![0.4, 2.5, 1.0];
+        p.exponent = 1.5;
+        p.decoder = Some(Decoder {
+            h: 5,
+            v: (0..5 * l * k).map(|i| (i as f64 * 0.13).sin()).collect(),
+            c: vec![0.1, -0.2, 0.3, 0.0, 0.5],
+            target: vec![1.0, 0.0, 1.0, 1.0, 0.0],
+        });
+        p.table = (0..64).map(|i| (f64::from(i) * 0.3).cos() + 3.0).collect();
+        p
+    }
+
+    /// The host's finishing arithmetic, fed the kernels' sums computed here in f64 from the
+    /// CPU's draws, gives every score-function estimator's generic estimate (moving averages
+    /// included): the algebra of the module doc, checked without a GPU.
+    #[test]
+    fn finishing_the_sums_gives_the_generic_estimates() {
+        let problem = problem();
+        let (l, k, s) = (problem.l, problem.k, 7u32);
+        let contexts: Vec<Context> = Loss::ALL
+            .iter()
+            .map(|&loss| Context::new(&problem, loss, 1.0))
+            .collect();
+        let mut cells: Vec<(usize, &dyn Estimator)> = Vec::new();
+        for (li, ctx) in contexts.iter().enumerate() {
+            for &e in REGISTRY {
+                if matches!(e.lowering(), Some(Lowering::ScoreFunction { .. }))
+                    && e.check(ctx).is_ok()
+                {
+                    cells.push((li, e));
+                }
+            }
+        }
+        let plan = GenericPlan::new(&problem, &contexts, &cells, s).unwrap();
+        assert!(plan.groups.len() > 6, "both signals under several losses");
+        assert!(plan.groups.iter().any(|g| g.pair == PAIR_FIRST));
+        let tables: Vec<CategoricalTable> = plan.p.chunks(k).map(CategoricalTable::new).collect();
+        let key = [3, 4];
+        let (dim, su) = (l * k, s as usize);
+        let mut gpu_baselines = vec![MovingAverage::default(); cells.len()];
+        let mut cpu_baselines = vec![MovingAverage::default(); cells.len()];
+        for rep in 0..5 {
+            let mut z = vec![0u32; su * l];
+            draw_joint_categories(&tables, key, rep, 0, s, &mut z);
+            // The kernels' output, in f64 then f32 as read back.
+            let mut chunk = GenericChunk {
+                reps: 1,
+                counts: vec![0; dim],
+                sums: vec![0.0; plan.groups.len() * (dim + 1)],
+                ..Default::default()
+            };
+            for zi in z.chunks(l) {
+                for (v, &c) in zi.iter().enumerate() {
+                    chunk.counts[v * k + c as usize] += 1;
+                }
+            }
+            let mut f_of = vec![vec![0.0; su]; contexts.len()];
+            for (g, group) in plan.groups.iter().enumerate() {
+                let li = cells
+                    .iter()
+                    .zip(&plan.cells)
+                    .find(|(_, c)| c.group == Some(g))
+                    .map(|(&(li, _), _)| li)
+                    .unwrap();
+                let ctx = &contexts[li];
+                let mut bins = vec![0.0f64; dim + 1];
+                for (i, zi) in z.chunks(l).enumerate() {
+                    let f = ctx.objective.at_vertex(zi);
+                    f_of[li][i] = f;
+                    let a = if group.residual == 1 {
+                        ctx.muprop_residual(zi, f)
+                    } else {
+                        f
+                    };
+                    let d = a - plan.m[g];
+                    for (v, &c) in zi.iter().enumerate() {
+                        bins[v * k + c as usize] += d;
+                    }
+                    bins[dim] += d;
+                }
+                let at = g * (dim + 1);
+                for (o, b) in chunk.sums[at..at + dim + 1].iter_mut().zip(&bins) {
+                    *o = *b as f32;
+                }
+            }
+            for (c, &(li, e)) in cells.iter().enumerate() {
+                let ctx = &contexts[li];
+                let mut got = vec![0.0; dim];
+                plan.finish(c, &chunk, 0, s, &mut gpu_baselines[c], &mut got);
+                let draws = JointDraws {
+                    s: su,
+                    z: &z,
+                    f: &f_of[li],
+                    y: &[],
+                    perturbed: &[],
+                    noise: Noise { key, rep, point: 0 },
+                };
+                let mut want = vec![0.0; dim];
+                if let Some(signal) = e.estimate(ctx, &draws, cpu_baselines[c].value(), &mut want) {
+                    cpu_baselines[c].push(signal);
+                }
+                let scale = want.iter().fold(1e-3, |m: f64, v| m.max(v.abs()));
+                for (g, w) in got.iter().zip(&want) {
+                    // The f32 sums of small centred signals: a few 1e-7 of the scale.
+                    assert!(
+                        (g - w).abs() <= 1e-5 * scale,
+                        "{} {} rep {rep}: {got:?} vs {want:?}",
+                        ctx.loss,
+                        e.id()
+                    );
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn struct_sizes_match_the_wgsl_layouts() {
+        assert_eq!(std::mem::size_of::<GenericParams>(), 48);
+        assert_eq!(std::mem::size_of::<SignalGroup>(), 32);
+    }
+}
