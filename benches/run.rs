@@ -24,10 +24,11 @@ fn default_run(c: &mut Criterion) {
     } else {
         ((0..=12).map(|e| 1u32 << e).collect(), 1000)
     };
+    let problem = Problem::seeded(0, 784, 10);
     let spec = SweepSpec {
-        problem: Problem::seeded(0, 784, 10),
+        estimators: estimators::defined_on(&problem, &Loss::QUADRATIC, 1.0),
+        problem,
         losses: Loss::QUADRATIC.to_vec(),
-        estimators: estimators::REGISTRY.to_vec(),
         samples,
         reps,
         seed: 0,

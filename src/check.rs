@@ -221,15 +221,7 @@ pub fn default_spec(seed: u64) -> SweepSpec {
     let mut problem = Problem::seeded(0, 784, 10);
     problem.w.iter_mut().for_each(|w| *w *= 0.2);
     // Every estimator defined on this problem (disarm, binary only, is not).
-    let contexts: Vec<_> = Loss::QUADRATIC
-        .iter()
-        .map(|&l| estimators::Context::new(&problem, l, 1.0))
-        .collect();
-    let defined = estimators::REGISTRY
-        .iter()
-        .copied()
-        .filter(|e| contexts.iter().all(|c| e.check(c).is_ok()))
-        .collect();
+    let defined = estimators::defined_on(&problem, &Loss::QUADRATIC, 1.0);
     SweepSpec {
         problem,
         losses: Loss::QUADRATIC.to_vec(),

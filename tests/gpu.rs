@@ -47,9 +47,9 @@ fn gpu() -> Option<GpuEngine> {
 
 fn spec(problem: Problem, samples: Vec<u32>, reps: u32) -> SweepSpec {
     SweepSpec {
+        estimators: estimators::defined_on(&problem, &Loss::QUADRATIC, 0.5),
         problem,
         losses: Loss::QUADRATIC.to_vec(),
-        estimators: estimators::REGISTRY.to_vec(),
         samples,
         reps,
         seed: 0x5eed_0000_0000_0007,

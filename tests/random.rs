@@ -97,10 +97,11 @@ const PINNED_UNIFORM: [u32; 16] = [7, 0, 6, 1, 3, 2, 8, 5, 8, 1, 0, 6, 1, 2, 4, 
 
 #[test]
 fn results_do_not_depend_on_the_thread_count() {
+    let problem = Problem::seeded(1, 50, 10);
     let spec = SweepSpec {
-        problem: Problem::seeded(1, 50, 10),
+        estimators: estimators::defined_on(&problem, &Loss::QUADRATIC, 0.5),
+        problem,
         losses: Loss::QUADRATIC.to_vec(),
-        estimators: estimators::REGISTRY.to_vec(),
         samples: vec![1, 7, 64],
         reps: 3000,
         seed: 5,

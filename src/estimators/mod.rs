@@ -95,6 +95,20 @@ pub fn by_id(id: &str) -> Result<&'static dyn Estimator> {
         })
 }
 
+/// The registry's estimators defined on `problem` under every loss of `losses` (those whose
+/// [`Estimator::check`] passes: `disarm` needs K = 2, for one), in registry order.
+pub fn defined_on(problem: &Problem, losses: &[Loss], tau: f64) -> Vec<&'static dyn Estimator> {
+    let contexts: Vec<Context> = losses
+        .iter()
+        .map(|&l| Context::new(problem, l, tau))
+        .collect();
+    REGISTRY
+        .iter()
+        .copied()
+        .filter(|e| contexts.iter().all(|c| e.check(c).is_ok()))
+        .collect()
+}
+
 /// The ids of the registry, in order.
 pub fn ids() -> Vec<&'static str> {
     REGISTRY.iter().map(|e| e.id()).collect()
