@@ -9,7 +9,7 @@ use std::io::Write;
 
 use mcgrad::draws::{count_categories, CategoricalTable, RelaxedTable};
 use mcgrad::engine::{run_sweep, CpuEngine, Engine, SweepSpec};
-use mcgrad::estimators::{self, Family, RelaxedDraw};
+use mcgrad::estimators::{self, RelaxedDraw};
 use mcgrad::gpu::{
     forward::forward_cpu, philox_kernel::philox_words, ChunkLimits, ChunkPlan, Forward, GpuEngine,
     GpuPreference,
@@ -216,7 +216,7 @@ fn relaxed_estimates_match_the_cpu_twin() {
     spec.estimators = estimators::REGISTRY
         .iter()
         .copied()
-        .filter(|e| e.family() == Family::Relaxed)
+        .filter(|e| matches!(e.lowering(), Some(estimators::Lowering::Relaxed { .. })))
         .collect();
     let logits = spec.problem.logits();
     let contexts = spec.contexts();
