@@ -18,8 +18,8 @@ use crate::draws::{
 };
 use crate::error::{Error, Result};
 use crate::estimators::{
-    uses_counts, uses_relaxed_sums, Context, Estimator, Family, JointDraws, Lowering,
-    MovingAverage, Noise, RelaxedBatch, RelaxedMoments, Settings, RELAXED_BATCH,
+    uses_counts, uses_hard_draw_counts, uses_relaxed_sums, Context, Estimator, Family, JointDraws,
+    Lowering, MovingAverage, Noise, RelaxedBatch, RelaxedMoments, Settings, RELAXED_BATCH,
 };
 use crate::faults;
 use crate::loss::Loss;
@@ -38,6 +38,9 @@ pub const GENERIC_BLOCK_NUMBERS: u64 = 1 << 23;
 pub enum Path {
     /// The counts lowering (one variable, score-function form).
     Counts,
+    /// The hard-draw counts lowering (one variable, `st` and `reinmax`): the same category
+    /// counts, read on the CPU only.
+    HardDrawCounts,
     /// The relaxed-sums lowering (one variable, quadratic loss, relaxed form).
     RelaxedSums,
     /// The generic path over joint draws of the estimator's family.
@@ -48,6 +51,8 @@ pub enum Path {
 pub fn path_of(estimator: &dyn Estimator, ctx: &Context) -> Path {
     if uses_counts(estimator, ctx) {
         Path::Counts
+    } else if uses_hard_draw_counts(estimator, ctx) {
+        Path::HardDrawCounts
     } else if uses_relaxed_sums(estimator, ctx) {
         Path::RelaxedSums
     } else {
@@ -171,7 +176,10 @@ impl SweepSpec {
                 let mut paths: Vec<Path> = Vec::new();
                 for ctx in &contexts {
                     for e in self.estimators_at(s) {
-                        let path = path_of(e, ctx);
+                        let path = match path_of(e, ctx) {
+                            Path::HardDrawCounts => Path::Counts,
+                            path => path,
+                        };
                         if !paths.contains(&path) {
                             paths.push(path);
                         }
@@ -204,6 +212,8 @@ pub struct Cell {
     pub moments: EstimateMoments,
     /// Wall seconds of its family's shared pass at this S plus its own reduction.
     pub seconds: f64,
+    /// The report of its warm-up ([`Estimator::warm_up`]), if it had one.
+    pub warm_up: Option<String>,
 }
 
 /// The cells of one sweep point.
@@ -324,6 +334,8 @@ struct CellState {
     moments: EstimateMoments,
     baseline: MovingAverage,
     seconds: f64,
+    /// The cell's own context, where a warm-up tuned the estimator.
+    warm_ctx: Option<Context>,
 }
 
 /// Runs the cells of `spec` at point `point` whose index `select` keeps (all of them on the
@@ -365,11 +377,29 @@ pub(crate) fn cpu_point_cells(
                 moments: EstimateMoments::new(dim),
                 baseline: MovingAverage::default(),
                 seconds: 0.0,
+                warm_ctx: None,
             });
         }
     }
+    // Warm-ups (REBAR's and RELAX's tuning), before the measured repetitions and on
+    // repetitions past them: reported, not measured.
+    let reps = spec.reps;
+    cells.par_iter_mut().for_each(|cell| {
+        let ctx = &contexts[cell.loss_index];
+        let noise_for_rep = |r: u32| Noise {
+            key,
+            rep: reps.wrapping_add(r),
+            point: point_id,
+        };
+        if let Some(warm) = cell.estimator.warm_up(ctx, s, &noise_for_rep) {
+            let mut local = ctx.clone();
+            local.warm = Some(std::sync::Arc::new(warm));
+            cell.warm_ctx = Some(local);
+        }
+    });
     let has = |p: Path| cells.iter().any(|c| c.path == p);
-    let (counts_on, sums_on) = (has(Path::Counts), has(Path::RelaxedSums));
+    let counts_on = has(Path::Counts) || has(Path::HardDrawCounts);
+    let sums_on = has(Path::RelaxedSums);
     let generic_sf = has(Path::Generic(Family::ScoreFunction));
     let generic_rel = has(Path::Generic(Family::Relaxed));
     let table = CategoricalTable::new(&contexts[0].p[..k]);
@@ -500,7 +530,7 @@ pub(crate) fn cpu_point_cells(
         }
         cells.par_iter_mut().for_each(|cell| {
             let t0 = Instant::now();
-            let ctx = &contexts[cell.loss_index];
+            let ctx = cell.warm_ctx.as_ref().unwrap_or(&contexts[cell.loss_index]);
             let mut estimate = vec![0.0; dim];
             let faulty = faults::any();
             let f_offset = generic_losses
@@ -509,7 +539,7 @@ pub(crate) fn cpu_point_cells(
                 .unwrap_or(0);
             for r in 0..nbu {
                 match cell.path {
-                    Path::Counts => {
+                    Path::Counts | Path::HardDrawCounts => {
                         let c = &counts[r * k..(r + 1) * k];
                         let b = cell.baseline.value();
                         cell.estimator
@@ -567,7 +597,7 @@ pub(crate) fn cpu_point_cells(
         .into_iter()
         .map(|c| {
             let pass = match c.path {
-                Path::Counts => pass_seconds[0],
+                Path::Counts | Path::HardDrawCounts => pass_seconds[0],
                 Path::RelaxedSums => pass_seconds[1],
                 Path::Generic(Family::ScoreFunction) => pass_seconds[2],
                 Path::Generic(Family::Relaxed) => pass_seconds[3],
@@ -577,6 +607,9 @@ pub(crate) fn cpu_point_cells(
                 estimator: c.estimator,
                 moments: c.moments,
                 seconds: pass + c.seconds,
+                warm_up: c
+                    .warm_ctx
+                    .and_then(|ctx| ctx.warm.map(|w| w.report.clone())),
             }
         })
         .collect();

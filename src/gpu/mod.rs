@@ -475,7 +475,7 @@ impl Engine for GpuEngine {
                         relaxed_grads.push(ctx.grad.as_slice());
                         relaxed_keys.push((li, e.id()));
                     }
-                    Path::Generic(_) => {}
+                    Path::Generic(_) | Path::HardDrawCounts => {}
                 }
             }
         }
@@ -573,6 +573,7 @@ impl Engine for GpuEngine {
                             estimator,
                             moments,
                             seconds,
+                            warm_up: None,
                         });
                     }
                     None => cells.push(cpu_cells.next().ok_or_else(|| {
