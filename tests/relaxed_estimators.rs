@@ -18,7 +18,11 @@
 use std::process::Command;
 
 use mcgrad::engine::{run_sweep, CpuEngine, SweepSpec};
-use mcgrad::estimators::{self, Context, Estimator, JointDraws, Noise, Settings};
+use std::sync::Arc;
+
+use mcgrad::draws::JointRelaxedTable;
+use mcgrad::estimators::{self, Context, JointDraws, Noise, Settings, WarmUp};
+use mcgrad::philox::key_of;
 use mcgrad::loss::Loss;
 use mcgrad::problem::{Decoder, Problem};
 use mcgrad::problems;
@@ -219,6 +223,68 @@ fn rebar_and_relax_are_unbiased_on_two_multi_variable_problems() {
             assert_eq!(
                 r.loss_evaluations_per_draw,
                 if r.estimator == "rebar" { 3.0 } else { 1.0 }
+            );
+        }
+    }
+}
+
+#[test]
+fn relax_is_unbiased_whatever_its_network() {
+    // A trained network is nearly a constant (a baseline), whose input gradient is small; a
+    // random network with large weights exercises every term of the estimator.
+    for (name, problem, loss) in problems() {
+        let mut ctx = Context::new(&problem, loss, 0.5);
+        let n = ctx.dim();
+        let len = 16 * n + 2 * 16 + 1;
+        let params = (0..len).map(|i| 2.0 * (i as f64 * 0.917).sin()).collect();
+        ctx.warm = Some(Arc::new(WarmUp {
+            params,
+            evaluations: 0.0,
+            report: String::new(),
+        }));
+        let relax = estimators::by_id("relax").unwrap();
+        let table = JointRelaxedTable::new(&ctx.logits, ctx.k, ctx.tau);
+        let (reps, s) = (20_000u32, 2usize);
+        let key = key_of(3);
+        let (mut y, mut g, mut z) = (vec![0.0; s * n], vec![0.0; s * n], vec![0u32; s * ctx.l]);
+        let mut h = vec![0f32; ctx.k];
+        let (mut sum, mut sum_sq) = (vec![0.0; n], vec![0.0; n]);
+        let mut est = vec![0.0; n];
+        for rep in 0..reps {
+            for d in 0..s {
+                table.draw(
+                    key,
+                    rep,
+                    0,
+                    d as u32,
+                    &mut h,
+                    &mut y[d * n..(d + 1) * n],
+                    &mut g[d * n..(d + 1) * n],
+                    &mut z[d * ctx.l..(d + 1) * ctx.l],
+                );
+            }
+            let draws = JointDraws {
+                s,
+                z: &z,
+                f: &[],
+                y: &y,
+                perturbed: &g,
+                noise: Noise { key, rep, point: 0 },
+            };
+            relax.estimate(&ctx, &draws, 0.0, &mut est);
+            for j in 0..n {
+                sum[j] += est[j];
+                sum_sq[j] += est[j] * est[j];
+            }
+        }
+        let r = f64::from(reps);
+        for j in 0..n {
+            let mean = sum[j] / r;
+            let se = ((sum_sq[j] / r - mean * mean) / r).sqrt();
+            assert!(
+                (mean - ctx.grad[j]).abs() < 5.0 * se,
+                "{name} [{j}]: relax {mean} ± {se} vs exact {}",
+                ctx.grad[j]
             );
         }
     }

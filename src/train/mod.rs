@@ -673,16 +673,25 @@ pub fn plan(args: &TrainArgs) -> Result<Plan> {
         return bad("--loss seed cannot be trained: it is constant on one-hot draws (its gradient is 0); use squared or linear".into());
     }
     let all = args.estimators.iter().any(|e| e == "all");
+    // Training reads one variable's category counts or relaxed sums: the estimators with a
+    // lowering (the others need joint draws, which only `mcgrad run` has).
+    let trainable = |e: &dyn Estimator| e.lowering().is_some();
     let estimators: Vec<&'static dyn Estimator> = if all {
         REGISTRY
             .iter()
             .copied()
-            .filter(|e| args.samples >= e.min_samples())
+            .filter(|e| args.samples >= e.min_samples() && trainable(*e))
             .collect()
     } else {
         let mut chosen = Vec::new();
         for id in &args.estimators {
             let e = estimators::by_id(id.trim())?;
+            if !trainable(e) {
+                return bad(format!(
+                    "{} cannot be trained: it has no one-variable lowering; use it with `mcgrad run`",
+                    e.id()
+                ));
+            }
             if args.samples < e.min_samples() {
                 return bad(format!(
                     "{} needs --samples {} or more (got {})",
