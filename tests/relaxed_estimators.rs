@@ -22,8 +22,8 @@ use std::sync::Arc;
 
 use mcgrad::draws::JointRelaxedTable;
 use mcgrad::estimators::{self, Context, JointDraws, Noise, Settings, WarmUp};
-use mcgrad::philox::key_of;
 use mcgrad::loss::Loss;
+use mcgrad::philox::key_of;
 use mcgrad::problem::{Decoder, Problem};
 use mcgrad::problems;
 use mcgrad::record::{records, Record};
@@ -231,12 +231,23 @@ fn rebar_and_relax_are_unbiased_on_two_multi_variable_problems() {
 #[test]
 fn relax_is_unbiased_whatever_its_network() {
     // A trained network is nearly a constant (a baseline), whose input gradient is small; a
-    // random network with large weights exercises every term of the estimator.
+    // random network with large weights exercises every term of the estimator (dropping the
+    // gradient through z~ fails this test; a 10% error in it is below its power).
     for (name, problem, loss) in problems() {
-        let mut ctx = Context::new(&problem, loss, 0.5);
+        let mut ctx = Context::new(&problem, loss, 2.0);
         let n = ctx.dim();
         let len = 16 * n + 2 * 16 + 1;
-        let params = (0..len).map(|i| 2.0 * (i as f64 * 0.917).sin()).collect();
+        // Hidden units off saturation (|W1 y + b1| below about 1.5), output weights large.
+        let params = (0..len)
+            .map(|i| {
+                let w = (i as f64 * 0.917).sin();
+                if i < 16 * n + 16 {
+                    0.7 * w
+                } else {
+                    4.0 * w
+                }
+            })
+            .collect();
         ctx.warm = Some(Arc::new(WarmUp {
             params,
             evaluations: 0.0,
@@ -244,7 +255,7 @@ fn relax_is_unbiased_whatever_its_network() {
         }));
         let relax = estimators::by_id("relax").unwrap();
         let table = JointRelaxedTable::new(&ctx.logits, ctx.k, ctx.tau);
-        let (reps, s) = (20_000u32, 2usize);
+        let (reps, s) = (200_000u32, 1usize);
         let key = key_of(3);
         let (mut y, mut g, mut z) = (vec![0.0; s * n], vec![0.0; s * n], vec![0u32; s * ctx.l]);
         let mut h = vec![0f32; ctx.k];
