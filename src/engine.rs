@@ -143,10 +143,12 @@ impl SweepSpec {
             estimators: crate::estimators::REGISTRY
                 .iter()
                 .copied()
-                .filter(|e| match (family, e.lowering()) {
-                    (Family::ScoreFunction, Some(Lowering::ScoreFunction { .. })) => true,
-                    (Family::Relaxed, Some(Lowering::Relaxed { .. })) => true,
-                    _ => false,
+                .filter(|e| {
+                    matches!(
+                        (family, e.lowering()),
+                        (Family::ScoreFunction, Some(Lowering::ScoreFunction { .. }))
+                            | (Family::Relaxed, Some(Lowering::Relaxed { .. }))
+                    )
                 })
                 .collect(),
             samples: vec![samples],

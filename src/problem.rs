@@ -305,7 +305,7 @@ impl Problem {
             None => 1,
             Some(v) => v
                 .as_u64()
-                .filter(|&n| n >= 1 && n <= 1 << 20)
+                .filter(|&n| (1..=1 << 20).contains(&n))
                 .ok_or_else(|| {
                     invalid(format!(
                         "field `variables` must be a whole number from 1 to 2^20 (got {v})"

@@ -116,6 +116,7 @@ impl Draw {
     /// of `b`, so the identity behind unbiasedness holds as for independent `v`. In the
     /// coordinates `log p + G`, with `W = exp(-z_b)`: `-log v_i = exp(-G_i) - p_i W` for
     /// `i != b`, `kappa_i = -log v_i / (-log v_i + W p_i)`. Also the score and `f(b)`.
+    #[allow(clippy::needless_range_loop)] // j indexes four arrays of the formula
     pub(super) fn complete(&mut self, ctx: &Context, log_p: &[f64]) {
         let k = ctx.k;
         for (var, &c) in self.z.iter().enumerate() {
