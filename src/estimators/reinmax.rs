@@ -18,24 +18,32 @@ use crate::problem::softmax;
 /// ReinMax at temperature tau.
 pub struct ReinMax;
 
-fn per_draw(ctx: &Context, z: &[u32], scratch: &mut [f64], out: &mut [f64]) {
+/// `softmax(a_l / tau)` of every variable (L*K numbers), once per context.
+fn prepare(ctx: &Context) -> Vec<f64> {
+    ctx.logits
+        .chunks_exact(ctx.k)
+        .flat_map(|a| softmax(&a.iter().map(|v| v / ctx.tau).collect::<Vec<_>>()))
+        .collect()
+}
+
+fn per_draw(ctx: &Context, sigma: &[f64], z: &[u32], scratch: &mut [f64], out: &mut [f64]) {
     let k = ctx.k;
     let (hard, v) = scratch.split_at_mut(ctx.dim());
     grad_at_vertex(ctx, z, hard, v);
     for (l, &c) in z.iter().enumerate() {
         let block = l * k..(l + 1) * k;
-        let (p, vl) = (&ctx.p[block.clone()], &v[block.clone()]);
-        let scaled: Vec<f64> = ctx.logits[block.clone()]
-            .iter()
-            .map(|a| a / ctx.tau)
-            .collect();
-        let mut pi1 = softmax(&scaled);
-        pi1.iter_mut().for_each(|x| *x *= 0.5);
-        pi1[c as usize] += 0.5;
-        let pi1_v: f64 = pi1.iter().zip(vl).map(|(a, b)| a * b).sum();
+        let (p, vl, sl) = (
+            &ctx.p[block.clone()],
+            &v[block.clone()],
+            &sigma[block.clone()],
+        );
+        let c = c as usize;
+        // pi_1 = (sigma + e_c) / 2.
+        let pi1_v = 0.5 * (sl.iter().zip(vl).map(|(a, b)| a * b).sum::<f64>() + vl[c]);
         let p_v: f64 = p.iter().zip(vl).map(|(a, b)| a * b).sum();
         for (j, o) in out[block].iter_mut().enumerate() {
-            *o = 2.0 * pi1[j] * (vl[j] - pi1_v) - 0.5 * p[j] * (vl[j] - p_v);
+            let pi1 = 0.5 * (sl[j] + f64::from(u8::from(j == c)));
+            *o = 2.0 * pi1 * (vl[j] - pi1_v) - 0.5 * p[j] * (vl[j] - p_v);
         }
     }
 }
@@ -57,13 +65,13 @@ impl Estimator for ReinMax {
         Some(Lowering::HardDraw)
     }
     fn exact_moments(&self, ctx: &Context, s: u32) -> Option<ExactMoments> {
-        hard_draw_moments(ctx, s, per_draw)
+        hard_draw_moments(ctx, &prepare(ctx), s, per_draw)
     }
     fn estimate(&self, ctx: &Context, d: &JointDraws<'_>, _: f64, out: &mut [f64]) -> Option<f64> {
-        average_over_draws(ctx, d, per_draw, out);
+        average_over_draws(ctx, &prepare(ctx), d, per_draw, out);
         None
     }
     fn estimate_from_counts(&self, ctx: &Context, counts: &[u32], s: u32, _: f64, out: &mut [f64]) {
-        average_over_counts(ctx, counts, s, per_draw, out);
+        average_over_counts(ctx, &prepare(ctx), counts, s, per_draw, out);
     }
 }

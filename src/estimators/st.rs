@@ -13,15 +13,16 @@
 
 use rayon::prelude::*;
 
-use super::{jacobian_product, Context, Estimator, ExactMoments, Family, JointDraws, Lowering};
+use super::{Context, Estimator, ExactMoments, Family, JointDraws, Lowering};
 use crate::oracle::{self, Method, MAX_ENUMERATION};
 
 /// Plain straight-through.
 pub struct StraightThrough;
 
 /// The per-draw estimate of a hard-draw estimator at the joint draw `z` into `out` (L*K
-/// numbers); `scratch` holds 2 L*K numbers.
-pub(super) type PerDraw = fn(&Context, &[u32], &mut [f64], &mut [f64]);
+/// numbers), given what its `prepare` computed once per context (`pre`); `scratch` holds
+/// 2 L*K numbers.
+pub(super) type PerDraw = fn(&Context, &[f64], &[u32], &mut [f64], &mut [f64]);
 
 /// `grad f(e_z)` into `v` (L*K numbers), through the one-hot point in `hard` (L*K numbers).
 pub(super) fn grad_at_vertex(ctx: &Context, z: &[u32], hard: &mut [f64], v: &mut [f64]) {
@@ -32,27 +33,41 @@ pub(super) fn grad_at_vertex(ctx: &Context, z: &[u32], hard: &mut [f64], v: &mut
     ctx.objective.grad(hard, v);
 }
 
-fn per_draw(ctx: &Context, z: &[u32], scratch: &mut [f64], out: &mut [f64]) {
+fn per_draw(ctx: &Context, _: &[f64], z: &[u32], scratch: &mut [f64], out: &mut [f64]) {
     let (hard, v) = scratch.split_at_mut(ctx.dim());
     grad_at_vertex(ctx, z, hard, v);
+    jacobian(ctx, v, out);
+}
+
+/// `out = J(p_l) v_l` per variable.
+fn jacobian(ctx: &Context, v: &[f64], out: &mut [f64]) {
     for ((pl, vl), ol) in ctx
         .p
         .chunks_exact(ctx.k)
         .zip(v.chunks_exact(ctx.k))
         .zip(out.chunks_exact_mut(ctx.k))
     {
-        ol.copy_from_slice(&jacobian_product(pl, vl));
+        let pv: f64 = pl.iter().zip(vl).map(|(a, b)| a * b).sum();
+        for ((o, pj), vj) in ol.iter_mut().zip(pl).zip(vl) {
+            *o = pj * (vj - pv);
+        }
     }
 }
 
 /// The S-draw average of a hard-draw estimator over the joint draws `d`.
-pub(super) fn average_over_draws(ctx: &Context, d: &JointDraws<'_>, f: PerDraw, out: &mut [f64]) {
+pub(super) fn average_over_draws(
+    ctx: &Context,
+    pre: &[f64],
+    d: &JointDraws<'_>,
+    f: PerDraw,
+    out: &mut [f64],
+) {
     let n = ctx.dim();
     let mut scratch = vec![0.0; 2 * n];
     let mut one = vec![0.0; n];
     out.iter_mut().for_each(|o| *o = 0.0);
     for z in d.z.chunks_exact(ctx.l) {
-        f(ctx, z, &mut scratch, &mut one);
+        f(ctx, pre, z, &mut scratch, &mut one);
         out.iter_mut().zip(&one).for_each(|(o, g)| *o += g);
     }
     let inv = 1.0 / d.s as f64;
@@ -63,6 +78,7 @@ pub(super) fn average_over_draws(ctx: &Context, d: &JointDraws<'_>, f: PerDraw, 
 /// `sum_k (n_k / S) g(e_k)`.
 pub(super) fn average_over_counts(
     ctx: &Context,
+    pre: &[f64],
     counts: &[u32],
     s: u32,
     f: PerDraw,
@@ -73,7 +89,7 @@ pub(super) fn average_over_counts(
     let mut one = vec![0.0; k];
     out.iter_mut().for_each(|o| *o = 0.0);
     for (c, &n) in counts.iter().enumerate().filter(|(_, &n)| n > 0) {
-        f(ctx, &[c as u32], &mut scratch, &mut one);
+        f(ctx, pre, &[c as u32], &mut scratch, &mut one);
         let w = f64::from(n) / f64::from(s);
         out.iter_mut().zip(&one).for_each(|(o, g)| *o += w * g);
     }
@@ -91,7 +107,12 @@ const CHUNK: u64 = 1 << 12;
 
 /// Enumerates the K^L joint draws in fixed chunks: `sum_z P(z) h(g(z))` for the coordinate
 /// map `h` (applied to every coordinate), summed in chunk order.
-fn enumerate_sum(ctx: &Context, f: PerDraw, h: &(dyn Fn(usize, f64) -> f64 + Sync)) -> Vec<f64> {
+fn enumerate_sum(
+    ctx: &Context,
+    pre: &[f64],
+    f: PerDraw,
+    h: &(dyn Fn(usize, f64) -> f64 + Sync),
+) -> Vec<f64> {
     let (l, k, n) = (ctx.l, ctx.k as u64, ctx.dim());
     let total = k.pow(l as u32);
     let parts: Vec<Vec<f64>> = (0..total.div_ceil(CHUNK))
@@ -113,7 +134,7 @@ fn enumerate_sum(ctx: &Context, f: PerDraw, h: &(dyn Fn(usize, f64) -> f64 + Syn
                     .map(|(var, &c)| ctx.p[var * ctx.k + c as usize])
                     .product();
                 if prob > 0.0 {
-                    f(ctx, &z, &mut scratch, &mut g);
+                    f(ctx, pre, &z, &mut scratch, &mut g);
                     for (j, (a, gj)) in acc.iter_mut().zip(&g).enumerate() {
                         *a += prob * h(j, *gj);
                     }
@@ -136,7 +157,7 @@ fn enumerate_sum(ctx: &Context, f: PerDraw, h: &(dyn Fn(usize, f64) -> f64 + Syn
     out
 }
 
-fn single_draw_moments(ctx: &Context, f: PerDraw) -> Option<Single> {
+fn single_draw_moments(ctx: &Context, pre: &[f64], f: PerDraw) -> Option<Single> {
     let (l, k, n) = (ctx.l, ctx.k, ctx.dim());
     match oracle::method(ctx) {
         Method::Reference => None,
@@ -150,7 +171,7 @@ fn single_draw_moments(ctx: &Context, f: PerDraw) -> Option<Single> {
                 let values: Vec<Vec<f64>> = (0..k)
                     .map(|c| {
                         z[var] = c as u32;
-                        f(ctx, &z, &mut scratch, &mut g);
+                        f(ctx, pre, &z, &mut scratch, &mut g);
                         g[block.clone()].to_vec()
                     })
                     .collect();
@@ -175,9 +196,9 @@ fn single_draw_moments(ctx: &Context, f: PerDraw) -> Option<Single> {
             if (k as u64).checked_pow(l as u32)? > MAX_ENUMERATION {
                 return None;
             }
-            let mean = enumerate_sum(ctx, f, &|_, g| g);
-            let m2 = enumerate_sum(ctx, f, &|j, g| (g - mean[j]).powi(2));
-            let m4 = enumerate_sum(ctx, f, &|j, g| (g - mean[j]).powi(4));
+            let mean = enumerate_sum(ctx, pre, f, &|_, g| g);
+            let m2 = enumerate_sum(ctx, pre, f, &|j, g| (g - mean[j]).powi(2));
+            let m4 = enumerate_sum(ctx, pre, f, &|j, g| (g - mean[j]).powi(4));
             Some(Single { mean, m2, m4 })
         }
     }
@@ -187,8 +208,13 @@ fn single_draw_moments(ctx: &Context, f: PerDraw) -> Option<Single> {
 /// draw: its single-draw mean, variance and fourth central moment by enumeration (see the
 /// module doc), then those of a mean of S iid draws. `None` where the oracles only have a
 /// Monte Carlo reference.
-pub(super) fn hard_draw_moments(ctx: &Context, s: u32, f: PerDraw) -> Option<ExactMoments> {
-    let single = single_draw_moments(ctx, f)?;
+pub(super) fn hard_draw_moments(
+    ctx: &Context,
+    pre: &[f64],
+    s: u32,
+    f: PerDraw,
+) -> Option<ExactMoments> {
+    let single = single_draw_moments(ctx, pre, f)?;
     Some(oracle::average_of([single.mean, single.m2, single.m4], s))
 }
 
@@ -209,13 +235,23 @@ impl Estimator for StraightThrough {
         Some(Lowering::HardDraw)
     }
     fn exact_moments(&self, ctx: &Context, s: u32) -> Option<ExactMoments> {
-        hard_draw_moments(ctx, s, per_draw)
+        hard_draw_moments(ctx, &[], s, per_draw)
     }
     fn estimate(&self, ctx: &Context, d: &JointDraws<'_>, _: f64, out: &mut [f64]) -> Option<f64> {
-        average_over_draws(ctx, d, per_draw, out);
+        // Linear in grad f(e_z): average the gradients, then one Jacobian product.
+        let n = ctx.dim();
+        let (mut hard, mut v) = (vec![0.0; n], vec![0.0; n]);
+        let mut sum = vec![0.0; n];
+        for z in d.z.chunks_exact(ctx.l) {
+            grad_at_vertex(ctx, z, &mut hard, &mut v);
+            sum.iter_mut().zip(&v).for_each(|(a, b)| *a += b);
+        }
+        let inv = 1.0 / d.s as f64;
+        sum.iter_mut().for_each(|a| *a *= inv);
+        jacobian(ctx, &sum, out);
         None
     }
     fn estimate_from_counts(&self, ctx: &Context, counts: &[u32], s: u32, _: f64, out: &mut [f64]) {
-        average_over_counts(ctx, counts, s, per_draw, out);
+        average_over_counts(ctx, &[], counts, s, per_draw, out);
     }
 }
