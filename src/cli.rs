@@ -230,6 +230,19 @@ pub struct RunArgs {
     /// Categories per variable that `sum-and-sample` sums exactly (the k most probable).
     #[arg(long, value_name = "K", default_value_t = 1)]
     pub rb_k: usize,
+    /// Conditional Gumbel draws per hard draw of `gumbel-rao` (M).
+    #[arg(long, value_name = "M", default_value_t = 10)]
+    pub gr_samples: u32,
+    /// REBAR's control-variate scale eta (default: tuned in the warm-up).
+    #[arg(long, value_name = "ETA")]
+    pub rebar_eta: Option<f64>,
+    /// REBAR's relaxation temperature (default: tuned in the warm-up, from --tau).
+    #[arg(long, value_name = "T")]
+    pub rebar_tau: Option<f64>,
+    /// Warm-up steps per (loss, estimator, S) that tune REBAR's eta and tau and train RELAX's
+    /// control variate before the measured repetitions (reported, not counted; 0: none).
+    #[arg(long, value_name = "N", default_value_t = 200)]
+    pub warmup: u32,
 }
 
 /// The help of `--loss`, from [`Loss::ALL`] (so a new loss shows up without editing it).
@@ -326,9 +339,27 @@ impl RunArgs {
             tau: self.tau,
             settings: mcgrad::estimators::Settings {
                 rb_k: self.rb_k,
-                ..Default::default()
+                gr_samples: self.gr_samples,
+                rebar_eta: self.rebar_eta,
+                rebar_tau: self.rebar_tau,
+                warmup: self.warmup,
             },
         };
+        if self.gr_samples == 0 {
+            return Err(Error::InvalidArgument(
+                "--gr-samples must be at least 1".into(),
+            ));
+        }
+        if let Some(t) = self.rebar_tau.filter(|t| !(t.is_finite() && *t > 0.0)) {
+            return Err(Error::InvalidArgument(format!(
+                "--rebar-tau must be positive (got {t})"
+            )));
+        }
+        if let Some(e) = self.rebar_eta.filter(|e| !e.is_finite()) {
+            return Err(Error::InvalidArgument(format!(
+                "--rebar-eta must be a finite number (got {e})"
+            )));
+        }
         spec.validate()?;
         Ok(RunConfig {
             out: self.out,

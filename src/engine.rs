@@ -18,9 +18,9 @@ use crate::draws::{
 };
 use crate::error::{Error, Result};
 use crate::estimators::{
-    estimate_one, fill_joint_counts, relaxed_moments, uses_counts, uses_joint_counts,
-    uses_relaxed_sums, Context, DrawSource, Estimator, Family, JointCounts, JointDraws, Lowering,
-    MovingAverage, Noise, RelaxedMoments, Settings,
+    estimate_one, fill_joint_counts, relaxed_moments, uses_counts, uses_hard_draw_counts,
+    uses_joint_counts, uses_relaxed_sums, Context, DrawSource, Estimator, Family, JointCounts,
+    JointDraws, Lowering, MovingAverage, Noise, RelaxedMoments, Settings,
 };
 use crate::faults;
 use crate::loss::Loss;
@@ -48,6 +48,9 @@ pub enum Path {
     Counts,
     /// The joint-counts lowering (several variables, score-function form).
     JointCounts,
+    /// The hard-draw counts lowering (one variable, `st` and `reinmax`): the same category
+    /// counts, read on the CPU only.
+    HardDrawCounts,
     /// The relaxed-sums lowering (one variable, quadratic loss, relaxed form).
     RelaxedSums,
     /// The generic path over joint draws of the estimator's family.
@@ -60,6 +63,8 @@ pub fn path_of(estimator: &dyn Estimator, ctx: &Context) -> Path {
         Path::Counts
     } else if uses_joint_counts(estimator, ctx) {
         Path::JointCounts
+    } else if uses_hard_draw_counts(estimator, ctx) {
+        Path::HardDrawCounts
     } else if uses_relaxed_sums(estimator, ctx) {
         Path::RelaxedSums
     } else {
@@ -218,6 +223,8 @@ pub struct Cell {
     pub moments: EstimateMoments,
     /// Wall seconds of its family's shared pass at this S plus its own reduction.
     pub seconds: f64,
+    /// The report of its warm-up ([`Estimator::warm_up`]), if it had one.
+    pub warm_up: Option<String>,
 }
 
 /// The cells of one sweep point.
@@ -348,6 +355,8 @@ struct CellState {
     moments: EstimateMoments,
     baseline: MovingAverage,
     seconds: f64,
+    /// The cell's own context, where a warm-up tuned the estimator.
+    warm_ctx: Option<Context>,
 }
 
 /// Runs the cells of `spec` at point `point` that `select(context, estimator)` keeps (all of
@@ -389,11 +398,30 @@ pub(crate) fn cpu_point_cells(
                 moments: EstimateMoments::new(dim),
                 baseline: MovingAverage::default(),
                 seconds: 0.0,
+                warm_ctx: None,
             });
         }
     }
+    // Warm-ups (REBAR's and RELAX's tuning), before the measured repetitions and on
+    // repetitions past them: reported, not measured.
+    let reps = spec.reps;
+    cells.par_iter_mut().for_each(|cell| {
+        let ctx = &contexts[cell.loss_index];
+        let noise_for_rep = |r: u32| Noise {
+            key,
+            rep: reps.wrapping_add(r),
+            point: point_id,
+        };
+        if let Some(warm) = cell.estimator.warm_up(ctx, s, &noise_for_rep) {
+            let mut local = ctx.clone();
+            local.warm = Some(std::sync::Arc::new(warm));
+            cell.warm_ctx = Some(local);
+        }
+    });
     let has = |p: Path| cells.iter().any(|c| c.path == p);
-    let (counts_on, sums_on) = (has(Path::Counts), has(Path::RelaxedSums));
+    let counts_paths = u64::from(has(Path::Counts)) + u64::from(has(Path::HardDrawCounts));
+    let counts_on = counts_paths > 0;
+    let sums_on = has(Path::RelaxedSums);
     let generic_sf = has(Path::Generic(Family::ScoreFunction));
     let generic_rel = has(Path::Generic(Family::Relaxed));
     let table = CategoricalTable::new(&contexts[0].p[..k]);
@@ -441,7 +469,10 @@ pub(crate) fn cpu_point_cells(
                 });
             }
             pass_seconds[0] += t0.elapsed().as_secs_f64();
-            progress(u64::from(nb) * u64::from(s));
+            // One report per path the pass serves (counts and hard-draw counts share it here,
+            // but on the GPU engine the second runs apart), so that the total is
+            // [`SweepSpec::total_draws`] whichever engine runs the point.
+            progress(counts_paths * u64::from(nb) * u64::from(s));
         }
         let mut sums = vec![0f64; if sums_on { nbu * sums_width } else { 0 }];
         if sums_on {
@@ -572,7 +603,7 @@ pub(crate) fn cpu_point_cells(
         }
         cells.par_iter_mut().for_each(|cell| {
             let t0 = Instant::now();
-            let ctx = &contexts[cell.loss_index];
+            let ctx = cell.warm_ctx.as_ref().unwrap_or(&contexts[cell.loss_index]);
             let mut estimate = vec![0.0; dim];
             let faulty = faults::any();
             let f_offset = generic_losses
@@ -581,7 +612,7 @@ pub(crate) fn cpu_point_cells(
                 .unwrap_or(0);
             for r in 0..nbu {
                 match cell.path {
-                    Path::Counts => {
+                    Path::Counts | Path::HardDrawCounts => {
                         let c = &counts[r * k..(r + 1) * k];
                         let b = cell.baseline.value();
                         let draws = DrawSource::Counts { counts: c, s };
@@ -660,7 +691,7 @@ pub(crate) fn cpu_point_cells(
         .into_iter()
         .map(|c| {
             let pass = match c.path {
-                Path::Counts => pass_seconds[0],
+                Path::Counts | Path::HardDrawCounts => pass_seconds[0],
                 Path::RelaxedSums => pass_seconds[1],
                 Path::Generic(Family::ScoreFunction) | Path::JointCounts => pass_seconds[2],
                 Path::Generic(Family::Relaxed) => pass_seconds[3],
@@ -670,6 +701,9 @@ pub(crate) fn cpu_point_cells(
                 estimator: c.estimator,
                 moments: c.moments,
                 seconds: pass + c.seconds,
+                warm_up: c
+                    .warm_ctx
+                    .and_then(|ctx| ctx.warm.map(|w| w.report.clone())),
             }
         })
         .collect();

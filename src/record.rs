@@ -90,6 +90,10 @@ pub struct Record {
     pub snr_se: Option<f64>,
     /// Wall seconds: its family's shared pass at this S plus its own reduction.
     pub seconds: f64,
+    /// What the estimator's warm-up tuned before the measured repetitions (REBAR, RELAX):
+    /// reported, not counted in `loss_evaluations`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub warm_up: Option<String>,
 }
 
 fn finite(v: f64) -> Option<f64> {
@@ -230,6 +234,7 @@ impl Record {
             snr: finite(snr).filter(|_| sum_var > 0.0),
             snr_se: finite(snr_se).filter(|_| sum_var > 0.0),
             seconds: cell.seconds,
+            warm_up: cell.warm_up.clone(),
         }
     }
 }

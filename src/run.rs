@@ -163,6 +163,16 @@ pub fn execute(config: &RunConfig) -> Result<RunOutcome> {
         draws_per_second: spec.total_draws() as f64 / sweep_seconds.max(1e-9),
     };
     let summary = Summary::new(spec, engine.backend_info(), records(spec, &points), timing);
+    if !config.quiet {
+        for r in summary.records.iter().filter(|r| r.warm_up.is_some()) {
+            eprintln!(
+                "note: {} ({}): {}",
+                r.estimator,
+                r.loss,
+                r.warm_up.as_deref().unwrap_or("")
+            );
+        }
+    }
 
     summary.check_finite()?;
     let problem_json = serde_json::to_string(&spec.problem.to_json())

@@ -134,7 +134,7 @@ pub fn estimate_at(
 ) -> Option<f64> {
     let (l, k) = (ctx.l, ctx.k);
     match path_of(est, ctx) {
-        Path::Counts => {
+        Path::Counts | Path::HardDrawCounts => {
             let mut counts = vec![0u32; k];
             if reads_draws(est) {
                 let table = CategoricalTable::new(&ctx.p[..k]);

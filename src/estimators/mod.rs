@@ -27,13 +27,18 @@ mod arsm;
 mod conditional;
 mod disarm;
 mod exact;
+mod gumbel_rao;
 mod gumbel_softmax;
 mod indecater;
 mod muprop;
 mod muprop_c;
+mod rebar;
 mod reinforce;
 mod reinforce_ema;
+mod reinmax;
+mod relax;
 mod rloo;
+mod st;
 mod st_gumbel;
 mod sum_and_sample;
 mod unordered_set;
@@ -42,13 +47,18 @@ pub use apply::{estimate_at, estimate_one, reads_draws, relaxed_moments, DrawSou
 pub use arsm::Arsm;
 pub use disarm::Disarm;
 pub use exact::Exact;
+pub use gumbel_rao::GumbelRao;
 pub use gumbel_softmax::GumbelSoftmax;
 pub use indecater::Indecater;
 pub use muprop::Muprop;
 pub use muprop_c::MupropC;
+pub use rebar::Rebar;
 pub use reinforce::Reinforce;
 pub use reinforce_ema::ReinforceEma;
+pub use reinmax::ReinMax;
+pub use relax::Relax;
 pub use rloo::Rloo;
+pub use st::StraightThrough;
 pub use st_gumbel::StGumbel;
 pub use sum_and_sample::SumAndSample;
 pub use unordered_set::{set_integrals, SetIntegrals, UnorderedSet};
@@ -74,6 +84,11 @@ pub static REGISTRY: &[&dyn Estimator] = &[
     &UnorderedSet,
     &SumAndSample,
     &Indecater,
+    &StraightThrough,
+    &GumbelRao,
+    &ReinMax,
+    &Rebar,
+    &Relax,
 ];
 
 /// Decay of the exponential moving averages used as baselines (`reinforce-ema`, `muprop-c`).
@@ -173,6 +188,11 @@ pub enum Lowering {
         /// Whether the loss's gradient is taken at the hard draw.
         straight_through: bool,
     },
+    /// `(1/S) sum_k n_k g(e_k)`: the average of a per-draw estimate that depends only on the
+    /// drawn category (`st`, `reinmax`): with one variable it reads only the category counts
+    /// of a repetition ([`Estimator::estimate_from_counts`]), on the CPU engine (no GPU kernel
+    /// has this form; the GPU engine hands these cells to the CPU engine).
+    HardDraw,
 }
 
 /// The per-draw form `g_hat(z) = (A(z) - [centred] E A) (e_{z_l} - p_l) + c` whose moments the
@@ -266,6 +286,21 @@ pub struct Context {
     pub muprop_signal: Vec<f64>,
     /// MuProp's deterministic term `J_l grad_l f(p)` (L*K numbers; zeros without extension).
     pub muprop_mean_field: Vec<f64>,
+    /// The parameters a warm-up tuned for this cell ([`Estimator::warm_up`]); `None` outside
+    /// a cell that warmed up.
+    pub warm: Option<std::sync::Arc<WarmUp>>,
+}
+
+/// What an estimator's warm-up ([`Estimator::warm_up`]) tuned before the measured
+/// repetitions: its parameters, its cost, and a one-line report. Not part of the measurement.
+#[derive(Clone, Debug, PartialEq)]
+pub struct WarmUp {
+    /// The tuned parameters, in the estimator's own layout.
+    pub params: Vec<f64>,
+    /// Loss evaluations the warm-up spent (not counted in `loss_evaluations`).
+    pub evaluations: f64,
+    /// One line saying what was tuned, on how many draws, and to what.
+    pub report: String,
 }
 
 impl Context {
@@ -333,6 +368,7 @@ impl Context {
             mean_field,
             muprop_signal: Vec::new(),
             muprop_mean_field,
+            warm: None,
         };
         if l == 1 {
             // One variable: the K vertex values give everything in closed form.
@@ -792,6 +828,26 @@ pub trait Estimator: Send + Sync {
         out: &mut [f64],
     ) -> Option<f64>;
 
+    /// Whether [`Estimator::warm_up`] tunes something (its figures then depend on the draws of
+    /// the warm-up, and so on the seed, beyond the Monte Carlo noise of the measurement).
+    fn tunes_in_warm_up(&self) -> bool {
+        false
+    }
+
+    /// Tunes the estimator's own parameters (REBAR's `eta` and `tau`, RELAX's control variate)
+    /// for one cell at draw count `s`, before its measured repetitions. `noise_for_rep(r)` is
+    /// the noise of warm-up repetition `r`: repetition numbers past the measured ones, so no
+    /// counter the measurement reads is reused. The engine hands the result to
+    /// [`Estimator::estimate`] as `ctx.warm`. `None`: nothing to tune (the default).
+    fn warm_up(
+        &self,
+        _ctx: &Context,
+        _s: u32,
+        _noise_for_rep: &dyn Fn(u32) -> Noise,
+    ) -> Option<WarmUp> {
+        None
+    }
+
     /// The fast path it can be lowered to, if any.
     fn lowering(&self) -> Option<Lowering> {
         None
@@ -988,6 +1044,11 @@ pub fn estimate_from_joint_counts(
         *o = scale * (a - ctx.p[i] * centre) + c.get(i).copied().unwrap_or(0.0);
     }
     (kind == Baseline::MovingAverage).then_some(total / s)
+}
+
+/// Whether `estimator` runs on the hard-draw counts lowering for `ctx` (one variable).
+pub fn uses_hard_draw_counts(estimator: &dyn Estimator, ctx: &Context) -> bool {
+    ctx.l == 1 && estimator.lowering() == Some(Lowering::HardDraw)
 }
 
 /// Whether `estimator` runs on the relaxed-sums lowering for `ctx` (relaxed form, one

@@ -194,6 +194,7 @@ pub fn unsupported(
         Some(Lowering::Relaxed { .. }) => {
             return Some("no GPU kernel for the relaxed family on the generic path".into())
         }
+        Some(Lowering::HardDraw) => return Some("the hard-draw lowering has no GPU kernel".into()),
         None => return Some("no GPU lowering".into()),
     }
     let budget = buffer_budget(limits);

@@ -451,6 +451,9 @@ impl Engine for GpuEngine {
                 ctx.k
             )),
             Path::Counts | Path::RelaxedSums => None,
+            Path::HardDrawCounts => {
+                Some("the hard-draw counts lowering runs on the CPU only".into())
+            }
             Path::JointCounts | Path::Generic(Family::ScoreFunction) => {
                 generic::unsupported(estimator, ctx, samples, &self.ctx.limits)
             }
@@ -502,6 +505,7 @@ impl Engine for GpuEngine {
                         relaxed_grads.push(ctx.grad.as_slice());
                         relaxed_keys.push((li, e.id()));
                     }
+                    Path::HardDrawCounts => {}
                     Path::JointCounts | Path::Generic(_) => {
                         generic_cells.push((li, e));
                         generic_keys.push((li, e.id()));
@@ -627,6 +631,7 @@ impl Engine for GpuEngine {
                             estimator,
                             moments,
                             seconds,
+                            warm_up: None,
                         });
                     }
                     None => cells.push(cpu_cells.next().ok_or_else(|| {
@@ -1101,6 +1106,7 @@ pub fn fallback_notes(spec: &SweepSpec, engine: &dyn Engine) -> Vec<String> {
                     Path::Counts => "counts".to_string(),
                     Path::RelaxedSums => "relaxed-sums".to_string(),
                     Path::JointCounts => "joint-counts".to_string(),
+                    Path::HardDrawCounts => "hard-draw-counts".to_string(),
                     Path::Generic(_) => "generic".to_string(),
                 };
                 let key = (e.id(), path, reason);

@@ -1,0 +1,77 @@
+//! `reinmax`: ReinMax (Liu, Zhao, Chen and Gao 2023, "Bridging discrete and backpropagation:
+//! Straight-through and beyond", Algorithm 2), a second-order straight-through estimator: it
+//! integrates the gradient along the path from `p` to the hard draw with Heun's method instead
+//! of the forward Euler step of plain straight-through. Per draw `z ~ Cat(p)` and variable `l`,
+//! with `v = grad_l f(e_z)` and `pi_1 = (softmax(a_l / tau) + e_{z_l}) / 2`:
+//! `g_hat_l = 2 J(pi_1) v - J(p_l) v / 2`, `J(y) = diag(y) - y y^T` (tau is `--tau`; the
+//! paper recommends tau >= 1). Checked against the authors' `ReinMaxCore.backward`
+//! (`LiyuanLucasLiu/ReinMax`). Biased; one gradient of the loss per draw (one loss
+//! evaluation); needs the loss defined off the vertices.
+//!
+//! Like `st`, its estimate depends only on the hard draw: exact moments by enumeration and a
+//! counts lowering with one variable (see [`super::st`]).
+
+use super::st::{average_over_counts, average_over_draws, grad_at_vertex, hard_draw_moments};
+use super::{Context, Estimator, ExactMoments, Family, JointDraws, Lowering};
+use crate::problem::softmax;
+
+/// ReinMax at temperature tau.
+pub struct ReinMax;
+
+/// `softmax(a_l / tau)` of every variable (L*K numbers), once per context.
+fn prepare(ctx: &Context) -> Vec<f64> {
+    ctx.logits
+        .chunks_exact(ctx.k)
+        .flat_map(|a| softmax(&a.iter().map(|v| v / ctx.tau).collect::<Vec<_>>()))
+        .collect()
+}
+
+fn per_draw(ctx: &Context, sigma: &[f64], z: &[u32], scratch: &mut [f64], out: &mut [f64]) {
+    let k = ctx.k;
+    let (hard, v) = scratch.split_at_mut(ctx.dim());
+    grad_at_vertex(ctx, z, hard, v);
+    for (l, &c) in z.iter().enumerate() {
+        let block = l * k..(l + 1) * k;
+        let (p, vl, sl) = (
+            &ctx.p[block.clone()],
+            &v[block.clone()],
+            &sigma[block.clone()],
+        );
+        let c = c as usize;
+        // pi_1 = (sigma + e_c) / 2.
+        let pi1_v = 0.5 * (sl.iter().zip(vl).map(|(a, b)| a * b).sum::<f64>() + vl[c]);
+        let p_v: f64 = p.iter().zip(vl).map(|(a, b)| a * b).sum();
+        for (j, o) in out[block].iter_mut().enumerate() {
+            let pi1 = 0.5 * (sl[j] + f64::from(u8::from(j == c)));
+            *o = 2.0 * pi1 * (vl[j] - pi1_v) - 0.5 * p[j] * (vl[j] - p_v);
+        }
+    }
+}
+
+impl Estimator for ReinMax {
+    fn id(&self) -> &'static str {
+        "reinmax"
+    }
+    fn family(&self) -> Family {
+        Family::ScoreFunction
+    }
+    fn is_unbiased(&self) -> bool {
+        false
+    }
+    fn needs_extension(&self) -> bool {
+        true
+    }
+    fn lowering(&self) -> Option<Lowering> {
+        Some(Lowering::HardDraw)
+    }
+    fn exact_moments(&self, ctx: &Context, s: u32) -> Option<ExactMoments> {
+        hard_draw_moments(ctx, &prepare(ctx), s, per_draw)
+    }
+    fn estimate(&self, ctx: &Context, d: &JointDraws<'_>, _: f64, out: &mut [f64]) -> Option<f64> {
+        average_over_draws(ctx, &prepare(ctx), d, per_draw, out);
+        None
+    }
+    fn estimate_from_counts(&self, ctx: &Context, counts: &[u32], s: u32, _: f64, out: &mut [f64]) {
+        average_over_counts(ctx, &prepare(ctx), counts, s, per_draw, out);
+    }
+}

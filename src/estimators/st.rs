@@ -1,0 +1,257 @@
+//! `st`: plain straight-through (Bengio, Léonard and Courville 2013, "Estimating or
+//! propagating gradients through stochastic neurons"). The forward pass uses the hard draw
+//! `z ~ Cat(p)`; the backward pass treats `d e_z / d a` as `d p / d a`, so per draw and
+//! variable `l`: `g_hat_l = J(p_l) grad_l f(e_z)`, `J(p) = diag(p) - p p^T`. Biased (its mean
+//! is `E[J(p) grad f(e_z)]`, not `J(p) grad_p E f`). One gradient of the loss per draw (one
+//! loss evaluation); needs the loss defined off the vertices.
+//!
+//! Its estimate depends only on the hard draw, so its exact mean (and bias) and variance come
+//! by enumeration ([`hard_draw_moments`]): over the K categories with one variable; per
+//! variable for a separable loss (whose gradient's block `l` at a vertex reads only `z_l`);
+//! over the `K^L` joint draws where the oracles enumerate. With one variable the S-draw
+//! average reads only the category counts ([`Lowering::HardDraw`], CPU only).
+
+use rayon::prelude::*;
+
+use super::{Context, Estimator, ExactMoments, Family, JointDraws, Lowering};
+use crate::oracle::{self, Method, MAX_ENUMERATION};
+
+/// Plain straight-through.
+pub struct StraightThrough;
+
+/// The per-draw estimate of a hard-draw estimator at the joint draw `z` into `out` (L*K
+/// numbers), given what its `prepare` computed once per context (`pre`); `scratch` holds
+/// 2 L*K numbers.
+pub(super) type PerDraw = fn(&Context, &[f64], &[u32], &mut [f64], &mut [f64]);
+
+/// `grad f(e_z)` into `v` (L*K numbers), through the one-hot point in `hard` (L*K numbers).
+pub(super) fn grad_at_vertex(ctx: &Context, z: &[u32], hard: &mut [f64], v: &mut [f64]) {
+    hard.iter_mut().for_each(|h| *h = 0.0);
+    for (l, &c) in z.iter().enumerate() {
+        hard[l * ctx.k + c as usize] = 1.0;
+    }
+    ctx.objective.grad(hard, v);
+}
+
+fn per_draw(ctx: &Context, _: &[f64], z: &[u32], scratch: &mut [f64], out: &mut [f64]) {
+    let (hard, v) = scratch.split_at_mut(ctx.dim());
+    grad_at_vertex(ctx, z, hard, v);
+    jacobian(ctx, v, out);
+}
+
+/// `out = J(p_l) v_l` per variable.
+fn jacobian(ctx: &Context, v: &[f64], out: &mut [f64]) {
+    for ((pl, vl), ol) in ctx
+        .p
+        .chunks_exact(ctx.k)
+        .zip(v.chunks_exact(ctx.k))
+        .zip(out.chunks_exact_mut(ctx.k))
+    {
+        let pv: f64 = pl.iter().zip(vl).map(|(a, b)| a * b).sum();
+        for ((o, pj), vj) in ol.iter_mut().zip(pl).zip(vl) {
+            *o = pj * (vj - pv);
+        }
+    }
+}
+
+/// The S-draw average of a hard-draw estimator over the joint draws `d`.
+pub(super) fn average_over_draws(
+    ctx: &Context,
+    pre: &[f64],
+    d: &JointDraws<'_>,
+    f: PerDraw,
+    out: &mut [f64],
+) {
+    let n = ctx.dim();
+    let mut scratch = vec![0.0; 2 * n];
+    let mut one = vec![0.0; n];
+    out.iter_mut().for_each(|o| *o = 0.0);
+    for z in d.z.chunks_exact(ctx.l) {
+        f(ctx, pre, z, &mut scratch, &mut one);
+        out.iter_mut().zip(&one).for_each(|(o, g)| *o += g);
+    }
+    let inv = 1.0 / d.s as f64;
+    out.iter_mut().for_each(|o| *o *= inv);
+}
+
+/// The S-draw average of a hard-draw estimator from one variable's category counts:
+/// `sum_k (n_k / S) g(e_k)`.
+pub(super) fn average_over_counts(
+    ctx: &Context,
+    pre: &[f64],
+    counts: &[u32],
+    s: u32,
+    f: PerDraw,
+    out: &mut [f64],
+) {
+    let k = ctx.k;
+    let mut scratch = vec![0.0; 2 * k];
+    let mut one = vec![0.0; k];
+    out.iter_mut().for_each(|o| *o = 0.0);
+    for (c, &n) in counts.iter().enumerate().filter(|(_, &n)| n > 0) {
+        f(ctx, pre, &[c as u32], &mut scratch, &mut one);
+        let w = f64::from(n) / f64::from(s);
+        out.iter_mut().zip(&one).for_each(|(o, g)| *o += w * g);
+    }
+}
+
+/// Weighted per-draw values `(P(z), g(z))` folded into single-draw moments.
+struct Single {
+    mean: Vec<f64>,
+    m2: Vec<f64>,
+    m4: Vec<f64>,
+}
+
+/// Configurations per enumeration chunk (a fixed partition: thread-count independent sums).
+const CHUNK: u64 = 1 << 12;
+
+/// Enumerates the K^L joint draws in fixed chunks: `sum_z P(z) h(g(z))` for the coordinate
+/// map `h` (applied to every coordinate), summed in chunk order.
+fn enumerate_sum(
+    ctx: &Context,
+    pre: &[f64],
+    f: PerDraw,
+    h: &(dyn Fn(usize, f64) -> f64 + Sync),
+) -> Vec<f64> {
+    let (l, k, n) = (ctx.l, ctx.k as u64, ctx.dim());
+    let total = k.pow(l as u32);
+    let parts: Vec<Vec<f64>> = (0..total.div_ceil(CHUNK))
+        .into_par_iter()
+        .map(|c| {
+            let mut acc = vec![0.0; n];
+            let (mut scratch, mut g) = (vec![0.0; 2 * n], vec![0.0; n]);
+            let first = c * CHUNK;
+            let mut z = vec![0u32; l];
+            let mut rest = first;
+            for var in (0..l).rev() {
+                z[var] = (rest % k) as u32;
+                rest /= k;
+            }
+            for _ in first..(first + CHUNK).min(total) {
+                let prob: f64 = z
+                    .iter()
+                    .enumerate()
+                    .map(|(var, &c)| ctx.p[var * ctx.k + c as usize])
+                    .product();
+                if prob > 0.0 {
+                    f(ctx, pre, &z, &mut scratch, &mut g);
+                    for (j, (a, gj)) in acc.iter_mut().zip(&g).enumerate() {
+                        *a += prob * h(j, *gj);
+                    }
+                }
+                for var in (0..l).rev() {
+                    z[var] += 1;
+                    if u64::from(z[var]) < k {
+                        break;
+                    }
+                    z[var] = 0;
+                }
+            }
+            acc
+        })
+        .collect();
+    let mut out = vec![0.0; n];
+    for part in parts {
+        out.iter_mut().zip(part).for_each(|(o, v)| *o += v);
+    }
+    out
+}
+
+fn single_draw_moments(ctx: &Context, pre: &[f64], f: PerDraw) -> Option<Single> {
+    let (l, k, n) = (ctx.l, ctx.k, ctx.dim());
+    match oracle::method(ctx) {
+        Method::Reference => None,
+        Method::Separable => {
+            // Block l of g reads only z_l: K values per coordinate, the others at category 0.
+            let (mut mean, mut m2, mut m4) = (vec![0.0; n], vec![0.0; n], vec![0.0; n]);
+            let (mut scratch, mut g) = (vec![0.0; 2 * n], vec![0.0; n]);
+            let mut z = vec![0u32; l];
+            for var in 0..l {
+                let block = var * k..(var + 1) * k;
+                let values: Vec<Vec<f64>> = (0..k)
+                    .map(|c| {
+                        z[var] = c as u32;
+                        f(ctx, pre, &z, &mut scratch, &mut g);
+                        g[block.clone()].to_vec()
+                    })
+                    .collect();
+                z[var] = 0;
+                let p = &ctx.p[block];
+                for j in 0..k {
+                    let mu: f64 = (0..k).map(|c| p[c] * values[c][j]).sum();
+                    let (mut q2, mut q4) = (0.0, 0.0);
+                    for c in 0..k {
+                        let d = values[c][j] - mu;
+                        q2 += p[c] * d * d;
+                        q4 += p[c] * d * d * d * d;
+                    }
+                    mean[var * k + j] = mu;
+                    m2[var * k + j] = q2;
+                    m4[var * k + j] = q4;
+                }
+            }
+            Some(Single { mean, m2, m4 })
+        }
+        Method::OneVariable | Method::Enumeration => {
+            if (k as u64).checked_pow(l as u32)? > MAX_ENUMERATION {
+                return None;
+            }
+            let mean = enumerate_sum(ctx, pre, f, &|_, g| g);
+            let m2 = enumerate_sum(ctx, pre, f, &|j, g| (g - mean[j]).powi(2));
+            let m4 = enumerate_sum(ctx, pre, f, &|j, g| (g - mean[j]).powi(4));
+            Some(Single { mean, m2, m4 })
+        }
+    }
+}
+
+/// Exact moments of the S-draw average of a per-draw estimate that depends only on the hard
+/// draw: its single-draw mean, variance and fourth central moment by enumeration (see the
+/// module doc), then those of a mean of S iid draws. `None` where the oracles only have a
+/// Monte Carlo reference.
+pub(super) fn hard_draw_moments(
+    ctx: &Context,
+    pre: &[f64],
+    s: u32,
+    f: PerDraw,
+) -> Option<ExactMoments> {
+    let single = single_draw_moments(ctx, pre, f)?;
+    Some(oracle::average_of([single.mean, single.m2, single.m4], s))
+}
+
+impl Estimator for StraightThrough {
+    fn id(&self) -> &'static str {
+        "st"
+    }
+    fn family(&self) -> Family {
+        Family::ScoreFunction
+    }
+    fn is_unbiased(&self) -> bool {
+        false
+    }
+    fn needs_extension(&self) -> bool {
+        true
+    }
+    fn lowering(&self) -> Option<Lowering> {
+        Some(Lowering::HardDraw)
+    }
+    fn exact_moments(&self, ctx: &Context, s: u32) -> Option<ExactMoments> {
+        hard_draw_moments(ctx, &[], s, per_draw)
+    }
+    fn estimate(&self, ctx: &Context, d: &JointDraws<'_>, _: f64, out: &mut [f64]) -> Option<f64> {
+        // Linear in grad f(e_z): average the gradients, then one Jacobian product.
+        let n = ctx.dim();
+        let (mut hard, mut v) = (vec![0.0; n], vec![0.0; n]);
+        let mut sum = vec![0.0; n];
+        for z in d.z.chunks_exact(ctx.l) {
+            grad_at_vertex(ctx, z, &mut hard, &mut v);
+            sum.iter_mut().zip(&v).for_each(|(a, b)| *a += b);
+        }
+        let inv = 1.0 / d.s as f64;
+        sum.iter_mut().for_each(|a| *a *= inv);
+        jacobian(ctx, &sum, out);
+        None
+    }
+    fn estimate_from_counts(&self, ctx: &Context, counts: &[u32], s: u32, _: f64, out: &mut [f64]) {
+        average_over_counts(ctx, &[], counts, s, per_draw, out);
+    }
+}
