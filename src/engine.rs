@@ -41,6 +41,9 @@ pub const REP_BLOCK: u32 = 1 << 14;
 /// 64 MiB at most, whatever S, L and K are.
 pub const GENERIC_BLOCK_NUMBERS: u64 = 1 << 23;
 
+/// Most numbers the generic path may keep for one repetition's S draws: 2^26, 512 MiB.
+pub const MAX_REPETITION_NUMBERS: u64 = 1 << 26;
+
 /// How one (loss, estimator) cell is computed.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Path {
@@ -125,9 +128,28 @@ impl SweepSpec {
         for &loss in &self.losses {
             self.problem.check_loss(loss)?;
         }
-        for ctx in self.contexts() {
+        let contexts = self.contexts();
+        for ctx in &contexts {
             for e in &self.estimators {
-                e.check(&ctx)?;
+                e.check(ctx)?;
+            }
+        }
+        // The generic and joint-counts paths keep one repetition's draws whole: bound what
+        // that takes.
+        let dim = self.problem.dim() as u64;
+        let per_draw = self.problem.l as u64 + 2 + 3 * dim;
+        for &s in &self.samples {
+            let generic = contexts.iter().any(|ctx| {
+                self.estimators_at(s)
+                    .iter()
+                    .any(|e| matches!(path_of(*e, ctx), Path::Generic(_) | Path::JointCounts))
+            });
+            if generic && u64::from(s) * per_draw > MAX_REPETITION_NUMBERS {
+                return Err(Error::InvalidArgument(format!(
+                    "--samples {s}: on this problem's generic path one repetition keeps {per_draw} numbers per draw; at most {MAX_REPETITION_NUMBERS} numbers ({} MiB) per repetition, so S <= {}",
+                    MAX_REPETITION_NUMBERS * 8 >> 20,
+                    MAX_REPETITION_NUMBERS / per_draw
+                )));
             }
         }
         Ok(())

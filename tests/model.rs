@@ -554,6 +554,23 @@ fn bad_problem_files_for_each_new_field_are_refused() {
         assert_eq!(err.trim().lines().count(), 1, "one line: {err}");
         assert!(!out.exists(), "nothing written for {text}");
     }
+    // The generic path keeps a repetition's draws whole: an S that would take more than its
+    // bound is refused before anything is allocated.
+    let (code, err) = mcgrad(&[
+        "--problem",
+        "indecater-6x10",
+        "--estimators",
+        "arsm",
+        "--samples",
+        "100000000",
+        "--reps",
+        "2",
+        "--quiet",
+        "--out",
+        dir.path().join("big").to_str().unwrap(),
+    ]);
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("per repetition"), "{err}");
     // Estimators that need an extension are refused for the table loss, saying why.
     let path = dir.path().join("table.json");
     std::fs::write(
