@@ -147,7 +147,7 @@ impl SweepSpec {
             if generic && u64::from(s) * per_draw > MAX_REPETITION_NUMBERS {
                 return Err(Error::InvalidArgument(format!(
                     "--samples {s}: on this problem's generic path one repetition keeps {per_draw} numbers per draw; at most {MAX_REPETITION_NUMBERS} numbers ({} MiB) per repetition, so S <= {}",
-                    MAX_REPETITION_NUMBERS * 8 >> 20,
+                    (MAX_REPETITION_NUMBERS * 8) >> 20,
                     MAX_REPETITION_NUMBERS / per_draw
                 )));
             }
