@@ -12,8 +12,8 @@ const STREAM_GUMBEL: u32 = 1u;
 
 // Largest K the kernels serve (per-thread arrays are this long).
 const MAX_K: u32 = 16u;
-// A threshold no 24-bit uniform reaches.
-const NEVER: u32 = 16777216u;
+// A threshold no word passes: word > NEVER is false for every u32.
+const NEVER: u32 = 0xFFFFFFFFu;
 
 // Score-function cell kinds (keep in sync with src/gpu/params.rs).
 const BASELINE_NONE: u32 = 0u;
@@ -46,7 +46,8 @@ struct SweepParams {
 
 // Per sweep point, shared by every cell (keep in sync with `PointTable`).
 struct PointTable {
-    // Inverse-CDF thresholds ceil(C_j 2^24); NEVER from the last nonzero class on.
+    // Inverse-CDF thresholds S_j = ceil(C_j 2^32) - 1 (a word's category is
+    // #{j : word > S_j}); NEVER from the last nonzero class on.
     thresholds: array<u32, 16>,
     p: array<f32, 16>,
     // S p_j split into an f32 and its f32 remainder, so n_j - S p_j keeps its digits.
@@ -54,6 +55,11 @@ struct PointTable {
     expected_lo: array<f32, 16>,
     // a - max(a) for the Gumbel draws.
     shifted_logits: array<f32, 16>,
+    // The classes before the first with nonzero probability are never drawn.
+    first_nonzero: u32,
+    _pad0: u32,
+    _pad1: u32,
+    _pad2: u32,
 }
 
 // Streaming central moments of one scalar, in f32 within a workgroup.

@@ -1,10 +1,11 @@
 // The score-function draws: for every repetition of a chunk, the category counts of its
 // draws [draw_begin, draw_end), added to `counts` (16 per repetition). CPU twin:
 // `draws::count_categories`. Draw i of a repetition uses word i % 4 of Philox block i / 4
-// on the categorical stream; its category is #{j : (u >> 8) >= T_j} (src/draws.rs).
+// on the categorical stream; its category is #{j : u > S_j}, at least the first class with
+// nonzero probability (src/draws.rs).
 //
 // Layout: threads_per_rep (T, a power of two) threads share one repetition, each taking
-// blocks lane, lane + T, ... with private cumulative counts ge_j = #{draws : m >= T_j} in
+// blocks lane, lane + T, ... with private cumulative counts ge_j = #{draws : u > S_j} in
 // four vec4 registers (no per-draw memory traffic); the T lanes are then summed in shared
 // memory, and lane 0 turns cumulative counts into counts.
 
@@ -17,11 +18,11 @@ const COUNTS_WG: u32 = 256u;
 var<workgroup> lane_counts: array<vec4<u32>, COUNTS_WG>;
 
 fn count_word(word: u32, t0: vec4<u32>, t1: vec4<u32>, t2: vec4<u32>, t3: vec4<u32>, ge: ptr<function, array<vec4<u32>, 4>>) {
-    let m = vec4<u32>(word >> 8u);
-    (*ge)[0] += select(vec4<u32>(0u), vec4<u32>(1u), m >= t0);
-    (*ge)[1] += select(vec4<u32>(0u), vec4<u32>(1u), m >= t1);
-    (*ge)[2] += select(vec4<u32>(0u), vec4<u32>(1u), m >= t2);
-    (*ge)[3] += select(vec4<u32>(0u), vec4<u32>(1u), m >= t3);
+    let u = vec4<u32>(word);
+    (*ge)[0] += select(vec4<u32>(0u), vec4<u32>(1u), u > t0);
+    (*ge)[1] += select(vec4<u32>(0u), vec4<u32>(1u), u > t1);
+    (*ge)[2] += select(vec4<u32>(0u), vec4<u32>(1u), u > t2);
+    (*ge)[3] += select(vec4<u32>(0u), vec4<u32>(1u), u > t3);
 }
 
 @compute @workgroup_size(256)
@@ -92,12 +93,15 @@ fn main(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: v
     }
     let drawn_total = lane_counts[lid].x;
     if in_chunk && lane == 0u {
-        // count_c = ge_{c-1} - ge_c with ge_{-1} = all draws and ge_{K-1} = 0.
+        // count_c = ge_{c-1} - ge_c with ge_{-1} = all draws and ge_{K-1} = 0; every draw
+        // passes the thresholds before the first nonzero class (C_j = 0).
         let k = params.k;
         var above = drawn_total;
         for (var c = 0u; c < k; c++) {
             var ge_c = 0u;
-            if c + 1u < k {
+            if c < table.first_nonzero {
+                ge_c = drawn_total;
+            } else if c + 1u < k {
                 ge_c = total[c / 4u][c % 4u];
             }
             counts[rep_local * MAX_K + c] += above - ge_c;

@@ -36,11 +36,13 @@ fn main(@builtin(global_invocation_id) gid: vec3<u32>) {
                 params.key,
             );
         }
-        // u in [0, 1) on the 24-bit grid; past the f32 total, the last class with mass.
-        let u = f32(words[i % 4u] >> 8u) * (1.0 / 16777216.0);
+        // The uniform w 2^-32 is below C_c when w < ceil(C_c 2^32) (exact in f32), and always
+        // when C_c 2^32 reaches 2^32; past the f32 total, the last class with mass.
+        let word = words[i % 4u];
         var cat = last;
         for (var c = 0u; c < last; c++) {
-            if u < cdf[c] {
+            let edge = cdf[c] * 4294967296.0;
+            if edge >= 4294967296.0 || word < u32(ceil(edge)) {
                 cat = c;
                 break;
             }

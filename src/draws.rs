@@ -13,19 +13,27 @@ use crate::philox::{self, philox4x32_10, philox4x32_10_lanes, STREAM_CATEGORICAL
 
 /// Largest K served by the fixed-width (vectorisable) threshold comparison.
 const FIXED_K: usize = 17;
-/// A threshold no 24-bit uniform reaches.
-const NEVER: u32 = 1 << 24;
+/// A threshold no word passes: `word > NEVER` is false for every 32-bit word.
+const NEVER: u32 = u32::MAX;
 
-/// Inverse-CDF table of a categorical distribution on the 24-bit uniform grid.
+/// Inverse-CDF table of a categorical distribution on the full 32-bit uniform grid.
 ///
-/// With `m = word >> 8` and `U = m 2^-24`, the category is the least `k` with `U < C_k`
-/// (`C_k = p_0 + ... + p_k`), and `U` past the total goes to the last category with nonzero
-/// probability. `U < C_k` is `m < ceil(C_k 2^24)`, so the table holds those integers and the
-/// category is `#{j : m >= T_j}`: branch-free, and exactly the f64 comparison.
+/// With the word `w` read as `U = w 2^-32`, the category is the least `k` with `U < C_k`
+/// (`C_k = p_0 + ... + p_k`, summed in f64), and `U` past the total goes to the last category
+/// with nonzero probability. `U >= C_j` is `w >= ceil(C_j 2^32)`, that is `w > S_j` with
+/// `S_j = ceil(C_j 2^32) - 1`, so the table holds those integers (clamped to `[0, 2^32 - 1]`)
+/// and the category is `#{j : w > S_j}`, clamped to `[first_nonzero, last_nonzero]`:
+/// branch-free, and exactly the f64 comparison. The clamps cover the two ends a 32-bit
+/// threshold cannot hold: `C_j 2^32 > 2^32 - 1` (no word passes, and `S_j = 2^32 - 1` is
+/// passed by none) and `C_j = 0` (every word passes; `S_j = 0` misses the word 0, which the
+/// lower clamp puts back). Every class is drawn with its probability rounded to the 2^-32
+/// grid: a class of probability 1e-8 is drawn within 2.3e-10 of it (the 24-bit grid of
+/// earlier versions was 6e-8 coarse).
 #[derive(Clone, Debug)]
 pub struct CategoricalTable {
     thresholds: Vec<u32>,
     fixed: [u32; FIXED_K - 1],
+    first_nonzero: u32,
     last_nonzero: u32,
 }
 
@@ -37,7 +45,7 @@ impl CategoricalTable {
             .iter()
             .map(|pk| {
                 cdf += pk;
-                (cdf * f64::from(NEVER)).ceil().min(f64::from(NEVER)) as u32
+                threshold(cdf)
             })
             .collect();
         let mut fixed = [NEVER; FIXED_K - 1];
@@ -45,16 +53,23 @@ impl CategoricalTable {
             fixed[..thresholds.len()].copy_from_slice(&thresholds);
         }
         let last_nonzero = p.iter().rposition(|&v| v > 0.0).unwrap_or(p.len() - 1) as u32;
+        let first_nonzero = p.iter().position(|&v| v > 0.0).unwrap_or(0) as u32;
         Self {
             thresholds,
             fixed,
+            first_nonzero: first_nonzero.min(last_nonzero),
             last_nonzero,
         }
     }
 
-    /// The inverse-CDF thresholds `ceil(C_k 2^24)`, K - 1 of them.
+    /// The inverse-CDF thresholds `S_j = ceil(C_j 2^32) - 1` (clamped), K - 1 of them.
     pub fn thresholds(&self) -> &[u32] {
         &self.thresholds
+    }
+
+    /// The first category with nonzero probability.
+    pub fn first_nonzero(&self) -> u32 {
+        self.first_nonzero
     }
 
     /// The last category with nonzero probability.
@@ -65,17 +80,22 @@ impl CategoricalTable {
     /// The category drawn by one random word.
     #[inline(always)]
     pub fn category(&self, word: u32) -> usize {
-        let m = word >> 8;
-        let below = if self.thresholds.len() < FIXED_K {
-            self.fixed.iter().map(|&t| u32::from(m >= t)).sum::<u32>()
+        let above = if self.thresholds.len() < FIXED_K {
+            self.fixed.iter().map(|&t| u32::from(word > t)).sum::<u32>()
         } else {
             self.thresholds
                 .iter()
-                .map(|&t| u32::from(m >= t))
+                .map(|&t| u32::from(word > t))
                 .sum::<u32>()
         };
-        below.min(self.last_nonzero) as usize
+        above.clamp(self.first_nonzero, self.last_nonzero) as usize
     }
+}
+
+/// `ceil(c 2^32) - 1`, clamped to the 32-bit range: the largest word whose uniform is still
+/// below `c` (exact: scaling by 2^32 and `ceil` are exact in f64).
+fn threshold(c: f64) -> u32 {
+    ((c * 4_294_967_296.0).ceil() - 1.0).clamp(0.0, f64::from(u32::MAX)) as u32
 }
 
 /// Counts the categories of the S draws of repetition `rep` at sweep point `point` into
@@ -421,15 +441,61 @@ fn argmax(h: &[f32]) -> (usize, f32) {
 mod tests {
     use super::*;
 
+    /// The category by the definition: the least k with `w 2^-32 < C_k`, else the last class
+    /// with nonzero probability.
+    fn by_definition(p: &[f64], word: u32) -> usize {
+        let u = f64::from(word) / 4_294_967_296.0;
+        let mut cdf = 0.0;
+        let last = p.iter().rposition(|&v| v > 0.0).unwrap();
+        for (k, pk) in p[..p.len() - 1].iter().enumerate() {
+            cdf += pk;
+            if u < cdf {
+                return k.min(last);
+            }
+        }
+        last
+    }
+
     #[test]
     fn thresholds_match_f64_comparison() {
-        let p = [0.1, 0.0, 0.25, 0.65];
-        let table = CategoricalTable::new(&p);
-        let cdf = [0.1, 0.1, 0.35, 1.0];
-        for m in (0u32..(1 << 24)).step_by(4099).chain([0, (1 << 24) - 1]) {
-            let u = f64::from(m) / f64::from(NEVER);
-            let want = cdf.iter().position(|&c| u < c).unwrap_or(3);
-            assert_eq!(table.category(m << 8), want, "m = {m}");
+        let cases: [&[f64]; 4] = [
+            &[0.1, 0.0, 0.25, 0.65],
+            &[0.0, 0.0, 0.5, 0.5, 0.0],
+            &[9.4e-8, 1.0 - 9.4e-8 - 1e-12, 1e-12],
+            &[1e-9, 0.3, 0.2, 0.1, 0.1, 0.1, 0.1, 0.1, 0.05, 0.05 - 1e-9],
+        ];
+        for p in cases {
+            let table = CategoricalTable::new(p);
+            // Every threshold's neighbours, both ends, and a coarse grid of the range.
+            let edges = table
+                .thresholds()
+                .iter()
+                .flat_map(|&t| [t.wrapping_sub(1), t, t.wrapping_add(1)]);
+            let grid = (0..=u32::MAX).step_by(1 << 20);
+            for word in edges.chain(grid).chain([0, 1, u32::MAX - 1, u32::MAX]) {
+                assert_eq!(
+                    table.category(word),
+                    by_definition(p, word),
+                    "p = {p:?}, word = {word}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn a_class_of_probability_1e_8_is_drawn_on_the_32_bit_grid() {
+        // The number of words drawing class 0 is ceil(p 2^32): within one grid step
+        // (2.3e-10) of p, 2.4e-8 relative here; a 24-bit grid gives 0 or 2^-24 = 6e-8.
+        for p0 in [1e-8, 9.4e-8, 3.3e-9] {
+            let table = CategoricalTable::new(&[p0, 0.5, 0.5 - p0]);
+            let words = u64::from(table.thresholds()[0]) + 1;
+            let drawn = words as f64 / 4_294_967_296.0;
+            assert!(
+                (drawn - p0).abs() <= 1.0 / 4_294_967_296.0,
+                "p0 = {p0}: {drawn}"
+            );
+            assert_eq!(table.category(table.thresholds()[0]), 0);
+            assert_eq!(table.category(table.thresholds()[0] + 1), 1);
         }
     }
 

@@ -12,7 +12,9 @@
 //! Repetition and draw have 32-bit fields of their own, so no counter repeats below
 //! 2^32 repetitions x 2^32 blocks, whatever S x R is: S x R beyond 2^32 is safe.
 //!
-//! Uniforms: `[0, 1)` as `(u >> 8) 2^-24` (categorical draws), `(0, 1)` as
+//! Uniforms: the categorical draws compare the whole word `u` against integer thresholds
+//! (`u 2^-32` in `[0, 1)`, see [`crate::draws::CategoricalTable`]); `[0, 1)` as
+//! `(u >> 8) 2^-24` where an f32 uniform is needed ([`uniform_f32`]), `(0, 1)` as
 //! `((u >> 9) + 0.5) 2^-23` (Gumbel noise; see [`open_uniform_f32`] for why not 24 bits).
 
 /// Philox multiplier for words 0 and 1.

@@ -170,6 +170,39 @@ fn f32_cdf_ties_from_the_gpu_forward_pass_are_rare() {
     );
 }
 
+/// Probabilities whose thresholds sit on the words the draws will read: for the first word
+/// `w` of repetition `rep` (point 3), `C_0 2^32 = w + 1` (the word is class 0, the least
+/// `k` with `w 2^-32 < C_k`) or `C_0 2^32 = w` (class 1), behind `zeros` classes of
+/// probability 0; the 24-bit grid of earlier versions got these wrong whenever the low 8
+/// bits of `w` mattered. (The lower clamp changes only the word 0, which Philox draws once in
+/// 2^32; `draws::tests::thresholds_match_f64_comparison` checks it on the CPU.)
+fn on_the_word(key: [u32; 2], rep: u32, zeros: usize, class_zero: bool) -> (Vec<f64>, usize) {
+    let w = philox4x32_10(
+        philox::counter(0, rep, philox::STREAM_CATEGORICAL, 0, 3),
+        key,
+    )[0];
+    let c0 = (f64::from(w) + f64::from(u8::from(class_zero))) / 4_294_967_296.0;
+    let mut p = vec![0.0; zeros];
+    p.extend([c0, (1.0 - c0) / 2.0, (1.0 - c0) / 2.0]);
+    (p, zeros + usize::from(!class_zero))
+}
+
+#[test]
+fn counts_compare_all_32_bits_of_the_word() {
+    let Some(engine) = gpu() else { return };
+    let key = key_of(42);
+    for rep in 0..8 {
+        for (zeros, class_zero) in [(0, true), (0, false), (2, true), (1, false)] {
+            let (p, want_class) = on_the_word(key, rep, zeros, class_zero);
+            let got = engine.category_counts(&p, key, 3, 1, rep, 1).unwrap();
+            let mut want = vec![0u32; p.len()];
+            count_categories(&CategoricalTable::new(&p), key, rep, 3, 1, &mut want);
+            assert_eq!(want[want_class], 1, "CPU, repetition {rep}, p = {p:?}");
+            assert_eq!(got, want, "GPU, repetition {rep}, p = {p:?}");
+        }
+    }
+}
+
 #[test]
 fn counts_match_the_cpu_twin_including_draw_ranges_and_high_repetitions() {
     let Some(engine) = gpu() else { return };

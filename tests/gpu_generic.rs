@@ -16,7 +16,7 @@ use mcgrad::estimators::{
 };
 use mcgrad::gpu::{fallback_notes, ChunkLimits, GpuEngine, GpuPreference};
 use mcgrad::loss::Loss;
-use mcgrad::philox::key_of;
+use mcgrad::philox::{self, key_of, philox4x32_10};
 use mcgrad::problem::Problem;
 use mcgrad::problems;
 use mcgrad::record::{records, Record};
@@ -110,6 +110,34 @@ fn score_function_estimators(contexts: &[Context]) -> Vec<&'static dyn Estimator
         .filter(|e| matches!(e.lowering(), Some(Lowering::ScoreFunction { .. })))
         .filter(|e| contexts.iter().all(|ctx| e.check(ctx).is_ok()))
         .collect()
+}
+
+#[test]
+fn joint_draws_compare_all_32_bits_of_the_word() {
+    let Some(engine) = gpu() else { return };
+    let key = key_of(77);
+    // Variable 0 puts its first threshold on the first word of repetition `rep`
+    // (`C_0 2^32 = w`: class 1, the 24-bit grid said 0 when the low bits of w are nonzero);
+    // variable 1 has two leading classes of probability 0.
+    for rep in 0..6 {
+        let w = philox4x32_10(
+            philox::counter(0, rep, philox::STREAM_CATEGORICAL, 0, 5),
+            key,
+        )[0];
+        let c0 = f64::from(w) / 4_294_967_296.0;
+        // L = 2 with K = 4: [c0, 1 - c0, 0, 0] and [0, 0, 0.3, 0.7].
+        let p = vec![c0, 1.0 - c0, 0.0, 0.0, 0.0, 0.0, 0.3, 0.7];
+        let tables: Vec<CategoricalTable> = p.chunks(4).map(CategoricalTable::new).collect();
+        let got = engine.joint_categories(&p, 4, key, 5, 9, rep, 1).unwrap();
+        let mut want = vec![0u32; 18];
+        draw_joint_categories(&tables, key, rep, 5, 9, &mut want);
+        assert_eq!(want[0], 1, "CPU, repetition {rep}");
+        assert!(
+            want.chunks(2).all(|z| z[1] >= 2),
+            "CPU drew a class of probability 0"
+        );
+        assert_eq!(got, want, "GPU, repetition {rep}");
+    }
 }
 
 #[test]

@@ -243,7 +243,8 @@ pub struct GenericPlan {
     pub k: usize,
     /// Probabilities `p` (L*K numbers, f64).
     pub p: Vec<f64>,
-    /// Per variable: the K - 1 inverse-CDF thresholds, then the last nonzero category.
+    /// Per variable: the K - 1 inverse-CDF thresholds, then the first and the last nonzero
+    /// category.
     pub thresholds: Vec<u32>,
     /// The signal groups.
     pub groups: Vec<SignalGroup>,
@@ -255,13 +256,14 @@ pub struct GenericPlan {
     pub cells: Vec<CellPlan>,
 }
 
-/// Per variable: the K - 1 inverse-CDF thresholds of [`CategoricalTable`], then its last
-/// nonzero category (the clamp), as `shaders/joint_draws.wgsl` reads them.
+/// Per variable: the K - 1 inverse-CDF thresholds of [`CategoricalTable`], then its first
+/// and its last nonzero category (the clamps), as `shaders/joint_draws.wgsl` reads them.
 pub fn joint_thresholds(p: &[f64], k: usize) -> Vec<u32> {
-    let mut thresholds = Vec::with_capacity(p.len());
+    let mut thresholds = Vec::with_capacity(p.len() + p.len() / k);
     for pl in p.chunks(k) {
         let table = CategoricalTable::new(pl);
         thresholds.extend_from_slice(table.thresholds());
+        thresholds.push(table.first_nonzero());
         thresholds.push(table.last_nonzero());
     }
     thresholds

@@ -12,8 +12,8 @@ use crate::estimators::{Baseline, Constant, Context, Estimator, Lowering, Signal
 pub const MAX_K: usize = 16;
 /// Largest number of relaxed cells per point (keep in sync with `MAX_RELAXED_CELLS`).
 pub const MAX_RELAXED_CELLS: usize = 6;
-/// A threshold no 24-bit uniform reaches (keep in sync with `NEVER`).
-pub const NEVER: u32 = 1 << 24;
+/// A threshold no word passes, `word > NEVER` being false (keep in sync with `NEVER`).
+pub const NEVER: u32 = u32::MAX;
 
 /// Score-function cell baselines (keep in sync with `BASELINE_*` in shaders/common.wgsl).
 pub const BASELINE_NONE: u32 = 0;
@@ -63,7 +63,8 @@ pub struct SweepParams {
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Pod, Zeroable)]
 pub struct PointTable {
-    /// Inverse-CDF thresholds `ceil(C_j 2^24)`, [`NEVER`] from the last nonzero class on.
+    /// Inverse-CDF thresholds `S_j = ceil(C_j 2^32) - 1` of [`CategoricalTable`] (a draw's
+    /// category is `#{j : word > S_j}`), [`NEVER`] from the last nonzero class on.
     pub thresholds: [u32; MAX_K],
     /// Probabilities `p`.
     pub p: [f32; MAX_K],
@@ -73,13 +74,19 @@ pub struct PointTable {
     pub expected_lo: [f32; MAX_K],
     /// `a - max(a)` for the Gumbel draws.
     pub shifted_logits: [f32; MAX_K],
+    /// The first class with nonzero probability: the classes before it are never drawn
+    /// (their thresholds, `C_j = 0`, would need `S_j = -1`).
+    pub first_nonzero: u32,
+    /// Padding to 16 bytes.
+    pub _pad: [u32; 3],
 }
 
 impl PointTable {
     /// The table of probabilities `p` (f64, from the host's problem) at S draws.
     ///
-    /// The categories drawn on the GPU compare the same 24-bit integer with the same
-    /// integer thresholds as [`CategoricalTable`], so they are the CPU's, bit for bit.
+    /// The categories drawn on the GPU compare the same 32-bit word with the same integer
+    /// thresholds, and apply the same clamps, as [`CategoricalTable`], so they are the CPU's,
+    /// bit for bit.
     pub fn new(p: &[f64], relaxed: &RelaxedTable, samples: u32) -> Self {
         let table = CategoricalTable::new(p);
         let mut thresholds = [NEVER; MAX_K];
@@ -97,6 +104,8 @@ impl PointTable {
             expected_hi: [0.0; MAX_K],
             expected_lo: [0.0; MAX_K],
             shifted_logits: [0.0; MAX_K],
+            first_nonzero: table.first_nonzero(),
+            _pad: [0; 3],
         };
         for (j, &pj) in p.iter().enumerate() {
             let expected = f64::from(samples) * pj;
@@ -278,7 +287,7 @@ mod tests {
     fn struct_sizes_match_the_wgsl_layouts() {
         // WGSL sizes: 16 scalars; 5 arrays of 16; 3 arrays of 16 + 4; 2 arrays + 4; 5.
         assert_eq!(std::mem::size_of::<SweepParams>(), 64);
-        assert_eq!(std::mem::size_of::<PointTable>(), 5 * 64);
+        assert_eq!(std::mem::size_of::<PointTable>(), 5 * 64 + 16);
         assert_eq!(std::mem::size_of::<ScoreCell>(), 3 * 64 + 16);
         assert_eq!(std::mem::size_of::<RelaxedCell>(), 2 * 64 + 16);
         assert_eq!(std::mem::size_of::<PartialMoments>(), 20);
@@ -288,7 +297,10 @@ mod tests {
     fn clamped_classes_never_pass_their_threshold() {
         let p = [0.5, 0.5, 0.0, 0.0];
         let table = PointTable::new(&p, &RelaxedTable::new(&[0.0, 0.0, -1e9, -1e9], 1.0), 4);
-        assert_eq!(&table.thresholds[..4], &[1 << 23, NEVER, NEVER, NEVER]);
+        assert_eq!(
+            &table.thresholds[..4],
+            &[(1 << 31) - 1, NEVER, NEVER, NEVER]
+        );
         assert_eq!(table.expected_hi[0], 2.0);
     }
 }
