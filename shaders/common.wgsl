@@ -192,6 +192,11 @@ struct ScoreCell {
     mean_signal: f32,
     baseline: u32,
     cosine: u32,
+    // The warmed-up moving average before repetition 0: weighted sum of b - p.L, weight.
+    warm_sum: f32,
+    warm_weight: f32,
+    _pad0: u32,
+    _pad1: u32,
 }
 
 // One (loss, relaxed estimator) (keep in sync with `RelaxedCell` in src/gpu/params.rs):

@@ -83,17 +83,20 @@ fn main(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: v
             }
             workgroupBarrier();
             // window[lid + m] is repetition rep - MOMENTS_WG + m; the earliest is repetition 0.
+            // Reaching back to repetition 0, the average resumes from its warmed-up state.
             var first = 0u;
-            if rep < MOMENTS_WG {
-                first = MOMENTS_WG - rep;
-            }
             var sum = 0.0;
             var weight = 0.0;
+            if rep < MOMENTS_WG {
+                first = MOMENTS_WG - rep;
+                sum = cells[cell].warm_sum;
+                weight = cells[cell].warm_weight;
+            }
             for (var m = first; m < MOMENTS_WG; m++) {
                 sum = EMA_DECAY * sum + (1.0 - EMA_DECAY) * window[lid + m];
                 weight = EMA_DECAY * weight + (1.0 - EMA_DECAY);
             }
-            // Before any repetition the baseline is 0, i.e. b' = -p.L.
+            // Without a warm-up, before any repetition the baseline is 0, i.e. b' = -p.L.
             if weight > 0.0 {
                 b_shift = sum / weight;
             }

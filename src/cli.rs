@@ -243,7 +243,14 @@ pub struct RunArgs {
     /// control variate before the measured repetitions (reported, not counted; 0: none).
     #[arg(long, value_name = "N", default_value_t = 200)]
     pub warmup: u32,
+    /// Warm-up repetitions per (loss, estimator, S) that set the moving-average baselines
+    /// (reinforce-ema, muprop-c) before the measured repetitions (not measured; 0: start at 0).
+    #[arg(long, value_name = "N", default_value_t = mcgrad::estimators::DEFAULT_BASELINE_WARMUP)]
+    pub baseline_warmup: u32,
 }
+
+/// The most `--baseline-warmup` repetitions (each as costly as a measured one).
+const MAX_BASELINE_WARMUP: u32 = 100_000;
 
 /// The help of `--loss`, from [`Loss::ALL`] (so a new loss shows up without editing it).
 fn loss_help() -> String {
@@ -343,12 +350,19 @@ impl RunArgs {
                 rebar_eta: self.rebar_eta,
                 rebar_tau: self.rebar_tau,
                 warmup: self.warmup,
+                baseline_warmup: self.baseline_warmup,
             },
         };
         if self.gr_samples == 0 {
             return Err(Error::InvalidArgument(
                 "--gr-samples must be at least 1".into(),
             ));
+        }
+        if self.baseline_warmup > MAX_BASELINE_WARMUP {
+            return Err(Error::InvalidArgument(format!(
+                "--baseline-warmup must be at most {MAX_BASELINE_WARMUP} (got {}): the average forgets its start within about 100",
+                self.baseline_warmup
+            )));
         }
         if let Some(t) = self.rebar_tau.filter(|t| !(t.is_finite() && *t > 0.0)) {
             return Err(Error::InvalidArgument(format!(

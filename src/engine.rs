@@ -17,6 +17,7 @@ use crate::draws::{
     count_categories, draw_joint_categories, CategoricalTable, JointRelaxedTable, RelaxedTable,
 };
 use crate::error::{Error, Result};
+use crate::estimators::warmed_baseline;
 use crate::estimators::{
     estimate_one, fill_joint_counts, relaxed_moments, uses_counts, uses_hard_draw_counts,
     uses_joint_counts, uses_relaxed_sums, Context, DrawSource, Estimator, Family, JointCounts,
@@ -439,6 +440,8 @@ pub(crate) fn cpu_point_cells(
             local.warm = Some(std::sync::Arc::new(warm));
             cell.warm_ctx = Some(local);
         }
+        // Moving-average baselines enter the measurement warmed up, not at 0.
+        cell.baseline = warmed_baseline(cell.estimator, ctx, key, point_id, s, reps);
     });
     let has = |p: Path| cells.iter().any(|c| c.path == p);
     let counts_paths = u64::from(has(Path::Counts)) + u64::from(has(Path::HardDrawCounts));

@@ -298,6 +298,11 @@ fn bad_input_exits_with_2_and_writes_nothing() {
         ("S = 0", vec!["--samples", "4,0"], &out_dir),
         ("R < 2", vec!["--reps", "1"], &out_dir),
         ("tau = 0", vec!["--tau", "0"], &out_dir),
+        (
+            "baseline warm-up past its bound",
+            vec!["--baseline-warmup", "100001"],
+            &out_dir,
+        ),
         ("tau below its bound", vec!["--tau", "1e-300"], &out_dir),
         (
             "rloo with S < 2 only",

@@ -17,7 +17,7 @@ use crate::engine::{path_of, Path};
 
 use super::{
     estimate_from_joint_counts, fill_joint_counts, Context, Estimator, Family, JointCounts,
-    JointDraws, Lowering, Noise, RelaxedBatch, RelaxedMoments, RELAXED_BATCH,
+    JointDraws, Lowering, MovingAverage, Noise, RelaxedBatch, RelaxedMoments, RELAXED_BATCH,
 };
 
 /// One repetition's draws, in the form an estimator's path reads.
@@ -219,4 +219,35 @@ pub fn estimate_at(
             estimate_one(est, ctx, DrawSource::Joint(&draws), baseline, out)
         }
     }
+}
+
+/// The moving-average baseline that `est` enters the measured repetitions with: 0 for an
+/// estimator without one, and otherwise the average after `ctx.settings.baseline_warmup`
+/// warm-up repetitions, as a practitioner runs a few steps before trusting the baseline.
+///
+/// Warm-up repetition `r` is the estimate at repetition number `first_rep + r` (the engine
+/// passes the number of measured repetitions, so the warm-up draws are past the measured
+/// ones, as REBAR's and RELAX's warm-ups are), applied as every repetition is, with the
+/// baseline of the repetitions before it; its draws are not measured. Without the warm-up
+/// the first repetition's baseline is 0: for `reinforce-ema` on the `seed` loss, that one
+/// plain-REINFORCE estimate dominated the reported variance (about its variance over R).
+pub fn warmed_baseline(
+    est: &dyn Estimator,
+    ctx: &Context,
+    key: [u32; 2],
+    point: u32,
+    s: u32,
+    first_rep: u32,
+) -> MovingAverage {
+    let mut baseline = MovingAverage::default();
+    let mut out = vec![0.0; ctx.dim()];
+    for r in 0..ctx.settings.baseline_warmup {
+        let rep = first_rep.wrapping_add(r);
+        match estimate_at(est, ctx, key, rep, point, s, baseline.value(), &mut out) {
+            Some(signal) => baseline.push(signal),
+            // The estimator keeps no moving average: nothing to warm up.
+            None => break,
+        }
+    }
+    baseline
 }

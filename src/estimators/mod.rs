@@ -43,7 +43,9 @@ mod st_gumbel;
 mod sum_and_sample;
 mod unordered_set;
 
-pub use apply::{estimate_at, estimate_one, reads_draws, relaxed_moments, DrawSource};
+pub use apply::{
+    estimate_at, estimate_one, reads_draws, relaxed_moments, warmed_baseline, DrawSource,
+};
 pub use arsm::Arsm;
 pub use disarm::Disarm;
 pub use exact::Exact;
@@ -221,6 +223,10 @@ pub struct Settings {
     /// Repetitions of the warm-up that tunes REBAR's and RELAX's parameters before the
     /// measured repetitions (reported, not counted in the measurement).
     pub warmup: u32,
+    /// Repetitions that warm up a moving-average baseline (`reinforce-ema`, `muprop-c`)
+    /// before the measured repetitions (`--baseline-warmup`): the baseline enters the first
+    /// measured repetition as the average of these, not at 0. See [`warmed_baseline`].
+    pub baseline_warmup: u32,
 }
 
 impl Default for Settings {
@@ -231,6 +237,7 @@ impl Default for Settings {
             rebar_eta: None,
             rebar_tau: None,
             warmup: 200,
+            baseline_warmup: DEFAULT_BASELINE_WARMUP,
         }
     }
 }
@@ -1065,6 +1072,11 @@ impl std::fmt::Debug for dyn Estimator {
     }
 }
 
+/// The default of [`Settings::baseline_warmup`]: with decay 0.9, the bias-corrected average
+/// weighs the warm-up's first repetition by `0.9^49 / sum 0.9^i = 6e-4`, so the baseline
+/// that enters the measurement has forgotten where it started.
+pub const DEFAULT_BASELINE_WARMUP: u32 = 50;
+
 /// A bias-corrected exponential moving average (decay [`EMA_DECAY`]), 0 before any value.
 #[derive(Clone, Copy, Debug, Default)]
 pub struct MovingAverage {
@@ -1080,6 +1092,12 @@ impl MovingAverage {
         } else {
             0.0
         }
+    }
+
+    /// The weighted sum and the total weight, `value = sum / weight` (the GPU resumes the
+    /// average from them).
+    pub fn state(&self) -> (f64, f64) {
+        (self.sum, self.weight)
     }
 
     /// Pushes a value.

@@ -3,7 +3,9 @@
 //! average (decay 0.9) of the mean loss of *earlier* estimates (earlier repetitions, as earlier
 //! training steps would be). `b` is independent of the current draws, so the estimator is
 //! unbiased; its variance has no closed form (b is random), so none is reported. One loss
-//! evaluation per draw.
+//! evaluation per draw. The average is warmed up before the measured repetitions
+//! ([`super::warmed_baseline`], `--baseline-warmup`, default 50), so the first measured
+//! estimate does not start from `b = 0`.
 
 use super::{
     score_sum, weighted_scores, Baseline, Constant, Context, Estimator, Family, JointDraws,

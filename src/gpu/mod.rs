@@ -43,7 +43,7 @@ pub use mesa::quiet_mesa;
 use crate::draws::RelaxedTable;
 use crate::engine::{path_of, BackendInfo, Cell, Engine, Path, PointMoments, SweepSpec};
 use crate::error::{Error, Result};
-use crate::estimators::{Context, Estimator, Family, MovingAverage};
+use crate::estimators::{warmed_baseline, Context, Estimator, Family, MovingAverage};
 use crate::philox::key_of;
 use crate::stats::EstimateMoments;
 use chunks::{threads_per_rep, REP_ALIGN};
@@ -496,7 +496,15 @@ impl Engine for GpuEngine {
                 }
                 match path_of(e, ctx) {
                     Path::Counts => {
-                        score_cells.push(params::score_cell(e, ctx, samples)?);
+                        let warm = warmed_baseline(
+                            e,
+                            ctx,
+                            key_of(spec.seed),
+                            point as u32,
+                            samples,
+                            spec.reps,
+                        );
+                        score_cells.push(params::score_cell(e, ctx, samples, &warm)?);
                         score_grads.push(ctx.grad.as_slice());
                         score_keys.push((li, e.id()));
                     }
@@ -888,7 +896,14 @@ impl GpuEngine {
             .collect();
         let plan = generic::GenericPlan::new(&spec.problem, contexts, &refs, samples)?;
         let dim = plan.dim();
-        let mut baselines = vec![MovingAverage::default(); cells.len()];
+        // Moving-average baselines enter the measurement warmed up, as on the CPU engine.
+        let mut baselines: Vec<MovingAverage> = cells
+            .iter()
+            .map(|&(li, e)| {
+                let ctx = &contexts[li];
+                warmed_baseline(e, ctx, key_of(spec.seed), point as u32, samples, spec.reps)
+            })
+            .collect();
         generic::run(
             &self.ctx,
             &self.generic,

@@ -6,7 +6,7 @@ use bytemuck::{Pod, Zeroable};
 
 use crate::draws::{CategoricalTable, RelaxedTable};
 use crate::error::{Error, Result};
-use crate::estimators::{Baseline, Constant, Context, Estimator, Lowering, Signal};
+use crate::estimators::{Baseline, Constant, Context, Estimator, Lowering, MovingAverage, Signal};
 
 /// Largest K the kernels serve (keep in sync with `MAX_K` in shaders/common.wgsl).
 pub const MAX_K: usize = 16;
@@ -137,6 +137,13 @@ pub struct ScoreCell {
     pub baseline: u32,
     /// 1 where the cosine to g is defined (g != 0).
     pub cosine: u32,
+    /// The warmed-up moving average before repetition 0 ([`crate::estimators::warmed_baseline`]),
+    /// as its weighted sum of `b - p.L` and its weight (0 and 0: no warm-up).
+    pub warm_sum: f32,
+    /// The weight of [`Self::warm_sum`].
+    pub warm_weight: f32,
+    /// Padding to 16 bytes.
+    pub _pad: [u32; 2],
 }
 
 /// One (loss, relaxed estimator). Keep in sync with `RelaxedCell` in shaders/common.wgsl.
@@ -201,7 +208,12 @@ fn no_kernel(estimator: &dyn Estimator) -> Error {
 /// # Errors
 /// [`Error::InvalidArgument`] for an estimator without a score-function lowering, or a
 /// problem with several variables.
-pub fn score_cell(estimator: &dyn Estimator, ctx: &Context, samples: u32) -> Result<ScoreCell> {
+pub fn score_cell(
+    estimator: &dyn Estimator,
+    ctx: &Context,
+    samples: u32,
+    warm: &MovingAverage,
+) -> Result<ScoreCell> {
     let Some(Lowering::ScoreFunction {
         signal,
         baseline,
@@ -251,6 +263,9 @@ pub fn score_cell(estimator: &dyn Estimator, ctx: &Context, samples: u32) -> Res
         mean_signal: mean_signal as f32,
         baseline,
         cosine: cosine_defined(&ctx.grad),
+        warm_sum: (warm.state().0 - mean_signal * warm.state().1) as f32,
+        warm_weight: warm.state().1 as f32,
+        _pad: [0; 2],
     })
 }
 
@@ -288,7 +303,7 @@ mod tests {
         // WGSL sizes: 16 scalars; 5 arrays of 16; 3 arrays of 16 + 4; 2 arrays + 4; 5.
         assert_eq!(std::mem::size_of::<SweepParams>(), 64);
         assert_eq!(std::mem::size_of::<PointTable>(), 5 * 64 + 16);
-        assert_eq!(std::mem::size_of::<ScoreCell>(), 3 * 64 + 16);
+        assert_eq!(std::mem::size_of::<ScoreCell>(), 3 * 64 + 32);
         assert_eq!(std::mem::size_of::<RelaxedCell>(), 2 * 64 + 16);
         assert_eq!(std::mem::size_of::<PartialMoments>(), 20);
     }
