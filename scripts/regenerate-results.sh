@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Regenerates the committed runs under results/ from the committed code, on the CPU engine
-# (bit-identical for any thread count): the default single-variable run (results/reference)
-# and the multi-variable reference run on indecater-6x10 (results/indecater-6x10).
+# (bit-identical for any thread count): the default single-variable run (results/reference),
+# the multi-variable reference run on indecater-6x10 (results/indecater-6x10), and the
+# regression check's baseline (results/baseline.json, from `mcgrad check`'s default
+# configuration). scripts/readme-figures.sh regenerates the training runs and the README's table.
 # A few minutes on 2 cores after the release build.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -11,4 +13,8 @@ bin=target/release/mcgrad
 # S up to 256: gumbel-rao and arsm evaluate the loss many times per draw on 6 x 10 categories.
 "$bin" run --backend cpu --quiet --problem indecater-6x10 --samples 1,2,4,8,16,32,64,128,256 \
   --out results/indecater-6x10 >/dev/null
-echo "regenerated results/reference and results/indecater-6x10"
+# The baseline: removed first, so that `--update` writes the default configuration (with an
+# existing file it reruns that file's configuration).
+rm -f results/baseline.json
+"$bin" check --update --baseline results/baseline.json >/dev/null
+echo "regenerated results/reference, results/indecater-6x10 and results/baseline.json"

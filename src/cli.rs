@@ -478,7 +478,7 @@ fn info() -> Result<()> {
 }
 
 fn check(args: CheckArgs) -> Result<()> {
-    use mcgrad::check::{default_spec, run_check, Baseline, CheckOptions};
+    use mcgrad::check::{default_plan, run_check, Baseline, CheckOptions};
     let mut options = CheckOptions {
         threads: args.threads,
         speed: !args.no_speed,
@@ -488,12 +488,12 @@ fn check(args: CheckArgs) -> Result<()> {
         options.seed = seed;
     }
     if args.update {
-        let spec = if args.baseline.exists() {
-            Baseline::load(&args.baseline)?.spec(options.seed)?
+        let plan = if args.baseline.exists() {
+            Baseline::load(&args.baseline)?.plan(options.seed)?
         } else {
-            default_spec(options.seed)
+            default_plan(options.seed)
         };
-        let baseline = Baseline::measure(&spec, &options)?;
+        let baseline = Baseline::measure(&plan, &options)?;
         baseline.save(&args.baseline)?;
         return print_stdout(&format!(
             "wrote baseline {} ({} quality figures, {} speed paths, seed {})\n",

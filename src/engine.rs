@@ -703,7 +703,7 @@ pub(crate) fn cpu_point_cells(
                     }
                 }
                 if faulty {
-                    faults::distort(cell.estimator.id(), &ctx.grad, &mut estimate);
+                    faults::distort(cell.estimator.id(), ctx.tau, &ctx.grad, &mut estimate);
                 }
                 cell.moments.push(&estimate, &ctx.grad);
             }

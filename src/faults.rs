@@ -1,6 +1,7 @@
 //! Fault injection for the tests, so that they can prove what the suite claims: that the
-//! regression check catches an estimator made noisier or biased and a hot path made slower,
-//! and that a results file that cannot be written (a full disk) fails cleanly.
+//! regression check catches an estimator made noisier, biased, scaled by 1% or stripped of
+//! its `1/tau`, and a hot path made slower, and that a results file that cannot be written (a
+//! full disk) fails cleanly.
 //!
 //! Faults are a runtime switch that every build carries (so `cargo test --release` reuses the
 //! release build of the library instead of compiling a second, feature-flagged one), but
@@ -19,6 +20,12 @@ pub struct Faults {
     pub variance_factor: Option<(String, f64)>,
     /// Add `shift * ||g||` to coordinate 0 of this estimator's estimates (a bias).
     pub bias: Option<(String, f64)>,
+    /// Multiply these estimators' estimates by a factor (a scale error: `1.01` is 1% too
+    /// large, in mean and in standard deviation alike).
+    pub scale: Vec<(String, f64)>,
+    /// This estimator forgets its `1/tau`: its estimates are multiplied by the temperature
+    /// (Gumbel-softmax's `(1/tau) J(y) grad f(y)` without the `1/tau`; invisible at tau = 1).
+    pub drop_inverse_tau: Option<String>,
     /// Do this pass's draw work this many times (`score-function` or `relaxed`).
     pub slowdown: Option<(String, u32)>,
     /// Writing the results file of this name (`summary.json`, `curves.csv`, ...) fails as on
@@ -59,10 +66,19 @@ pub(crate) fn repeat_pass(pass: &str) -> u32 {
         .map_or(1, |(_, n)| n.max(1))
 }
 
-/// Applies the estimate faults for `estimator` to one estimate, in place.
+/// Applies the estimate faults for `estimator` (run at temperature `tau`, against the exact
+/// gradient `exact`) to one estimate, in place.
 #[inline]
-pub(crate) fn distort(estimator: &str, exact: &[f64], estimate: &mut [f64]) {
+pub(crate) fn distort(estimator: &str, tau: f64, exact: &[f64], estimate: &mut [f64]) {
     let Some(faults) = current() else { return };
+    for (id, factor) in &faults.scale {
+        if id == estimator {
+            estimate.iter_mut().for_each(|e| *e *= factor);
+        }
+    }
+    if faults.drop_inverse_tau.as_deref() == Some(estimator) {
+        estimate.iter_mut().for_each(|e| *e *= tau);
+    }
     if let Some((id, factor)) = &faults.variance_factor {
         if id == estimator {
             let scale = factor.sqrt();

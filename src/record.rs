@@ -66,6 +66,12 @@ pub struct Record {
     pub bias_norm_w: f64,
     /// Standard error of `bias_norm_w` (its noise floor `||x|| sqrt(sum var / R)` included).
     pub bias_norm_w_se: f64,
+    /// Why the standard errors (`mean_se`, `var_se`, and so the bias z and p-value) may be
+    /// too small, where they come from the sample alone (no closed-form or reference variance
+    /// floors them) and a category is too rare for the run to have seen its share of the
+    /// variance (see [`rare_category_warning`]); absent where they are sound.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub se_warning: Option<String>,
     /// Largest per-coordinate `|bias_j| / se_j`.
     pub bias_z_max: f64,
     /// Bonferroni p-value of "no bias" from `bias_z_max` (two-sided, K comparisons).
@@ -128,6 +134,33 @@ pub fn normal_two_sided(z: f64) -> f64 {
     erfc(z / std::f64::consts::SQRT_2)
 }
 
+/// Expected draws of a category below which a sample variance is not trusted: with fewer, the
+/// run sees the category's share of the variance with a relative error above 1/sqrt(25) = 20%,
+/// or not at all (a class of `p = 1e-7` in 10^6 draws is never drawn).
+pub const MIN_EXPECTED_DRAWS: f64 = 25.0;
+
+/// The warning of a record whose standard errors come from the sample alone: the rarest
+/// category (of any variable) whose expected number of draws in the cell, `R S p`, is below
+/// [`MIN_EXPECTED_DRAWS`]; `None` if there is none. The score-function family's standard
+/// errors are floored by their exact (or reference) variance instead, which sums over every
+/// category with its exact probability, seen or not.
+pub fn rare_category_warning(p: &[f64], k: usize, samples: u32, reps: u32) -> Option<String> {
+    let draws = f64::from(samples) * f64::from(reps);
+    let (index, &rarest) = p
+        .iter()
+        .enumerate()
+        .filter(|(_, &q)| q > 0.0)
+        .min_by(|a, b| a.1.total_cmp(b.1))?;
+    let expected = draws * rarest;
+    (expected < MIN_EXPECTED_DRAWS).then(|| {
+        format!(
+            "standard errors from the sample alone: category {} of variable {} (p = {rarest:.2e}) is expected {expected:.3} times in R x S = {draws} draws, so the sample can miss its share of the variance; mean_se, var_se and the bias p-value may be too small",
+            index % k,
+            index / k
+        )
+    })
+}
+
 impl Record {
     /// The record of one cell.
     pub fn new(cell: &Cell, ctx: &Context, samples: u32, reps: u32, x_norm_sq: f64) -> Self {
@@ -166,6 +199,11 @@ impl Record {
         // Standard errors no smaller than the estimator's reference variance allows (rare
         // categories: see `Estimator::reference_variance`).
         let reference = cell.estimator.reference_variance(ctx, samples);
+        let se_warning = if reference.is_none() {
+            rare_category_warning(&ctx.p, ctx.k, samples, reps)
+        } else {
+            None
+        };
         let bias_z_max = (0..k)
             .map(|j| {
                 let floor = reference.as_ref().map_or(0.0, |v| (v[j] / n).sqrt());
@@ -223,6 +261,7 @@ impl Record {
             bias,
             bias_norm_w: x_norm * bias_norm,
             bias_norm_w_se: x_norm * (delta_se * delta_se + noise_floor * noise_floor).sqrt(),
+            se_warning,
             bias_z_max,
             bias_p_value,
             total_var_w: x_norm_sq * sum_var,

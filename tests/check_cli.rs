@@ -83,3 +83,113 @@ fn an_updated_baseline_passes_its_check() {
     assert!(findings.len() > 100, "{} findings", findings.len());
     assert!(findings.iter().all(|f| f["regressed"] == false));
 }
+
+/// A small, valid baseline written through the library (two sweeps, speed figures), as JSON.
+fn small_baseline() -> serde_json::Value {
+    use mcgrad::check::{default_spec, Baseline, CheckOptions};
+    let mut spec = default_spec(3);
+    spec.estimators = ["exact", "reinforce", "rloo", "gumbel-softmax"]
+        .iter()
+        .map(|id| mcgrad::estimators::by_id(id).unwrap())
+        .collect();
+    spec.samples = vec![1, 4];
+    spec.reps = 200;
+    let mut tau = spec.clone();
+    tau.tau = 0.5;
+    let options = CheckOptions {
+        seed: 3,
+        threads: 0,
+        speed_repeats: 1,
+        speed: false,
+    };
+    let baseline =
+        Baseline::measure(&[("main".into(), spec), ("tau=0.5".into(), tau)], &options).unwrap();
+    let mut json = serde_json::to_value(&baseline).unwrap();
+    json["speed"] = serde_json::json!([
+        {"path": "cpu/score-function", "draws_per_second": 2.0e8, "ratio": 2.0},
+        {"path": "cpu/relaxed", "draws_per_second": 2.0e7, "ratio": 0.2}
+    ]);
+    json
+}
+
+fn check_file(path: &std::path::Path) -> std::process::Output {
+    mcgrad(&[
+        "check",
+        "--baseline",
+        path.to_str().unwrap(),
+        "--no-speed",
+        "--seed",
+        "4",
+    ])
+}
+
+#[test]
+fn a_baseline_that_does_not_cover_its_configuration_or_has_bad_levels_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let good = small_baseline();
+    let path = dir.path().join("baseline.json");
+    std::fs::write(&path, good.to_string()).unwrap();
+    let out = check_file(&path);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "the valid baseline passes\n{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    let quality = good["quality"].as_array().unwrap().clone();
+    let mut cases: Vec<(&str, serde_json::Value, &str)> = Vec::new();
+    let mut empty = good.clone();
+    empty["quality"] = serde_json::json!([]);
+    cases.push(("quality records lost", empty, "no quality record"));
+    let mut one_lost = good.clone();
+    one_lost["quality"].as_array_mut().unwrap().remove(3);
+    cases.push(("one quality record lost", one_lost, "no quality record"));
+    let mut duplicate = good.clone();
+    duplicate["quality"]
+        .as_array_mut()
+        .unwrap()
+        .push(quality[2].clone());
+    cases.push(("a duplicate record", duplicate, "two quality records"));
+    let mut stray = good.clone();
+    let mut extra = quality[2].clone();
+    extra["samples"] = serde_json::json!(64);
+    stray["quality"].as_array_mut().unwrap().push(extra);
+    cases.push(("a record the sweeps do not run", stray, "do not run"));
+    let mut duplicate_speed = good.clone();
+    let first_speed = good["speed"][0].clone();
+    duplicate_speed["speed"]
+        .as_array_mut()
+        .unwrap()
+        .push(first_speed);
+    cases.push((
+        "a duplicate speed record",
+        duplicate_speed,
+        "two speed records",
+    ));
+    for (field, bad) in [
+        ("alpha", 0.0),
+        ("alpha", -0.001),
+        ("slowdown_limit", 0.0),
+        ("slowdown_limit", -1.5),
+    ] {
+        let mut b = good.clone();
+        b[field] = serde_json::json!(bad);
+        cases.push(("a level of 0 or below", b, field));
+    }
+    for (field, bad) in [("ratio", 0.0), ("ratio", -2.0), ("draws_per_second", 0.0)] {
+        let mut b = good.clone();
+        b["speed"][1][field] = serde_json::json!(bad);
+        cases.push(("a speed figure of 0 or below", b, field));
+    }
+    for (what, json, needle) in cases {
+        std::fs::write(&path, json.to_string()).unwrap();
+        let out = check_file(&path);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{what}: {stderr}");
+        assert_eq!(error_lines(&out), 1, "{what}: {stderr}");
+        assert!(stderr.contains(needle), "{what}: {stderr}");
+        assert!(out.stdout.is_empty(), "{what}: nothing checked");
+    }
+}
