@@ -10,7 +10,9 @@
 //! - **Monte Carlo** otherwise (or everywhere with [`VarianceMode::MonteCarlo`]): the sample
 //!   variance of `R` estimates at repetitions `0..R` of the probe key.
 
-use crate::estimators::{estimate_at, Baseline, Context, Estimator, Lowering, Signal};
+use crate::estimators::{
+    estimate_at, Baseline, Context, Estimator, ExactMoments, Lowering, Signal,
+};
 use crate::oracle::{self, Conditionals, ExactKind, Method};
 use crate::stats::Moments;
 
@@ -49,9 +51,14 @@ fn one_variable_conditionals(ctx: &Context, signal: Signal) -> Option<Conditiona
     })
 }
 
-/// `sum_j Var(g_hat_j)` of `est`'s S-draw estimate at `ctx` (which must hold the oracle's
-/// truth) with a moving-average baseline held at `baseline`, where it is known exactly.
-pub fn exact_variance(est: &dyn Estimator, ctx: &Context, s: u32, baseline: f64) -> Option<f64> {
+/// The exact moments of `est`'s S-draw estimate at `ctx` (which must hold the oracle's
+/// truth), with a moving-average baseline held at `baseline`, where they are known.
+pub fn exact_moments_at(
+    est: &dyn Estimator,
+    ctx: &Context,
+    s: u32,
+    baseline: f64,
+) -> Option<ExactMoments> {
     if ctx.grad_kind == ExactKind::Reference {
         return None;
     }
@@ -69,11 +76,18 @@ pub fn exact_variance(est: &dyn Estimator, ctx: &Context, s: u32, baseline: f64)
             cond.mean.iter_mut().for_each(|m| *m -= baseline);
             cond.overall_mean -= baseline;
             let c = oracle::constant_of(ctx, constant);
-            let m = oracle::average_of(oracle::single_draw_moments(ctx, &cond, &c), s);
-            Some(m.var.iter().sum())
+            Some(oracle::average_of(
+                oracle::single_draw_moments(ctx, &cond, &c),
+                s,
+            ))
         }
-        _ => est.exact_moments(ctx, s).map(|m| m.var.iter().sum()),
+        _ => est.exact_moments(ctx, s),
     }
+}
+
+/// `sum_j Var(g_hat_j)` of [`exact_moments_at`], where known.
+pub fn exact_variance(est: &dyn Estimator, ctx: &Context, s: u32, baseline: f64) -> Option<f64> {
+    exact_moments_at(est, ctx, s, baseline).map(|m| m.var.iter().sum())
 }
 
 /// The label of an exact variance on `ctx`.
