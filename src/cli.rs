@@ -224,6 +224,7 @@ impl TrainArgs {
                 rebar_eta: self.rebar_eta,
                 rebar_tau: self.rebar_tau,
                 warmup: self.warmup.unwrap_or(defaults.warmup),
+                ..defaults.clone()
             },
             rewarm_every: self.rewarm_every.unwrap_or(0),
             out: self.out,

@@ -337,6 +337,61 @@ fn set_logits_equals_a_fresh_context() {
     }
 }
 
+/// The optimisation loop's buffered estimate is `estimate_at`'s, bit for bit, for every
+/// estimator on every path (counts, hard-draw counts, relaxed sums, joint counts, generic of
+/// both families), with one set of buffers reused across estimators and shapes.
+#[test]
+fn buffered_estimates_equal_estimate_at() {
+    let mut buffers = estimators::DrawBuffers::default();
+    let mut seen = std::collections::HashSet::new();
+    for (problem, loss) in [
+        (named("seed", 1), Loss::Squared),
+        (named("rebar-toy", 0), Loss::Pnorm),
+        (small_problem(3), Loss::Pnorm),
+        (named("indecater-6x10", 2), Loss::Pnorm),
+    ] {
+        let mut ctx = Context::new(&problem, loss, 0.8);
+        ctx.settings.warmup = 5;
+        for est in estimators::REGISTRY {
+            if est.check(&ctx).is_err() {
+                continue;
+            }
+            let mut local = ctx.clone();
+            let key = [3, 4];
+            if let Some(w) = est.warm_up(&ctx, 3, &|r| estimators::Noise {
+                key,
+                rep: 100 + r,
+                point: 9,
+            }) {
+                local.warm = Some(std::sync::Arc::new(w));
+            }
+            seen.insert(format!("{:?}", mcgrad::engine::path_of(*est, &local)));
+            for (rep, s) in [(0, 3), (5, 7), (2, 3)] {
+                let (mut a, mut b) = (vec![0.0; ctx.dim()], vec![0.0; ctx.dim()]);
+                let sa = estimators::estimate_at(*est, &local, key, rep, 9, s, 0.3, &mut a);
+                let sb = estimators::estimate_at_with(
+                    &mut buffers,
+                    *est,
+                    &local,
+                    key,
+                    rep,
+                    9,
+                    s,
+                    0.3,
+                    &mut b,
+                );
+                assert_eq!(
+                    format!("{a:?} {sa:?}"),
+                    format!("{b:?} {sb:?}"),
+                    "{}",
+                    est.id()
+                );
+            }
+        }
+    }
+    assert_eq!(seen.len(), 6, "{seen:?}");
+}
+
 fn mcgrad(args: &[&str]) -> std::process::Output {
     Command::new(env!("CARGO_BIN_EXE_mcgrad"))
         .args(args)

@@ -14,7 +14,9 @@ use std::time::Instant;
 
 use crate::draws::{draw_joint_categories, CategoricalTable};
 use crate::error::Result;
-use crate::estimators::{estimate_at, Constant, Context, Estimator, Lowering, Noise, WarmUp};
+use crate::estimators::{
+    estimate_at_with, Constant, Context, DrawBuffers, Estimator, Lowering, Noise, WarmUp,
+};
 use crate::oracle::{self, ExactKind, Method};
 use crate::philox::key_of;
 use crate::stats::Moments;
@@ -77,6 +79,7 @@ struct ProblemTask<'a> {
     ctx: Context,
     logits: Vec<f64>,
     g: Vec<f64>,
+    buffers: DrawBuffers,
     warm: Option<Arc<WarmUp>>,
     warmed_at: Option<u32>,
     warm_report: Option<WarmUpReport>,
@@ -159,7 +162,8 @@ impl StepTask for ProblemTask<'_> {
             }
         }
         self.ctx.warm = self.warm.clone();
-        let signal = estimate_at(
+        let signal = estimate_at_with(
+            &mut self.buffers,
             self.est,
             &self.ctx,
             self.key,
@@ -308,6 +312,7 @@ pub fn run(
         ctx,
         logits: vec![0.0; n],
         g: vec![0.0; n],
+        buffers: DrawBuffers::default(),
         warm: None,
         warmed_at: None,
         warm_report: None,
