@@ -202,6 +202,13 @@ impl TrainArgs {
                 "--rebar-eta must be a finite number (got {e})"
             )));
         }
+        // The settings a flag names; the others keep their defaults.
+        let mut settings = defaults.clone();
+        settings.gr_samples = self.gr_samples.unwrap_or(defaults.gr_samples);
+        settings.rb_k = self.rb_k.unwrap_or(defaults.rb_k);
+        settings.rebar_eta = self.rebar_eta;
+        settings.rebar_tau = self.rebar_tau;
+        settings.warmup = self.warmup.unwrap_or(defaults.warmup);
         Ok(mcgrad::optimise::ProblemTrainOptions {
             problem: self.problem.unwrap_or_default(),
             p: self.p,
@@ -218,14 +225,7 @@ impl TrainArgs {
             maximise: self.maximise,
             seed: self.seed,
             tau: self.tau,
-            settings: mcgrad::estimators::Settings {
-                gr_samples: self.gr_samples.unwrap_or(defaults.gr_samples),
-                rb_k: self.rb_k.unwrap_or(defaults.rb_k),
-                rebar_eta: self.rebar_eta,
-                rebar_tau: self.rebar_tau,
-                warmup: self.warmup.unwrap_or(defaults.warmup),
-                ..defaults.clone()
-            },
+            settings,
             rewarm_every: self.rewarm_every.unwrap_or(0),
             out: self.out,
             quiet: self.quiet,

@@ -178,8 +178,14 @@ fn every_trajectory_is_reproducible_from_its_seed() {
         ..spec.clone()
     };
     let r = on(2, &twice);
-    assert_eq!(format!("{:?}", r.trajectories[0].w), format!("{:?}", r.trajectories[2].w));
-    assert_eq!(format!("{:?}", r.trajectories[1].w), format!("{:?}", r.trajectories[3].w));
+    assert_eq!(
+        format!("{:?}", r.trajectories[0].w),
+        format!("{:?}", r.trajectories[2].w)
+    );
+    assert_eq!(
+        format!("{:?}", r.trajectories[1].w),
+        format!("{:?}", r.trajectories[3].w)
+    );
     let other = every_estimator_spec(8);
     let both = optimise_many(&[spec.clone(), other], &|_| {}).unwrap();
     assert_eq!(without_times(&both[0]), without_times(&one));
