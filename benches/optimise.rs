@@ -65,6 +65,7 @@ fn optimisation(c: &mut Criterion) {
             "reinforce",
             "rloo",
             "indecater",
+            "arsm",
             "gumbel-softmax",
             "rebar",
             "relax",

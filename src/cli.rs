@@ -71,11 +71,13 @@ pub struct TrainArgs {
     /// Draws per input per step, S (each costs one loss evaluation).
     #[arg(long, default_value_t = 2)]
     pub samples: u32,
-    /// One learning rate for every estimator (skips tuning).
+    /// One learning rate for every estimator (skips tuning) [with --problem, default: 0.01,
+    /// or 0.1 for sgd].
     #[arg(long, conflicts_with = "lr_grid")]
     pub lr: Option<f64>,
     /// Learning rates to tune each estimator over, comma-separated
-    /// [default: 0.0003,0.001,0.003,0.01,0.03,0.1 for adam; 0.03,0.1,0.3,1,3,10 for sgd].
+    /// [default: 0.0003,0.001,0.003,0.01,0.03,0.1 for adam and rmsprop; 0.03,0.1,0.3,1,3,10
+    /// for sgd].
     #[arg(long, value_delimiter = ',')]
     pub lr_grid: Option<Vec<f64>>,
     /// Steps of each tuning run [default: a third of --steps].
