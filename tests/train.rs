@@ -691,7 +691,7 @@ fn oversized_train_options_are_refused_naming_the_limit() {
 #[test]
 fn per_input_estimate_is_the_sweep_engines() {
     use mcgrad::engine::{run_sweep, CpuEngine, SweepSpec};
-    use mcgrad::estimators::{Context, MovingAverage, REGISTRY};
+    use mcgrad::estimators::{warmed_baseline, Context, MovingAverage, REGISTRY};
     use mcgrad::problem::Problem;
     use mcgrad::stats::EstimateMoments;
 
@@ -727,8 +727,11 @@ fn per_input_estimate_is_the_sweep_engines() {
                     step: step as u32,
                     rep_offset: 0,
                 };
-                let (mut moments, mut baseline) =
-                    (EstimateMoments::new(K), MovingAverage::default());
+                // The engine enters the measurement with a warmed-up moving average.
+                let (mut moments, mut baseline): (_, MovingAverage) = (
+                    EstimateMoments::new(K),
+                    warmed_baseline(est, &ctx, key.key, step as u32, point.samples, reps),
+                );
                 let mut g = [0.0; K];
                 for b in 0..reps {
                     let signal =
