@@ -68,13 +68,14 @@ impl ScoreFunctionKernels {
     pub fn encode_counts(
         &self,
         encoder: &mut wgpu::CommandEncoder,
+        timestamps: Option<wgpu::ComputePassTimestampWrites<'_>>,
         bind_group: &wgpu::BindGroup,
         reps: u32,
         threads_per_rep: u32,
     ) {
         let mut pass = encoder.begin_compute_pass(&wgpu::ComputePassDescriptor {
             label: Some("score-function counts"),
-            timestamp_writes: None,
+            timestamp_writes: timestamps,
         });
         pass.set_pipeline(&self.counts);
         pass.set_bind_group(0, bind_group, &[]);
@@ -86,12 +87,13 @@ impl ScoreFunctionKernels {
     pub fn encode_moments(
         &self,
         encoder: &mut wgpu::CommandEncoder,
+        timestamps: Option<wgpu::ComputePassTimestampWrites<'_>>,
         bind_group: &wgpu::BindGroup,
         reps: u32,
     ) {
         let mut pass = encoder.begin_compute_pass(&wgpu::ComputePassDescriptor {
             label: Some("score-function moments"),
-            timestamp_writes: None,
+            timestamp_writes: timestamps,
         });
         pass.set_pipeline(&self.moments);
         pass.set_bind_group(0, bind_group, &[]);
