@@ -573,3 +573,41 @@ fn hard_draw_cells_run_on_the_gpu_and_k_past_16_runs_on_the_generic_kernels() {
     );
     assert_records_agree(&spec20, &got, &want, 1e-5);
 }
+
+/// Kernel profiling by timestamp queries: where the adapter has them, a profiled sweep point
+/// reports a positive device time for each kernel it ran, and nothing once profiling is off;
+/// where it has none (GL), profiling cannot be turned on and reports nothing.
+#[test]
+fn timestamp_queries_time_each_kernel_where_the_adapter_has_them() {
+    let Some(engine) = gpu() else { return };
+    let ctx = engine.context();
+    let spec = spec(Problem::seeded(3, 8, 5), vec![16], 300);
+    let on = ctx.set_profiling(true);
+    assert_eq!(on, ctx.has_timestamps());
+    engine.run_point(&spec, 0, &|_| {}).unwrap();
+    let times = ctx.kernel_times();
+    let _ = writeln!(
+        std::io::stderr(),
+        "timestamps: {}; {times:?}",
+        ctx.has_timestamps()
+    );
+    if on {
+        for kernel in [
+            "score-function counts",
+            "score-function moments",
+            "relaxed draws",
+            "relaxed moments",
+        ] {
+            let t = times
+                .iter()
+                .find(|t| t.kernel == kernel)
+                .unwrap_or_else(|| panic!("{kernel} was not timed: {times:?}"));
+            assert!(t.passes >= 1 && t.seconds > 0.0, "{t:?}");
+        }
+    } else {
+        assert!(times.is_empty());
+    }
+    ctx.set_profiling(false);
+    engine.run_point(&spec, 0, &|_| {}).unwrap();
+    assert!(ctx.kernel_times().is_empty(), "profiling off times nothing");
+}

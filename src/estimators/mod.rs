@@ -190,8 +190,8 @@ pub enum Lowering {
     },
     /// `(1/S) sum_k n_k g(e_k)`: the average of a per-draw estimate that depends only on the
     /// drawn category (`st`, `reinmax`): with one variable it reads only the category counts
-    /// of a repetition ([`Estimator::estimate_from_counts`]), on the CPU engine (no GPU kernel
-    /// has this form; the GPU engine hands these cells to the CPU engine).
+    /// of a repetition ([`Estimator::estimate_from_counts`]), on the CPU engine and on the GPU's
+    /// counts kernels (which read `g(e_k)` of every k, `crate::gpu::params::hard_draw_cell`).
     HardDraw,
 }
 

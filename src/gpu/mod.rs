@@ -55,7 +55,7 @@ use params::{
     PartialMoments, PointTable, RelaxedCell, ScoreCell, SweepParams, MAX_K, MAX_RELAXED_CELLS,
 };
 use relaxed::{RelaxedKernels, RELAXED_WG};
-use score_function::{ScoreFunctionKernels, COUNTS_WG};
+use score_function::ScoreFunctionKernels;
 
 /// The GPU engine.
 pub struct GpuEngine {
@@ -220,6 +220,23 @@ impl GpuEngine {
         })
     }
 
+    /// The same engine with `threads` threads per counts workgroup (the GPU bench sweeps it
+    /// to choose the size per adapter).
+    ///
+    /// # Errors
+    /// [`Error::InvalidArgument`] for a size that is not a power of two within the adapter's
+    /// limit; [`Error::Gpu`] if the kernel does not build.
+    pub fn with_counts_workgroup(mut self, threads: u32) -> Result<Self> {
+        self.score = ScoreFunctionKernels::with_workgroup(&self.ctx, threads)?;
+        self.resources = Mutex::new(None);
+        Ok(self)
+    }
+
+    /// Threads per counts workgroup.
+    pub fn counts_workgroup(&self) -> u32 {
+        self.score.counts_wg
+    }
+
     /// The same engine with other chunk limits (tests use small ones to force chunking).
     pub fn with_limits(mut self, limits: ChunkLimits) -> Self {
         self.limits = limits;
@@ -243,7 +260,7 @@ impl GpuEngine {
         let t_score = threads_per_rep(
             u64::from(samples).div_ceil(4),
             score_function::DRAWS_PER_THREAD / 4,
-            COUNTS_WG,
+            self.score.counts_wg,
         );
         let t_relaxed = threads_per_rep(u64::from(samples), relaxed::DRAWS_PER_THREAD, RELAXED_WG);
         let binding = l.max_storage_buffer_binding_size.min(l.max_buffer_size);
@@ -251,7 +268,7 @@ impl GpuEngine {
         let per_group_partials = (score_cells.max(MAX_RELAXED_CELLS) * (MAX_K + 2) * 20) as u64;
         let by_partials = binding / per_group_partials * u64::from(REP_ALIGN);
         let caps = [
-            max_groups * u64::from(COUNTS_WG) / u64::from(t_score),
+            max_groups * u64::from(self.score.counts_wg) / u64::from(t_score),
             max_groups * u64::from(RELAXED_WG) / u64::from(t_relaxed),
             max_groups * u64::from(REP_ALIGN),
             by_sums,
@@ -276,7 +293,7 @@ impl GpuEngine {
         let threads = threads_per_rep(
             u64::from(samples).div_ceil(4),
             score_function::DRAWS_PER_THREAD / 4,
-            COUNTS_WG,
+            self.score.counts_wg,
         );
         self.ctx
             .queue
@@ -731,7 +748,7 @@ impl GpuEngine {
         let threads = threads_per_rep(
             u64::from(samples).div_ceil(4),
             score_function::DRAWS_PER_THREAD / 4,
-            COUNTS_WG,
+            self.score.counts_wg,
         );
         let bytes = u64::from(reps) * ROW_BYTES;
         let staging = self.ctx.buffer(
