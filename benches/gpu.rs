@@ -1,10 +1,21 @@
 //! GPU engine throughput in draws per second, at the default problem size (D = 784, K = 10)
 //! and all three losses: the score-function pass (every score-function estimator) and the
 //! Gumbel pass (both relaxed estimators), timed with `iter_custom` around the engine's work
-//! only (the engine and its pipelines are built once, outside the timing). Targets on an
-//! NVIDIA H100: 2e10 draws/s for the score-function pass, 2e9 for the Gumbel pass. The
-//! forward layer's bench is `benches/forward.rs`. The `gpu_generic` group times the generic
-//! path (several variables, any loss) on `vae-decoder`.
+//! only (the engine and its pipelines are built once, outside the timing). Issue 14's targets
+//! on an NVIDIA H100: 1e11 draws/s for the score-function pass at S = 4096, 3e10 at S = 256,
+//! 1e10 for the Gumbel pass at S = 1024. The forward layer's bench is `benches/forward.rs`.
+//! The `gpu_generic` group times the generic path (several variables, any loss) on
+//! `vae-decoder`; the `gpu_counts_wg` group sweeps the counts kernel's workgroup size at
+//! S = 4096 (to choose it per adapter).
+//!
+//! After each workload, one more run with timestamp queries on (where the adapter has them,
+//! `wgpu::Features::TIMESTAMP_QUERY`) prints every kernel's device time and the draws per
+//! second of the device time alone (`kernel times: ...`), outside criterion's timing. The
+//! generic path's line also gives the decoder loss's FP32 operations per second and their
+//! share of the FP32 peak in `MCGRAD_FP32_PEAK` (FLOP/s; default 6.7e13, the H100 SXM's
+//! non-tensor FP32 peak), counting `H (L + 12)` operations per loss evaluation (H output units
+//! of L gathered adds each, and about 12 for each unit's softplus step and target term), one
+//! evaluation per draw and loss (a loss's MuProp residual group shares its evaluation).
 //!
 //! `MCGRAD_BENCH_QUICK=1` shrinks every workload so CI only checks that the bench runs.
 //! Without a GPU adapter it prints "skipped: no GPU adapter" and exits successfully.
@@ -14,7 +25,7 @@ use std::time::{Duration, Instant};
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use mcgrad::engine::{Engine, SweepSpec};
 use mcgrad::estimators::{Estimator, Family, Lowering};
-use mcgrad::gpu::{GpuEngine, GpuPreference};
+use mcgrad::gpu::{GpuEngine, GpuPreference, KernelTime};
 use mcgrad::loss::Loss;
 
 fn quick() -> bool {
@@ -36,6 +47,40 @@ fn engine() -> Option<GpuEngine> {
             None
         }
     }
+}
+
+/// Runs `work` once with timestamp queries on and prints each kernel's device time, and the
+/// draws per second of the device time (`draws` draws); returns the device seconds (`None`
+/// where the adapter has no timestamp queries).
+fn profile(engine: &GpuEngine, name: &str, draws: u64, work: &dyn Fn()) -> Option<f64> {
+    let ctx = engine.context();
+    if !ctx.set_profiling(true) {
+        eprintln!("kernel times {name}: the adapter has no timestamp queries");
+        return None;
+    }
+    let _ = ctx.kernel_times();
+    work();
+    let times: Vec<KernelTime> = ctx.kernel_times();
+    ctx.set_profiling(false);
+    let total: f64 = times.iter().map(|t| t.seconds).sum();
+    let list: Vec<String> = times
+        .iter()
+        .map(|t| {
+            format!(
+                "{} {:.3} ms / {} passes",
+                t.kernel,
+                t.seconds * 1e3,
+                t.passes
+            )
+        })
+        .collect();
+    println!(
+        "kernel times {name}: {}; device total {:.3} ms, {:.3e} draws/s of device time",
+        list.join(", "),
+        total * 1e3,
+        draws as f64 / total.max(1e-12)
+    );
+    Some(total)
 }
 
 fn spec(family: Family, samples: u32, reps: u32) -> SweepSpec {
@@ -71,6 +116,16 @@ fn passes(c: &mut Criterion) {
     ] {
         for &(s, r) in sizes {
             let spec = spec(family, s, r);
+            profile(
+                &engine,
+                &format!("{name} S={s}/R={r}"),
+                u64::from(s) * u64::from(r),
+                &|| {
+                    engine
+                        .run_point(&spec, 0, &|_| {})
+                        .expect("GPU sweep point");
+                },
+            );
             group.throughput(Throughput::Elements(u64::from(s) * u64::from(r)));
             group.bench_with_input(
                 BenchmarkId::new(name, format!("S={s}/R={r}")),
@@ -122,7 +177,37 @@ fn generic(c: &mut Criterion) {
         .filter(|e| e.check(&contexts[0]).is_ok())
         .map(|e| (0, e))
         .collect();
-    group.throughput(Throughput::Elements(u64::from(s) * u64::from(r)));
+    let problem = &spec.problem;
+    let hidden = problem.decoder.as_ref().map_or(0, |d| d.h) as f64;
+    let groups = {
+        let refs: Vec<(usize, &dyn Estimator)> = cells.iter().map(|&(l, e)| (l, e)).collect();
+        mcgrad::gpu::generic::GenericPlan::new(problem, &contexts, &refs, s)
+            .expect("a plan")
+            .groups
+            .iter()
+            .filter(|g| g.pair != mcgrad::gpu::generic::PAIR_SECOND)
+            .count() as f64
+    };
+    let draws = u64::from(s) * u64::from(r);
+    if let Some(device) = profile(&engine, &format!("vae-decoder S={s}/R={r}"), draws, &|| {
+        engine
+            .generic_moments(&spec, 0, &contexts, &cells, &|_| {})
+            .expect("GPU generic pass");
+    }) {
+        let peak = std::env::var("MCGRAD_FP32_PEAK")
+            .ok()
+            .and_then(|v| v.parse::<f64>().ok())
+            .unwrap_or(6.7e13);
+        let flops = draws as f64 * groups * hidden * (problem.l as f64 + 12.0);
+        println!(
+            "fp32 vae-decoder S={s}/R={r}: {groups} loss evaluations per draw, {:.3e} loss FLOP in {:.3} ms of device time = {:.3e} FLOP/s, {:.2}% of the FP32 peak {peak:.2e}",
+            flops,
+            device * 1e3,
+            flops / device,
+            100.0 * flops / device / peak
+        );
+    }
+    group.throughput(Throughput::Elements(draws));
     group.bench_function(
         BenchmarkId::new("vae-decoder", format!("S={s}/R={r}")),
         |b| {
@@ -143,5 +228,45 @@ fn generic(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, passes, generic);
+/// The score-function pass at S = 4096 with 128 to 1024 threads per counts workgroup (those
+/// the adapter allows): the measurement that chooses the size per adapter
+/// (`MCGRAD_COUNTS_WG`).
+fn counts_workgroups(c: &mut Criterion) {
+    let Some(base) = engine() else { return };
+    let limit = base.context().limits.max_compute_invocations_per_workgroup;
+    drop(base);
+    let mut group = c.benchmark_group("gpu_counts_wg");
+    configure(&mut group);
+    let (s, r) = if quick() { (64, 512) } else { (4096, 1 << 16) };
+    let sizes: &[u32] = if quick() {
+        &[128]
+    } else {
+        &[128, 256, 512, 1024]
+    };
+    let spec = spec(Family::ScoreFunction, s, r);
+    group.throughput(Throughput::Elements(u64::from(s) * u64::from(r)));
+    for &wg in sizes.iter().filter(|&&wg| wg <= limit) {
+        let Some(engine) = engine() else { return };
+        let engine = engine.with_counts_workgroup(wg).expect("a workgroup size");
+        group.bench_with_input(
+            BenchmarkId::new("score-function", format!("S={s}/R={r}/WG={wg}")),
+            &spec,
+            |b, spec| {
+                b.iter_custom(|iters| {
+                    let mut total = Duration::ZERO;
+                    for _ in 0..iters {
+                        let t0 = Instant::now();
+                        let point = engine.run_point(spec, 0, &|_| {}).expect("GPU sweep point");
+                        total += t0.elapsed();
+                        std::hint::black_box(point);
+                    }
+                    total
+                })
+            },
+        );
+    }
+    group.finish();
+}
+
+criterion_group!(benches, passes, generic, counts_workgroups);
 criterion_main!(benches);

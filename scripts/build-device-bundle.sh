@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Builds what scripts/gpu-check.sh needs on a GPU machine that has a driver but no Rust
 # toolchain and no package registry: the release GPU test and bench binaries, copied to
-# .device/bin/ under stable names (gpu-tests, gpu-bench), and the Debian Vulkan/GL loader
+# .device/bin/ under stable names (gpu-tests, gpu-generic-tests, train-gpu-tests, gpu-bench,
+# forward-bench, mcgrad), and the Debian Vulkan/GL loader
 # packages in .gl/. Run it here (x86-64, the registry reachable) from anywhere in the repo.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -24,6 +25,7 @@ for line in sys.stdin:
 
 mkdir -p .device/bin
 tests=$(cargo test --release --test gpu --no-run --message-format=json | executable gpu test)
+generic_tests=$(cargo test --release --test gpu_generic --no-run --message-format=json | executable gpu_generic test)
 bench=$(cargo bench --bench gpu --no-run --message-format=json | executable gpu bench)
 train_tests=$(cargo test --release --test train_gpu --no-run --message-format=json | executable train_gpu test)
 forward=$(cargo bench --bench forward --no-run --message-format=json | executable forward bench)
@@ -31,12 +33,13 @@ strip -o .device/bin/train-gpu-tests "$train_tests"
 strip -o .device/bin/forward-bench "$forward"
 cargo build --release --bin mcgrad
 strip -o .device/bin/mcgrad target/release/mcgrad
-if [ -z "$tests" ] || [ -z "$bench" ]; then
-    echo "could not find the built binaries (tests: '$tests', bench: '$bench')" >&2
+if [ -z "$tests" ] || [ -z "$generic_tests" ] || [ -z "$bench" ]; then
+    echo "could not find the built binaries (tests: '$tests', generic tests: '$generic_tests', bench: '$bench')" >&2
     exit 1
 fi
 # Without debug info: the device machine takes at most 64 MiB of carried files.
 strip -o .device/bin/gpu-tests "$tests"
+strip -o .device/bin/gpu-generic-tests "$generic_tests"
 strip -o .device/bin/gpu-bench "$bench"
 echo "binaries: $(ls -l .device/bin | tail -n +2 | awk '{print $NF, $5}' | tr '\n' ' ')"
 

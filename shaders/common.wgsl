@@ -19,6 +19,8 @@ const NEVER: u32 = 0xFFFFFFFFu;
 const BASELINE_NONE: u32 = 0u;
 const BASELINE_MOVING_AVERAGE: u32 = 1u;
 const BASELINE_LEAVE_ONE_OUT: u32 = 2u;
+// A cell kind, not a baseline: a hard-draw estimator (st, reinmax), which reads per_category.
+const CELL_HARD_DRAW: u32 = 3u;
 // Relaxed cell kinds.
 const RELAXED_SOFT: u32 = 0u;
 const RELAXED_STRAIGHT_THROUGH: u32 = 1u;
@@ -71,7 +73,6 @@ struct PartialMoments {
     m4: f32,
 }
 
-// The high and low words of the 64-bit product a * b, from 16-bit limbs (WGSL has no u64).
 // The training draws' parameters (train_categorical.wgsl, train_gumbel.wgsl).
 // Keep in sync with src/gpu/train_draws.rs (TrainDrawParams).
 struct TrainDrawParams {
@@ -84,25 +85,24 @@ struct TrainDrawParams {
     inv_tau: f32,
 }
 
-fn mulhilo(a: u32, b: u32) -> vec2<u32> {
-    let a_lo = a & 0xffffu;
-    let a_hi = a >> 16u;
+// The high word of the 64-bit product a * b for a constant a = a_hi 2^16 + a_lo, from the
+// 16-bit limbs of b (WGSL has neither u64 nor a mul-hi): with t = a_lo b_lo,
+// u = a_hi b_lo + (t >> 16) and w = a_lo b_hi + (u & 0xffff),
+// hi = a_hi b_hi + (u >> 16) + (w >> 16). None overflows: u, w <= (2^16 - 1)^2 + 2^16 - 1.
+// Four multiplies, three shifts, two masks and four adds (the a limbs are constants); the
+// low word is one native multiply. (The earlier form took two more operations.)
+fn mulhi(a_lo: u32, a_hi: u32, b: u32) -> u32 {
     let b_lo = b & 0xffffu;
     let b_hi = b >> 16u;
-    let lo_lo = a_lo * b_lo;
-    let hi_lo = a_hi * b_lo;
-    let lo_hi = a_lo * b_hi;
-    let hi_hi = a_hi * b_hi;
-    // Cannot overflow: (2^16 - 1)^2 + 2 (2^16 - 1) = 2^32 - 1.
-    let cross = (lo_lo >> 16u) + (hi_lo & 0xffffu) + lo_hi;
-    let hi = hi_hi + (hi_lo >> 16u) + (cross >> 16u);
-    return vec2<u32>(hi, a * b);
+    let u = a_hi * b_lo + ((a_lo * b_lo) >> 16u);
+    let w = a_lo * b_hi + (u & 0xffffu);
+    return a_hi * b_hi + (u >> 16u) + (w >> 16u);
 }
 
 fn philox_round(ctr: vec4<u32>, key: vec2<u32>) -> vec4<u32> {
-    let p0 = mulhilo(PHILOX_M0, ctr.x);
-    let p1 = mulhilo(PHILOX_M1, ctr.z);
-    return vec4<u32>(p1.x ^ ctr.y ^ key.x, p1.y, p0.x ^ ctr.w ^ key.y, p0.y);
+    let hi0 = mulhi(PHILOX_M0 & 0xffffu, PHILOX_M0 >> 16u, ctr.x);
+    let hi1 = mulhi(PHILOX_M1 & 0xffffu, PHILOX_M1 >> 16u, ctr.z);
+    return vec4<u32>(hi1 ^ ctr.y ^ key.x, PHILOX_M1 * ctr.z, hi0 ^ ctr.w ^ key.y, PHILOX_M0 * ctr.x);
 }
 
 // Philox4x32-10: four random words from a 128-bit counter and a 64-bit key.
@@ -197,6 +197,8 @@ struct ScoreCell {
     warm_weight: f32,
     _pad0: u32,
     _pad1: u32,
+    // Hard-draw cells: the per-draw estimate g(e_c)_j at [c * 16 + j].
+    per_category: array<f32, 256>,
 }
 
 // One (loss, relaxed estimator) (keep in sync with `RelaxedCell` in src/gpu/params.rs):

@@ -1,5 +1,5 @@
 // Shared by the generic-path kernels (joint_draws.wgsl, generic_signals.wgsl,
-// generic_scores.wgsl); src/gpu/shaders.rs prepends it after common.wgsl.
+// generic_scores.wgsl, indecater.wgsl); src/gpu/shaders.rs prepends it after common.wgsl.
 // Keep in sync with `GenericParams` and `SignalGroup` in src/gpu/generic.rs.
 
 // The parameters of one chunk of the generic path.
@@ -19,7 +19,8 @@ struct GenericParams {
     blocks: u32,
     // Threads per row of the two-dimensional dispatch (workgroups in x times 64).
     row: u32,
-    _pad: u32,
+    // Conditional groups C of the chunk (indecater.wgsl).
+    n_conditional: u32,
 }
 
 // Losses of a signal group (keep in sync with `LOSS_*` in src/gpu/generic.rs).

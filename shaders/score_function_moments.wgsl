@@ -13,6 +13,10 @@
 // moving average of earlier repetitions' A / S (decay 0.9, bias-corrected, over the last
 // MOMENTS_WG repetitions: older ones weigh below 0.9^256 < 2e-12). The window reaches into
 // the previous chunk through `counts_history` (its last MOMENTS_WG repetitions' counts).
+//
+// Hard-draw cells (CELL_HARD_DRAW: st, reinmax; CPU twin their `estimate_from_counts`): the
+// estimate is (1/S) sum_c n_c G_c with G_c = g(e_c), so g_hat_j - g_j =
+// scale sum_c delta_c G_cj + kappa_j, kappa = sum_c p_c G_c - g (src/gpu/params.rs).
 
 @group(0) @binding(0) var<uniform> params: SweepParams;
 @group(0) @binding(1) var<storage, read> table: PointTable;
@@ -105,6 +109,18 @@ fn main(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: v
         var d: array<f32, 16>;
         var g: array<f32, 16>;
         let scale = cells[cell].scale;
+        if baseline == CELL_HARD_DRAW {
+            for (var j = 0u; j < k; j++) {
+                var acc = 0.0;
+                for (var c = 0u; c < k; c++) {
+                    acc += delta[c] * cells[cell].per_category[c * MAX_K + j];
+                }
+                d[j] = scale * acc + cells[cell].kappa[j];
+                g[j] = cells[cell].grad[j];
+            }
+            reduce_cell(lid, wid.x, cell, d, g, in_chunk, cells[cell].cosine != 0u);
+            continue;
+        }
         for (var j = 0u; j < k; j++) {
             let lt = cells[cell].centred_signal[j];
             d[j] = scale * (delta[j] * lt - table.p[j] * a - b_shift * delta[j]) + cells[cell].kappa[j];

@@ -54,8 +54,8 @@ pub struct RunOutcome {
 /// (K <= 16), else the CPU engine, since a software GPU is slower than the CPU engine.
 ///
 /// # Errors
-/// [`Error::GpuUnavailable`] for `gpu` when no adapter fits; [`Error::InvalidArgument`] for
-/// `gpu` past the GPU engine's K, or if the CPU thread pool cannot be built; [`Error::Gpu`]
+/// [`Error::GpuUnavailable`] for `gpu` when no adapter fits; [`Error::InvalidArgument`] if
+/// the CPU thread pool cannot be built; [`Error::Gpu`]
 /// if the GPU's kernels do not build.
 pub fn make_engine(
     backend: Backend,
@@ -64,10 +64,11 @@ pub fn make_engine(
     k: usize,
 ) -> Result<Box<dyn Engine>> {
     use crate::gpu::{params::MAX_K as MAX_GPU_K, GpuEngine};
-    let unfit = (k > MAX_GPU_K).then(|| {
-        format!(
-            "the GPU engine handles K <= {MAX_GPU_K} categories (this problem has {k}); use --backend cpu"
-        )
+    // `gpu` takes any K: past the one-variable kernels' K the generic kernels run the
+    // score-function cells and the other cells fall back to the CPU per cell, with a note
+    // (`gpu::fallback_notes`). `auto` keeps the CPU engine there.
+    let unfit = (backend == Backend::Auto && k > MAX_GPU_K).then(|| {
+        format!("the GPU engine's fast kernels serve K <= {MAX_GPU_K} categories (this problem has {k})")
     });
     Ok(match select(backend, adapter, unfit, GpuEngine::new)? {
         Device::Cpu => Box::new(CpuEngine::new(threads)?),

@@ -515,3 +515,99 @@ fn a_lost_device_is_an_error_not_a_hang() {
         other => panic!("expected a GPU error, got {other:?}"),
     }
 }
+
+/// `st` and `reinmax` (the hard-draw lowering) run on the GPU's counts kernels with one
+/// variable, so the sweep comparison above covers them; past the counts kernels' K = 16,
+/// `--backend gpu` is no longer refused: the score-function cells run on the generic kernels
+/// and agree with the CPU engine, and the other cells fall back per cell with a note.
+#[test]
+fn hard_draw_cells_run_on_the_gpu_and_k_past_16_runs_on_the_generic_kernels() {
+    let Some(engine) = gpu() else { return };
+    let hard_draw: Vec<_> = estimators::REGISTRY
+        .iter()
+        .copied()
+        .filter(|e| e.lowering() == Some(estimators::Lowering::HardDraw))
+        .collect();
+    assert!(hard_draw.len() >= 2, "st and reinmax");
+    let spec10 = spec(Problem::seeded(0, 784, 10), vec![1, 64], 100);
+    for ctx in &spec10.contexts() {
+        for &e in &hard_draw {
+            for &s in &spec10.samples {
+                assert_eq!(
+                    engine.fallback_reason(e, ctx, s),
+                    None,
+                    "{} {}",
+                    e.id(),
+                    ctx.loss
+                );
+            }
+        }
+    }
+    assert!(mcgrad::gpu::fallback_notes(&spec10, &engine)
+        .iter()
+        .all(|n| !hard_draw
+            .iter()
+            .any(|e| n.contains(&format!(" {} ", e.id())))));
+
+    let wide = mcgrad::run::make_engine(mcgrad::backend::Backend::Gpu, None, 2, 20)
+        .expect("--backend gpu takes K = 20");
+    assert_eq!(wide.backend_info().engine, "gpu");
+    let spec20 = spec(Problem::seeded(4, 8, 20), vec![1, 3, 64], 300);
+    let contexts = spec20.contexts();
+    let reinforce = estimators::by_id("reinforce").unwrap();
+    assert!(contexts
+        .iter()
+        .all(|ctx| wide.fallback_reason(reinforce, ctx, 64).is_none()));
+    let notes = mcgrad::gpu::fallback_notes(&spec20, wide.as_ref());
+    assert!(
+        notes.iter().any(|n| n
+            .starts_with("note: st on the hard-draw-counts path runs on the CPU")
+            && n.contains("K = 20")),
+        "{notes:?}"
+    );
+    let cpu = CpuEngine::new(2).unwrap();
+    let want = records(&spec20, &run_sweep(&spec20, &cpu, &|_| {}).unwrap());
+    let got = records(
+        &spec20,
+        &run_sweep(&spec20, wide.as_ref(), &|_| {}).unwrap(),
+    );
+    assert_records_agree(&spec20, &got, &want, 1e-5);
+}
+
+/// Kernel profiling by timestamp queries: where the adapter has them, a profiled sweep point
+/// reports a positive device time for each kernel it ran, and nothing once profiling is off;
+/// where it has none (GL), profiling cannot be turned on and reports nothing.
+#[test]
+fn timestamp_queries_time_each_kernel_where_the_adapter_has_them() {
+    let Some(engine) = gpu() else { return };
+    let ctx = engine.context();
+    let spec = spec(Problem::seeded(3, 8, 5), vec![16], 300);
+    let on = ctx.set_profiling(true);
+    assert_eq!(on, ctx.has_timestamps());
+    engine.run_point(&spec, 0, &|_| {}).unwrap();
+    let times = ctx.kernel_times();
+    let _ = writeln!(
+        std::io::stderr(),
+        "timestamps: {}; {times:?}",
+        ctx.has_timestamps()
+    );
+    if on {
+        for kernel in [
+            "score-function counts",
+            "score-function moments",
+            "relaxed draws",
+            "relaxed moments",
+        ] {
+            let t = times
+                .iter()
+                .find(|t| t.kernel == kernel)
+                .unwrap_or_else(|| panic!("{kernel} was not timed: {times:?}"));
+            assert!(t.passes >= 1 && t.seconds > 0.0, "{t:?}");
+        }
+    } else {
+        assert!(times.is_empty());
+    }
+    ctx.set_profiling(false);
+    engine.run_point(&spec, 0, &|_| {}).unwrap();
+    assert!(ctx.kernel_times().is_empty(), "profiling off times nothing");
+}

@@ -102,12 +102,16 @@ fn spec(problem: Problem, losses: Vec<Loss>, samples: Vec<u32>, reps: u32) -> Sw
     }
 }
 
-/// The registry's estimators with a score-function lowering that accept every context.
+/// The registry's estimators with a GPU form on the generic path (a score-function lowering
+/// or a conditional form, as `indecater`'s) that accept every context.
 fn score_function_estimators(contexts: &[Context]) -> Vec<&'static dyn Estimator> {
     estimators::REGISTRY
         .iter()
         .copied()
-        .filter(|e| matches!(e.lowering(), Some(Lowering::ScoreFunction { .. })))
+        .filter(|e| {
+            matches!(e.lowering(), Some(Lowering::ScoreFunction { .. }))
+                || e.conditional().is_some()
+        })
         .filter(|e| contexts.iter().all(|ctx| e.check(ctx).is_ok()))
         .collect()
 }

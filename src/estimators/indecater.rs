@@ -15,9 +15,13 @@
 //! (`f = c + sum_m t_m(z_m)`) it is `p_lj (t_l(j) - p_l . t_l)` whatever `z_{-l}`: exact, zero
 //! variance. Otherwise `Var_lj = Var_{z_{-l}}[g_hat_lj] / S`, computed here by enumerating
 //! `z_{-l}` for every `l` (see [`super::conditional`]).
+//!
+//! Summed over the draws it reads only `F_lj = sum_i f(z_{i,-l}, j)`
+//! ([`Conditional::EveryCategory`]): the GPU's generic path computes those sums in
+//! `shaders/indecater.wgsl` and finishes `p_lj (F_lj - sum_c p_lc F_lc) / S` on the host.
 
 use super::conditional::{conditional_losses, per_variable_moments};
-use super::{Context, Estimator, ExactMoments, Family, JointDraws};
+use super::{Conditional, Context, Estimator, ExactMoments, Family, JointDraws};
 use crate::oracle::{self, Method};
 
 /// IndeCateR: per-variable conditional enumeration.
@@ -44,6 +48,9 @@ impl Estimator for Indecater {
     }
     fn loss_evaluations(&self, ctx: &Context, s: u32) -> f64 {
         f64::from(s) * (ctx.l * ctx.k) as f64
+    }
+    fn conditional(&self) -> Option<Conditional> {
+        Some(Conditional::EveryCategory)
     }
     fn exact_moments(&self, ctx: &Context, s: u32) -> Option<ExactMoments> {
         if matches!(oracle::method(ctx), Method::OneVariable | Method::Separable) {

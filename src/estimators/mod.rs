@@ -193,9 +193,20 @@ pub enum Lowering {
     },
     /// `(1/S) sum_k n_k g(e_k)`: the average of a per-draw estimate that depends only on the
     /// drawn category (`st`, `reinmax`): with one variable it reads only the category counts
-    /// of a repetition ([`Estimator::estimate_from_counts`]), on the CPU engine (no GPU kernel
-    /// has this form; the GPU engine hands these cells to the CPU engine).
+    /// of a repetition ([`Estimator::estimate_from_counts`]), on the CPU engine and on the GPU's
+    /// counts kernels (which read `g(e_k)` of every k, `crate::gpu::params::hard_draw_cell`).
     HardDraw,
+}
+
+/// A per-variable conditional form of an estimator's generic estimate, as data: the GPU
+/// engine's generic path runs it as a kernel of its own (`shaders/indecater.wgsl`), the CPU
+/// engine through [`Estimator::estimate`]. Unlike a [`Lowering`] it reads the joint draws.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Conditional {
+    /// `g_hat_lj = (1/S) sum_i p_lj (f(z_{i,-l}, j) - sum_c p_lc f(z_{i,-l}, c))` (IndeCateR):
+    /// it reads only the sums over the draws `F_lj = sum_i f(z_{i,-l}, j)`, as
+    /// `p_lj (F_lj - sum_c p_lc F_lc) / S`.
+    EveryCategory,
 }
 
 /// The per-draw form `g_hat(z) = (A(z) - [centred] E A) (e_{z_l} - p_l) + c` whose moments the
@@ -942,6 +953,12 @@ pub trait Estimator: Send + Sync {
 
     /// The fast path it can be lowered to, if any.
     fn lowering(&self) -> Option<Lowering> {
+        None
+    }
+
+    /// The per-variable conditional form of its generic estimate, if it has one (a GPU kernel
+    /// of the generic path; see [`Conditional`]).
+    fn conditional(&self) -> Option<Conditional> {
         None
     }
 

@@ -9,7 +9,7 @@
 //! by enumeration ([`hard_draw_moments`]): over the K categories with one variable; per
 //! variable for a separable loss (whose gradient's block `l` at a vertex reads only `z_l`);
 //! over the `K^L` joint draws where the oracles enumerate. With one variable the S-draw
-//! average reads only the category counts ([`Lowering::HardDraw`], CPU only).
+//! average reads only the category counts ([`Lowering::HardDraw`], on the CPU and the GPU).
 
 use rayon::prelude::*;
 

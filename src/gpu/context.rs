@@ -170,6 +170,8 @@ pub struct GpuContext {
     /// The device's limits (the adapter's own).
     pub limits: wgpu::Limits,
     failure: FailureSlot,
+    /// Timestamp queries, where the adapter has them ([`super::profile`]).
+    pub(crate) profiler: Option<super::profile::Profiler>,
 }
 
 impl GpuContext {
@@ -183,9 +185,11 @@ impl GpuContext {
         let adapter = choose_adapter(&instance, preference)?;
         let info = adapter.get_info();
         let limits = adapter.limits();
+        // Timestamp queries where the adapter has them (kernel profiling, off by default).
+        let features = adapter.features() & wgpu::Features::TIMESTAMP_QUERY;
         let (device, queue) = pollster::block_on(adapter.request_device(&wgpu::DeviceDescriptor {
             label: Some("mcgrad"),
-            required_features: wgpu::Features::empty(),
+            required_features: features,
             required_limits: limits.clone(),
             ..Default::default()
         }))
@@ -203,12 +207,16 @@ impl GpuContext {
             let mut slot = uncaptured.lock().unwrap_or_else(|e| e.into_inner());
             slot.get_or_insert_with(|| format!("{error}"));
         }));
+        let profiler = features
+            .contains(wgpu::Features::TIMESTAMP_QUERY)
+            .then(|| super::profile::Profiler::new(&device, &queue));
         Ok(Self {
             device,
             queue,
             info,
             limits,
             failure,
+            profiler,
         })
     }
 

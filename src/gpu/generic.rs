@@ -2,7 +2,8 @@
 //! draw under every generic loss, and every score-function cell's per-repetition estimate,
 //! planned from the estimators' [`Lowering`] data (never from ids).
 //!
-//! Three kernels per chunk of repetitions, one WGSL file each:
+//! Three kernels per chunk of repetitions, one WGSL file each, and two more where a cell has
+//! a [`Conditional`] form:
 //! - `shaders/joint_draws.wgsl`: the categories of every draw and variable; CPU twin
 //!   [`crate::draws::draw_joint_categories`] (bit-identical categories);
 //! - `shaders/generic_signals.wgsl`: per (loss, learning signal) *signal group*, the centred
@@ -10,7 +11,12 @@
 //!   [`crate::objective::Objective::at_vertex`] and [`Context::muprop_residual`];
 //! - `shaders/generic_scores.wgsl`: per repetition, group and variable, the sums of `D` by
 //!   category, their total, and the category counts; CPU twin
-//!   [`crate::estimators::weighted_scores`].
+//!   [`crate::estimators::weighted_scores`];
+//! - `shaders/indecater.wgsl` and `shaders/conditional_sums.wgsl`: per repetition,
+//!   conditional group (a loss), draw i, variable l and category j the centred loss
+//!   `f(z_{i,-l}, j) - m`, then its sum over the draws `F_lj`, which IndeCateR's estimate
+//!   `p_lj (F_lj - sum_c p_lc F_lc) / S` reads; CPU twin [`crate::estimators::Indecater`]'s
+//!   `estimate`. The losses of both loss kernels are `shaders/generic_loss.wgsl`'s.
 //!
 //! Every score-function lowering is `scale sum_i (A_i - b_i) (e_{z_il} - p_l) + c`. Writing
 //! `A_i = D_i + m`, `W(D)_lj = sum_{i: z_il = j} D_i - p_lj sum_i D_i` and
@@ -30,7 +36,9 @@ use bytemuck::{Pod, Zeroable};
 
 use crate::draws::CategoricalTable;
 use crate::error::{Error, Result};
-use crate::estimators::{Baseline, Constant, Context, Estimator, Lowering, MovingAverage, Signal};
+use crate::estimators::{
+    Baseline, Conditional, Constant, Context, Estimator, Lowering, MovingAverage, Signal,
+};
 use crate::gpu::context::{GpuContext, READ, READ_WRITE, UNIFORM};
 use crate::gpu::shaders;
 use crate::loss::Loss;
@@ -77,8 +85,8 @@ pub struct GenericParams {
     pub blocks: u32,
     /// Threads per row of the two-dimensional dispatch.
     pub row: u32,
-    /// Padding.
-    pub _pad: u32,
+    /// Conditional groups C (`shaders/indecater.wgsl`).
+    pub n_conditional: u32,
 }
 
 /// One (loss, learning signal). Keep in sync with `SignalGroup` in
@@ -112,8 +120,12 @@ pub const PAIR_FIRST: u32 = 1;
 /// The residual group after its loss's [`PAIR_FIRST`] group.
 pub const PAIR_SECOND: u32 = 2;
 
-/// The three generic kernels.
+/// The generic kernels.
 pub struct GenericKernels {
+    indecater_layout: wgpu::BindGroupLayout,
+    indecater: wgpu::ComputePipeline,
+    conditional_sums_layout: wgpu::BindGroupLayout,
+    conditional_sums: wgpu::ComputePipeline,
     draws_layout: wgpu::BindGroupLayout,
     draws: wgpu::ComputePipeline,
     signals_layout: wgpu::BindGroupLayout,
@@ -154,7 +166,30 @@ impl GenericKernels {
                 (READ_WRITE, 4),
             ],
         );
+        let indecater_layout = ctx.layout(
+            "indecater",
+            &[
+                (UNIFORM, params),
+                (READ, group),
+                (READ, 4),
+                (READ, 4),
+                (READ, 4),
+                (READ_WRITE, 4),
+            ],
+        );
+        let conditional_sums_layout = ctx.layout(
+            "conditional sums",
+            &[(UNIFORM, params), (READ, 4), (READ_WRITE, 4)],
+        );
         Ok(Self {
+            indecater: ctx.compute_pipeline("indecater", shaders::INDECATER, &indecater_layout)?,
+            indecater_layout,
+            conditional_sums: ctx.compute_pipeline(
+                "conditional_sums",
+                shaders::CONDITIONAL_SUMS,
+                &conditional_sums_layout,
+            )?,
+            conditional_sums_layout,
             draws: ctx.compute_pipeline("joint_draws", shaders::JOINT_DRAWS, &draws_layout)?,
             draws_layout,
             signals: ctx.compute_pipeline(
@@ -181,8 +216,8 @@ fn buffer_budget(limits: &wgpu::Limits) -> u64 {
 }
 
 /// Why a score-function cell on the generic path cannot run on the GPU, or `None` if it
-/// can: an estimator with no score-function lowering, or a repetition (S draws of L
-/// variables) or a table too large for one buffer.
+/// can: an estimator with neither a score-function lowering nor a [`Conditional`] form, or
+/// a repetition (S draws of L variables) or a table too large for one buffer.
 pub fn unsupported(
     estimator: &dyn Estimator,
     ctx: &Context,
@@ -191,6 +226,7 @@ pub fn unsupported(
 ) -> Option<String> {
     match estimator.lowering() {
         Some(Lowering::ScoreFunction { .. }) => {}
+        _ if estimator.conditional().is_some() => {}
         Some(Lowering::Relaxed { .. }) => {
             return Some("no GPU kernel for the relaxed family on the generic path".into())
         }
@@ -202,6 +238,7 @@ pub fn unsupported(
     let dim = ctx.dim() as u64;
     let per_rep = (u64::from(samples) * ctx.l.max(MAX_GROUPS) as u64)
         .max(MAX_GROUPS as u64 * (dim + 1) + dim)
+        .max(Loss::ALL.len() as u64 * u64::from(samples) * dim)
         * 4;
     if per_rep > budget {
         return Some(format!(
@@ -226,6 +263,8 @@ pub struct CellPlan {
     pub loss_index: usize,
     /// Its signal group (`None`: no draws read, the estimate is the constant).
     pub group: Option<usize>,
+    /// Its conditional group ([`Conditional::EveryCategory`], whose sums it reads instead).
+    pub conditional: Option<usize>,
     /// `1/S`, or `1/(S-1)` for leave-one-out.
     pub scale: f64,
     /// The baseline.
@@ -248,6 +287,8 @@ pub struct GenericPlan {
     pub thresholds: Vec<u32>,
     /// The signal groups.
     pub groups: Vec<SignalGroup>,
+    /// The conditional groups: each one's signal group (its loss and shift).
+    pub conditional: Vec<u32>,
     /// `m` of every group: `A_i = D_i + m` (f64, exactly what the GPU's f32 constants sum to).
     pub m: Vec<f64>,
     /// The losses' and residuals' numbers.
@@ -278,11 +319,12 @@ fn softplus(h: f64) -> f64 {
 }
 
 impl GenericPlan {
-    /// The plan of `cells` (loss index, estimator: each with a score-function lowering) on
-    /// `problem` under `contexts` (one per loss of the spec) at S = `samples`.
+    /// The plan of `cells` (loss index, estimator: each with a score-function lowering or a
+    /// [`Conditional`] form) on `problem` under `contexts` (one per loss of the spec) at
+    /// S = `samples`.
     ///
     /// # Errors
-    /// [`Error::InvalidArgument`] for an estimator without a score-function lowering, a
+    /// [`Error::InvalidArgument`] for an estimator with neither, a
     /// MuProp residual under a loss with no extension, or more than [`MAX_GROUPS`] groups.
     pub fn new(
         problem: &Problem,
@@ -294,20 +336,31 @@ impl GenericPlan {
         let p = contexts[0].p.clone();
         let thresholds = joint_thresholds(&p, k);
         let mut keys: Vec<(usize, Signal)> = Vec::new();
+        // The conditional groups, as indices into `keys`.
+        let mut conditional_keys: Vec<usize> = Vec::new();
         let mut plans = Vec::new();
         let s = f64::from(samples);
         for &(loss_index, estimator) in cells {
-            let Some(Lowering::ScoreFunction {
-                signal,
-                baseline,
-                constant,
-            }) = estimator.lowering()
-            else {
-                return Err(Error::InvalidArgument(format!(
-                    "estimator `{}` has no score-function lowering for the GPU",
-                    estimator.id()
-                )));
-            };
+            let (signal, baseline, constant, conditional) =
+                match (estimator.lowering(), estimator.conditional()) {
+                    (
+                        Some(Lowering::ScoreFunction {
+                            signal,
+                            baseline,
+                            constant,
+                        }),
+                        _,
+                    ) => (signal, baseline, constant, false),
+                    (_, Some(Conditional::EveryCategory)) => {
+                        (Some(Signal::Loss), Baseline::None, Constant::None, true)
+                    }
+                    _ => {
+                        return Err(Error::InvalidArgument(format!(
+                            "estimator `{}` has no GPU form on the generic path",
+                            estimator.id()
+                        )))
+                    }
+                };
             let ctx = &contexts[loss_index];
             let group = signal.map(|sig| {
                 keys.iter()
@@ -322,9 +375,19 @@ impl GenericPlan {
                 Constant::MeanField => ctx.muprop_mean_field.clone(),
                 Constant::ExactGradient => ctx.grad.clone(),
             };
+            let conditional = group.filter(|_| conditional).map(|g| {
+                conditional_keys
+                    .iter()
+                    .position(|&key| key == g)
+                    .unwrap_or_else(|| {
+                        conditional_keys.push(g);
+                        conditional_keys.len() - 1
+                    })
+            });
             plans.push(CellPlan {
                 loss_index,
                 group,
+                conditional,
                 scale: if baseline == Baseline::LeaveOneOut {
                     1.0 / (s - 1.0)
                 } else {
@@ -343,6 +406,15 @@ impl GenericPlan {
                 plan.group = sorted.iter().position(|&key| key == keys[g]);
             }
         }
+        let conditional: Vec<u32> = conditional_keys
+            .iter()
+            .map(|&g| {
+                sorted
+                    .iter()
+                    .position(|&key| key == keys[g])
+                    .expect("every key is sorted") as u32
+            })
+            .collect();
         let keys = sorted;
         if keys.len() > MAX_GROUPS {
             return Err(Error::InvalidArgument(format!(
@@ -450,6 +522,7 @@ impl GenericPlan {
             p,
             thresholds,
             groups,
+            conditional,
             m,
             data,
             cells: plans,
@@ -464,6 +537,7 @@ impl GenericPlan {
             p: p.to_vec(),
             thresholds: joint_thresholds(p, k),
             groups: Vec::new(),
+            conditional: Vec::new(),
             m: Vec::new(),
             data: Vec::new(),
             cells: Vec::new(),
@@ -487,11 +561,28 @@ impl GenericPlan {
         out: &mut [f64],
     ) {
         let plan = &self.cells[cell];
+        let dim = self.dim();
+        if let Some(c) = plan.conditional {
+            // IndeCateR: p_lj (F_lj - sum_c p_lc F_lc) / S per variable.
+            let at = (r * self.conditional.len() + c) * dim;
+            let sums = &chunk.conditional[at..at + dim];
+            let inv = 1.0 / f64::from(samples);
+            for ((o, pl), fl) in out
+                .chunks_exact_mut(self.k)
+                .zip(self.p.chunks_exact(self.k))
+                .zip(sums.chunks_exact(self.k))
+            {
+                let mean: f64 = pl.iter().zip(fl).map(|(p, f)| p * f64::from(*f)).sum();
+                for ((o, p), f) in o.iter_mut().zip(pl).zip(fl) {
+                    *o = p * (f64::from(*f) - mean) * inv;
+                }
+            }
+            return;
+        }
         let Some(g) = plan.group else {
             out.copy_from_slice(&plan.constant);
             return;
         };
-        let dim = self.dim();
         let width = dim + 1;
         let at = (r * self.groups.len() + g) * width;
         let sums = &chunk.sums[at..at + width];
@@ -527,6 +618,8 @@ pub struct GenericChunk {
     pub sums: Vec<f32>,
     /// Per repetition: the `L*K` category counts.
     pub counts: Vec<u32>,
+    /// Per repetition and conditional group: the `L*K` conditional sums `F_lj`.
+    pub conditional: Vec<f32>,
     /// The categories (`reps * S * L`, draw-major), where asked for.
     pub z: Vec<u32>,
     /// The centred signals (`reps * G * S`), where asked for.
@@ -548,7 +641,8 @@ pub fn chunk_reps(plan: &GenericPlan, samples: u32, limits: &wgpu::Limits) -> u3
     let s = u64::from(samples);
     let g = plan.groups.len().max(1) as u64;
     let dim = plan.dim() as u64;
-    let per_rep = [s * plan.l as u64, s * g, g * (dim + 1) + dim]
+    let c = plan.conditional.len() as u64;
+    let per_rep = [s * plan.l as u64, s * g, g * (dim + 1) + dim, c * s * dim]
         .into_iter()
         .max()
         .unwrap_or(1)
@@ -564,11 +658,15 @@ struct Buffers {
     counts: wgpu::Buffer,
     sums_staging: wgpu::Buffer,
     counts_staging: wgpu::Buffer,
+    conditional: wgpu::Buffer,
+    conditional_staging: wgpu::Buffer,
+    conditional_sums_group: wgpu::BindGroup,
     z_staging: Option<wgpu::Buffer>,
     signals_staging: Option<wgpu::Buffer>,
     draws_group: wgpu::BindGroup,
     signals_group: wgpu::BindGroup,
     scores_group: wgpu::BindGroup,
+    indecater_group: wgpu::BindGroup,
 }
 
 fn dispatch(pass: &mut wgpu::ComputePass<'_>, threads: u64, max_x: u32) {
@@ -621,6 +719,7 @@ pub fn run(
     let (l, dim) = (plan.l as u64, plan.dim() as u64);
     let s = u64::from(samples);
     let g = n_groups as u64;
+    let n_conditional = plan.conditional.len() as u64;
     let mut done = 0u32;
     while done < reps {
         let n = chunk.min(reps - done);
@@ -635,7 +734,7 @@ pub fn run(
             n_groups: n_groups as u32,
             blocks: samples.div_ceil(4),
             row: max_x * GENERIC_WG,
-            _pad: 0,
+            n_conditional: plan.conditional.len() as u32,
         };
         ctx.queue
             .write_buffer(&b.params, 0, bytemuck::bytes_of(&params));
@@ -645,28 +744,69 @@ pub fn run(
                 label: Some("generic chunk"),
             });
         let nu = u64::from(n);
-        {
+        // One pass per kernel, so that each can be timed (`GpuContext::timestamps`).
+        let mut kernel = |label: &'static str,
+                          pipeline: &wgpu::ComputePipeline,
+                          group: &wgpu::BindGroup,
+                          threads: u64| {
             let mut pass = encoder.begin_compute_pass(&wgpu::ComputePassDescriptor {
-                label: Some("joint draws"),
-                timestamp_writes: None,
+                label: Some(label),
+                timestamp_writes: ctx.timestamps(label),
             });
-            pass.set_pipeline(&kernels.draws);
-            pass.set_bind_group(0, &b.draws_group, &[]);
-            dispatch(&mut pass, nu * u64::from(params.blocks) * l, max_x);
-            if n_groups > 0 {
-                pass.set_pipeline(&kernels.signals);
-                pass.set_bind_group(0, &b.signals_group, &[]);
-                dispatch(&mut pass, nu * g * s, max_x);
-                pass.set_pipeline(&kernels.scores);
-                pass.set_bind_group(0, &b.scores_group, &[]);
-                dispatch(&mut pass, nu * g * l, max_x);
-            }
+            pass.set_pipeline(pipeline);
+            pass.set_bind_group(0, group, &[]);
+            dispatch(&mut pass, threads, max_x);
+        };
+        let blocks = u64::from(params.blocks);
+        kernel(
+            "joint draws",
+            &kernels.draws,
+            &b.draws_group,
+            nu * blocks * l,
+        );
+        if n_groups > 0 {
+            kernel(
+                "generic signals",
+                &kernels.signals,
+                &b.signals_group,
+                nu * g * s,
+            );
+            kernel(
+                "generic scores",
+                &kernels.scores,
+                &b.scores_group,
+                nu * g * l,
+            );
+        }
+        if n_conditional > 0 {
+            kernel(
+                "indecater",
+                &kernels.indecater,
+                &b.indecater_group,
+                nu * n_conditional * s * dim,
+            );
+            kernel(
+                "conditional sums",
+                &kernels.conditional_sums,
+                &b.conditional_sums_group,
+                nu * n_conditional * dim,
+            );
         }
         let sums_len = nu * g * (dim + 1);
         let counts_len = nu * dim;
+        let conditional_len = nu * n_conditional * dim;
         if n_groups > 0 {
             encoder.copy_buffer_to_buffer(&b.sums, 0, &b.sums_staging, 0, sums_len * 4);
             encoder.copy_buffer_to_buffer(&b.counts, 0, &b.counts_staging, 0, counts_len * 4);
+        }
+        if n_conditional > 0 {
+            encoder.copy_buffer_to_buffer(
+                &b.conditional,
+                0,
+                &b.conditional_staging,
+                0,
+                conditional_len * 4,
+            );
         }
         if let Some(st) = &b.z_staging {
             encoder.copy_buffer_to_buffer(&b.z, 0, st, 0, nu * s * l * 4);
@@ -674,6 +814,7 @@ pub fn run(
         if let Some(st) = &b.signals_staging {
             encoder.copy_buffer_to_buffer(&b.signals, 0, st, 0, nu * g * s * 4);
         }
+        ctx.resolve_timestamps(&mut encoder);
         ctx.queue.submit([encoder.finish()]);
         let mut out = GenericChunk {
             rep_begin: rep_begin + done,
@@ -688,6 +829,13 @@ pub fn run(
                 "reading generic counts",
             )?;
         }
+        if n_conditional > 0 {
+            out.conditional = ctx.read(
+                &b.conditional_staging,
+                conditional_len as usize,
+                "reading conditional sums",
+            )?;
+        }
         if let Some(st) = &b.z_staging {
             out.z = ctx.read(st, (nu * s * l) as usize, "reading joint draws")?;
         }
@@ -695,6 +843,7 @@ pub fn run(
             out.signals = ctx.read(st, (nu * g * s) as usize, "reading generic signals")?;
         }
         ctx.check("running the generic pass")?;
+        ctx.collect_timestamps()?;
         on_chunk(&out)?;
         done += n;
     }
@@ -754,10 +903,26 @@ fn buffers(
         U::STORAGE | U::COPY_SRC,
     );
     let counts = ctx.buffer("generic counts", c * dim * 4, U::STORAGE | U::COPY_SRC);
+    let n_conditional = plan.conditional.len().max(1) as u64;
+    let conditional = ctx.buffer(
+        "conditional sums",
+        c * n_conditional * dim * 4,
+        U::STORAGE | U::COPY_SRC,
+    );
+    let conditional_losses = ctx.buffer(
+        "conditional losses",
+        c * n_conditional * s * dim * 4,
+        U::STORAGE,
+    );
+    let conditional_groups = init(
+        "conditional groups",
+        bytemuck::cast_slice(&plan.conditional),
+    );
     let staging =
         |label, like: &wgpu::Buffer| ctx.buffer(label, like.size(), U::MAP_READ | U::COPY_DST);
     let sums_staging = staging("generic sums readback", &sums);
     let counts_staging = staging("generic counts readback", &counts);
+    let conditional_staging = staging("conditional sums readback", &conditional);
     let z_staging = readback.z.then(|| staging("joint draws readback", &z));
     let signals_staging = readback
         .signals
@@ -777,6 +942,23 @@ fn buffers(
         &kernels.scores_layout,
         &[&params, &signals, &z, &sums, &counts],
     );
+    let indecater_group = ctx.bind_group(
+        "indecater",
+        &kernels.indecater_layout,
+        &[
+            &params,
+            &groups_buf,
+            &data,
+            &z,
+            &conditional_groups,
+            &conditional_losses,
+        ],
+    );
+    let conditional_sums_group = ctx.bind_group(
+        "conditional sums",
+        &kernels.conditional_sums_layout,
+        &[&params, &conditional_losses, &conditional],
+    );
     Buffers {
         params,
         z,
@@ -785,6 +967,10 @@ fn buffers(
         counts,
         sums_staging,
         counts_staging,
+        conditional,
+        conditional_staging,
+        conditional_sums_group,
+        indecater_group,
         z_staging,
         signals_staging,
         draws_group,

@@ -15,9 +15,11 @@
 //!
 //! The engine plans per cell from the estimator's [`crate::estimators::Lowering`] and the
 //! context ([`Engine::fallback_reason`]): a cell with no GPU form (the relaxed family on the
-//! generic path, an estimator with no lowering, K past the one-variable kernels, a repetition
-//! too large for one buffer) runs on the CPU engine in the same sweep, and
-//! [`fallback_notes`] says so.
+//! generic path, an estimator with no lowering, the relaxed or hard-draw lowering past the
+//! one-variable kernels' K, a repetition too large for one buffer) runs on the CPU engine in
+//! the same sweep, and [`fallback_notes`] says so. A score-function cell with one variable
+//! and K past those kernels runs on the generic kernels, which serve any K; a hard-draw cell
+//! (`st`, `reinmax`) with one variable reads the score-function pass's category counts.
 
 pub mod chunks;
 pub mod context;
@@ -27,6 +29,7 @@ mod mesa;
 pub mod moments;
 pub mod params;
 pub mod philox_kernel;
+pub mod profile;
 pub mod relaxed;
 pub mod score_function;
 pub mod shaders;
@@ -39,6 +42,7 @@ pub use chunks::{ChunkLimits, ChunkPlan};
 pub use context::{adapter_list, AdapterSummary, GpuContext, GpuPreference};
 pub use forward::Forward;
 pub use mesa::quiet_mesa;
+pub use profile::KernelTime;
 
 use crate::draws::RelaxedTable;
 use crate::engine::{path_of, BackendInfo, Cell, Engine, Path, PointMoments, SweepSpec};
@@ -51,7 +55,7 @@ use params::{
     PartialMoments, PointTable, RelaxedCell, ScoreCell, SweepParams, MAX_K, MAX_RELAXED_CELLS,
 };
 use relaxed::{RelaxedKernels, RELAXED_WG};
-use score_function::{ScoreFunctionKernels, COUNTS_WG};
+use score_function::ScoreFunctionKernels;
 
 /// The GPU engine.
 pub struct GpuEngine {
@@ -216,6 +220,23 @@ impl GpuEngine {
         })
     }
 
+    /// The same engine with `threads` threads per counts workgroup (the GPU bench sweeps it
+    /// to choose the size per adapter).
+    ///
+    /// # Errors
+    /// [`Error::InvalidArgument`] for a size that is not a power of two within the adapter's
+    /// limit; [`Error::Gpu`] if the kernel does not build.
+    pub fn with_counts_workgroup(mut self, threads: u32) -> Result<Self> {
+        self.score = ScoreFunctionKernels::with_workgroup(&self.ctx, threads)?;
+        self.resources = Mutex::new(None);
+        Ok(self)
+    }
+
+    /// Threads per counts workgroup.
+    pub fn counts_workgroup(&self) -> u32 {
+        self.score.counts_wg
+    }
+
     /// The same engine with other chunk limits (tests use small ones to force chunking).
     pub fn with_limits(mut self, limits: ChunkLimits) -> Self {
         self.limits = limits;
@@ -239,7 +260,7 @@ impl GpuEngine {
         let t_score = threads_per_rep(
             u64::from(samples).div_ceil(4),
             score_function::DRAWS_PER_THREAD / 4,
-            COUNTS_WG,
+            self.score.counts_wg,
         );
         let t_relaxed = threads_per_rep(u64::from(samples), relaxed::DRAWS_PER_THREAD, RELAXED_WG);
         let binding = l.max_storage_buffer_binding_size.min(l.max_buffer_size);
@@ -247,7 +268,7 @@ impl GpuEngine {
         let per_group_partials = (score_cells.max(MAX_RELAXED_CELLS) * (MAX_K + 2) * 20) as u64;
         let by_partials = binding / per_group_partials * u64::from(REP_ALIGN);
         let caps = [
-            max_groups * u64::from(COUNTS_WG) / u64::from(t_score),
+            max_groups * u64::from(self.score.counts_wg) / u64::from(t_score),
             max_groups * u64::from(RELAXED_WG) / u64::from(t_relaxed),
             max_groups * u64::from(REP_ALIGN),
             by_sums,
@@ -272,7 +293,7 @@ impl GpuEngine {
         let threads = threads_per_rep(
             u64::from(samples).div_ceil(4),
             score_function::DRAWS_PER_THREAD / 4,
-            COUNTS_WG,
+            self.score.counts_wg,
         );
         self.ctx
             .queue
@@ -303,12 +324,21 @@ impl GpuEngine {
                     encoder.clear_buffer(&res.counts, 0, Some(u64::from(reps) * ROW_BYTES));
                     first = false;
                 }
-                self.score
-                    .encode_counts(&mut encoder, &res.counts_group, reps, threads);
+                self.score.encode_counts(
+                    &mut encoder,
+                    self.ctx.timestamps("score-function counts"),
+                    &res.counts_group,
+                    reps,
+                    threads,
+                );
                 let last = ranges.peek().is_none();
                 if last {
-                    self.score
-                        .encode_moments(&mut encoder, &res.score_moments_group, reps);
+                    self.score.encode_moments(
+                        &mut encoder,
+                        self.ctx.timestamps("score-function moments"),
+                        &res.score_moments_group,
+                        reps,
+                    );
                     if reps >= REP_ALIGN {
                         let offset = u64::from(reps - REP_ALIGN) * ROW_BYTES;
                         encoder.copy_buffer_to_buffer(
@@ -321,6 +351,7 @@ impl GpuEngine {
                     }
                     copy_partials(&mut encoder, res, reps, cells.len());
                 }
+                self.ctx.resolve_timestamps(&mut encoder);
                 self.ctx.queue.submit([encoder.finish()]);
                 self.finish_chunk(
                     res,
@@ -331,6 +362,7 @@ impl GpuEngine {
                     grads,
                     moments,
                 )?;
+                self.ctx.collect_timestamps()?;
                 progress(u64::from(reps) * u64::from(draw_end - draw_begin));
             }
         }
@@ -384,16 +416,27 @@ impl GpuEngine {
                     );
                     first = false;
                 }
-                self.relaxed
-                    .encode_draws(&mut encoder, &res.relaxed_draws_group, reps, threads);
+                self.relaxed.encode_draws(
+                    &mut encoder,
+                    self.ctx.timestamps("relaxed draws"),
+                    &res.relaxed_draws_group,
+                    reps,
+                    threads,
+                );
                 let last = ranges.peek().is_none();
                 if last {
-                    self.relaxed
-                        .encode_moments(&mut encoder, &res.relaxed_moments_group, reps);
+                    self.relaxed.encode_moments(
+                        &mut encoder,
+                        self.ctx.timestamps("relaxed moments"),
+                        &res.relaxed_moments_group,
+                        reps,
+                    );
                     copy_partials(&mut encoder, res, reps, cells.len());
                 }
+                self.ctx.resolve_timestamps(&mut encoder);
                 self.ctx.queue.submit([encoder.finish()]);
                 self.finish_chunk(res, last, reps, cells.len(), "relaxed", grads, moments)?;
+                self.ctx.collect_timestamps()?;
                 progress(u64::from(reps) * u64::from(draw_end - draw_begin));
             }
         }
@@ -446,14 +489,15 @@ impl Engine for GpuEngine {
         samples: u32,
     ) -> Option<String> {
         match path_of(estimator, ctx) {
-            Path::Counts | Path::RelaxedSums if ctx.k > MAX_K => Some(format!(
+            // Past the one-variable kernels' K, the generic kernels (any K) take the cell.
+            Path::Counts if ctx.k > MAX_K => {
+                generic::unsupported(estimator, ctx, samples, &self.ctx.limits)
+            }
+            Path::RelaxedSums | Path::HardDrawCounts if ctx.k > MAX_K => Some(format!(
                 "the one-variable kernels serve K <= {MAX_K}, this problem has K = {}",
                 ctx.k
             )),
-            Path::Counts | Path::RelaxedSums => None,
-            Path::HardDrawCounts => {
-                Some("the hard-draw counts lowering runs on the CPU only".into())
-            }
+            Path::Counts | Path::RelaxedSums | Path::HardDrawCounts => None,
             Path::JointCounts | Path::Generic(Family::ScoreFunction) => {
                 generic::unsupported(estimator, ctx, samples, &self.ctx.limits)
             }
@@ -495,7 +539,7 @@ impl Engine for GpuEngine {
                     continue;
                 }
                 match path_of(e, ctx) {
-                    Path::Counts => {
+                    Path::Counts if ctx.k <= MAX_K => {
                         let warm = warmed_baseline(
                             e,
                             ctx,
@@ -508,13 +552,17 @@ impl Engine for GpuEngine {
                         score_grads.push(ctx.grad.as_slice());
                         score_keys.push((li, e.id()));
                     }
+                    Path::HardDrawCounts => {
+                        score_cells.push(params::hard_draw_cell(e, ctx, samples)?);
+                        score_grads.push(ctx.grad.as_slice());
+                        score_keys.push((li, e.id()));
+                    }
                     Path::RelaxedSums => {
                         relaxed_cells.push(params::relaxed_cell(e, ctx)?);
                         relaxed_grads.push(ctx.grad.as_slice());
                         relaxed_keys.push((li, e.id()));
                     }
-                    Path::HardDrawCounts => {}
-                    Path::JointCounts | Path::Generic(_) => {
+                    Path::Counts | Path::JointCounts | Path::Generic(_) => {
                         generic_cells.push((li, e));
                         generic_keys.push((li, e.id()));
                     }
@@ -708,7 +756,7 @@ impl GpuEngine {
         let threads = threads_per_rep(
             u64::from(samples).div_ceil(4),
             score_function::DRAWS_PER_THREAD / 4,
-            COUNTS_WG,
+            self.score.counts_wg,
         );
         let bytes = u64::from(reps) * ROW_BYTES;
         let staging = self.ctx.buffer(
@@ -746,7 +794,7 @@ impl GpuEngine {
                 first = false;
             }
             self.score
-                .encode_counts(&mut encoder, &res.counts_group, reps, threads);
+                .encode_counts(&mut encoder, None, &res.counts_group, reps, threads);
             if ranges.peek().is_none() {
                 encoder.copy_buffer_to_buffer(&res.counts, 0, &staging, 0, bytes);
             }
@@ -851,7 +899,7 @@ impl GpuEngine {
                 first = false;
             }
             self.relaxed
-                .encode_draws(&mut encoder, &res.relaxed_draws_group, reps, threads);
+                .encode_draws(&mut encoder, None, &res.relaxed_draws_group, reps, threads);
             if ranges.peek().is_none() {
                 encoder.copy_buffer_to_buffer(&res.sums, 0, &staging, 0, bytes);
             }
@@ -1059,11 +1107,12 @@ impl GpuEngine {
         let mut cells: Vec<(usize, &'static dyn Estimator)> = Vec::new();
         for (li, ctx) in contexts.iter().enumerate() {
             for &e in &spec.estimators_at(samples) {
-                if matches!(
-                    path_of(e, ctx),
-                    Path::JointCounts | Path::Generic(Family::ScoreFunction)
-                ) && self.lowers(e, ctx, samples)
-                {
+                let generic = match path_of(e, ctx) {
+                    Path::JointCounts | Path::Generic(Family::ScoreFunction) => true,
+                    Path::Counts => ctx.k > MAX_K,
+                    _ => false,
+                };
+                if generic && self.lowers(e, ctx, samples) {
                     cells.push((li, e));
                 }
             }

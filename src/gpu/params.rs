@@ -21,6 +21,9 @@ pub const BASELINE_NONE: u32 = 0;
 pub const BASELINE_MOVING_AVERAGE: u32 = 1;
 /// The mean loss signal of the repetition's own S draws (RLOO).
 pub const BASELINE_LEAVE_ONE_OUT: u32 = 2;
+/// Not a baseline but a cell kind: a hard-draw estimator (`st`, `reinmax`), whose estimate
+/// `(1/S) sum_c n_c g(e_c)` reads [`ScoreCell::per_category`].
+pub const CELL_HARD_DRAW: u32 = 3;
 /// Relaxed cell kinds (keep in sync with `RELAXED_*`): Gumbel-softmax.
 pub const RELAXED_SOFT: u32 = 0;
 /// Straight-through Gumbel-softmax.
@@ -133,7 +136,7 @@ pub struct ScoreCell {
     pub scale: f32,
     /// `p.L`.
     pub mean_signal: f32,
-    /// `BASELINE_*`.
+    /// `BASELINE_*`, or [`CELL_HARD_DRAW`].
     pub baseline: u32,
     /// 1 where the cosine to g is defined (g != 0).
     pub cosine: u32,
@@ -144,6 +147,8 @@ pub struct ScoreCell {
     pub warm_weight: f32,
     /// Padding to 16 bytes.
     pub _pad: [u32; 2],
+    /// Hard-draw cells only: the per-draw estimate `g(e_c)_j` at `[c * MAX_K + j]`.
+    pub per_category: [f32; MAX_K * MAX_K],
 }
 
 /// One (loss, relaxed estimator). Keep in sync with `RelaxedCell` in shaders/common.wgsl.
@@ -266,6 +271,54 @@ pub fn score_cell(
         warm_sum: (warm.state().0 - mean_signal * warm.state().1) as f32,
         warm_weight: warm.state().1 as f32,
         _pad: [0; 2],
+        per_category: [0.0; MAX_K * MAX_K],
+    })
+}
+
+/// The GPU descriptor of a hard-draw estimator ([`Lowering::HardDraw`]: `st`, `reinmax`)
+/// under one loss at S draws, with one variable.
+///
+/// Its S-draw estimate is `(1/S) sum_c n_c G_c` with `G_c = g(e_c)` the per-draw estimate at
+/// category c, which the estimator's own counts lowering gives
+/// ([`Estimator::estimate_from_counts`] of one draw of c: the CPU twin). With
+/// `delta_c = n_c - S p_c` its deviation from the exact gradient is
+/// `kappa + (1/S) sum_c delta_c G_c` with `kappa = sum_c p_c G_c - g` (the bias, in f64 here),
+/// which keeps f32's digits however small the deviation.
+///
+/// # Errors
+/// [`Error::InvalidArgument`] for an estimator without the hard-draw lowering, a problem
+/// with several variables or K past [`MAX_K`].
+pub fn hard_draw_cell(estimator: &dyn Estimator, ctx: &Context, samples: u32) -> Result<ScoreCell> {
+    if estimator.lowering() != Some(Lowering::HardDraw) || ctx.l != 1 || ctx.k > MAX_K {
+        return Err(no_kernel(estimator));
+    }
+    let k = ctx.k;
+    let mut per_category = [0.0f32; MAX_K * MAX_K];
+    let mut mean = vec![0.0f64; k];
+    let mut one_draw = vec![0u32; k];
+    let mut g = vec![0.0f64; k];
+    for c in 0..k {
+        one_draw.iter_mut().for_each(|n| *n = 0);
+        one_draw[c] = 1;
+        estimator.estimate_from_counts(ctx, &one_draw, 1, 0.0, &mut g);
+        for j in 0..k {
+            per_category[c * MAX_K + j] = g[j] as f32;
+            mean[j] += ctx.p[c] * g[j];
+        }
+    }
+    let kappa: Vec<f64> = mean.iter().zip(&ctx.grad).map(|(m, g)| m - g).collect();
+    Ok(ScoreCell {
+        centred_signal: [0.0; MAX_K],
+        kappa: padded(&kappa),
+        grad: padded(&ctx.grad),
+        scale: (1.0 / f64::from(samples)) as f32,
+        mean_signal: 0.0,
+        baseline: CELL_HARD_DRAW,
+        cosine: cosine_defined(&ctx.grad),
+        warm_sum: 0.0,
+        warm_weight: 0.0,
+        _pad: [0; 2],
+        per_category,
     })
 }
 
@@ -300,10 +353,11 @@ mod tests {
 
     #[test]
     fn struct_sizes_match_the_wgsl_layouts() {
-        // WGSL sizes: 16 scalars; 5 arrays of 16; 3 arrays of 16 + 4; 2 arrays + 4; 5.
+        // WGSL sizes: 16 scalars; 5 arrays of 16; 3 arrays of 16 + 4 + one of 256; 2 arrays + 4;
+        // 5.
         assert_eq!(std::mem::size_of::<SweepParams>(), 64);
         assert_eq!(std::mem::size_of::<PointTable>(), 5 * 64 + 16);
-        assert_eq!(std::mem::size_of::<ScoreCell>(), 3 * 64 + 32);
+        assert_eq!(std::mem::size_of::<ScoreCell>(), 3 * 64 + 32 + 16 * 64);
         assert_eq!(std::mem::size_of::<RelaxedCell>(), 2 * 64 + 16);
         assert_eq!(std::mem::size_of::<PartialMoments>(), 20);
     }

@@ -66,13 +66,14 @@ impl RelaxedKernels {
     pub fn encode_draws(
         &self,
         encoder: &mut wgpu::CommandEncoder,
+        timestamps: Option<wgpu::ComputePassTimestampWrites<'_>>,
         bind_group: &wgpu::BindGroup,
         reps: u32,
         threads_per_rep: u32,
     ) {
         let mut pass = encoder.begin_compute_pass(&wgpu::ComputePassDescriptor {
             label: Some("relaxed draws"),
-            timestamp_writes: None,
+            timestamp_writes: timestamps,
         });
         pass.set_pipeline(&self.draws);
         pass.set_bind_group(0, bind_group, &[]);
@@ -84,12 +85,13 @@ impl RelaxedKernels {
     pub fn encode_moments(
         &self,
         encoder: &mut wgpu::CommandEncoder,
+        timestamps: Option<wgpu::ComputePassTimestampWrites<'_>>,
         bind_group: &wgpu::BindGroup,
         reps: u32,
     ) {
         let mut pass = encoder.begin_compute_pass(&wgpu::ComputePassDescriptor {
             label: Some("relaxed moments"),
-            timestamp_writes: None,
+            timestamp_writes: timestamps,
         });
         pass.set_pipeline(&self.moments);
         pass.set_bind_group(0, bind_group, &[]);

@@ -1,7 +1,8 @@
 //! The WGSL sources: one file per kernel under `shaders/`, each with `shaders/common.wgsl`
 //! (Philox, the shared structs, f32 moments) prepended, and `shaders/moments.wgsl` (the
-//! workgroup reduction) for the two moments kernels, and `shaders/generic_common.wgsl` (the
-//! generic path's structs) for the three generic kernels.
+//! workgroup reduction) for the two moments kernels, `shaders/generic_common.wgsl` (the
+//! generic path's structs) for the generic kernels, and `shaders/generic_loss.wgsl` (the
+//! generic losses) for the two that evaluate losses.
 
 macro_rules! kernel {
     ($($file:literal),+) => {
@@ -28,6 +29,14 @@ pub const TRAIN_GUMBEL: &str = kernel!("train_gumbel.wgsl");
 /// Joint categorical draws of L variables (the generic path).
 pub const JOINT_DRAWS: &str = kernel!("generic_common.wgsl", "joint_draws.wgsl");
 /// The loss and centred learning signals of every joint draw (the generic path).
-pub const GENERIC_SIGNALS: &str = kernel!("generic_common.wgsl", "generic_signals.wgsl");
+pub const GENERIC_SIGNALS: &str = kernel!(
+    "generic_common.wgsl",
+    "generic_loss.wgsl",
+    "generic_signals.wgsl"
+);
 /// Per-repetition sums of the signals by category (the generic path).
 pub const GENERIC_SCORES: &str = kernel!("generic_common.wgsl", "generic_scores.wgsl");
+/// IndeCateR's per-variable conditional losses of every draw (the generic path).
+pub const INDECATER: &str = kernel!("generic_common.wgsl", "generic_loss.wgsl", "indecater.wgsl");
+/// Their sums over the draws.
+pub const CONDITIONAL_SUMS: &str = kernel!("generic_common.wgsl", "conditional_sums.wgsl");
