@@ -342,7 +342,12 @@ fn draw_joint_lanes(
                 [point; W],
             ];
             let words = philox4x32_10_lanes(ctr, key);
-            let cats: [[u32; W]; 4] = std::array::from_fn(|w| table.categories(&words[w]));
+            // A plain loop, not `array::from_fn`, whose closure would be compiled apart
+            // (without AVX2).
+            let mut cats = [[0u32; W]; 4];
+            for w in 0..4 {
+                cats[w] = table.categories(&words[w]);
+            }
             for b in 0..W.min((blocks - block) as usize) {
                 for (w, cat) in cats.iter().enumerate() {
                     let i = (block as usize + b) * 4 + w;

@@ -1212,12 +1212,68 @@ pub fn estimate_from_joint_counts(
     };
     let residual = matches!(signal, Some(Signal::MupropResidual));
     let centre = total - b * s;
-    for (i, o) in out.iter_mut().enumerate() {
-        let q = if residual { sums.q[i] } else { 0.0 };
-        let a = sums.f[i] - (shift + b) * sums.n[i] - q;
-        *o = scale * (a - ctx.p[i] * centre) + c.get(i).copied().unwrap_or(0.0);
+    let form = JointForm {
+        shift_b: shift + b,
+        scale,
+        centre,
+        residual,
+    };
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx2")]
+    fn avx2(form: &JointForm, sums: &JointCounts<'_>, p: &[f64], c: &[f64], out: &mut [f64]) {
+        form.apply(sums, p, c, out);
     }
+    #[cfg(target_arch = "x86_64")]
+    if crate::fastmath::has_avx2() {
+        // SAFETY: the CPU has AVX2, checked just above.
+        unsafe { avx2(&form, sums, &ctx.p, c, out) };
+        return (kind == Baseline::MovingAverage).then_some(total / s);
+    }
+    form.apply(sums, &ctx.p, c, out);
     (kind == Baseline::MovingAverage).then_some(total / s)
+}
+
+/// The per-coordinate arithmetic of [`estimate_from_joint_counts`]:
+/// `out_i = scale (F_i - (shift + b) n_i - [Q_i] - p_i centre) + c_i`, with `c_i = 0` where
+/// there is no constant (added all the same, as the scalar form did: `-0 + 0` is `+0`).
+struct JointForm {
+    shift_b: f64,
+    scale: f64,
+    centre: f64,
+    residual: bool,
+}
+
+impl JointForm {
+    #[inline(always)]
+    #[allow(clippy::needless_range_loop)]
+    fn apply(&self, sums: &JointCounts<'_>, p: &[f64], c: &[f64], out: &mut [f64]) {
+        let m = out.len();
+        let (f, n, q, p) = (&sums.f[..m], &sums.n[..m], &sums.q[..m], &p[..m]);
+        let (sb, scale, centre) = (self.shift_b, self.scale, self.centre);
+        // `x - 0.0` is `x` for every x, so the loss signal leaves the Q term out.
+        match (self.residual, c.len() >= m) {
+            (true, true) => {
+                for i in 0..m {
+                    out[i] = scale * ((f[i] - sb * n[i] - q[i]) - p[i] * centre) + c[i];
+                }
+            }
+            (true, false) => {
+                for i in 0..m {
+                    out[i] = scale * ((f[i] - sb * n[i] - q[i]) - p[i] * centre) + 0.0;
+                }
+            }
+            (false, true) => {
+                for i in 0..m {
+                    out[i] = scale * ((f[i] - sb * n[i]) - p[i] * centre) + c[i];
+                }
+            }
+            (false, false) => {
+                for i in 0..m {
+                    out[i] = scale * ((f[i] - sb * n[i]) - p[i] * centre) + 0.0;
+                }
+            }
+        }
+    }
 }
 
 /// Whether `estimator` runs on the hard-draw counts lowering for `ctx` (one variable).
