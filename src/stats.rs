@@ -275,7 +275,7 @@ impl MomentSums {
     fn push_batch_lanes<const AVX2: bool>(&mut self, batch: &[f64], n: usize, exact: &[f64]) {
         const B: usize = PUSH_BATCH;
         let dim = self.dim;
-        assert!(n >= 1 && n <= B && B % 8 == 0 && batch.len() >= dim * B && exact.len() >= dim);
+        assert!((1..=B).contains(&n) && B % 8 == 0 && batch.len() >= dim * B && exact.len() >= dim);
         let (mut err, mut dot, mut nn) = ([0f64; B], [0f64; B], [0f64; B]);
         // ||g||^2, the same sum for every estimate.
         let mut ee = 0.0;

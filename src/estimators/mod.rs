@@ -530,7 +530,7 @@ pub fn estimate_counts_batch(
         panic!("{} has no score-function lowering", estimator.id());
     };
     let k = ctx.k;
-    assert!(n >= 1 && n <= COUNTS_BATCH && n <= stride && out.len() >= k * COUNTS_BATCH);
+    assert!((1..=COUNTS_BATCH).contains(&n) && n <= stride && out.len() >= k * COUNTS_BATCH);
     assert!(counts.len() >= (k - 1) * stride + n);
     let sig: &[f64] = match (signal, constant) {
         (_, Constant::ExactGradient) | (None, _) => {
@@ -1324,6 +1324,79 @@ mod tests {
     use super::*;
     use crate::philox::PhiloxStream;
     use crate::problem::Problem;
+
+    #[test]
+    #[allow(clippy::needless_range_loop)]
+    fn joint_counts_estimates_keep_the_per_coordinate_formula_bit_for_bit() {
+        // The vectorised per-coordinate loop against the formula as it was written before:
+        // `scale (F - (shift + b) n - [Q]) - p centre) + c`, `c` 0 where there is none.
+        let problem = (crate::problems::by_name("indecater-6x10").unwrap().build)(0);
+        let ctx = Context::new(&problem, Loss::Pnorm, 1.0);
+        let (l, k) = (ctx.l, ctx.k);
+        let tables: Vec<_> = ctx
+            .p
+            .chunks(k)
+            .map(crate::draws::CategoricalTable::new)
+            .collect();
+        let s = 37;
+        let mut z = vec![0u32; s * l];
+        crate::draws::draw_joint_categories(&tables, [1, 2], 3, 4, s as u32, &mut z);
+        let f: Vec<f64> = z
+            .chunks_exact(l)
+            .map(|zi| ctx.objective.at_vertex(zi))
+            .collect();
+        let mut buffer = vec![0.0; JointCounts::buffer_len(&ctx)];
+        fill_joint_counts(&ctx, &z, &f, &mut buffer);
+        let sums = JointCounts::view(&ctx, s, &buffer);
+        let mut checked = 0;
+        for est in REGISTRY.iter().filter(|e| uses_joint_counts(**e, &ctx)) {
+            let Some(Lowering::ScoreFunction {
+                signal,
+                baseline: kind,
+                constant,
+            }) = est.lowering()
+            else {
+                continue;
+            };
+            if constant == Constant::ExactGradient {
+                continue;
+            }
+            let mut out = vec![0.0; ctx.dim()];
+            let b_ma = 0.37;
+            estimate_from_joint_counts(*est, &ctx, &sums, b_ma, &mut out);
+            let sf = s as f64;
+            let m = ctx.mean_field.as_ref().unwrap();
+            let residual = signal == Some(Signal::MupropResidual);
+            let (shift, total) = if residual {
+                let shift = m.value - m.grad_dot_p.iter().sum::<f64>();
+                (shift, sums.f_total - shift * sf - sums.q_total)
+            } else {
+                (0.0, sums.f_total)
+            };
+            let (b, scale) = match kind {
+                Baseline::None => (0.0, 1.0 / sf),
+                Baseline::MovingAverage => (b_ma, 1.0 / sf),
+                Baseline::LeaveOneOut => (total / sf, 1.0 / (sf - 1.0)),
+            };
+            let c: &[f64] = if constant == Constant::MeanField {
+                &ctx.muprop_mean_field
+            } else {
+                &[]
+            };
+            let centre = total - b * sf;
+            for i in 0..ctx.dim() {
+                let q = if residual { sums.q[i] } else { 0.0 };
+                let a = sums.f[i] - (shift + b) * sums.n[i] - q;
+                let want = scale * (a - ctx.p[i] * centre) + c.get(i).copied().unwrap_or(0.0);
+                assert_eq!(out[i].to_bits(), want.to_bits(), "{} coord {i}", est.id());
+            }
+            checked += 1;
+        }
+        assert_eq!(
+            checked, 5,
+            "reinforce, reinforce-ema, rloo, muprop, muprop-c"
+        );
+    }
 
     #[test]
     fn batched_counts_estimates_equal_each_estimators_own_bit_for_bit() {
