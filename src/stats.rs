@@ -1,6 +1,9 @@
 //! Streaming moments in f64: count, mean and the second to fourth central moment sums, updated
 //! one value at a time (Welford) and merged pairwise (Chan et al.; Pebay 2008), never as
 //! `E[x^2] - E[x]^2`. Merging in a fixed order makes results independent of thread count.
+//! The CPU engine's cheaper form, [`MomentSums`], sums the powers of each value's distance
+//! from a shift near the mean over a block of repetitions (vectorised, no division per value)
+//! and merges the block's central moments the same way.
 
 /// Streaming central moments of one scalar.
 #[derive(Clone, Copy, Debug, Default, PartialEq)]
