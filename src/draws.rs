@@ -92,6 +92,29 @@ impl CategoricalTable {
     }
 }
 
+impl CategoricalTable {
+    /// The categories drawn by N random words ([`CategoricalTable::category`] of each),
+    /// lane by lane so that the comparisons vectorise.
+    #[inline(always)]
+    pub fn categories<const N: usize>(&self, words: &[u32; N]) -> [u32; N] {
+        let mut above = [0u32; N];
+        if self.thresholds.len() < FIXED_K {
+            for &t in &self.fixed[..self.thresholds.len()] {
+                for (a, &w) in above.iter_mut().zip(words) {
+                    *a += u32::from(w > t);
+                }
+            }
+        } else {
+            for &t in &self.thresholds {
+                for (a, &w) in above.iter_mut().zip(words) {
+                    *a += u32::from(w > t);
+                }
+            }
+        }
+        above.map(|a| a.clamp(self.first_nonzero, self.last_nonzero))
+    }
+}
+
 /// `ceil(c 2^32) - 1`, clamped to the 32-bit range: the largest word whose uniform is still
 /// below `c` (exact: scaling by 2^32 and `ceil` are exact in f64).
 fn threshold(c: f64) -> u32 {
@@ -100,6 +123,13 @@ fn threshold(c: f64) -> u32 {
 
 /// Counts the categories of the S draws of repetition `rep` at sweep point `point` into
 /// `counts` (which it zeroes first). Draw `i` uses word `i % 4` of Philox block `i / 4`.
+///
+/// With at most [`FIXED_K`] categories the words are not classified one by one: Philox runs
+/// on 8 (then 4) blocks at once, and per threshold the pass tallies `G_j = #{w > S_j}`
+/// (vectorised, AVX2 where present). The thresholds are non-decreasing, so the unclamped
+/// category `#{j : w > S_j}` is `m` for exactly `G_{m-1} - G_m` words (`G_{-1} = S`,
+/// `G_{K-1} = 0`); the clamp to `[first_nonzero, last_nonzero]` then moves the counts below
+/// and above onto those two classes. The counts are the per-word ones exactly.
 pub fn count_categories(
     table: &CategoricalTable,
     key: [u32; 2],
@@ -109,6 +139,115 @@ pub fn count_categories(
     counts: &mut [u32],
 ) {
     counts.iter_mut().for_each(|c| *c = 0);
+    if table.thresholds.len() >= FIXED_K {
+        count_categories_scalar(table, key, rep, point, samples, counts);
+        return;
+    }
+    let mut above = [0u32; FIXED_K - 1];
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx2")]
+    fn avx2(
+        table: &CategoricalTable,
+        key: [u32; 2],
+        rep: u32,
+        point: u32,
+        samples: u32,
+        above: &mut [u32; FIXED_K - 1],
+    ) {
+        tally_repetition(table, key, rep, point, samples, above);
+    }
+    #[cfg(target_arch = "x86_64")]
+    if fastmath::has_avx2() {
+        // SAFETY: the CPU has AVX2, checked just above.
+        unsafe { avx2(table, key, rep, point, samples, &mut above) };
+    } else {
+        tally_repetition(table, key, rep, point, samples, &mut above);
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    tally_repetition(table, key, rep, point, samples, &mut above);
+    let k = counts.len();
+    let tally = |j: isize| -> u32 {
+        if j < 0 {
+            samples
+        } else if (j as usize) < k - 1 {
+            above[j as usize]
+        } else {
+            0
+        }
+    };
+    let (first, last) = (table.first_nonzero as usize, table.last_nonzero as usize);
+    for m in 0..k {
+        let n = tally(m as isize - 1) - tally(m as isize);
+        counts[m.clamp(first, last)] += n;
+    }
+}
+
+/// The threshold tallies of one repetition (see [`count_categories`]).
+#[inline(always)]
+fn tally_repetition(
+    table: &CategoricalTable,
+    key: [u32; 2],
+    rep: u32,
+    point: u32,
+    samples: u32,
+    above: &mut [u32; FIXED_K - 1],
+) {
+    let blocks = samples.div_ceil(4);
+    let mut block = 0;
+    while blocks - block >= 8 {
+        tally_blocks::<8>(table, key, rep, point, block, samples, above);
+        block += 8;
+    }
+    while block < blocks {
+        tally_blocks::<4>(table, key, rep, point, block, samples, above);
+        block += 4;
+    }
+}
+
+/// Adds to `above[j]` the number of words `w > S_j` among the draws of Philox blocks
+/// `block..block + W` (draws past `samples` left out).
+#[inline(always)]
+fn tally_blocks<const W: usize>(
+    table: &CategoricalTable,
+    key: [u32; 2],
+    rep: u32,
+    point: u32,
+    block: u32,
+    samples: u32,
+    above: &mut [u32; FIXED_K - 1],
+) {
+    let ctr = [
+        std::array::from_fn(|b| block + b as u32),
+        [rep; W],
+        [STREAM_CATEGORICAL << 16; W],
+        [point; W],
+    ];
+    let words = philox4x32_10_lanes::<W>(ctr, key);
+    // Draw (block + b) * 4 + w is in the repetition: a 0/1 mask per word.
+    let valid: [[u32; W]; 4] = std::array::from_fn(|w| {
+        std::array::from_fn(|b| u32::from((block as usize + b) * 4 + w < samples as usize))
+    });
+    let thresholds = &table.fixed[..table.thresholds.len()];
+    for (a, &t) in above.iter_mut().zip(thresholds) {
+        let mut lanes = [0u32; W];
+        for w in 0..4 {
+            for b in 0..W {
+                lanes[b] += u32::from(words[w][b] > t) & valid[w][b];
+            }
+        }
+        *a += lanes.iter().sum::<u32>();
+    }
+}
+
+/// [`count_categories`] one word at a time (any K).
+fn count_categories_scalar(
+    table: &CategoricalTable,
+    key: [u32; 2],
+    rep: u32,
+    point: u32,
+    samples: u32,
+    counts: &mut [u32],
+) {
     let full_blocks = samples / 4;
     for block in 0..full_blocks {
         let words = philox4x32_10(
@@ -160,7 +299,24 @@ pub fn draw_joint_categories(
     samples: u32,
     z: &mut [u32],
 ) {
-    fastmath::with_avx2(|| draw_joint_lanes(tables, key, rep, point, samples, z));
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx2")]
+    fn avx2(
+        tables: &[CategoricalTable],
+        key: [u32; 2],
+        rep: u32,
+        point: u32,
+        samples: u32,
+        z: &mut [u32],
+    ) {
+        draw_joint_lanes(tables, key, rep, point, samples, z);
+    }
+    #[cfg(target_arch = "x86_64")]
+    if fastmath::has_avx2() {
+        // SAFETY: the CPU has AVX2, checked just above.
+        return unsafe { avx2(tables, key, rep, point, samples, z) };
+    }
+    draw_joint_lanes(tables, key, rep, point, samples, z);
 }
 
 #[inline(always)]
@@ -186,11 +342,17 @@ fn draw_joint_lanes(
                 [point; W],
             ];
             let words = philox4x32_10_lanes(ctr, key);
+            // A plain loop, not `array::from_fn`, whose closure would be compiled apart
+            // (without AVX2).
+            let mut cats = [[0u32; W]; 4];
+            for w in 0..4 {
+                cats[w] = table.categories(&words[w]);
+            }
             for b in 0..W.min((blocks - block) as usize) {
-                for (w, word) in words.iter().enumerate() {
+                for (w, cat) in cats.iter().enumerate() {
                     let i = (block as usize + b) * 4 + w;
                     if i < samples as usize {
-                        z[i * l + var] = table.category(word[b]) as u32;
+                        z[i * l + var] = cat[b];
                     }
                 }
             }
@@ -299,7 +461,28 @@ impl RelaxedTable {
         z: &mut [u32],
         y_z: &mut [f32],
     ) {
-        fastmath::with_avx2(|| self.draw_batch_lanes(key, rep, point, first, n, y, z, y_z));
+        #[cfg(target_arch = "x86_64")]
+        #[target_feature(enable = "avx2")]
+        #[allow(clippy::too_many_arguments)]
+        fn avx2(
+            table: &RelaxedTable,
+            key: [u32; 2],
+            rep: u32,
+            point: u32,
+            first: u32,
+            n: usize,
+            y: &mut [f32],
+            z: &mut [u32],
+            y_z: &mut [f32],
+        ) {
+            table.draw_batch_lanes(key, rep, point, first, n, y, z, y_z);
+        }
+        #[cfg(target_arch = "x86_64")]
+        if fastmath::has_avx2() {
+            // SAFETY: the CPU has AVX2, checked just above.
+            return unsafe { avx2(self, key, rep, point, first, n, y, z, y_z) };
+        }
+        self.draw_batch_lanes(key, rep, point, first, n, y, z, y_z);
     }
 
     #[inline(always)]
@@ -535,6 +718,39 @@ mod tests {
         // Variable 1 reads another lane: its draws are not variable 0's.
         let one: Vec<u32> = z.chunks(2).map(|zi| zi[1]).collect();
         assert_ne!(one, categories(&tables[1], [3, 4], 5, 6, s));
+    }
+
+    #[test]
+    fn tallied_counts_equal_the_per_word_categories() {
+        let cases: [&[f64]; 5] = [
+            &[0.1, 0.0, 0.25, 0.65],
+            &[0.0, 0.0, 0.5, 0.5, 0.0],
+            &[0.25, 0.25, 0.0],
+            &[1.0],
+            &[0.05, 0.1, 0.15, 0.2, 0.1, 0.1, 0.1, 0.1, 0.05, 0.05],
+        ];
+        for p in cases {
+            let table = CategoricalTable::new(p);
+            for s in [1u32, 3, 4, 5, 16, 31, 32, 33, 45, 64, 100, 257] {
+                for rep in [0u32, 9] {
+                    let mut counts = vec![0u32; p.len()];
+                    count_categories(&table, [5, 6], rep, 2, s, &mut counts);
+                    let mut want = vec![0u32; p.len()];
+                    for c in categories(&table, [5, 6], rep, 2, s) {
+                        want[c as usize] += 1;
+                    }
+                    assert_eq!(counts, want, "p = {p:?}, S = {s}");
+                    let mut scalar = vec![0u32; p.len()];
+                    count_categories_scalar(&table, [5, 6], rep, 2, s, &mut scalar);
+                    assert_eq!(scalar, want);
+                }
+            }
+            let words: [u32; 6] = [0, 1, u32::MAX, 1 << 31, 123_456_789, 4_000_000_000];
+            let cats = table.categories(&words);
+            for (w, c) in words.iter().zip(cats) {
+                assert_eq!(c as usize, table.category(*w));
+            }
+        }
     }
 
     #[test]

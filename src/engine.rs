@@ -6,7 +6,8 @@
 //! generic path, which hands the estimator the joint draws themselves. Cells on one path share
 //! its pass over the draws (common random numbers: every estimator of a family sees the same
 //! draws). A pass is parallel over repetitions; the moments are then accumulated per cell in
-//! repetition order, so a seed gives bit-identical results on any number of threads.
+//! repetition order, as power sums per block of repetitions ([`MomentSums`]) merged in block
+//! order, so a seed gives bit-identical results on any number of threads.
 //! The [`Engine`] trait is what the CPU and GPU engines share.
 
 use std::time::Instant;
@@ -19,15 +20,16 @@ use crate::draws::{
 use crate::error::{Error, Result};
 use crate::estimators::warmed_baseline;
 use crate::estimators::{
-    estimate_one, fill_joint_counts, relaxed_moments, uses_counts, uses_hard_draw_counts,
-    uses_joint_counts, uses_relaxed_sums, Context, DrawSource, Estimator, Family, JointCounts,
-    JointDraws, Lowering, MovingAverage, Noise, RelaxedMoments, Settings,
+    estimate_counts_batch, estimate_one, fill_joint_counts, relaxed_moments, transpose_counts,
+    uses_counts, uses_hard_draw_counts, uses_joint_counts, uses_relaxed_sums, Context, DrawSource,
+    Estimator, Family, JointCounts, JointDraws, Lowering, MovingAverage, Noise, RelaxedMoments,
+    Settings,
 };
 use crate::faults;
 use crate::loss::Loss;
 use crate::philox::key_of;
 use crate::problem::Problem;
-use crate::stats::EstimateMoments;
+use crate::stats::{EstimateMoments, MomentSums, PUSH_BATCH};
 
 /// The smallest Gumbel-softmax temperature: the Gumbel kernels scale `(h - max h)` by
 /// `1 / tau` in f32, and the relaxed estimates by `1 / tau` again, whose squares the moment
@@ -446,6 +448,7 @@ pub(crate) fn cpu_point_cells(
     let has = |p: Path| cells.iter().any(|c| c.path == p);
     let counts_paths = u64::from(has(Path::Counts)) + u64::from(has(Path::HardDrawCounts));
     let counts_on = counts_paths > 0;
+    let lowered_counts_on = has(Path::Counts);
     let sums_on = has(Path::RelaxedSums);
     let generic_sf = has(Path::Generic(Family::ScoreFunction));
     let generic_rel = has(Path::Generic(Family::Relaxed));
@@ -498,6 +501,11 @@ pub(crate) fn cpu_point_cells(
             // but on the GPU engine the second runs apart), so that the total is
             // [`SweepSpec::total_draws`] whichever engine runs the point.
             progress(counts_paths * u64::from(nb) * u64::from(s));
+        }
+        // The counts in f64, category-major, for the batched counts lowering.
+        let mut counts_t = Vec::new();
+        if lowered_counts_on {
+            transpose_counts(&counts, k, &mut counts_t);
         }
         let mut sums = vec![0f64; if sums_on { nbu * sums_width } else { 0 }];
         if sums_on {
@@ -628,6 +636,9 @@ pub(crate) fn cpu_point_cells(
         }
         cells.par_iter_mut().for_each(|cell| {
             let t0 = Instant::now();
+            let mut block_sums = MomentSums::new(&cell.moments);
+            let mut batch = vec![0.0; dim * PUSH_BATCH];
+            let mut in_batch = 0;
             let ctx = cell.warm_ctx.as_ref().unwrap_or(&contexts[cell.loss_index]);
             let mut estimate = vec![0.0; dim];
             let faulty = faults::any();
@@ -635,7 +646,27 @@ pub(crate) fn cpu_point_cells(
                 .iter()
                 .position(|&li| li == cell.loss_index)
                 .unwrap_or(0);
-            for r in 0..nbu {
+            // The counts lowering runs a batch of repetitions at a time (the same estimates).
+            let batched = cell.path == Path::Counts && !faulty;
+            if batched {
+                let mut r0 = 0;
+                while r0 < nbu {
+                    let n = (nbu - r0).min(PUSH_BATCH);
+                    estimate_counts_batch(
+                        cell.estimator,
+                        ctx,
+                        &counts_t[r0..],
+                        nbu,
+                        n,
+                        s,
+                        &mut cell.baseline,
+                        &mut batch,
+                    );
+                    block_sums.push_batch(&batch, n, &ctx.grad);
+                    r0 += n;
+                }
+            }
+            for r in 0..if batched { 0 } else { nbu } {
                 match cell.path {
                     Path::Counts | Path::HardDrawCounts => {
                         let c = &counts[r * k..(r + 1) * k];
@@ -705,8 +736,19 @@ pub(crate) fn cpu_point_cells(
                 if faulty {
                     faults::distort(cell.estimator.id(), ctx.tau, &ctx.grad, &mut estimate);
                 }
-                cell.moments.push(&estimate, &ctx.grad);
+                for (j, &v) in estimate.iter().enumerate() {
+                    batch[j * PUSH_BATCH + in_batch] = v;
+                }
+                in_batch += 1;
+                if in_batch == PUSH_BATCH {
+                    block_sums.push_batch(&batch, in_batch, &ctx.grad);
+                    in_batch = 0;
+                }
             }
+            if in_batch > 0 {
+                block_sums.push_batch(&batch, in_batch, &ctx.grad);
+            }
+            block_sums.flush_into(&mut cell.moments);
             cell.seconds += t0.elapsed().as_secs_f64();
         });
         block_start += nb;

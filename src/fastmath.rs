@@ -42,23 +42,24 @@ pub fn exp_nonpositive(x: f32) -> f32 {
     p * scale
 }
 
-/// Runs `f` compiled for AVX2 where the CPU has it, else as built. The results are
-/// bit-identical either way: vectorising element-wise IEEE arithmetic changes no rounding,
-/// and Rust never contracts `a * b + c` into a fused multiply-add on its own.
+/// Whether the CPU has AVX2 (std caches the answer).
+///
+/// The hot loops dispatch on it to a `#[target_feature(enable = "avx2")]` function whose body
+/// is an `#[inline(always)]` function, so that the body is compiled for AVX2 (a closure handed
+/// to a target-feature function is compiled apart, without the feature, unless it happens to be
+/// inlined). The results are bit-identical either way: vectorising element-wise IEEE
+/// arithmetic changes no rounding, enabling AVX2 enables no fused multiply-add, and Rust never
+/// contracts `a * b + c` into one on its own.
 #[inline(always)]
-pub fn with_avx2<R>(f: impl FnOnce() -> R) -> R {
+pub fn has_avx2() -> bool {
     #[cfg(target_arch = "x86_64")]
     {
-        #[target_feature(enable = "avx2")]
-        fn avx2<R>(f: impl FnOnce() -> R) -> R {
-            f()
-        }
-        if std::is_x86_feature_detected!("avx2") {
-            // SAFETY: the CPU supports AVX2, checked just above.
-            return unsafe { avx2(f) };
-        }
+        std::is_x86_feature_detected!("avx2")
     }
-    f()
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        false
+    }
 }
 
 #[cfg(test)]

@@ -594,6 +594,180 @@ pub fn score_sum(counts: &[u32], signal: impl Fn(usize) -> f64, p: &[f64], out: 
     }
 }
 
+/// Most repetitions in one call of [`estimate_counts_batch`].
+pub const COUNTS_BATCH: usize = 64;
+
+/// The counts lowering ([`Lowering::ScoreFunction`], one variable) of `estimator` for a batch
+/// of `n <= COUNTS_BATCH` repetitions at once, vectorised across repetitions (AVX2 where
+/// present): `counts` holds their category counts in f64, category-major (count of category
+/// `j` of repetition `r` at `counts[j * stride + r]`, see [`transpose_counts`]), `out` receives
+/// their estimates coordinate-major (`out[j * COUNTS_BATCH + r]`), and a moving-average
+/// baseline is read and updated repetition by repetition.
+///
+/// Bit for bit each repetition's [`Estimator::estimate_from_counts`] (and
+/// [`Estimator::baseline_signal`]) of the estimators with this lowering (a test compares
+/// them): with signal `L_k` (`f_k`, or MuProp's `ctx.muprop_signal`) and baseline `b`,
+/// `w_k = n_k (L_k - b)`, `out_j = (w_j - p_j sum_k w_k) scale + c_j` ([`score_sum`]), where
+/// `b` is the moving average, the mean `sum_k n_k L_k / S` (leave-one-out, scale `1/(S-1)`),
+/// or none (scale `1/S`).
+///
+/// # Panics
+/// For an estimator without a score-function lowering, or `n` out of range.
+#[allow(clippy::too_many_arguments)]
+pub fn estimate_counts_batch(
+    estimator: &dyn Estimator,
+    ctx: &Context,
+    counts: &[f64],
+    stride: usize,
+    n: usize,
+    s: u32,
+    baseline: &mut MovingAverage,
+    out: &mut [f64],
+) {
+    let Some(Lowering::ScoreFunction {
+        signal,
+        baseline: kind,
+        constant,
+    }) = estimator.lowering()
+    else {
+        panic!("{} has no score-function lowering", estimator.id());
+    };
+    let k = ctx.k;
+    assert!((1..=COUNTS_BATCH).contains(&n) && n <= stride && out.len() >= k * COUNTS_BATCH);
+    assert!(counts.len() >= (k - 1) * stride + n);
+    let sig: &[f64] = match (signal, constant) {
+        (_, Constant::ExactGradient) | (None, _) => {
+            for (j, &g) in ctx.grad[..k].iter().enumerate() {
+                out[j * COUNTS_BATCH..j * COUNTS_BATCH + n]
+                    .iter_mut()
+                    .for_each(|o| *o = g);
+            }
+            return;
+        }
+        (Some(Signal::Loss), _) => &ctx.f,
+        (Some(Signal::MupropResidual), _) => &ctx.muprop_signal,
+    };
+    let c: &[f64] = match constant {
+        Constant::MeanField => &ctx.muprop_mean_field,
+        _ => &[],
+    };
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx2")]
+    #[allow(clippy::too_many_arguments)]
+    fn avx2(
+        sig: &[f64],
+        p: &[f64],
+        c: &[f64],
+        kind: Baseline,
+        counts: (&[f64], usize, usize),
+        s: u32,
+        baseline: &mut MovingAverage,
+        out: &mut [f64],
+    ) {
+        counts_batch_lanes(sig, p, c, kind, counts, s, baseline, out);
+    }
+    let counts = (counts, stride, n);
+    #[cfg(target_arch = "x86_64")]
+    if crate::fastmath::has_avx2() {
+        // SAFETY: the CPU has AVX2, checked just above.
+        return unsafe { avx2(sig, &ctx.p, c, kind, counts, s, baseline, out) };
+    }
+    counts_batch_lanes(sig, &ctx.p, c, kind, counts, s, baseline, out);
+}
+
+/// The counts of `reps` repetitions (`reps * K`, repetition-major) in f64, category-major
+/// (`out[j * reps + r]`), as [`estimate_counts_batch`] reads them.
+pub fn transpose_counts(counts: &[u32], k: usize, out: &mut Vec<f64>) {
+    let reps = counts.len() / k;
+    out.clear();
+    out.resize(reps * k, 0.0);
+    for (r, c) in counts.chunks_exact(k).enumerate() {
+        for (j, &v) in c.iter().enumerate() {
+            out[j * reps + r] = f64::from(v);
+        }
+    }
+}
+
+#[inline(always)]
+#[allow(clippy::too_many_arguments, clippy::needless_range_loop)]
+fn counts_batch_lanes(
+    sig: &[f64],
+    p: &[f64],
+    c: &[f64],
+    kind: Baseline,
+    (counts, stride, n): (&[f64], usize, usize),
+    s: u32,
+    baseline: &mut MovingAverage,
+    out: &mut [f64],
+) {
+    const B: usize = COUNTS_BATCH;
+    let k = sig.len();
+    // The counts, category-major, in `out` (each coordinate's row is read before it is written
+    // below).
+    for j in 0..k {
+        out[j * B..j * B + n].copy_from_slice(&counts[j * stride..j * stride + n]);
+    }
+    // The per-repetition baseline: sum_k n_k L_k / S where the estimator needs it.
+    let mut b = [0f64; B];
+    if kind != Baseline::None {
+        let mut total = [-0.0f64; B];
+        for j in 0..k {
+            let row = &out[j * B..j * B + n];
+            for r in 0..n {
+                total[r] += row[r] * sig[j];
+            }
+        }
+        let sf = f64::from(s);
+        for r in 0..n {
+            b[r] = total[r] / sf;
+        }
+        if kind == Baseline::MovingAverage {
+            // Serial: each repetition's baseline is the average of the earlier ones' signals.
+            for r in 0..n {
+                let signal = b[r];
+                b[r] = baseline.value();
+                baseline.push(signal);
+            }
+        }
+    }
+    let scale = if kind == Baseline::LeaveOneOut {
+        1.0 / (f64::from(s) - 1.0)
+    } else {
+        1.0 / f64::from(s)
+    };
+    // w_j = n_j (L_j - b) and its total.
+    let mut total = [0f64; B];
+    for j in 0..k {
+        let row = &mut out[j * B..j * B + n];
+        let lj = sig[j];
+        if kind == Baseline::None {
+            for r in 0..n {
+                row[r] *= lj;
+                total[r] += row[r];
+            }
+        } else {
+            for r in 0..n {
+                row[r] *= lj - b[r];
+                total[r] += row[r];
+            }
+        }
+    }
+    for j in 0..k {
+        let row = &mut out[j * B..j * B + n];
+        let pj = p[j];
+        if c.is_empty() {
+            for r in 0..n {
+                row[r] = (row[r] - pj * total[r]) * scale;
+            }
+        } else {
+            let cj = c[j];
+            for r in 0..n {
+                row[r] = (row[r] - pj * total[r]) * scale + cj;
+            }
+        }
+    }
+}
+
 /// One relaxed draw, as the Gumbel estimators see it.
 #[derive(Clone, Copy, Debug)]
 pub struct RelaxedDraw<'a> {
@@ -699,7 +873,7 @@ impl RelaxedMoments {
     }
 
     /// Adds a batch of draws; the loops run over draws and vectorise (AVX2 where present;
-    /// the same results either way, see [`crate::fastmath::with_avx2`]).
+    /// the same results either way, see [`crate::fastmath::has_avx2`]).
     pub fn add_batch(&mut self, batch: &RelaxedBatch<'_>) {
         #[cfg(target_arch = "x86_64")]
         if std::is_x86_feature_detected!("avx2") {
@@ -1147,12 +1321,68 @@ pub fn estimate_from_joint_counts(
     };
     let residual = matches!(signal, Some(Signal::MupropResidual));
     let centre = total - b * s;
-    for (i, o) in out.iter_mut().enumerate() {
-        let q = if residual { sums.q[i] } else { 0.0 };
-        let a = sums.f[i] - (shift + b) * sums.n[i] - q;
-        *o = scale * (a - ctx.p[i] * centre) + c.get(i).copied().unwrap_or(0.0);
+    let form = JointForm {
+        shift_b: shift + b,
+        scale,
+        centre,
+        residual,
+    };
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx2")]
+    fn avx2(form: &JointForm, sums: &JointCounts<'_>, p: &[f64], c: &[f64], out: &mut [f64]) {
+        form.apply(sums, p, c, out);
     }
+    #[cfg(target_arch = "x86_64")]
+    if crate::fastmath::has_avx2() {
+        // SAFETY: the CPU has AVX2, checked just above.
+        unsafe { avx2(&form, sums, &ctx.p, c, out) };
+        return (kind == Baseline::MovingAverage).then_some(total / s);
+    }
+    form.apply(sums, &ctx.p, c, out);
     (kind == Baseline::MovingAverage).then_some(total / s)
+}
+
+/// The per-coordinate arithmetic of [`estimate_from_joint_counts`]:
+/// `out_i = scale (F_i - (shift + b) n_i - [Q_i] - p_i centre) + c_i`, with `c_i = 0` where
+/// there is no constant (added all the same, as the scalar form did: `-0 + 0` is `+0`).
+struct JointForm {
+    shift_b: f64,
+    scale: f64,
+    centre: f64,
+    residual: bool,
+}
+
+impl JointForm {
+    #[inline(always)]
+    #[allow(clippy::needless_range_loop)]
+    fn apply(&self, sums: &JointCounts<'_>, p: &[f64], c: &[f64], out: &mut [f64]) {
+        let m = out.len();
+        let (f, n, q, p) = (&sums.f[..m], &sums.n[..m], &sums.q[..m], &p[..m]);
+        let (sb, scale, centre) = (self.shift_b, self.scale, self.centre);
+        // `x - 0.0` is `x` for every x, so the loss signal leaves the Q term out.
+        match (self.residual, c.len() >= m) {
+            (true, true) => {
+                for i in 0..m {
+                    out[i] = scale * ((f[i] - sb * n[i] - q[i]) - p[i] * centre) + c[i];
+                }
+            }
+            (true, false) => {
+                for i in 0..m {
+                    out[i] = scale * ((f[i] - sb * n[i] - q[i]) - p[i] * centre) + 0.0;
+                }
+            }
+            (false, true) => {
+                for i in 0..m {
+                    out[i] = scale * ((f[i] - sb * n[i]) - p[i] * centre) + c[i];
+                }
+            }
+            (false, false) => {
+                for i in 0..m {
+                    out[i] = scale * ((f[i] - sb * n[i]) - p[i] * centre) + 0.0;
+                }
+            }
+        }
+    }
 }
 
 /// Whether `estimator` runs on the hard-draw counts lowering for `ctx` (one variable).
@@ -1206,5 +1436,192 @@ impl MovingAverage {
     pub fn push(&mut self, v: f64) {
         self.sum = EMA_DECAY * self.sum + (1.0 - EMA_DECAY) * v;
         self.weight = EMA_DECAY * self.weight + (1.0 - EMA_DECAY);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::philox::PhiloxStream;
+    use crate::problem::Problem;
+
+    #[test]
+    #[allow(clippy::needless_range_loop)]
+    fn joint_counts_estimates_keep_the_per_coordinate_formula_bit_for_bit() {
+        // The vectorised per-coordinate loop against the formula as it was written before:
+        // `scale (F - (shift + b) n - [Q]) - p centre) + c`, `c` 0 where there is none.
+        let problem = (crate::problems::by_name("indecater-6x10").unwrap().build)(0);
+        let ctx = Context::new(&problem, Loss::Pnorm, 1.0);
+        let (l, k) = (ctx.l, ctx.k);
+        let tables: Vec<_> = ctx
+            .p
+            .chunks(k)
+            .map(crate::draws::CategoricalTable::new)
+            .collect();
+        let s = 37;
+        let mut z = vec![0u32; s * l];
+        crate::draws::draw_joint_categories(&tables, [1, 2], 3, 4, s as u32, &mut z);
+        let f: Vec<f64> = z
+            .chunks_exact(l)
+            .map(|zi| ctx.objective.at_vertex(zi))
+            .collect();
+        let mut buffer = vec![0.0; JointCounts::buffer_len(&ctx)];
+        fill_joint_counts(&ctx, &z, &f, &mut buffer);
+        let sums = JointCounts::view(&ctx, s, &buffer);
+        let mut checked = 0;
+        for est in REGISTRY.iter().filter(|e| uses_joint_counts(**e, &ctx)) {
+            let Some(Lowering::ScoreFunction {
+                signal,
+                baseline: kind,
+                constant,
+            }) = est.lowering()
+            else {
+                continue;
+            };
+            if constant == Constant::ExactGradient {
+                continue;
+            }
+            let mut out = vec![0.0; ctx.dim()];
+            let b_ma = 0.37;
+            estimate_from_joint_counts(*est, &ctx, &sums, b_ma, &mut out);
+            let sf = s as f64;
+            let m = ctx.mean_field.as_ref().unwrap();
+            let residual = signal == Some(Signal::MupropResidual);
+            let (shift, total) = if residual {
+                let shift = m.value - m.grad_dot_p.iter().sum::<f64>();
+                (shift, sums.f_total - shift * sf - sums.q_total)
+            } else {
+                (0.0, sums.f_total)
+            };
+            let (b, scale) = match kind {
+                Baseline::None => (0.0, 1.0 / sf),
+                Baseline::MovingAverage => (b_ma, 1.0 / sf),
+                Baseline::LeaveOneOut => (total / sf, 1.0 / (sf - 1.0)),
+            };
+            let c: &[f64] = if constant == Constant::MeanField {
+                &ctx.muprop_mean_field
+            } else {
+                &[]
+            };
+            let centre = total - b * sf;
+            for i in 0..ctx.dim() {
+                let q = if residual { sums.q[i] } else { 0.0 };
+                let a = sums.f[i] - (shift + b) * sums.n[i] - q;
+                let want = scale * (a - ctx.p[i] * centre) + c.get(i).copied().unwrap_or(0.0);
+                assert_eq!(out[i].to_bits(), want.to_bits(), "{} coord {i}", est.id());
+            }
+            checked += 1;
+        }
+        assert_eq!(
+            checked, 5,
+            "reinforce, reinforce-ema, rloo, muprop, muprop-c"
+        );
+    }
+
+    #[test]
+    fn batched_counts_estimates_equal_each_estimators_own_bit_for_bit() {
+        // Every estimator on the counts path, every quadratic loss, batches of uneven sizes
+        // with the moving average carried across them, S = 1 (no draws but one), 7 and 300.
+        let problem = Problem::seeded(3, 20, 6);
+        let mut rng = PhiloxStream::new(11, 0, 0);
+        let mut checked = 0;
+        for loss in Loss::QUADRATIC {
+            let ctx = Context::new(&problem, loss, 1.0);
+            let k = ctx.k;
+            for est in REGISTRY.iter().filter(|e| uses_counts(**e, &ctx)) {
+                for s in [1u32, 7, 300]
+                    .into_iter()
+                    .filter(|&s| s >= est.min_samples())
+                {
+                    let reps = 150;
+                    let counts: Vec<u32> = (0..reps)
+                        .flat_map(|_| {
+                            let mut c = vec![0u32; k];
+                            for _ in 0..s {
+                                c[rng.next_below(k as u32) as usize] += 1;
+                            }
+                            c
+                        })
+                        .collect();
+                    let (mut ma_one, mut ma_batch) =
+                        (MovingAverage::default(), MovingAverage::default());
+                    let mut out = vec![0.0; k * COUNTS_BATCH];
+                    let mut one = vec![0.0; k];
+                    let mut r0 = 0;
+                    for n in [1usize, 64, 5, 64, 16].into_iter().cycle() {
+                        if r0 >= reps {
+                            break;
+                        }
+                        let n = n.min(reps - r0);
+                        let block = &counts[r0 * k..(r0 + n) * k];
+                        let mut block_t = Vec::new();
+                        transpose_counts(block, k, &mut block_t);
+                        let mut ma_scalar = ma_batch;
+                        estimate_counts_batch(
+                            *est,
+                            &ctx,
+                            &block_t,
+                            n,
+                            n,
+                            s,
+                            &mut ma_batch,
+                            &mut out,
+                        );
+                        // The scalar fallback gives the same bits.
+                        if let Some(Lowering::ScoreFunction {
+                            signal: Some(signal),
+                            baseline: kind,
+                            constant,
+                        }) = est.lowering()
+                        {
+                            let sig = match signal {
+                                Signal::Loss => &ctx.f,
+                                Signal::MupropResidual => &ctx.muprop_signal,
+                            };
+                            let c: &[f64] = match constant {
+                                Constant::MeanField => &ctx.muprop_mean_field,
+                                _ => &[],
+                            };
+                            let mut scalar = vec![0.0; k * COUNTS_BATCH];
+                            counts_batch_lanes(
+                                sig,
+                                &ctx.p,
+                                c,
+                                kind,
+                                (&block_t[..], n, n),
+                                s,
+                                &mut ma_scalar,
+                                &mut scalar,
+                            );
+                            for j in 0..k {
+                                let row = j * COUNTS_BATCH..j * COUNTS_BATCH + n;
+                                assert_eq!(scalar[row.clone()], out[row], "{} scalar", est.id());
+                            }
+                        }
+                        for r in 0..n {
+                            let c = &block[r * k..(r + 1) * k];
+                            let b = ma_one.value();
+                            let draws = DrawSource::Counts { counts: c, s };
+                            if let Some(v) = estimate_one(*est, &ctx, draws, b, &mut one) {
+                                ma_one.push(v);
+                            }
+                            for j in 0..k {
+                                assert_eq!(
+                                    out[j * COUNTS_BATCH + r].to_bits(),
+                                    one[j].to_bits(),
+                                    "{} {loss} S={s} rep {} coord {j}",
+                                    est.id(),
+                                    r0 + r
+                                );
+                            }
+                        }
+                        r0 += n;
+                        checked += 1;
+                    }
+                    assert_eq!(ma_one.value().to_bits(), ma_batch.value().to_bits());
+                }
+            }
+        }
+        assert!(checked > 6 * 3 * 3, "{checked}");
     }
 }
