@@ -182,11 +182,12 @@ impl LineFigure {
             .build_cartesian_2d(x0..x1, y0..y1)
             .map_err(msg)?;
         let log = panel.log_y;
+        let y_step = (y1 - y0) / 7.0;
         let y_format = |v: &f64| {
             if log {
                 decade_label(*v)
             } else {
-                format_tick(*v)
+                format_tick_at(*v, y_step)
             }
         };
         let names = &panel.x_names;
@@ -340,6 +341,21 @@ impl LineFigure {
     }
 }
 
+/// A tick label on an axis whose ticks are about `step` apart: enough decimals to tell
+/// neighbouring ticks apart (at least those of [`format_tick`]).
+fn format_tick_at(v: f64, step: f64) -> String {
+    if step > 0.0 && step < 1.0 && v.abs() < 1e5 && v != 0.0 {
+        let digits = (-step.log10()).ceil().max(0.0) as usize + 1;
+        let plain = format_tick(v);
+        let fine = format!("{v:.digits$}");
+        if fine.len() > plain.len() && !plain.contains('e') {
+            return fine;
+        }
+        return plain;
+    }
+    format_tick(v)
+}
+
 /// A tick label: integers plainly, small or large numbers in scientific notation, else
 /// three significant digits.
 fn format_tick(v: f64) -> String {
@@ -394,6 +410,9 @@ mod tests {
         assert_eq!(format_tick(2000.0), "2000");
         assert_eq!(format_tick(0.25), "0.250");
         assert_eq!(format_tick(1.5e-5), "1.5e-5");
+        // Ticks 0.0003 apart need four decimals to differ.
+        assert_eq!(format_tick_at(0.2493, 0.0003), "0.2493");
+        assert_eq!(format_tick_at(0.25, 0.05), "0.250");
     }
 
     #[test]

@@ -14,8 +14,14 @@
 
 pub mod claims;
 pub mod figure;
+pub mod runs;
+pub mod toy;
 
+mod arm_toy;
 mod indecater_synthetic;
+mod rebar_toy;
+mod reinmax_poly;
+mod relax_toy;
 
 use std::path::{Path, PathBuf};
 use std::time::Instant;
@@ -69,12 +75,38 @@ pub struct Experiment {
 }
 
 /// Every experiment, in the order `--list` and `--all` take them.
-pub static EXPERIMENTS: &[Experiment] = &[Experiment {
-    name: "indecater-synthetic",
-    about: "variance and 1 - cosine at 1000 draws on (12,3), (6,10), (3,100) categoricals, and the 200-Bernoulli optimisation",
-    source: "De Smet et al. 2023 (IndeCateR), synthetic experiments",
-    run: indecater_synthetic::run,
-}];
+pub static EXPERIMENTS: &[Experiment] = &[
+    Experiment {
+        name: "rebar-toy",
+        about: "one Bernoulli, minimise E(z - 0.45)^2: loss and gradient variance against steps",
+        source: "Tucker et al. 2017 (REBAR), Fig. 1",
+        run: rebar_toy::run,
+    },
+    Experiment {
+        name: "relax-toy",
+        about: "one Bernoulli, minimise E(z - 0.499)^2: which estimators reach the optimum",
+        source: "Grathwohl et al. 2018 (RELAX), Fig. 1",
+        run: relax_toy::run,
+    },
+    Experiment {
+        name: "arm-toy",
+        about: "one Bernoulli, maximise E(z - p0)^2 for p0 in {0.49, 0.499, 0.501, 0.51}: probability trajectories",
+        source: "Yin and Zhou 2019 (ARM), Fig. 1",
+        run: arm_toy::run,
+    },
+    Experiment {
+        name: "reinmax-poly",
+        about: "128 Bernoulli variables, minimise E mean |z - 0.45|^p for p in {1.5, 2, 3}: training loss over 10 seeds",
+        source: "Liu et al. 2023 (ReinMax), polynomial programming",
+        run: reinmax_poly::run,
+    },
+    Experiment {
+        name: "indecater-synthetic",
+        about: "variance and 1 - cosine at 1000 draws on (12,3), (6,10), (3,100) categoricals, and the 200-Bernoulli optimisation",
+        source: "De Smet et al. 2023 (IndeCateR), synthetic experiments",
+        run: indecater_synthetic::run,
+    },
+];
 
 /// Looks an experiment up by name.
 ///
