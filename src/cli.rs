@@ -40,7 +40,8 @@ pub struct Cli {
 pub enum Command {
     /// Sweep every estimator over draw counts S and write results and plots (the default).
     Run(RunArgs),
-    /// Learn the stochastic layer with each estimator and plot the learning curves.
+    /// Learn the stochastic layer with each estimator and plot the learning curves; with
+    /// --problem, optimise E f(z) of any problem with each estimator.
     Train(TrainArgs),
     /// Rerun a baseline's configuration and fail (exit 1) on a quality or speed regression.
     Check(CheckArgs),
@@ -82,6 +83,11 @@ pub struct ReproduceArgs {
 /// The raw options of `mcgrad train`, as typed.
 #[derive(Debug, Args)]
 pub struct TrainArgs {
+    /// Optimise E f(z) over W of this problem instead of training the digits classifier: a
+    /// named problem (see `mcgrad problems`) or a problem file (as `mcgrad run --problem`).
+    /// Every estimator starts from the problem's W and reads the same draws.
+    #[arg(long, value_name = "NAME|FILE")]
+    pub problem: Option<String>,
     /// Estimators to train with, comma-separated, or `all` (those that can run with --samples).
     #[arg(long, value_delimiter = ',', default_value = "all")]
     pub estimators: Vec<String>,
@@ -104,12 +110,18 @@ pub struct TrainArgs {
     /// Steps of each tuning run [default: a third of --steps].
     #[arg(long)]
     pub tune_steps: Option<u32>,
-    /// Optimiser: sgd or adam.
-    #[arg(long, value_name = "sgd|adam", default_value = "adam")]
+    /// Optimiser: sgd, adam or rmsprop.
+    #[arg(
+        long,
+        alias = "optimiser",
+        value_name = "sgd|adam|rmsprop",
+        default_value = "adam"
+    )]
     pub optimizer: String,
-    /// Loss of a draw: `squared` (against the one-hot class) or `linear` (cost 1 for a wrong class).
-    #[arg(long, default_value = "squared")]
-    pub loss: String,
+    /// Loss of a draw [default: squared; with --problem, the problem's]. Digits: `squared`
+    /// (against the one-hot class) or `linear` (cost 1 for a wrong class).
+    #[arg(long)]
+    pub loss: Option<String>,
     /// Gumbel-softmax temperature, at least 1e-3 (`mcgrad::engine::MIN_TAU`).
     #[arg(long, default_value_t = 1.0)]
     pub tau: f64,
@@ -146,15 +158,131 @@ pub struct TrainArgs {
     /// No progress bar on stderr (the results table still goes to stdout).
     #[arg(long)]
     pub quiet: bool,
+    /// With --problem: exponent p >= 1 of the pnorm loss [default: the problem's].
+    #[arg(long, value_name = "P")]
+    pub p: Option<f64>,
+    /// With --problem: probabilities to record, VARIABLE:CATEGORY, comma-separated
+    /// [default: the last category of the first four variables].
+    #[arg(long, value_name = "LIST", value_delimiter = ',')]
+    pub track: Vec<String>,
+    /// With --problem: the trajectory along which every estimator's gradient variance is
+    /// measured at the same W: exact, an estimator id, none, or auto (exact where the problem
+    /// has an exact gradient).
+    #[arg(long, value_name = "exact|ID|none|auto")]
+    pub shared: Option<String>,
+    /// With --problem: raise E f(z) instead of lowering it.
+    #[arg(long)]
+    pub maximise: bool,
+    /// With --problem: steps of each warm-up that tunes REBAR's eta and tau and trains
+    /// RELAX's control variate (counted in time and loss evaluations) [default: 200].
+    #[arg(long, value_name = "N")]
+    pub warmup: Option<u32>,
+    /// With --problem: warm up again every N steps [default: 0, only at the start].
+    #[arg(long, value_name = "N")]
+    pub rewarm_every: Option<u32>,
+    /// With --problem: categories that `sum-and-sample` sums exactly [default: 1].
+    #[arg(long, value_name = "K")]
+    pub rb_k: Option<usize>,
+    /// With --problem: conditional Gumbel draws per hard draw of `gumbel-rao` [default: 10].
+    #[arg(long, value_name = "M")]
+    pub gr_samples: Option<u32>,
+    /// With --problem: REBAR's eta [default: tuned in the warm-up].
+    #[arg(long, value_name = "ETA")]
+    pub rebar_eta: Option<f64>,
+    /// With --problem: REBAR's temperature [default: tuned in the warm-up, from --tau].
+    #[arg(long, value_name = "T")]
+    pub rebar_tau: Option<f64>,
 }
 
 impl TrainArgs {
+    /// The options of `mcgrad train --problem` as the library takes them.
+    ///
+    /// # Errors
+    /// [`Error::Unknown`] for an unknown optimiser; [`Error::InvalidArgument`] for an option
+    /// of the digits classifier, which a problem has no use for.
+    pub fn into_problem_options(self) -> Result<mcgrad::optimise::ProblemTrainOptions> {
+        let digits_only = [
+            ("--lr-grid", self.lr_grid.is_some()),
+            ("--tune-steps", self.tune_steps.is_some()),
+            ("--adapter", self.adapter.is_some()),
+            ("--mnist", self.mnist.is_some()),
+            ("--train-size", self.train_size.is_some()),
+            ("--test-size", self.test_size.is_some()),
+            ("--backend gpu", self.backend == "gpu"),
+        ];
+        if let Some((name, _)) = digits_only.iter().find(|(_, given)| *given) {
+            return Err(Error::InvalidArgument(format!(
+                "{name} is an option of the digits classifier; --problem runs on the CPU with one learning rate (--lr)"
+            )));
+        }
+        let defaults = mcgrad::estimators::Settings::default();
+        if self.gr_samples == Some(0) {
+            return Err(Error::InvalidArgument(
+                "--gr-samples must be at least 1".into(),
+            ));
+        }
+        if let Some(t) = self.rebar_tau.filter(|t| !(t.is_finite() && *t > 0.0)) {
+            return Err(Error::InvalidArgument(format!(
+                "--rebar-tau must be positive (got {t})"
+            )));
+        }
+        if let Some(e) = self.rebar_eta.filter(|e| !e.is_finite()) {
+            return Err(Error::InvalidArgument(format!(
+                "--rebar-eta must be a finite number (got {e})"
+            )));
+        }
+        Ok(mcgrad::optimise::ProblemTrainOptions {
+            problem: self.problem.unwrap_or_default(),
+            p: self.p,
+            loss: self.loss,
+            estimators: self.estimators,
+            optimiser: self.optimizer.parse()?,
+            lr: self.lr,
+            steps: self.steps,
+            samples: self.samples,
+            eval_every: self.eval_every,
+            variance_reps: self.variance_reps,
+            track: self.track,
+            shared: self.shared.unwrap_or_else(|| "auto".into()),
+            maximise: self.maximise,
+            seed: self.seed,
+            tau: self.tau,
+            settings: mcgrad::estimators::Settings {
+                gr_samples: self.gr_samples.unwrap_or(defaults.gr_samples),
+                rb_k: self.rb_k.unwrap_or(defaults.rb_k),
+                rebar_eta: self.rebar_eta,
+                rebar_tau: self.rebar_tau,
+                warmup: self.warmup.unwrap_or(defaults.warmup),
+            },
+            rewarm_every: self.rewarm_every.unwrap_or(0),
+            out: self.out,
+            quiet: self.quiet,
+        })
+    }
+
     /// The options as the library takes them; `--backend` and `--optimizer` are parsed here,
     /// the rest is checked by [`mcgrad::train::plan`].
     ///
     /// # Errors
     /// [`Error::Unknown`] for an unknown backend or optimiser.
     pub fn into_options(self) -> Result<TrainOptions> {
+        let problem_only = [
+            ("--p", self.p.is_some()),
+            ("--track", !self.track.is_empty()),
+            ("--shared", self.shared.is_some()),
+            ("--maximise", self.maximise),
+            ("--warmup", self.warmup.is_some()),
+            ("--rewarm-every", self.rewarm_every.is_some()),
+            ("--rb-k", self.rb_k.is_some()),
+            ("--gr-samples", self.gr_samples.is_some()),
+            ("--rebar-eta", self.rebar_eta.is_some()),
+            ("--rebar-tau", self.rebar_tau.is_some()),
+        ];
+        if let Some((name, _)) = problem_only.iter().find(|(_, given)| *given) {
+            return Err(Error::InvalidArgument(format!(
+                "{name} needs --problem (the digits classifier has no use for it)"
+            )));
+        }
         Ok(TrainOptions {
             backend: self.backend.parse()?,
             optimizer: self.optimizer.parse()?,
@@ -165,7 +293,7 @@ impl TrainArgs {
             lr: self.lr,
             lr_grid: self.lr_grid,
             tune_steps: self.tune_steps,
-            loss: self.loss,
+            loss: self.loss.unwrap_or_else(|| "squared".into()),
             tau: self.tau,
             seed: self.seed,
             out: self.out,
@@ -446,6 +574,9 @@ fn list_problems() -> Result<()> {
 pub fn dispatch(cli: Cli) -> Result<()> {
     match cli.command.unwrap_or(Command::Run(cli.run)) {
         Command::Run(args) => run(args),
+        Command::Train(args) if args.problem.is_some() => {
+            mcgrad::optimise::run_problem_train(&args.into_problem_options()?)
+        }
         Command::Train(args) => mcgrad::train::run_train(&args.into_options()?),
         Command::Check(args) => check(args),
         Command::Info => info(),

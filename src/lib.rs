@@ -35,6 +35,7 @@ pub mod faults;
 pub mod gpu;
 pub mod loss;
 pub mod objective;
+pub mod optimise;
 pub mod oracle;
 pub mod outdir;
 pub mod philox;

@@ -67,7 +67,7 @@ use crate::error::{Error, Result};
 use crate::loss::{Loss, Quadratic};
 use crate::objective::Objective;
 use crate::oracle::{self, ExactKind};
-use crate::problem::{softmax, Problem};
+use crate::problem::Problem;
 
 /// Every estimator, in the order sweeps and plots show them.
 pub static REGISTRY: &[&dyn Estimator] = &[
@@ -310,7 +310,31 @@ impl Context {
     /// If the problem lacks the loss's fields ([`Problem::check_loss`] says so first).
     pub fn new(problem: &Problem, loss: Loss, tau: f64) -> Self {
         let objective = Objective::new(problem, loss);
-        Self::with_objective(problem.l, problem.k, &problem.logits(), objective, tau)
+        Self::with_objective(
+            problem.l,
+            problem.k,
+            &problem.logits(),
+            objective,
+            tau,
+            true,
+        )
+    }
+
+    /// [`Context::new`] without running the oracle for several variables: `fbar` and `grad`
+    /// are NaN until [`Context::set_logits`] asks for the truth (see there).
+    ///
+    /// # Panics
+    /// As [`Context::new`].
+    pub fn without_oracle(problem: &Problem, loss: Loss, tau: f64) -> Self {
+        let objective = Objective::new(problem, loss);
+        Self::with_objective(
+            problem.l,
+            problem.k,
+            &problem.logits(),
+            objective,
+            tau,
+            false,
+        )
     }
 
     /// The context of one variable's logits `a` and target `t` under a quadratic `loss` at
@@ -318,43 +342,30 @@ impl Context {
     pub fn from_logits(a: &[f64], t: &[f64], loss: Loss, tau: f64) -> Self {
         let mut problem = Problem::free_logits(1, a.len(), a.to_vec());
         problem.t = t.to_vec();
-        Self::with_objective(1, a.len(), a, Objective::new(&problem, loss), tau)
+        Self::with_objective(1, a.len(), a, Objective::new(&problem, loss), tau, true)
     }
 
-    fn with_objective(l: usize, k: usize, a: &[f64], objective: Objective, tau: f64) -> Self {
-        let p: Vec<f64> = a.chunks(k).flat_map(softmax).collect();
+    fn with_objective(
+        l: usize,
+        k: usize,
+        a: &[f64],
+        objective: Objective,
+        tau: f64,
+        truth: bool,
+    ) -> Self {
         let loss = objective.loss;
         let quad = objective.quadratic().cloned();
-        let mean_field = objective.has_extension().then(|| {
-            let mut grad = vec![0.0; l * k];
-            objective.grad(&p, &mut grad);
-            let grad_dot_p: Vec<f64> = grad
-                .chunks(k)
-                .zip(p.chunks(k))
-                .map(|(g, pl)| g.iter().zip(pl).map(|(a, b)| a * b).sum())
-                .collect();
-            let jacobian_term = p
-                .chunks(k)
-                .zip(grad.chunks(k))
-                .flat_map(|(pl, gl)| jacobian_product(pl, gl))
-                .collect();
-            MeanField {
-                value: objective
-                    .value(&p)
-                    .expect("the loss extends off the vertices"),
-                grad,
-                grad_dot_p,
-                jacobian_term,
-            }
+        let mean_field = objective.has_extension().then(|| MeanField {
+            value: 0.0,
+            grad: vec![0.0; l * k],
+            grad_dot_p: vec![0.0; l],
+            jacobian_term: vec![0.0; l * k],
         });
-        let muprop_mean_field = mean_field
-            .as_ref()
-            .map_or(vec![0.0; l * k], |m| m.jacobian_term.clone());
         let mut ctx = Self {
             l,
             k,
-            logits: a.to_vec(),
-            p,
+            logits: Vec::with_capacity(l * k),
+            p: vec![0.0; l * k],
             loss,
             objective,
             quad,
@@ -367,7 +378,7 @@ impl Context {
             settings: Settings::default(),
             mean_field,
             muprop_signal: Vec::new(),
-            muprop_mean_field,
+            muprop_mean_field: vec![0.0; l * k],
             warm: None,
         };
         if l == 1 {
@@ -378,30 +389,85 @@ impl Context {
                     .map(|c| ctx.objective.at_vertex(&[c]))
                     .collect(),
             };
-            ctx.fbar = ctx.p.iter().zip(&ctx.f).map(|(a, b)| a * b).sum();
-            ctx.grad = ctx
-                .p
-                .iter()
-                .zip(&ctx.f)
-                .map(|(pj, fj)| pj * (fj - ctx.fbar))
-                .collect();
-            if let Some(m) = &ctx.mean_field {
-                let gp_dot_p = m.grad_dot_p[0];
-                ctx.muprop_signal = ctx
-                    .f
-                    .iter()
-                    .zip(&m.grad)
-                    .map(|(fk, gk)| fk - m.value - (gk - gp_dot_p))
-                    .collect();
-            }
-        } else {
-            let truth = oracle::gradient(&ctx);
-            ctx.fbar = truth.objective;
-            ctx.grad = truth.grad;
-            ctx.grad_kind = truth.kind;
-            ctx.grad_se = truth.se;
         }
+        ctx.set_logits(a, truth);
         ctx
+    }
+
+    /// Moves the context to the logits `a` (L*K numbers) in place, without allocating once
+    /// its buffers exist: the probabilities, MuProp's mean field and, with one variable, the
+    /// exact objective and gradient (K numbers: always computed). With several variables the
+    /// objective and gradient come from [`oracle::gradient`] when `truth` is set; otherwise
+    /// `fbar` and `grad` are NaN (so that nothing can read a stale value) and `grad_kind`
+    /// says what the oracle would give ([`ExactKind::Reference`] where it has no exact
+    /// method). The optimisation loop ([`crate::optimise`]) moves one context along its
+    /// trajectory this way, asking for the truth only where it needs it.
+    ///
+    /// # Panics
+    /// If `a` does not hold L*K numbers.
+    pub fn set_logits(&mut self, a: &[f64], truth: bool) {
+        let (l, k) = (self.l, self.k);
+        assert_eq!(a.len(), l * k, "the logits must be L*K numbers");
+        self.logits.clear();
+        self.logits.extend_from_slice(a);
+        self.p.resize(l * k, 0.0);
+        for (al, pl) in a.chunks(k).zip(self.p.chunks_mut(k)) {
+            softmax_into(al, pl);
+        }
+        if let Some(m) = self.mean_field.as_mut() {
+            self.objective.grad(&self.p, &mut m.grad);
+            for ((dot, g), pl) in m
+                .grad_dot_p
+                .iter_mut()
+                .zip(m.grad.chunks(k))
+                .zip(self.p.chunks(k))
+            {
+                *dot = g.iter().zip(pl).map(|(a, b)| a * b).sum();
+            }
+            for ((out, pl), gl) in m
+                .jacobian_term
+                .chunks_mut(k)
+                .zip(self.p.chunks(k))
+                .zip(m.grad.chunks(k))
+            {
+                jacobian_product_into(pl, gl, out);
+            }
+            m.value = self
+                .objective
+                .value(&self.p)
+                .expect("the loss extends off the vertices");
+            self.muprop_mean_field.copy_from_slice(&m.jacobian_term);
+        }
+        if l == 1 {
+            self.fbar = self.p.iter().zip(&self.f).map(|(a, b)| a * b).sum();
+            self.grad.resize(k, 0.0);
+            for ((g, pj), fj) in self.grad.iter_mut().zip(&self.p).zip(&self.f) {
+                *g = pj * (fj - self.fbar);
+            }
+            if let Some(m) = &self.mean_field {
+                let gp_dot_p = m.grad_dot_p[0];
+                self.muprop_signal.resize(k, 0.0);
+                for ((out, fk), gk) in self.muprop_signal.iter_mut().zip(&self.f).zip(&m.grad) {
+                    *out = fk - m.value - (gk - gp_dot_p);
+                }
+            }
+        } else if truth {
+            let truth = oracle::gradient(self);
+            self.fbar = truth.objective;
+            self.grad = truth.grad;
+            self.grad_kind = truth.kind;
+            self.grad_se = truth.se;
+        } else {
+            self.fbar = f64::NAN;
+            self.grad.resize(l * k, 0.0);
+            self.grad.iter_mut().for_each(|g| *g = f64::NAN);
+            self.grad_kind = if oracle::method(self) == oracle::Method::Reference {
+                ExactKind::Reference
+            } else {
+                ExactKind::Exact
+            };
+            self.grad_se = None;
+        }
     }
 
     /// `L * K`, the number of gradient coordinates.
@@ -434,6 +500,24 @@ impl Context {
 pub fn jacobian_product(y: &[f64], v: &[f64]) -> Vec<f64> {
     let yv: f64 = y.iter().zip(v).map(|(a, b)| a * b).sum();
     y.iter().zip(v).map(|(yj, vj)| yj * (vj - yv)).collect()
+}
+
+/// [`jacobian_product`] into `out` (the same arithmetic, no allocation).
+pub fn jacobian_product_into(y: &[f64], v: &[f64], out: &mut [f64]) {
+    let yv: f64 = y.iter().zip(v).map(|(a, b)| a * b).sum();
+    for ((o, yj), vj) in out.iter_mut().zip(y).zip(v) {
+        *o = yj * (vj - yv);
+    }
+}
+
+/// [`crate::problem::softmax`] of `a` into `out` (the same arithmetic, no allocation).
+fn softmax_into(a: &[f64], out: &mut [f64]) {
+    let max = a.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
+    for (o, &v) in out.iter_mut().zip(a) {
+        *o = (v - max).exp();
+    }
+    let sum: f64 = out.iter().sum();
+    out.iter_mut().for_each(|v| *v /= sum);
 }
 
 /// Moments of an estimator's S-draw average, exact (see [`crate::oracle`]).

@@ -1,20 +1,20 @@
-//! One training run: W from 0, one estimator at one learning rate, minibatch steps on the
-//! engine's forward pass, and the learning curve (held-out loss, accuracy, gradient variance
+//! One training run of the digits classifier: W from 0, one estimator at one learning rate,
+//! minibatch steps on the engine's forward pass (through the loop every training run shares,
+//! [`super::stepper`]), and the learning curve (held-out loss, accuracy, gradient variance
 //! at every evaluation point); and the speed-ups over `reinforce` read off the curves.
 
-use std::time::Instant;
-
 use crate::error::Result;
-use crate::estimators::{reads_draws, Estimator, Family, MovingAverage};
+use crate::estimators::{reads_draws, Estimator, Family};
 use crate::gpu::train_draws::{DrawKind, TrainDrawParams};
 use crate::philox::key_of;
 
 use super::batches::BatchStream;
 use super::config::TrainConfig;
 use super::data::{Dataset, D, K};
-use super::device::TrainEngine;
+use super::device::{FixedPass, StepPass, TrainEngine};
 use super::model::{self, DrawKey, VarianceMethod};
 use super::optim::Optimizer;
+use super::stepper::{run_steps, Clock, Schedule, StepOutcome, StepTask};
 
 /// Key offset of the Monte Carlo variance probes, so they never reuse training draws.
 const VARIANCE_KEY_SALT: u64 = 0x7661_7269_616e_6365;
@@ -64,14 +64,7 @@ impl Curve {
     }
 }
 
-/// What a training run records.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Record {
-    /// Every `eval_every` steps: loss, accuracy, variance on the evaluation set.
-    Full,
-    /// Only the loss at the end (tuning runs).
-    FinalLoss,
-}
+pub use super::stepper::Record;
 
 /// Trains W (from 0) with `est` at learning rate `lr` on `train`, evaluating on `eval`, with
 /// the forward passes on the CPU (see [`train_estimator_on`]).
@@ -125,94 +118,109 @@ pub fn train_estimator_on(
         !train.is_empty() && cfg.batch > 0,
         "empty training set or batch"
     );
-    let spec = cfg.spec();
     let key = key_of(cfg.seed);
     let var_key = key_of(cfg.seed ^ VARIANCE_KEY_SALT);
-    let mut w = vec![0.0; D * K];
-    let mut opt = Optimizer::new(cfg.optimizer, lr, D * K);
-    let mut baseline = MovingAverage::default();
-    let mut order = BatchStream::new(cfg.seed, train.len());
-    let (mut indices, mut x) = (
-        Vec::with_capacity(cfg.batch),
-        Vec::with_capacity(cfg.batch * D),
-    );
-    let mut labels = Vec::with_capacity(cfg.batch);
-    let mut logits = vec![0.0; cfg.batch * K];
-    let mut grad = vec![0.0; D * K];
     // The variance probe: the first B training images (fixed along training).
     let probe: Vec<u32> = (0..cfg.batch.min(train.len()) as u32).collect();
     let mut probe_x = Vec::new();
     model::gather(train, &probe, &mut probe_x);
     let probe_labels: Vec<u8> = probe.iter().map(|&i| train.labels[i as usize]).collect();
-    // The forward passes, made once: buffers and pipeline reused at every step.
-    let mut step_pass = engine.step_pass(cfg.batch, cfg.samples)?;
-    // On the GPU the step's draws are made there, beside the forward pass.
-    let draw_kind = match est.family() {
-        _ if !reads_draws(est) => None,
-        Family::ScoreFunction => Some(DrawKind::Categorical),
-        Family::Relaxed => Some(DrawKind::Gumbel),
+    let mut task = DigitsTask {
+        est,
+        cfg,
+        train,
+        eval,
+        key,
+        var_key,
+        order: BatchStream::new(cfg.seed, train.len()),
+        indices: Vec::with_capacity(cfg.batch),
+        x: Vec::with_capacity(cfg.batch * D),
+        labels: Vec::with_capacity(cfg.batch),
+        logits: vec![0.0; cfg.batch * K],
+        // The forward passes, made once: buffers and pipeline reused at every step.
+        step_pass: engine.step_pass(cfg.batch, cfg.samples)?,
+        // On the GPU the step's draws are made there, beside the forward pass.
+        draw_kind: match est.family() {
+            _ if !reads_draws(est) => None,
+            Family::ScoreFunction => Some(DrawKind::Categorical),
+            Family::Relaxed => Some(DrawKind::Gumbel),
+        },
+        eval_pass: engine.fixed_pass(&eval.x)?,
+        probe_pass: match record {
+            Record::Full => Some(engine.fixed_pass(&probe_x)?),
+            Record::FinalLoss => None,
+        },
+        eval_logits: vec![0.0; eval.len() * K],
+        probe_logits: vec![0.0; probe_labels.len() * K],
+        probe_x: &probe_x,
+        probe_labels: &probe_labels,
+        points: Vec::new(),
+        method: VarianceMethod::ClosedForm,
+        evaluations_per_step: f64::from(super::output::loss_evaluations(est, cfg.samples))
+            * cfg.batch as f64,
     };
-    let mut eval_pass = engine.fixed_pass(&eval.x)?;
-    let mut probe_pass = match record {
-        Record::Full => Some(engine.fixed_pass(&probe_x)?),
-        Record::FinalLoss => None,
+    let mut w = vec![0.0; D * K];
+    let mut opt = Optimizer::new(cfg.optimizer, lr, D * K);
+    let schedule = Schedule {
+        steps: cfg.steps,
+        eval_every: cfg.eval_every,
+        record,
     };
-    let mut eval_logits = vec![0.0; eval.len() * K];
-    let mut probe_logits = vec![0.0; probe_labels.len() * K];
+    run_steps(&mut task, &mut w, &mut opt, schedule, progress)?;
+    Ok(Curve {
+        estimator: est.id(),
+        lr,
+        variance_method: task.method,
+        points: task.points,
+        w,
+    })
+}
 
-    let mut points = Vec::new();
-    let mut method = VarianceMethod::ClosedForm;
-    let (mut seconds, mut since_sum, mut since_n, mut reported) = (0.0, 0.0, 0u32, 0u32);
-    let mut evaluate = |step: u32,
-                        w: &[f64],
-                        baseline: f64,
-                        seconds: f64,
-                        train_loss: Option<f64>|
-     -> Result<()> {
-        eval_pass.run(w, &mut eval_logits)?;
-        let e = model::evaluate_logits(&eval.labels, &eval_logits, cfg.loss);
-        let (mut var, mut gsq) = (f64::NAN, f64::NAN);
-        if let Some(pass) = probe_pass.as_mut() {
-            pass.run(w, &mut probe_logits)?;
-            let dk = DrawKey {
-                key: var_key,
-                step,
-                rep_offset: 0,
-            };
-            let v = model::gradient_variance(
-                est,
-                spec,
-                &probe_x,
-                &probe_labels,
-                &probe_logits,
-                baseline,
-                dk,
-                cfg.variance_reps,
-            );
-            (var, gsq, method) = (v.total, v.exact_grad_sq, v.method);
-        }
-        points.push(CurvePoint {
-            step,
-            train_seconds: seconds,
-            heldout_loss: e.loss,
-            heldout_accuracy: e.accuracy,
-            grad_variance: var,
-            exact_grad_sq: gsq,
-            train_loss,
-        });
-        Ok(())
-    };
-    if record == Record::Full {
-        evaluate(0, &w, baseline.value(), 0.0, None)?;
-    }
-    for step in 0..cfg.steps {
-        let t0 = Instant::now();
-        order.next_batch(cfg.batch, &mut indices);
-        model::gather(train, &indices, &mut x);
-        labels.clear();
-        labels.extend(indices.iter().map(|&i| train.labels[i as usize]));
+/// The digits classifier as a [`StepTask`]: a step is a minibatch's forward pass (on the
+/// engine, with the draws on the GPU there) and the estimators' per-input estimates; an
+/// evaluation is the held-out set's exact loss and accuracy and the probe batch's variance.
+struct DigitsTask<'a> {
+    est: &'a dyn Estimator,
+    cfg: &'a TrainConfig,
+    train: &'a Dataset,
+    eval: &'a Dataset,
+    key: [u32; 2],
+    var_key: [u32; 2],
+    order: BatchStream,
+    indices: Vec<u32>,
+    x: Vec<f32>,
+    labels: Vec<u8>,
+    logits: Vec<f64>,
+    step_pass: StepPass<'a>,
+    draw_kind: Option<DrawKind>,
+    eval_pass: FixedPass<'a>,
+    probe_pass: Option<FixedPass<'a>>,
+    eval_logits: Vec<f64>,
+    probe_logits: Vec<f64>,
+    probe_x: &'a [f32],
+    probe_labels: &'a [u8],
+    points: Vec<CurvePoint>,
+    method: VarianceMethod,
+    evaluations_per_step: f64,
+}
+
+impl StepTask for DigitsTask<'_> {
+    fn step(
+        &mut self,
+        step: u32,
+        w: &[f64],
+        baseline: f64,
+        grad: &mut [f64],
+    ) -> Result<StepOutcome> {
+        let cfg = self.cfg;
+        self.order.next_batch(cfg.batch, &mut self.indices);
+        model::gather(self.train, &self.indices, &mut self.x);
+        self.labels.clear();
+        let train = self.train;
+        self.labels
+            .extend(self.indices.iter().map(|&i| train.labels[i as usize]));
         let dk = DrawKey {
-            key,
+            key: self.key,
             step,
             rep_offset: 0,
         };
@@ -225,54 +233,65 @@ pub fn train_estimator_on(
             rep_offset: dk.rep_offset,
             inv_tau: (1.0 / cfg.tau) as f32,
         };
-        let drawn =
-            step_pass.run_drawn(&x, &w, &mut logits, draw_kind.map(|k| (k, draw_params)))?;
+        let drawn = self.step_pass.run_drawn(
+            &self.x,
+            w,
+            &mut self.logits,
+            self.draw_kind.map(|k| (k, draw_params)),
+        )?;
         let bg = model::batch_gradient(
-            est,
-            spec,
-            &x,
-            &labels,
-            &logits,
-            baseline.value(),
+            self.est,
+            cfg.spec(),
+            &self.x,
+            &self.labels,
+            &self.logits,
+            baseline,
             dk,
             drawn.as_ref(),
-            &mut grad,
+            grad,
         );
-        if let Some(s) = bg.baseline_signal {
-            // Pushed after this step's estimate: the baseline never sees its own draws.
-            baseline.push(s);
-        }
-        opt.step(&mut w, &grad);
-        seconds += t0.elapsed().as_secs_f64();
-        since_sum += bg.objective;
-        since_n += 1;
-        let done = step + 1;
-        let due = record == Record::Full && (done % cfg.eval_every == 0 || done == cfg.steps);
-        if due || (record == Record::FinalLoss && done == cfg.steps) {
-            evaluate(
-                done,
-                &w,
-                baseline.value(),
-                seconds,
-                Some(since_sum / f64::from(since_n)),
-            )?;
-            (since_sum, since_n) = (0.0, 0);
-        }
-        if done % 16 == 0 || done == cfg.steps {
-            progress(u64::from(done - reported));
-            reported = done;
-        }
+        Ok(StepOutcome {
+            objective: bg.objective,
+            baseline_signal: bg.baseline_signal,
+            loss_evaluations: self.evaluations_per_step,
+        })
     }
-    if cfg.steps == 0 && record == Record::FinalLoss {
-        evaluate(0, &w, baseline.value(), 0.0, None)?;
+
+    fn evaluate(&mut self, step: u32, w: &[f64], baseline: f64, clock: &Clock) -> Result<()> {
+        let cfg = self.cfg;
+        self.eval_pass.run(w, &mut self.eval_logits)?;
+        let e = model::evaluate_logits(&self.eval.labels, &self.eval_logits, cfg.loss);
+        let (mut var, mut gsq) = (f64::NAN, f64::NAN);
+        if let Some(pass) = self.probe_pass.as_mut() {
+            pass.run(w, &mut self.probe_logits)?;
+            let dk = DrawKey {
+                key: self.var_key,
+                step,
+                rep_offset: 0,
+            };
+            let v = model::gradient_variance(
+                self.est,
+                cfg.spec(),
+                self.probe_x,
+                self.probe_labels,
+                &self.probe_logits,
+                baseline,
+                dk,
+                cfg.variance_reps,
+            );
+            (var, gsq, self.method) = (v.total, v.exact_grad_sq, v.method);
+        }
+        self.points.push(CurvePoint {
+            step,
+            train_seconds: clock.seconds,
+            heldout_loss: e.loss,
+            heldout_accuracy: e.accuracy,
+            grad_variance: var,
+            exact_grad_sq: gsq,
+            train_loss: clock.steps_objective,
+        });
+        Ok(())
     }
-    Ok(Curve {
-        estimator: est.id(),
-        lr,
-        variance_method: method,
-        points,
-        w,
-    })
 }
 
 impl Curve {

@@ -32,10 +32,15 @@
 //! with, at the counters `(repetition, point) = (b, t)`; the backend is chosen by
 //! [`crate::backend::select`], as for `mcgrad run`.
 //!
+//! With `--problem`, `mcgrad train` optimises a problem of the model instead (see
+//! [`crate::optimise`]); both go through the same loop ([`stepper`]), optimisers ([`optim`])
+//! and estimator application.
+//!
 //! The modules, in the order a run goes through them: [`config`] (options to a validated
 //! [`Plan`], the data), [`batches`] (the minibatch order), [`model`] (the layer, its exact
 //! objective, the per-input estimates, the gradient variance), [`device`] (the forward pass on
-//! the CPU or the GPU), [`optim`], [`curves`] (one run and its learning curve), [`tuning`]
+//! the CPU or the GPU), [`optim`], [`stepper`] (the loop every training run shares),
+//! [`curves`] (one run and its learning curve), [`tuning`]
 //! (the learning-rate grid), [`job`] (the whole command), [`output`] and [`plot`] (what it
 //! writes), [`data`] (the images).
 
@@ -49,6 +54,7 @@ pub mod model;
 pub mod optim;
 pub mod output;
 pub mod plot;
+pub mod stepper;
 pub mod tuning;
 
 pub use batches::BatchStream;
@@ -62,4 +68,5 @@ pub use device::TrainEngine;
 pub use job::{run_plan, run_plan_on, run_train, TrainReport};
 pub use optim::{Optimizer, OptimizerKind};
 pub use output::{curves_csv, curves_json, loss_evaluations, summary, write_outputs};
+pub use stepper::{run_steps, Clock, Schedule, StepOutcome, StepTask};
 pub use tuning::{tune_lr, tune_lr_on, TuningPoint};

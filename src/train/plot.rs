@@ -39,16 +39,19 @@ fn plot_err(name: &str) -> impl Fn(String) -> Error + '_ {
     }
 }
 
-/// One line figure: a series per estimator.
-struct LineFigure<'a> {
-    title: String,
-    x_label: &'a str,
-    y_label: &'a str,
+/// One line figure: a series per estimator (shared with [`crate::optimise::output`]).
+pub(crate) struct LineFigure<'a> {
+    pub(crate) title: String,
+    pub(crate) x_label: &'a str,
+    pub(crate) y_label: &'a str,
     /// Whether x counts steps (labelled as integers).
-    x_steps: bool,
+    pub(crate) x_steps: bool,
     /// Where the legend goes (away from the lines).
-    legend: SeriesLabelPosition,
-    series: Vec<(&'static str, Vec<(f64, f64)>)>,
+    pub(crate) legend: SeriesLabelPosition,
+    /// Whether a linear y axis stops at 0 (values that cannot be negative).
+    pub(crate) nonnegative: bool,
+    /// (legend label, colour, points).
+    pub(crate) series: Vec<(String, RGBColor, Vec<(f64, f64)>)>,
 }
 
 impl LineFigure<'_> {
@@ -56,7 +59,7 @@ impl LineFigure<'_> {
         let hi = self
             .series
             .iter()
-            .flat_map(|(_, s)| s.iter().map(|p| p.0))
+            .flat_map(|(_, _, s)| s.iter().map(|p| p.0))
             .fold(0.0, f64::max);
         0.0..if hi > 0.0 { hi } else { 1.0 }
     }
@@ -65,7 +68,7 @@ impl LineFigure<'_> {
         let ys = self
             .series
             .iter()
-            .flat_map(|(_, s)| s.iter().map(|p| p.1))
+            .flat_map(|(_, _, s)| s.iter().map(|p| p.1))
             .filter(|v| v.is_finite());
         ys.fold((f64::INFINITY, f64::NEG_INFINITY), |(lo, hi), v| {
             (lo.min(v), hi.max(v))
@@ -107,8 +110,8 @@ where
         .light_line_style(RGBColor(235, 235, 235))
         .draw()
         .map_err(|e| e.to_string())?;
-    for (id, points) in &fig.series {
-        let c = colour(id);
+    for (label, c, points) in &fig.series {
+        let c = *c;
         let style = ShapeStyle {
             color: c.to_rgba(),
             filled: false,
@@ -121,7 +124,7 @@ where
         chart
             .draw_series(LineSeries::new(finite, style))
             .map_err(|e| e.to_string())?
-            .label(*id)
+            .label(label.as_str())
             .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], c.stroke_width(2)));
     }
     chart
@@ -136,7 +139,12 @@ where
 }
 
 /// Writes `name.png` and `name.svg` of a figure, linear or log in y.
-fn write_figure(dir: &Path, name: &str, fig: &LineFigure<'_>, log_y: bool) -> Result<()> {
+pub(crate) fn write_figure(
+    dir: &Path,
+    name: &str,
+    fig: &LineFigure<'_>,
+    log_y: bool,
+) -> Result<()> {
     const SIZE: (u32, u32) = (900, 560);
     let (lo, hi) = fig.y_bounds();
     let png = dir.join(format!("{name}.png"));
@@ -172,7 +180,12 @@ fn write_figure(dir: &Path, name: &str, fig: &LineFigure<'_>, log_y: bool) -> Re
             (0.0, 1.0)
         };
         let pad = 0.05 * (hi - lo);
-        let range = || (lo - pad).max(0.0)..hi + pad;
+        let bottom = if fig.nonnegative {
+            (lo - pad).max(0.0)
+        } else {
+            lo - pad
+        };
+        let range = || bottom..hi + pad;
         draw_lines(
             &BitMapBackend::new(&png, SIZE).into_drawing_area(),
             fig,
@@ -206,7 +219,13 @@ pub fn write_plots(dir: &Path, report: &TrainReport) -> Result<()> {
         report
             .curves
             .iter()
-            .map(|c| (c.estimator, c.points.iter().map(f).collect()))
+            .map(|c| {
+                (
+                    c.estimator.to_string(),
+                    colour(c.estimator),
+                    c.points.iter().map(f).collect(),
+                )
+            })
             .collect::<Vec<_>>()
     };
     let loss_label = format!("held-out expected {} loss (exact)", cfg.loss);
@@ -217,6 +236,7 @@ pub fn write_plots(dir: &Path, report: &TrainReport) -> Result<()> {
             title: format!("Held-out loss against steps ({setting})"),
             x_label: "steps",
             x_steps: true,
+            nonnegative: true,
             legend: SeriesLabelPosition::UpperRight,
             y_label: &loss_label,
             series: series(&|p| (f64::from(p.step), p.heldout_loss)),
@@ -230,6 +250,7 @@ pub fn write_plots(dir: &Path, report: &TrainReport) -> Result<()> {
             title: format!("Held-out loss against training time ({setting})"),
             x_label: "wall seconds of the training steps (one thread)",
             x_steps: false,
+            nonnegative: true,
             legend: SeriesLabelPosition::UpperRight,
             y_label: &loss_label,
             series: series(&|p| (p.train_seconds, p.heldout_loss)),
@@ -243,6 +264,7 @@ pub fn write_plots(dir: &Path, report: &TrainReport) -> Result<()> {
             title: format!("Held-out accuracy against steps ({setting})"),
             x_label: "steps",
             x_steps: true,
+            nonnegative: true,
             legend: SeriesLabelPosition::LowerRight,
             y_label: "accuracy of the most probable class",
             series: series(&|p| (f64::from(p.step), p.heldout_accuracy)),
@@ -251,7 +273,7 @@ pub fn write_plots(dir: &Path, report: &TrainReport) -> Result<()> {
     )?;
     let var_series: Vec<_> = series(&|p| (f64::from(p.step), p.grad_variance))
         .into_iter()
-        .filter(|(_, s)| s.iter().any(|p| p.1 > 0.0))
+        .filter(|(_, _, s)| s.iter().any(|p| p.1 > 0.0))
         .collect();
     write_figure(
         dir,
@@ -260,6 +282,7 @@ pub fn write_plots(dir: &Path, report: &TrainReport) -> Result<()> {
             title: format!("Variance of the minibatch gradient estimate ({setting})"),
             x_label: "steps",
             x_steps: true,
+            nonnegative: true,
             legend: SeriesLabelPosition::UpperRight,
             y_label: "E||G_hat - G||^2 on the probe batch (log)",
             series: var_series,
