@@ -36,7 +36,10 @@ fn check_experiment(name: &str) {
         .collect();
     assert!(!pngs.is_empty(), "{name}: no figure");
     for png in pngs {
-        assert!(out.join(png.with_extension("svg")).exists(), "{name}: {png:?} has no SVG");
+        assert!(
+            out.join(png.with_extension("svg")).exists(),
+            "{name}: {png:?} has no SVG"
+        );
         let bytes = std::fs::read(out.join(png)).unwrap();
         assert_eq!(&bytes[1..4], b"PNG", "{name}: {png:?} is not a PNG");
     }
@@ -55,7 +58,11 @@ fn check_experiment(name: &str) {
     assert_eq!(json["experiment"], name);
     assert!(!w.claims.is_empty(), "{name}: no claim is checked");
     for c in &w.claims {
-        assert!(c.holds, "{name}: claim does not hold: {} ({})", c.statement, c.evidence);
+        assert!(
+            c.holds,
+            "{name}: claim does not hold: {} ({})",
+            c.statement, c.evidence
+        );
         // A sign test must be significant at the level its requirement states.
         if let (Some(n), Some(k)) = (c.trials, c.required) {
             assert!(
@@ -154,8 +161,20 @@ fn bad_input_is_one_line_and_exit_code_2() {
     std::fs::write(foreign.join("notes.txt"), "mine").unwrap();
     for args in [
         vec!["reproduce", "no-such-experiment"],
-        vec!["reproduce", "rebar-toy", "--quick", "--out", file.to_str().unwrap()],
-        vec!["reproduce", "rebar-toy", "--quick", "--out", foreign.to_str().unwrap()],
+        vec![
+            "reproduce",
+            "rebar-toy",
+            "--quick",
+            "--out",
+            file.to_str().unwrap(),
+        ],
+        vec![
+            "reproduce",
+            "rebar-toy",
+            "--quick",
+            "--out",
+            foreign.to_str().unwrap(),
+        ],
         vec!["reproduce", "rebar-toy", "--quick", "--threads", "100000"],
     ] {
         let out = mcgrad(&args);

@@ -39,7 +39,11 @@ fn figure(all: &[ToyRuns], ids: &[&str], stem: &str, title: &str) -> LineFigure 
     let panels = all
         .iter()
         .map(|r| Panel {
-            title: format!("p0 = {} (optimum p(z = 1) = {})", r.setting.target, r.optimal_probability()),
+            title: format!(
+                "p0 = {} (optimum p(z = 1) = {})",
+                r.setting.target,
+                r.optimal_probability()
+            ),
             x_label: "Adam steps".into(),
             y_label: "p(z = 1)".into(),
             log_y: false,
@@ -97,7 +101,10 @@ pub fn run(options: &Options) -> Result<Outcome> {
             9,
         ));
     }
-    for r in all.iter().filter(|r| (r.setting.target - 0.5).abs() < 0.005) {
+    for r in all
+        .iter()
+        .filter(|r| (r.setting.target - 0.5).abs() < 0.005)
+    {
         claims.push(Claim::sign_test(
             format!(
                 "p0 = {}: DisARM ends closer to the optimum than REINFORCE after {} steps",
@@ -109,7 +116,11 @@ pub fn run(options: &Options) -> Result<Outcome> {
     }
     let mut figures = vec![figure(
         &all,
-        if options.quick { &["exact", "reinforce", "disarm"] } else { &HEADLINE },
+        if options.quick {
+            &["exact", "reinforce", "disarm"]
+        } else {
+            &HEADLINE
+        },
         "probability",
         "ARM's toy: maximise E(z − p0)², one Bernoulli, Adam: p(z = 1) along training",
     )];

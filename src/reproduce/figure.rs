@@ -75,6 +75,9 @@ pub struct LineFigure {
     pub note: String,
 }
 
+/// A legend entry: (style id, label, dashed).
+type LegendEntry = (String, String, bool);
+
 const PANEL_W: u32 = 620;
 const PANEL_H: u32 = 460;
 
@@ -84,8 +87,8 @@ impl LineFigure {
     }
 
     /// The legend entries: every distinct (style, label, dashed), in first-seen order.
-    fn legend(&self) -> Vec<(String, String, bool)> {
-        let mut out: Vec<(String, String, bool)> = Vec::new();
+    fn legend(&self) -> Vec<LegendEntry> {
+        let mut out: Vec<LegendEntry> = Vec::new();
         for s in self.panels.iter().flat_map(|p| &p.series) {
             let entry = (s.style.clone(), s.label.clone(), s.dashed);
             if !out.contains(&entry) {
@@ -95,7 +98,7 @@ impl LineFigure {
         out
     }
 
-    fn legend_lines(&self, width: i32) -> Vec<Vec<(i32, (String, String, bool))>> {
+    fn legend_lines(&self, width: i32) -> Vec<Vec<(i32, LegendEntry)>> {
         let mut lines = Vec::new();
         let mut line = Vec::new();
         let mut x = 20;

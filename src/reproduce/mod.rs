@@ -262,10 +262,11 @@ fn readme(
         "\n\n### Claims checked on these data\n\n| claim | evidence | holds |\n|---|---|---|\n",
     );
     for c in &outcome.claims {
+        let cell = |t: &str| t.replace('|', "\\|");
         text.push_str(&format!(
             "| {} | {} | {} |\n",
-            c.statement,
-            c.evidence,
+            cell(&c.statement),
+            cell(&c.evidence),
             if c.holds { "yes" } else { "**no**" }
         ));
     }

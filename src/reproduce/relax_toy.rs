@@ -43,12 +43,18 @@ pub fn run(options: &Options) -> Result<Outcome> {
     }
     let claims = vec![
         Claim::sign_test(
-            format!("After {} steps, RELAX ends closer to the optimum p(z = 1) = 0 than REINFORCE", s.steps),
+            format!(
+                "After {} steps, RELAX ends closer to the optimum p(z = 1) = 0 than REINFORCE",
+                s.steps
+            ),
             &runs.closer("relax", "reinforce"),
             8,
         ),
         Claim::sign_test(
-            format!("After {} steps, RELAX ends closer to the optimum than REBAR", s.steps),
+            format!(
+                "After {} steps, RELAX ends closer to the optimum than REBAR",
+                s.steps
+            ),
             &runs.closer("relax", "rebar"),
             8,
         ),
@@ -65,9 +71,7 @@ pub fn run(options: &Options) -> Result<Outcome> {
             &runs.ids,
         ));
     }
-    let reached = |id: &str| {
-        runs.final_distance(id).iter().filter(|d| **d < 0.1).count()
-    };
+    let reached = |id: &str| runs.final_distance(id).iter().filter(|d| **d < 0.1).count();
     let mut reach = String::from("Seeds whose final `p(z = 1)` is within 0.1 of the optimum 0: ");
     reach.push_str(
         &runs

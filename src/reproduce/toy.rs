@@ -264,7 +264,7 @@ impl ToyRuns {
             columns: 2,
             panels: self.panels(ids, ""),
             note: format!(
-                "Lines: mean over {} seeds; bands: smallest to largest seed. Variance panel: exact where the estimator has exact moments, else {} Monte Carlo repetitions; values of 0 are not drawn.",
+                "Lines: mean over {} seeds; bands: smallest to largest seed.\nVariances: exact where the estimator has exact moments, else {} Monte Carlo repetitions; values of 0 are not drawn.",
                 self.setting.seeds, self.spec.variance_reps
             ),
         }
