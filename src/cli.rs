@@ -100,11 +100,13 @@ pub struct TrainArgs {
     /// Draws per input per step, S (each costs one loss evaluation).
     #[arg(long, default_value_t = 2)]
     pub samples: u32,
-    /// One learning rate for every estimator (skips tuning).
+    /// One learning rate for every estimator (skips tuning) [with --problem, default: 0.01,
+    /// or 0.1 for sgd].
     #[arg(long, conflicts_with = "lr_grid")]
     pub lr: Option<f64>,
     /// Learning rates to tune each estimator over, comma-separated
-    /// [default: 0.0003,0.001,0.003,0.01,0.03,0.1 for adam; 0.03,0.1,0.3,1,3,10 for sgd].
+    /// [default: 0.0003,0.001,0.003,0.01,0.03,0.1 for adam and rmsprop; 0.03,0.1,0.3,1,3,10
+    /// for sgd].
     #[arg(long, value_delimiter = ',')]
     pub lr_grid: Option<Vec<f64>>,
     /// Steps of each tuning run [default: a third of --steps].
@@ -231,6 +233,13 @@ impl TrainArgs {
                 "--rebar-eta must be a finite number (got {e})"
             )));
         }
+        // The settings a flag names; the others keep their defaults.
+        let mut settings = defaults.clone();
+        settings.gr_samples = self.gr_samples.unwrap_or(defaults.gr_samples);
+        settings.rb_k = self.rb_k.unwrap_or(defaults.rb_k);
+        settings.rebar_eta = self.rebar_eta;
+        settings.rebar_tau = self.rebar_tau;
+        settings.warmup = self.warmup.unwrap_or(defaults.warmup);
         Ok(mcgrad::optimise::ProblemTrainOptions {
             problem: self.problem.unwrap_or_default(),
             p: self.p,
@@ -247,13 +256,7 @@ impl TrainArgs {
             maximise: self.maximise,
             seed: self.seed,
             tau: self.tau,
-            settings: mcgrad::estimators::Settings {
-                gr_samples: self.gr_samples.unwrap_or(defaults.gr_samples),
-                rb_k: self.rb_k.unwrap_or(defaults.rb_k),
-                rebar_eta: self.rebar_eta,
-                rebar_tau: self.rebar_tau,
-                warmup: self.warmup.unwrap_or(defaults.warmup),
-            },
+            settings,
             rewarm_every: self.rewarm_every.unwrap_or(0),
             out: self.out,
             quiet: self.quiet,

@@ -171,6 +171,21 @@ fn every_trajectory_is_reproducible_from_its_seed() {
         want.shared = None;
         assert_eq!(without_times(&r), without_times(&want), "{}", est.id());
     }
+    // Common random numbers: an estimator listed twice runs the same trajectory twice.
+    let twice = OptimiseSpec {
+        estimators: ids(&["reinforce", "gumbel-softmax", "reinforce", "gumbel-softmax"]),
+        shared: SharedTrajectory::None,
+        ..spec.clone()
+    };
+    let r = on(2, &twice);
+    assert_eq!(
+        format!("{:?}", r.trajectories[0].w),
+        format!("{:?}", r.trajectories[2].w)
+    );
+    assert_eq!(
+        format!("{:?}", r.trajectories[1].w),
+        format!("{:?}", r.trajectories[3].w)
+    );
     let other = every_estimator_spec(8);
     let both = optimise_many(&[spec.clone(), other], &|_| {}).unwrap();
     assert_eq!(without_times(&both[0]), without_times(&one));
@@ -335,6 +350,61 @@ fn set_logits_equals_a_fresh_context() {
         };
         assert_eq!(format!("{moved:?}"), format!("{fresh:?}"), "{name}");
     }
+}
+
+/// The optimisation loop's buffered estimate is `estimate_at`'s, bit for bit, for every
+/// estimator on every path (counts, hard-draw counts, relaxed sums, joint counts, generic of
+/// both families), with one set of buffers reused across estimators and shapes.
+#[test]
+fn buffered_estimates_equal_estimate_at() {
+    let mut buffers = estimators::DrawBuffers::default();
+    let mut seen = std::collections::HashSet::new();
+    for (problem, loss) in [
+        (named("seed", 1), Loss::Squared),
+        (named("rebar-toy", 0), Loss::Pnorm),
+        (small_problem(3), Loss::Pnorm),
+        (named("indecater-6x10", 2), Loss::Pnorm),
+    ] {
+        let mut ctx = Context::new(&problem, loss, 0.8);
+        ctx.settings.warmup = 5;
+        for est in estimators::REGISTRY {
+            if est.check(&ctx).is_err() {
+                continue;
+            }
+            let mut local = ctx.clone();
+            let key = [3, 4];
+            if let Some(w) = est.warm_up(&ctx, 3, &|r| estimators::Noise {
+                key,
+                rep: 100 + r,
+                point: 9,
+            }) {
+                local.warm = Some(std::sync::Arc::new(w));
+            }
+            seen.insert(format!("{:?}", mcgrad::engine::path_of(*est, &local)));
+            for (rep, s) in [(0, 3), (5, 7), (2, 3)] {
+                let (mut a, mut b) = (vec![0.0; ctx.dim()], vec![0.0; ctx.dim()]);
+                let sa = estimators::estimate_at(*est, &local, key, rep, 9, s, 0.3, &mut a);
+                let sb = estimators::estimate_at_with(
+                    &mut buffers,
+                    *est,
+                    &local,
+                    key,
+                    rep,
+                    9,
+                    s,
+                    0.3,
+                    &mut b,
+                );
+                assert_eq!(
+                    format!("{a:?} {sa:?}"),
+                    format!("{b:?} {sb:?}"),
+                    "{}",
+                    est.id()
+                );
+            }
+        }
+    }
+    assert_eq!(seen.len(), 6, "{seen:?}");
 }
 
 fn mcgrad(args: &[&str]) -> std::process::Output {

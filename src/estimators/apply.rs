@@ -118,6 +118,132 @@ pub fn relaxed_moments(
     }
 }
 
+/// The buffers [`estimate_at_with`] draws into, kept between calls (an optimisation loop
+/// makes one estimate per step with the same shapes): after the first call, an estimate
+/// allocates only the per-variable draw tables and whatever the estimator's own method does.
+#[derive(Debug, Default)]
+pub struct DrawBuffers {
+    counts: Vec<u32>,
+    moments: Option<RelaxedMoments>,
+    z: Vec<u32>,
+    f: Vec<f64>,
+    y: Vec<f64>,
+    perturbed: Vec<f64>,
+    h: Vec<f32>,
+    sums: Vec<f64>,
+}
+
+/// Resizes `v` to `n` elements (reusing its memory); the caller overwrites them.
+fn sized<T: Clone + Default>(v: &mut Vec<T>, n: usize) -> &mut [T] {
+    v.resize(n, T::default());
+    v
+}
+
+/// [`estimate_at`] drawing into `buffers`: the same draws and the same arithmetic (a test in
+/// `tests/optimise.rs` compares the two for every estimator on every path).
+#[allow(clippy::too_many_arguments)]
+pub fn estimate_at_with(
+    buffers: &mut DrawBuffers,
+    est: &dyn Estimator,
+    ctx: &Context,
+    key: [u32; 2],
+    rep: u32,
+    point: u32,
+    s: u32,
+    baseline: f64,
+    out: &mut [f64],
+) -> Option<f64> {
+    let (l, k) = (ctx.l, ctx.k);
+    let b = buffers;
+    match path_of(est, ctx) {
+        Path::Counts | Path::HardDrawCounts => {
+            let counts = sized(&mut b.counts, k);
+            counts.iter_mut().for_each(|c| *c = 0);
+            if reads_draws(est) {
+                let table = CategoricalTable::new(&ctx.p[..k]);
+                count_categories(&table, key, rep, point, s, counts);
+            }
+            estimate_one(est, ctx, DrawSource::Counts { counts, s }, baseline, out)
+        }
+        Path::RelaxedSums => {
+            let m = b.moments.get_or_insert_with(|| RelaxedMoments::new(k));
+            if m.k != k {
+                *m = RelaxedMoments::new(k);
+            }
+            relaxed_moments(
+                &RelaxedTable::new(&ctx.logits, ctx.tau),
+                key,
+                rep,
+                point,
+                s,
+                m,
+            );
+            estimate_one(est, ctx, DrawSource::RelaxedSums(m), baseline, out)
+        }
+        Path::JointCounts => {
+            let tables: Vec<CategoricalTable> =
+                ctx.p.chunks(k).map(CategoricalTable::new).collect();
+            let z = sized(&mut b.z, s as usize * l);
+            draw_joint_categories(&tables, key, rep, point, s, z);
+            let f = sized(&mut b.f, s as usize);
+            for (fi, zi) in f.iter_mut().zip(z.chunks_exact(l)) {
+                *fi = ctx.objective.at_vertex(zi);
+            }
+            let buffer = sized(&mut b.sums, JointCounts::buffer_len(ctx));
+            fill_joint_counts(ctx, z, f, buffer);
+            let sums = JointCounts::view(ctx, s as usize, buffer);
+            estimate_one(est, ctx, DrawSource::JointCounts(&sums), baseline, out)
+        }
+        Path::Generic(family) => {
+            let su = s as usize;
+            let noise = Noise { key, rep, point };
+            let z = sized(&mut b.z, su * l);
+            let (mut f, mut y, mut perturbed): (&[f64], &[f64], &[f64]) = (&[], &[], &[]);
+            match family {
+                Family::ScoreFunction => {
+                    let tables: Vec<CategoricalTable> =
+                        ctx.p.chunks(k).map(CategoricalTable::new).collect();
+                    draw_joint_categories(&tables, key, rep, point, s, z);
+                    let fs = sized(&mut b.f, su);
+                    for (fi, zi) in fs.iter_mut().zip(z.chunks_exact(l)) {
+                        *fi = ctx.objective.at_vertex(zi);
+                    }
+                    f = fs;
+                }
+                Family::Relaxed => {
+                    let dim = ctx.dim();
+                    let table = JointRelaxedTable::new(&ctx.logits, k, ctx.tau);
+                    let h = sized(&mut b.h, k);
+                    let ys = sized(&mut b.y, su * dim);
+                    let ps = sized(&mut b.perturbed, su * dim);
+                    for d in 0..su {
+                        table.draw(
+                            key,
+                            rep,
+                            point,
+                            d as u32,
+                            h,
+                            &mut ys[d * dim..(d + 1) * dim],
+                            &mut ps[d * dim..(d + 1) * dim],
+                            &mut z[d * l..(d + 1) * l],
+                        );
+                    }
+                    (y, perturbed) = (ys, ps);
+                }
+            }
+            let draws = JointDraws {
+                s: su,
+                z,
+                f,
+                y,
+                perturbed,
+                noise,
+            };
+            estimate_one(est, ctx, DrawSource::Joint(&draws), baseline, out)
+        }
+    }
+}
+
 /// `est`'s S-draw estimate at the Philox key `key` and counters `(rep, point)`: the draws of
 /// its path made as the CPU engine makes those of repetition `rep` at sweep point `point`
 /// (none for an estimator that [`reads_draws`] not), then [`estimate_one`].

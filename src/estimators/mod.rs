@@ -43,7 +43,10 @@ mod st_gumbel;
 mod sum_and_sample;
 mod unordered_set;
 
-pub use apply::{estimate_at, estimate_one, reads_draws, relaxed_moments, DrawSource};
+pub use apply::{
+    estimate_at, estimate_at_with, estimate_one, reads_draws, relaxed_moments, DrawBuffers,
+    DrawSource,
+};
 pub use arsm::Arsm;
 pub use disarm::Disarm;
 pub use exact::Exact;

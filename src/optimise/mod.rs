@@ -328,7 +328,9 @@ pub struct EvalPoint {
     pub variances: Vec<EstimatorVariance>,
     /// Wall seconds of the steps and warm-ups so far (evaluation excluded).
     pub seconds: f64,
-    /// Loss evaluations of the steps and warm-ups so far.
+    /// Loss evaluations of the steps and warm-ups so far (each step counted by its
+    /// estimator's [`Estimator::loss_evaluations`], refreshed every `eval_every` steps: only
+    /// ARSM's, an expectation, depends on the parameters).
     pub loss_evaluations: f64,
 }
 

@@ -19,7 +19,7 @@ use crate::loss::Loss;
 use crate::oracle::ExactKind;
 use crate::plot::{ensure_font, estimator_style};
 use crate::problem::Problem;
-use crate::train::plot::{write_figure, LineFigure};
+use crate::train::plot::{write_figure, LineFigure, Series};
 
 use super::{
     optimise, Direction, OptimiseReport, OptimiseSpec, OptimizerKind, SharedTrajectory, Trajectory,
@@ -505,7 +505,7 @@ pub fn write_plots(dir: &Path, spec: &OptimiseSpec, report: &OptimiseReport) -> 
         },
         false,
     )?;
-    let positive = |s: Vec<(String, RGBColor, Vec<(f64, f64)>)>| {
+    let positive = |s: Vec<Series>| {
         s.into_iter()
             .filter(|(_, _, pts)| pts.iter().any(|p| p.1 > 0.0))
             .collect::<Vec<_>>()

@@ -14,7 +14,9 @@ use std::time::Instant;
 
 use crate::draws::{draw_joint_categories, CategoricalTable};
 use crate::error::Result;
-use crate::estimators::{estimate_at, Constant, Context, Estimator, Lowering, Noise, WarmUp};
+use crate::estimators::{
+    estimate_at_with, Constant, Context, DrawBuffers, Estimator, Lowering, Noise, WarmUp,
+};
 use crate::oracle::{self, ExactKind, Method};
 use crate::philox::key_of;
 use crate::stats::Moments;
@@ -77,6 +79,8 @@ struct ProblemTask<'a> {
     ctx: Context,
     logits: Vec<f64>,
     g: Vec<f64>,
+    buffers: DrawBuffers,
+    evaluations_per_step: f64,
     warm: Option<Arc<WarmUp>>,
     warmed_at: Option<u32>,
     warm_report: Option<WarmUpReport>,
@@ -132,7 +136,13 @@ impl StepTask for ProblemTask<'_> {
         let spec = self.spec;
         self.forward(w);
         self.ctx.set_logits(&self.logits, self.needs_truth);
-        let mut evaluations = self.est.loss_evaluations(&self.ctx, spec.samples);
+        if step % spec.eval_every == 0 {
+            // Refreshed once per evaluation period: only ARSM's count depends on the
+            // parameters (a Monte Carlo expectation of its distinct swaps over 2048 draws,
+            // too costly to recompute at every step).
+            self.evaluations_per_step = self.est.loss_evaluations(&self.ctx, spec.samples);
+        }
+        let mut evaluations = self.evaluations_per_step;
         if self.warm_up_due(step, self.warmed_at) {
             self.warmed_at = Some(step);
             let t0 = Instant::now();
@@ -159,7 +169,8 @@ impl StepTask for ProblemTask<'_> {
             }
         }
         self.ctx.warm = self.warm.clone();
-        let signal = estimate_at(
+        let signal = estimate_at_with(
+            &mut self.buffers,
             self.est,
             &self.ctx,
             self.key,
@@ -308,6 +319,8 @@ pub fn run(
         ctx,
         logits: vec![0.0; n],
         g: vec![0.0; n],
+        buffers: DrawBuffers::default(),
+        evaluations_per_step: loss_evaluations_per_step,
         warm: None,
         warmed_at: None,
         warm_report: None,

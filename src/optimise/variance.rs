@@ -11,7 +11,7 @@
 //!   variance of `R` estimates at repetitions `0..R` of the probe key.
 
 use crate::estimators::{
-    estimate_at, Baseline, Context, Estimator, ExactMoments, Lowering, Signal,
+    estimate_at_with, Baseline, Context, DrawBuffers, Estimator, ExactMoments, Lowering, Signal,
 };
 use crate::oracle::{self, Conditionals, ExactKind, Method};
 use crate::stats::Moments;
@@ -112,8 +112,9 @@ pub fn monte_carlo_variance(
 ) -> f64 {
     let mut coords = vec![Moments::default(); ctx.dim()];
     let mut g = vec![0.0; ctx.dim()];
+    let mut buffers = DrawBuffers::default();
     for r in 0..reps {
-        estimate_at(est, ctx, key, r, step, s, baseline, &mut g);
+        estimate_at_with(&mut buffers, est, ctx, key, r, step, s, baseline, &mut g);
         coords.iter_mut().zip(&g).for_each(|(m, v)| m.push(*v));
     }
     coords.iter().map(Moments::variance).sum()

@@ -161,9 +161,10 @@ mod tests {
         let mut w = vec![1.0, -2.0, 0.5];
         let mut opt = Optimizer::new(OptimizerKind::RmsProp, 0.01, 3);
         opt.step(&mut w, &[3.0, -0.5, 0.0]);
-        // v = (1 - rho) g^2, so the step is lr sign(g) / sqrt(1 - rho) = 0.1 sign(g).
-        assert!((w[0] - 0.9).abs() < 1e-9);
-        assert!((w[1] - (-1.9)).abs() < 1e-9);
+        // v = (1 - rho) g^2, so the step is lr sign(g) / sqrt(1 - rho) = 0.1 sign(g), less
+        // the relative eps / sqrt(v) (below 1e-6 here).
+        assert!((w[0] - 0.9).abs() < 1e-7);
+        assert!((w[1] - (-1.9)).abs() < 1e-7);
         assert_eq!(w[2], 0.5);
     }
 

@@ -39,6 +39,9 @@ fn plot_err(name: &str) -> impl Fn(String) -> Error + '_ {
     }
 }
 
+/// One line of a [`LineFigure`]: its legend label, its colour and its points.
+pub(crate) type Series = (String, RGBColor, Vec<(f64, f64)>);
+
 /// One line figure: a series per estimator (shared with [`crate::optimise::output`]).
 pub(crate) struct LineFigure<'a> {
     pub(crate) title: String,
@@ -51,7 +54,7 @@ pub(crate) struct LineFigure<'a> {
     /// Whether a linear y axis stops at 0 (values that cannot be negative).
     pub(crate) nonnegative: bool,
     /// (legend label, colour, points).
-    pub(crate) series: Vec<(String, RGBColor, Vec<(f64, f64)>)>,
+    pub(crate) series: Vec<Series>,
 }
 
 impl LineFigure<'_> {
