@@ -348,7 +348,7 @@ impl LineFigure {
 /// neighbouring ticks apart (at least those of [`format_tick`]).
 fn format_tick_at(v: f64, step: f64) -> String {
     if step > 0.0 && step < 1.0 && v.abs() < 1e5 && v != 0.0 {
-        let digits = (-step.log10()).ceil().max(0.0) as usize + 1;
+        let digits = (-step.log10()).ceil().max(0.0) as usize;
         let plain = format_tick(v);
         let fine = format!("{v:.digits$}");
         if fine.len() > plain.len() && !plain.contains('e') {
