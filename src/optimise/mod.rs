@@ -34,7 +34,9 @@
 //! - **Warm-ups** (REBAR's `eta` and `tau`, RELAX's control variate: see
 //!   [`Estimator::warm_up`]) run at step 0, and again every `rewarm_every` steps if that is
 //!   set, at the current `W`, on draws no step reads. Their time and loss evaluations are
-//!   counted in the trajectory's clock and reported ([`WarmUpReport`]).
+//!   counted in the trajectory's clock and reported ([`WarmUpReport`]). On the shared
+//!   trajectory, each probed estimator warms up at its first evaluation (and again after
+//!   `rewarm_every` steps) at the shared `W`; that is part of the measurement, not counted.
 //!
 //! Results depend only on the spec: each trajectory runs on one thread in a fixed order, the
 //! oracles' parallel sums have a fixed partition, and independent trajectories (estimators,

@@ -282,6 +282,14 @@ pub fn summary(
             t.estimator, p.objective, var, method, p.loss_evaluations, p.seconds
         ));
     }
+    for t in &report.trajectories {
+        if let Some(w) = &t.warm_up {
+            s.push_str(&format!(
+                "\n{}: {} warm-up(s), {:.3} s and {} loss evaluations, included in the figures above; the estimator's report of the last (worded for mcgrad run): {}",
+                t.estimator, w.count, w.seconds, w.loss_evaluations, w.last
+            ));
+        }
+    }
     if let Some(shared) = &report.shared {
         s.push_str(&format!(
             "\n(variances along the shared trajectory driven by {}: variances.csv)",
@@ -433,6 +441,7 @@ pub fn curves_json(
             "seconds": "wall seconds of the steps and warm-ups so far, one thread per trajectory (evaluation excluded)",
             "loss_evaluations": "loss evaluations of the steps and warm-ups so far (a gradient of the loss counts as one)",
             "probabilities": "p of the tracked (variable, category) pairs, in the order of config.track",
+            "warm_up": "REBAR's and RELAX's warm-ups on the trajectory: count, seconds and loss_evaluations, all counted in the points' seconds and loss_evaluations; `last` is the estimator's own report, worded for mcgrad run, where warm-ups are not counted",
             "draws": "step t of every trajectory reads the Philox counters (repetition 0, point t) of the seed's key: common random numbers",
         },
         "total_seconds": seconds,
