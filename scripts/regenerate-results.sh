@@ -1,10 +1,12 @@
 #!/usr/bin/env bash
 # Regenerates the committed runs under results/ from the committed code, on the CPU engine
 # (bit-identical for any thread count): the default single-variable run (results/reference),
-# the multi-variable reference run on indecater-6x10 (results/indecater-6x10), and the
+# the multi-variable reference run on indecater-6x10 (results/indecater-6x10), the
 # regression check's baseline (results/baseline.json, from `mcgrad check`'s default
-# configuration). scripts/readme-figures.sh regenerates the training runs and the README's table.
-# A few minutes on 2 cores after the release build.
+# configuration) and the published experiments of `mcgrad reproduce --all`
+# (results/papers/NAME). scripts/readme-figures.sh regenerates the training runs and the
+# README's table. About 15 minutes on 2 cores after the release build (reproduce --all is
+# most of it); REPRODUCE=0 skips the experiments.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 cargo build --release --quiet
@@ -18,3 +20,8 @@ bin=target/release/mcgrad
 rm -f results/baseline.json
 "$bin" check --update --baseline results/baseline.json >/dev/null
 echo "regenerated results/reference, results/indecater-6x10 and results/baseline.json"
+if [ "${REPRODUCE:-1}" != 0 ]; then
+  # The published experiments, one folder each under results/papers/ (mcgrad reproduce --list).
+  "$bin" reproduce --all --quiet >/dev/null
+  echo "regenerated results/papers/*"
+fi

@@ -49,6 +49,35 @@ pub enum Command {
     Info,
     /// List the named problems `--problem` takes, with what each is and its source.
     Problems,
+    /// Regenerate a published experiment (figures, data, README) into results/papers/NAME.
+    Reproduce(ReproduceArgs),
+}
+
+/// The options of `mcgrad reproduce`.
+#[derive(Debug, Args)]
+pub struct ReproduceArgs {
+    /// The experiment (see --list).
+    #[arg(value_name = "NAME", required_unless_present_any = ["list", "all"], conflicts_with_all = ["list", "all"])]
+    pub name: Option<String>,
+    /// List the experiments, with what each is and its source.
+    #[arg(long)]
+    pub list: bool,
+    /// Every experiment, each into its own folder under --out (default results/papers).
+    #[arg(long)]
+    pub all: bool,
+    /// The quick form: fewer steps, seeds and repetitions (what CI runs, under 30 s each).
+    #[arg(long)]
+    pub quick: bool,
+    /// Output folder [default: results/papers/NAME; with --all, the folder that holds one
+    /// folder per experiment, results/papers].
+    #[arg(long, value_name = "DIR")]
+    pub out: Option<PathBuf>,
+    /// CPU worker threads (0: one per core); results do not depend on it.
+    #[arg(long, value_name = "N", default_value_t = 0)]
+    pub threads: usize,
+    /// No progress lines on stderr.
+    #[arg(long)]
+    pub quiet: bool,
 }
 
 /// The raw options of `mcgrad train`, as typed.
@@ -569,7 +598,59 @@ pub fn dispatch(cli: Cli) -> Result<()> {
         Command::Check(args) => check(args),
         Command::Info => info(),
         Command::Problems => list_problems(),
+        Command::Reproduce(args) => reproduce(args),
     }
+}
+
+fn reproduce(args: ReproduceArgs) -> Result<()> {
+    use mcgrad::reproduce::{self, EXPERIMENTS};
+    if args.list {
+        let mut text = String::new();
+        for e in EXPERIMENTS {
+            let _ = writeln!(
+                text,
+                "{:<20} {}\n{:<20} source: {}",
+                e.name, e.about, "", e.source
+            );
+        }
+        return print_stdout(&text);
+    }
+    let jobs: Vec<_> = if args.all {
+        let root = args.out.unwrap_or_else(|| PathBuf::from("results/papers"));
+        EXPERIMENTS.iter().map(|e| (e, root.join(e.name))).collect()
+    } else {
+        let name = args.name.unwrap_or_default();
+        let e = reproduce::by_name(&name)?;
+        vec![(e, args.out.unwrap_or_else(|| reproduce::default_out(&name)))]
+    };
+    let options = reproduce::Options {
+        quick: args.quick,
+        threads: args.threads,
+    };
+    let quiet = args.quiet;
+    let written = reproduce::reproduce(&jobs, &options, &|line| {
+        if !quiet {
+            eprintln!("{line}");
+        }
+    })?;
+    let mut text = String::new();
+    for w in &written {
+        let held = w.claims.iter().filter(|c| c.holds).count();
+        let _ = writeln!(
+            text,
+            "{}: wrote {} files to {} in {:.1} s; {} of {} claims hold",
+            w.name,
+            w.files.len(),
+            w.out.display(),
+            w.seconds,
+            held,
+            w.claims.len()
+        );
+        for c in w.claims.iter().filter(|c| !c.holds) {
+            let _ = writeln!(text, "  does not hold: {} ({})", c.statement, c.evidence);
+        }
+    }
+    print_stdout(&text)
 }
 
 fn info() -> Result<()> {

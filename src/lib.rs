@@ -43,6 +43,7 @@ pub mod plot;
 pub mod problem;
 pub mod problems;
 pub mod record;
+pub mod reproduce;
 pub mod run;
 pub mod stats;
 pub mod summary;

@@ -73,6 +73,20 @@ pub static NAMED: &[NamedProblem] = &[
         build: reinmax_poly,
     },
     NamedProblem {
+        name: "arm-toy",
+        about: "one Bernoulli, f = (z - 0.49)^2 (pnorm, p = 2), logits 0; the paper maximises E f (optimum p(z = 1) = 1)",
+        source: "Yin and Zhou 2019 (ARM), Fig. 1 (p0 = 0.49; mcgrad reproduce arm-toy runs all four p0)",
+        default_losses: &[Loss::Pnorm],
+        build: arm_toy,
+    },
+    NamedProblem {
+        name: "indecater-200",
+        about: "200 Bernoulli variables, f = mean_l (z_l - 0.499)^2 (pnorm, p = 2), logits 0; the paper maximises E f",
+        source: "De Smet et al. 2023 (IndeCateR), synthetic optimisation",
+        default_losses: &[Loss::Pnorm],
+        build: indecater_200,
+    },
+    NamedProblem {
         name: "vae-decoder",
         about: "20 variables of 10 categories feeding a random 784-pixel sigmoid decoder scored on one fixed binary image",
         source: "a discrete VAE's reconstruction term (Jang et al. 2017; Maddison et al. 2017)",
@@ -112,6 +126,16 @@ fn rebar_toy(_: u64) -> Problem {
 
 fn relax_toy(_: u64) -> Problem {
     bernoulli_toy(0.499)
+}
+
+fn arm_toy(_: u64) -> Problem {
+    bernoulli_toy(0.49)
+}
+
+fn indecater_200(_: u64) -> Problem {
+    let mut p = Problem::free_logits(200, 2, vec![0.0; 400]);
+    p.b = vec![0.499; 200];
+    p
 }
 
 /// Free logits `U[-1, 1)` and `b_l` uniform on `{0, ..., K-1}`, from the seed.
