@@ -154,6 +154,9 @@ fn short_args(backend: Backend) -> TrainOptions {
             "reinforce".into(),
             "muprop-c".into(),
             "gumbel-softmax".into(),
+            // The hard-draw lowering (`st`, `reinmax`) reads the GPU's category counts too (it
+            // once read none, and stayed at W = 0 on the GPU).
+            "st".into(),
         ],
         steps: 200,
         batch: 16,
@@ -174,7 +177,7 @@ fn short_args(backend: Backend) -> TrainOptions {
 /// - `exact` (no draws) and `gumbel-softmax` (its gradient is a continuous function of the
 ///   logits and the Gumbel noise) only carry that perturbation along: every held-out loss
 ///   within 1e-3 (observed on lavapipe: 1e-8).
-/// - `reinforce` and `muprop-c` count categorical draws: a draw whose uniform lands within
+/// - `reinforce`, `muprop-c` and `st` count categorical draws: a draw whose uniform lands within
 ///   the logit error of a CDF boundary flips (rare per draw, but 200 steps x 16 inputs x 2
 ///   draws make a few thousand), and from there the two runs follow different but equally
 ///   distributed paths. Their final held-out loss must agree within 0.1: observed

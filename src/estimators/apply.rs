@@ -16,8 +16,9 @@ use crate::draws::{
 use crate::engine::{path_of, Path};
 
 use super::{
-    estimate_from_joint_counts, fill_joint_counts, Context, Estimator, Family, JointCounts,
-    JointDraws, Lowering, MovingAverage, Noise, RelaxedBatch, RelaxedMoments, RELAXED_BATCH,
+    estimate_from_joint_counts, fill_joint_counts, Baseline, Context, Estimator, Family,
+    JointCounts, JointDraws, Lowering, MovingAverage, Noise, RelaxedBatch, RelaxedMoments,
+    RELAXED_BATCH,
 };
 
 /// One repetition's draws, in the form an estimator's path reads.
@@ -366,6 +367,9 @@ pub fn warmed_baseline(
     first_rep: u32,
 ) -> MovingAverage {
     let mut baseline = MovingAverage::default();
+    if !keeps_moving_average(est) {
+        return baseline;
+    }
     let mut out = vec![0.0; ctx.dim()];
     for r in 0..ctx.settings.baseline_warmup {
         let rep = first_rep.wrapping_add(r);
@@ -376,4 +380,61 @@ pub fn warmed_baseline(
         }
     }
     baseline
+}
+
+/// Whether `est` may keep a moving-average baseline: its lowering says so, and an estimator
+/// without a lowering may (its [`Estimator::estimate`] returns the value it feeds).
+fn keeps_moving_average(est: &dyn Estimator) -> bool {
+    match est.lowering() {
+        Some(Lowering::ScoreFunction { baseline, .. }) => baseline == Baseline::MovingAverage,
+        Some(_) => false,
+        None => true,
+    }
+}
+
+/// [`warmed_baseline`] of several one-variable counts-path cells at once (the GPU engine's
+/// score-function cells, one per (loss, estimator)), each equal to its own
+/// [`warmed_baseline`] bit for bit: the warm-up repetitions' category counts are drawn once,
+/// in parallel, and shared by every cell (they depend only on `p`, which the losses share).
+pub fn warmed_counts_baselines(
+    cells: &[(&dyn Estimator, &Context)],
+    key: [u32; 2],
+    point: u32,
+    s: u32,
+    first_rep: u32,
+) -> Vec<MovingAverage> {
+    use rayon::prelude::*;
+    let mut baselines = vec![MovingAverage::default(); cells.len()];
+    let warm: Vec<usize> = (0..cells.len())
+        .filter(|&c| keeps_moving_average(cells[c].0))
+        .collect();
+    let Some(&first) = warm.first() else {
+        return baselines;
+    };
+    let ctx0 = cells[first].1;
+    let k = ctx0.k;
+    let reps = ctx0.settings.baseline_warmup;
+    let table = CategoricalTable::new(&ctx0.p[..k]);
+    let mut counts = vec![0u32; reps as usize * k];
+    counts
+        .par_chunks_mut(k.max(1))
+        .enumerate()
+        .for_each(|(r, row)| {
+            let rep = first_rep.wrapping_add(r as u32);
+            count_categories(&table, key, rep, point, s, row);
+        });
+    for c in warm {
+        let (est, ctx) = cells[c];
+        debug_assert!(ctx.l == 1 && ctx.p == ctx0.p && ctx.settings.baseline_warmup == reps);
+        let mut out = vec![0.0; ctx.dim()];
+        let baseline = &mut baselines[c];
+        for row in counts.chunks_exact(k) {
+            let draws = DrawSource::Counts { counts: row, s };
+            match estimate_one(est, ctx, draws, baseline.value(), &mut out) {
+                Some(signal) => baseline.push(signal),
+                None => break,
+            }
+        }
+    }
+    baselines
 }

@@ -45,7 +45,7 @@ mod unordered_set;
 
 pub use apply::{
     estimate_at, estimate_at_with, estimate_one, reads_draws, relaxed_moments, warmed_baseline,
-    DrawBuffers, DrawSource,
+    warmed_counts_baselines, DrawBuffers, DrawSource,
 };
 pub use arsm::Arsm;
 pub use disarm::Disarm;

@@ -47,7 +47,9 @@ pub use profile::KernelTime;
 use crate::draws::RelaxedTable;
 use crate::engine::{path_of, BackendInfo, Cell, Engine, Path, PointMoments, SweepSpec};
 use crate::error::{Error, Result};
-use crate::estimators::{warmed_baseline, Context, Estimator, Family, MovingAverage};
+use crate::estimators::{
+    warmed_baseline, warmed_counts_baselines, Context, Estimator, Family, MovingAverage,
+};
 use crate::philox::key_of;
 use crate::stats::EstimateMoments;
 use chunks::{threads_per_rep, REP_ALIGN};
@@ -533,6 +535,7 @@ impl Engine for GpuEngine {
         let mut relaxed_keys = Vec::new();
         let mut generic_cells: Vec<(usize, &'static dyn Estimator)> = Vec::new();
         let mut generic_keys = Vec::new();
+        let mut counts_cells = Vec::new();
         for (li, ctx) in contexts.iter().enumerate() {
             for &e in &estimators {
                 if !self.lowers(e, ctx, samples) {
@@ -540,15 +543,10 @@ impl Engine for GpuEngine {
                 }
                 match path_of(e, ctx) {
                     Path::Counts if ctx.k <= MAX_K => {
-                        let warm = warmed_baseline(
-                            e,
-                            ctx,
-                            key_of(spec.seed),
-                            point as u32,
-                            samples,
-                            spec.reps,
-                        );
-                        score_cells.push(params::score_cell(e, ctx, samples, &warm)?);
+                        // Its warmed-up baseline comes below, with the other cells'.
+                        counts_cells.push((score_cells.len(), e, ctx));
+                        let cold = MovingAverage::default();
+                        score_cells.push(params::score_cell(e, ctx, samples, &cold)?);
                         score_grads.push(ctx.grad.as_slice());
                         score_keys.push((li, e.id()));
                     }
@@ -568,6 +566,22 @@ impl Engine for GpuEngine {
                     }
                 }
             }
+        }
+        // Moving-average baselines enter the measurement warmed up, as on the CPU engine; the
+        // warm-up's draws are made once for all cells.
+        let warm_cells: Vec<(&dyn Estimator, &Context)> = counts_cells
+            .iter()
+            .map(|&(_, e, ctx)| (e as &dyn Estimator, ctx))
+            .collect();
+        let warm = warmed_counts_baselines(
+            &warm_cells,
+            key_of(spec.seed),
+            point as u32,
+            samples,
+            spec.reps,
+        );
+        for (&(index, e, ctx), warm) in counts_cells.iter().zip(&warm) {
+            score_cells[index] = params::score_cell(e, ctx, samples, warm)?;
         }
         let on_gpu = score_cells.len() + relaxed_cells.len() + generic_cells.len();
         let fallback = (on_gpu < contexts.len() * estimators.len()).then(|| {

@@ -127,7 +127,8 @@ pub fn estimate_from_drawn(
 ) -> Option<f64> {
     const W: usize = 16; // the GPU's row width (MAX_K)
     match (path_of(est, ctx), drawn) {
-        (Path::Counts, TrainDrawn::Counts(counts)) => {
+        // `st` and `reinmax` (the hard-draw lowering) read the same category counts.
+        (Path::Counts | Path::HardDrawCounts, TrainDrawn::Counts(counts)) => {
             let counts = &counts[b * W..b * W + K];
             let draws = DrawSource::Counts { counts, s: samples };
             estimate_one(est, ctx, draws, baseline, g)
