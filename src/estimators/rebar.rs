@@ -10,8 +10,9 @@
 //! `d z~_i / d log p_i = kappa_i` (0 at `b`), `d log p / d a = I - 1 p^T`. The bracket has mean
 //! zero for every `eta` and `tau` (`E_b E_{z~|b}` is `E_z`), so REBAR is unbiased.
 //!
-//! Cost per draw: `f(b)`, `f(y~)`, `grad f(y~)`, `grad f(y)`: four loss evaluations (a
-//! gradient counts as one); K more uniforms for `G~` (auxiliary noise block = draw, lanes
+//! Cost per draw: `f(b)`, `f(y~)` with `grad f(y~)` (one evaluation: a value and its
+//! gradient at one point count once, as for the Gumbel estimators), `grad f(y)`: three loss
+//! evaluations, what [`Estimator::loss_evaluations`] reports; K more uniforms for `G~` (auxiliary noise block = draw, lanes
 //! `l ceil(K/4) ..`). Needs the loss defined off the vertices.
 //!
 //! `eta` and `tau` come from `--rebar-eta` / `--rebar-tau`; whichever is not given is tuned per
