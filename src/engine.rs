@@ -382,6 +382,13 @@ struct CellState {
     seconds: f64,
     /// The cell's own context, where a warm-up tuned the estimator.
     warm_ctx: Option<Context>,
+    /// The power sums of the current moment block ([`REP_BLOCK`] repetitions from a
+    /// multiple of it), kept across draw blocks.
+    sums: Option<MomentSums>,
+    /// Estimates waiting to be pushed, coordinate-major (`dim x PUSH_BATCH`), and how many:
+    /// the batches start at multiples of PUSH_BATCH repetitions whatever the draw block.
+    batch: Vec<f64>,
+    in_batch: usize,
 }
 
 /// Runs the cells of `spec` at point `point` that `select(context, estimator)` keeps (all of
@@ -424,6 +431,9 @@ pub(crate) fn cpu_point_cells(
                 baseline: MovingAverage::default(),
                 seconds: 0.0,
                 warm_ctx: None,
+                sums: None,
+                batch: vec![0.0; dim * PUSH_BATCH],
+                in_batch: 0,
             });
         }
     }
@@ -478,8 +488,14 @@ pub(crate) fn cpu_point_cells(
         } else {
             0
         };
+    // A power of two: the draw blocks then tile the moment blocks (REP_BLOCK repetitions,
+    // flushed into the moments at multiples of REP_BLOCK), and the batches of PUSH_BATCH
+    // estimates (kept across draw blocks) start at multiples of PUSH_BATCH; so the power
+    // sums, and the figures to the last bit, do not depend on which other cells (and so
+    // which draw block) a pass has.
     let block = if generic_sf || generic_rel || joint_on {
-        (GENERIC_BLOCK_NUMBERS / per_rep.max(1)).clamp(1, u64::from(REP_BLOCK)) as u32
+        let fit = (GENERIC_BLOCK_NUMBERS / per_rep.max(1)).clamp(1, u64::from(REP_BLOCK));
+        1u32 << fit.ilog2()
     } else {
         REP_BLOCK
     };
@@ -636,9 +652,12 @@ pub(crate) fn cpu_point_cells(
         }
         cells.par_iter_mut().for_each(|cell| {
             let t0 = Instant::now();
-            let mut block_sums = MomentSums::new(&cell.moments);
-            let mut batch = vec![0.0; dim * PUSH_BATCH];
-            let mut in_batch = 0;
+            if cell.sums.is_none() {
+                cell.sums = Some(MomentSums::new(&cell.moments));
+            }
+            let block_sums = cell.sums.as_mut().expect("just set");
+            let batch = &mut cell.batch;
+            let mut in_batch = cell.in_batch;
             let ctx = cell.warm_ctx.as_ref().unwrap_or(&contexts[cell.loss_index]);
             let mut estimate = vec![0.0; dim];
             let faulty = faults::any();
@@ -649,9 +668,10 @@ pub(crate) fn cpu_point_cells(
             // The counts lowering runs a batch of repetitions at a time (the same estimates).
             let batched = cell.path == Path::Counts && !faulty;
             if batched {
+                let mut fresh = vec![0.0; dim * PUSH_BATCH];
                 let mut r0 = 0;
                 while r0 < nbu {
-                    let n = (nbu - r0).min(PUSH_BATCH);
+                    let n = (nbu - r0).min(PUSH_BATCH - in_batch);
                     estimate_counts_batch(
                         cell.estimator,
                         ctx,
@@ -660,9 +680,18 @@ pub(crate) fn cpu_point_cells(
                         n,
                         s,
                         &mut cell.baseline,
-                        &mut batch,
+                        &mut fresh,
                     );
-                    block_sums.push_batch(&batch, n, &ctx.grad);
+                    for j in 0..dim {
+                        let row = j * PUSH_BATCH;
+                        batch[row + in_batch..row + in_batch + n]
+                            .copy_from_slice(&fresh[row..row + n]);
+                    }
+                    in_batch += n;
+                    if in_batch == PUSH_BATCH {
+                        block_sums.push_batch(batch, in_batch, &ctx.grad);
+                        in_batch = 0;
+                    }
                     r0 += n;
                 }
             }
@@ -741,14 +770,22 @@ pub(crate) fn cpu_point_cells(
                 }
                 in_batch += 1;
                 if in_batch == PUSH_BATCH {
-                    block_sums.push_batch(&batch, in_batch, &ctx.grad);
+                    block_sums.push_batch(batch, in_batch, &ctx.grad);
                     in_batch = 0;
                 }
             }
-            if in_batch > 0 {
-                block_sums.push_batch(&batch, in_batch, &ctx.grad);
+            // The moment block ends at a multiple of REP_BLOCK repetitions or at the last.
+            let done = block_start + nb;
+            if done % REP_BLOCK == 0 || done == spec.reps {
+                if in_batch > 0 {
+                    block_sums.push_batch(batch, in_batch, &ctx.grad);
+                    in_batch = 0;
+                }
+                if let Some(mut sums) = cell.sums.take() {
+                    sums.flush_into(&mut cell.moments);
+                }
             }
-            block_sums.flush_into(&mut cell.moments);
+            cell.in_batch = in_batch;
             cell.seconds += t0.elapsed().as_secs_f64();
         });
         block_start += nb;
