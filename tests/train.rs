@@ -693,7 +693,7 @@ fn per_input_estimate_is_the_sweep_engines() {
     use mcgrad::engine::{run_sweep, CpuEngine, SweepSpec};
     use mcgrad::estimators::{warmed_baseline, Context, MovingAverage, REGISTRY};
     use mcgrad::problem::Problem;
-    use mcgrad::stats::EstimateMoments;
+    use mcgrad::stats::{EstimateMoments, MomentSums, PUSH_BATCH};
 
     let a: Vec<f64> = (0..K).map(|j| 1.3 * (j as f64 * 0.9).sin()).collect();
     let (seed, reps) = (17, 40);
@@ -727,20 +727,29 @@ fn per_input_estimate_is_the_sweep_engines() {
                     step: step as u32,
                     rep_offset: 0,
                 };
-                // The engine enters the measurement with a warmed-up moving average.
-                let (mut moments, mut baseline): (_, MovingAverage) = (
-                    EstimateMoments::new(K),
-                    warmed_baseline(est, &ctx, key.key, step as u32, point.samples, reps),
-                );
+                // The engine enters the measurement with a warmed-up moving average, and
+                // accumulates its moments as power sums of batches of PUSH_BATCH estimates
+                // (coordinate-major), merged per block: the same here, so equal estimates
+                // give equal moments to the last bit.
+                let mut baseline: MovingAverage =
+                    warmed_baseline(est, &ctx, key.key, step as u32, point.samples, reps);
+                let mut moments = EstimateMoments::new(K);
                 let mut g = [0.0; K];
+                let mut batch = vec![0.0; K * PUSH_BATCH];
+                assert!(reps as usize <= PUSH_BATCH);
                 for b in 0..reps {
                     let signal =
                         model::estimate(est, &ctx, point.samples, baseline.value(), key, b, &mut g);
                     if let Some(s) = signal {
                         baseline.push(s);
                     }
-                    moments.push(&g, &ctx.grad);
+                    for (j, &v) in g.iter().enumerate() {
+                        batch[j * PUSH_BATCH + b as usize] = v;
+                    }
                 }
+                let mut sums = MomentSums::new(&moments);
+                sums.push_batch(&batch, reps as usize, &ctx.grad);
+                sums.flush_into(&mut moments);
                 assert_eq!(
                     moments,
                     cell.moments,
