@@ -259,93 +259,17 @@ pub fn estimate_at(
     baseline: f64,
     out: &mut [f64],
 ) -> Option<f64> {
-    let (l, k) = (ctx.l, ctx.k);
-    match path_of(est, ctx) {
-        Path::Counts | Path::HardDrawCounts => {
-            let mut counts = vec![0u32; k];
-            if reads_draws(est) {
-                let table = CategoricalTable::new(&ctx.p[..k]);
-                count_categories(&table, key, rep, point, s, &mut counts);
-            }
-            estimate_one(
-                est,
-                ctx,
-                DrawSource::Counts { counts: &counts, s },
-                baseline,
-                out,
-            )
-        }
-        Path::RelaxedSums => {
-            let mut m = RelaxedMoments::new(k);
-            relaxed_moments(
-                &RelaxedTable::new(&ctx.logits, ctx.tau),
-                key,
-                rep,
-                point,
-                s,
-                &mut m,
-            );
-            estimate_one(est, ctx, DrawSource::RelaxedSums(&m), baseline, out)
-        }
-        Path::JointCounts => {
-            let tables: Vec<CategoricalTable> =
-                ctx.p.chunks(k).map(CategoricalTable::new).collect();
-            let mut z = vec![0u32; s as usize * l];
-            draw_joint_categories(&tables, key, rep, point, s, &mut z);
-            let f: Vec<f64> = z
-                .chunks_exact(l)
-                .map(|zi| ctx.objective.at_vertex(zi))
-                .collect();
-            let mut buffer = vec![0.0; JointCounts::buffer_len(ctx)];
-            fill_joint_counts(ctx, &z, &f, &mut buffer);
-            let sums = JointCounts::view(ctx, s as usize, &buffer);
-            estimate_one(est, ctx, DrawSource::JointCounts(&sums), baseline, out)
-        }
-        Path::Generic(family) => {
-            let su = s as usize;
-            let noise = Noise { key, rep, point };
-            let mut z = vec![0u32; su * l];
-            let (mut f, mut y, mut perturbed) = (Vec::new(), Vec::new(), Vec::new());
-            match family {
-                Family::ScoreFunction => {
-                    let tables: Vec<CategoricalTable> =
-                        ctx.p.chunks(k).map(CategoricalTable::new).collect();
-                    draw_joint_categories(&tables, key, rep, point, s, &mut z);
-                    f = z
-                        .chunks_exact(l)
-                        .map(|zi| ctx.objective.at_vertex(zi))
-                        .collect();
-                }
-                Family::Relaxed => {
-                    let dim = ctx.dim();
-                    let table = JointRelaxedTable::new(&ctx.logits, k, ctx.tau);
-                    let mut h = vec![0f32; k];
-                    (y, perturbed) = (vec![0.0; su * dim], vec![0.0; su * dim]);
-                    for d in 0..su {
-                        table.draw(
-                            key,
-                            rep,
-                            point,
-                            d as u32,
-                            &mut h,
-                            &mut y[d * dim..(d + 1) * dim],
-                            &mut perturbed[d * dim..(d + 1) * dim],
-                            &mut z[d * l..(d + 1) * l],
-                        );
-                    }
-                }
-            }
-            let draws = JointDraws {
-                s: su,
-                z: &z,
-                f: &f,
-                y: &y,
-                perturbed: &perturbed,
-                noise,
-            };
-            estimate_one(est, ctx, DrawSource::Joint(&draws), baseline, out)
-        }
-    }
+    estimate_at_with(
+        &mut DrawBuffers::default(),
+        est,
+        ctx,
+        key,
+        rep,
+        point,
+        s,
+        baseline,
+        out,
+    )
 }
 
 /// The moving-average baseline that `est` enters the measured repetitions with: 0 for an
