@@ -475,16 +475,19 @@ impl RelaxedTable {
             z: &mut [u32],
             y_z: &mut [f32],
         ) {
-            table.draw_batch_lanes(key, rep, point, first, n, y, z, y_z);
+            // SAFETY: compiled for AVX2, called only where the CPU has it; K <= MAX_K.
+            unsafe { relaxed_avx2::draw_batch(table, key, rep, point, first, n, y, z, y_z) };
         }
         #[cfg(target_arch = "x86_64")]
-        if fastmath::has_avx2() {
+        if fastmath::has_avx2() && self.shifted_logits.len() <= relaxed_avx2::MAX_K {
             // SAFETY: the CPU has AVX2, checked just above.
             return unsafe { avx2(self, key, rep, point, first, n, y, z, y_z) };
         }
         self.draw_batch_lanes(key, rep, point, first, n, y, z, y_z);
     }
 
+    /// [`Self::draw_batch`] without intrinsics: the portable twin of the AVX2 path, and the
+    /// path where the CPU lacks AVX2 or K exceeds its bound.
     #[inline(always)]
     #[allow(clippy::too_many_arguments, clippy::needless_range_loop)]
     fn draw_batch_lanes(
@@ -550,6 +553,152 @@ impl RelaxedTable {
                 z[base + l] = zl[l];
                 y_z[base + l] = h[zl[l] as usize][l] * inv[l];
             }
+        }
+    }
+}
+
+/// [`RelaxedTable::draw_batch`] in AVX2 intrinsics, eight draws a step: Philox on eight
+/// counters (a private twin of [`philox4x32_10_lanes`], the words in registers), the Gumbel
+/// noise and the softmax by [`fastmath::avx2`], the running maximum and its index kept in
+/// registers. The operations and their order are those of `draw_batch_lanes`, so the bits are
+/// the same (tested).
+#[cfg(target_arch = "x86_64")]
+mod relaxed_avx2 {
+    use super::RelaxedTable;
+    use crate::fastmath::avx2::{exp_nonpositive, ln};
+    use crate::philox::{M0, M1, STREAM_GUMBEL, W0, W1};
+    use std::arch::x86_64::*;
+
+    /// Largest K this path serves (the perturbed logits of a step stay on the stack).
+    pub const MAX_K: usize = 64;
+
+    /// High and low 32-bit halves of `a * m` in each of eight lanes (`m` broadcast).
+    #[inline(always)]
+    unsafe fn mulhilo(a: __m256i, m: __m256i) -> (__m256i, __m256i) {
+        let even = _mm256_mul_epu32(a, m);
+        let odd = _mm256_mul_epu32(_mm256_srli_epi64::<32>(a), m);
+        let hi = _mm256_blend_epi32::<0xAA>(_mm256_srli_epi64::<32>(even), odd);
+        let lo = _mm256_blend_epi32::<0xAA>(even, _mm256_slli_epi64::<32>(odd));
+        (hi, lo)
+    }
+
+    /// Philox4x32-10 on eight counters, word-major: lane l of word w is word w of
+    /// `philox4x32_10([c[0][l], c[1][l], c[2][l], c[3][l]], key)`.
+    #[inline(always)]
+    pub(super) unsafe fn philox8(mut c: [__m256i; 4], key: [u32; 2]) -> [__m256i; 4] {
+        let (m0, m1) = (_mm256_set1_epi32(M0 as i32), _mm256_set1_epi32(M1 as i32));
+        let (mut k0, mut k1) = (key[0], key[1]);
+        for r in 0..10 {
+            if r > 0 {
+                k0 = k0.wrapping_add(W0);
+                k1 = k1.wrapping_add(W1);
+            }
+            let (hi0, lo0) = mulhilo(c[0], m0);
+            let (hi1, lo1) = mulhilo(c[2], m1);
+            c = [
+                _mm256_xor_si256(_mm256_xor_si256(hi1, c[1]), _mm256_set1_epi32(k0 as i32)),
+                lo1,
+                _mm256_xor_si256(_mm256_xor_si256(hi0, c[3]), _mm256_set1_epi32(k1 as i32)),
+                lo0,
+            ];
+        }
+        c
+    }
+
+    /// `-ln(-ln u)` with `u = ((w >> 9) + 0.5) 2^-23`, as [`super::gumbel`].
+    #[inline(always)]
+    unsafe fn gumbel(words: __m256i) -> __m256 {
+        let u = _mm256_mul_ps(
+            _mm256_add_ps(
+                _mm256_cvtepi32_ps(_mm256_srli_epi32::<9>(words)),
+                _mm256_set1_ps(0.5),
+            ),
+            _mm256_set1_ps(1.0 / 8_388_608.0),
+        );
+        let sign = _mm256_set1_ps(-0.0);
+        _mm256_xor_ps(ln(_mm256_xor_ps(ln(u), sign)), sign)
+    }
+
+    /// Stores the first `lanes` of `v` at `out` (all eight when `lanes == 8`).
+    #[inline(always)]
+    unsafe fn store(out: &mut [f32], v: __m256, lanes: usize) {
+        if lanes == 8 {
+            _mm256_storeu_ps(out.as_mut_ptr(), v);
+        } else {
+            let mut tmp = [0f32; 8];
+            _mm256_storeu_ps(tmp.as_mut_ptr(), v);
+            out[..lanes].copy_from_slice(&tmp[..lanes]);
+        }
+    }
+
+    /// See [`RelaxedTable::draw_batch`]; K at most [`MAX_K`].
+    ///
+    /// # Safety
+    /// The CPU must have AVX2.
+    #[inline(always)]
+    #[allow(clippy::too_many_arguments)]
+    pub(super) unsafe fn draw_batch(
+        table: &RelaxedTable,
+        key: [u32; 2],
+        rep: u32,
+        point: u32,
+        first: u32,
+        n: usize,
+        y: &mut [f32],
+        z: &mut [u32],
+        y_z: &mut [f32],
+    ) {
+        let k = table.shifted_logits.len();
+        assert!(k <= MAX_K && y.len() >= k * n && z.len() >= n && y_z.len() >= n);
+        let mut h = [_mm256_setzero_ps(); MAX_K];
+        let inv_tau = _mm256_set1_ps(table.inv_tau);
+        let lane_index = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
+        for base in (0..n).step_by(8) {
+            let lanes = 8.min(n - base);
+            let draw0 = first.wrapping_add(base as u32);
+            let ctr0 = _mm256_add_epi32(_mm256_set1_epi32(draw0 as i32), lane_index);
+            let mut hmax = _mm256_set1_ps(f32::NEG_INFINITY);
+            let mut zl = _mm256_setzero_si256();
+            for group in 0..k.div_ceil(4) {
+                let words = philox8(
+                    [
+                        ctr0,
+                        _mm256_set1_epi32(rep as i32),
+                        _mm256_set1_epi32(((STREAM_GUMBEL << 16) | group as u32) as i32),
+                        _mm256_set1_epi32(point as i32),
+                    ],
+                    key,
+                );
+                for (w, &word) in words.iter().enumerate().take(k - 4 * group) {
+                    let c = 4 * group + w;
+                    let v = _mm256_add_ps(_mm256_set1_ps(table.shifted_logits[c]), gumbel(word));
+                    h[c] = v;
+                    let better = _mm256_cmp_ps::<_CMP_GT_OQ>(v, hmax);
+                    hmax = _mm256_blendv_ps(hmax, v, better);
+                    zl = _mm256_castps_si256(_mm256_blendv_ps(
+                        _mm256_castsi256_ps(zl),
+                        _mm256_castsi256_ps(_mm256_set1_epi32(c as i32)),
+                        better,
+                    ));
+                }
+            }
+            let mut sum = _mm256_setzero_ps();
+            for hc in h[..k].iter_mut() {
+                *hc = exp_nonpositive(_mm256_mul_ps(_mm256_sub_ps(*hc, hmax), inv_tau));
+                sum = _mm256_add_ps(sum, *hc);
+            }
+            let inv = _mm256_div_ps(_mm256_set1_ps(1.0), sum);
+            let mut yz = _mm256_setzero_ps();
+            for (c, hc) in h[..k].iter().enumerate() {
+                let yc = _mm256_mul_ps(*hc, inv);
+                store(&mut y[c * n + base..c * n + base + lanes], yc, lanes);
+                let hit = _mm256_castsi256_ps(_mm256_cmpeq_epi32(zl, _mm256_set1_epi32(c as i32)));
+                yz = _mm256_blendv_ps(yz, yc, hit);
+            }
+            store(&mut y_z[base..base + lanes], yz, lanes);
+            let mut zs = [0u32; 8];
+            _mm256_storeu_si256(zs.as_mut_ptr().cast(), zl);
+            z[base..base + lanes].copy_from_slice(&zs[..lanes]);
         }
     }
 }
@@ -700,6 +849,85 @@ mod tests {
                 assert_eq!(y_z[d], yd[zd] as f32);
             }
         }
+    }
+
+    #[test]
+    fn avx2_relaxed_draws_equal_the_portable_lanes_bit_for_bit() {
+        #[cfg(target_arch = "x86_64")]
+        if fastmath::has_avx2() {
+            for k in [1usize, 2, 5, 8, 10, 13, 64] {
+                let a: Vec<f64> = (0..k).map(|c| (c as f64 * 1.3).cos() * 4.0).collect();
+                for tau in [0.1, 1.0, 3.0] {
+                    let table = RelaxedTable::new(&a, tau);
+                    for (n, first) in [(64usize, 0u32), (45, u32::MAX - 20), (7, 3), (1, 99)] {
+                        let mut want = (vec![0f32; k * n], vec![0u32; n], vec![0f32; n]);
+                        let mut got = (vec![1f32; k * n], vec![1u32; n], vec![1f32; n]);
+                        let (key, rep, point) = ([11, 12], 13, 14);
+                        table.draw_batch_lanes(
+                            key,
+                            rep,
+                            point,
+                            first,
+                            n,
+                            &mut want.0,
+                            &mut want.1,
+                            &mut want.2,
+                        );
+                        // The AVX2 path (K <= MAX_K on a CPU with AVX2).
+                        table.draw_batch(
+                            key, rep, point, first, n, &mut got.0, &mut got.1, &mut got.2,
+                        );
+                        let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+                        assert_eq!(bits(&got.0), bits(&want.0), "K = {k}, tau = {tau}, n = {n}");
+                        assert_eq!(got.1, want.1, "K = {k}, tau = {tau}, n = {n}");
+                        assert_eq!(bits(&got.2), bits(&want.2), "K = {k}, tau = {tau}, n = {n}");
+                    }
+                }
+            }
+        }
+    }
+
+    #[cfg(target_arch = "x86_64")]
+    #[test]
+    fn avx2_philox_equals_the_scalar_philox() {
+        use std::arch::x86_64::*;
+        if !fastmath::has_avx2() {
+            return;
+        }
+        #[target_feature(enable = "avx2")]
+        fn words(ctr: [[u32; 8]; 4], key: [u32; 2]) -> [[u32; 8]; 4] {
+            // SAFETY: unaligned loads and stores of eight lanes; the CPU has AVX2.
+            unsafe {
+                let c = ctr.map(|w| _mm256_loadu_si256(w.as_ptr().cast()));
+                let out = relaxed_avx2::philox8(c, key);
+                let mut v = [[0u32; 8]; 4];
+                for (o, w) in v.iter_mut().zip(out) {
+                    _mm256_storeu_si256(o.as_mut_ptr().cast(), w);
+                }
+                v
+            }
+        }
+        for seed in 0..200u32 {
+            let ctr: [[u32; 8]; 4] = std::array::from_fn(|w| {
+                std::array::from_fn(|l| {
+                    (seed * 31 + w as u32 * 8 + l as u32).wrapping_mul(0x9E37_79B9) ^ (seed << 7)
+                })
+            });
+            let key = [seed.wrapping_mul(0x85EB_CA6B), u32::MAX - seed];
+            // SAFETY: the CPU has AVX2, checked above.
+            let got = unsafe { words(ctr, key) };
+            for l in 0..8 {
+                let want = philox4x32_10([ctr[0][l], ctr[1][l], ctr[2][l], ctr[3][l]], key);
+                assert_eq!([got[0][l], got[1][l], got[2][l], got[3][l]], want);
+            }
+        }
+        // Random123's known answer, on every lane.
+        // SAFETY: the CPU has AVX2, checked above.
+        let got = unsafe { words([[0; 8]; 4], [0, 0]) };
+        assert_eq!(
+            [got[0][5], got[1][5], got[2][5], got[3][5]],
+            [0x6627e8d5, 0xe169c58d, 0xbc57ac4c, 0x9b00dbd8]
+        );
     }
 
     #[test]

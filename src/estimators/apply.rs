@@ -92,9 +92,13 @@ pub fn relaxed_moments(
     m: &mut RelaxedMoments,
 ) {
     let k = table.shifted_logits().len();
-    let mut y = vec![0f32; k * RELAXED_BATCH];
-    let mut z = [0u32; RELAXED_BATCH];
-    let mut y_z = [0f32; RELAXED_BATCH];
+    // The batch buffers live in `m` (no allocation per repetition); taken out while `m` adds.
+    let mut y = std::mem::take(&mut m.draw_y);
+    let mut z = std::mem::take(&mut m.draw_z);
+    let mut y_z = std::mem::take(&mut m.draw_y_z);
+    y.resize(k * RELAXED_BATCH, 0.0);
+    z.resize(RELAXED_BATCH, 0);
+    y_z.resize(RELAXED_BATCH, 0.0);
     m.clear();
     let mut first = 0u32;
     while first < s {
@@ -117,6 +121,7 @@ pub fn relaxed_moments(
         });
         first += n as u32;
     }
+    (m.draw_y, m.draw_z, m.draw_y_z) = (y, z, y_z);
 }
 
 /// The buffers [`estimate_at_with`] draws into, kept between calls (an optimisation loop

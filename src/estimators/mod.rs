@@ -827,8 +827,14 @@ pub struct RelaxedMoments {
     pub sum_y_yz: Vec<f64>,
     /// `sum_{d : z_d = c} y_c` (the relaxed weight where the hard draw landed).
     pub sum_hit: Vec<f64>,
-    /// Scratch: a batch's `y` in f64, category-major, [`RELAXED_BATCH`] per category.
+    /// Scratch: a batch's `y` in f64, category-major, [`RELAXED_BATCH`] per category, then
+    /// (AVX2 path) the rows `||y||^2` and `y_z`.
     scratch: Vec<f64>,
+    /// Scratch for [`crate::estimators::apply::relaxed_moments`]: one batch of draws
+    /// (`y` category-major, `z`, `y_z`), kept so that a repetition allocates nothing.
+    pub(crate) draw_y: Vec<f32>,
+    pub(crate) draw_z: Vec<u32>,
+    pub(crate) draw_y_z: Vec<f32>,
 }
 
 impl RelaxedMoments {
@@ -842,7 +848,25 @@ impl RelaxedMoments {
             sum_y_norm_sq: vec![0.0; k],
             sum_y_yz: vec![0.0; k],
             sum_hit: vec![0.0; k],
-            scratch: vec![0.0; k * RELAXED_BATCH],
+            scratch: vec![0.0; (k + 2) * RELAXED_BATCH],
+            draw_y: vec![0.0; k * RELAXED_BATCH],
+            draw_z: vec![0; RELAXED_BATCH],
+            draw_y_z: vec![0.0; RELAXED_BATCH],
+        }
+    }
+
+    /// `out[c] = sum_c' sum_yy[c][c'] b[c']`, each sum in the order `c' = 0, 1, ...` from
+    /// `-0.0` (as `Iterator::sum`), for every c at once: by the symmetry of `sum_yy` (both
+    /// halves receive the same additions, so they are equal bit for bit) row `c'` holds
+    /// column `c'`, and the loop over c vectorises. `out` has K numbers.
+    pub fn sum_yy_dot(&self, b: &[f64], out: &mut [f64]) {
+        let k = self.k;
+        let out = &mut out[..k];
+        out.iter_mut().for_each(|o| *o = -0.0);
+        for (row, &bc) in self.sum_yy.chunks_exact(k).zip(&b[..k]) {
+            for (o, &v) in out.iter_mut().zip(row) {
+                *o += v * bc;
+            }
         }
     }
 
@@ -879,7 +903,8 @@ impl RelaxedMoments {
         if std::is_x86_feature_detected!("avx2") {
             #[target_feature(enable = "avx2")]
             fn avx2(m: &mut RelaxedMoments, batch: &RelaxedBatch<'_>) {
-                m.add_batch_lanes(batch)
+                // SAFETY: compiled for AVX2, called only where the CPU has it.
+                unsafe { m.add_batch_tiled(batch) }
             }
             // SAFETY: the CPU has AVX2, checked just above.
             return unsafe { avx2(self, batch) };
@@ -887,6 +912,123 @@ impl RelaxedMoments {
         self.add_batch_lanes(batch)
     }
 
+    /// [`Self::add_batch`] in AVX2 intrinsics: the same sums to the last bit as
+    /// [`Self::add_batch_lanes`] (tested), computed four dot products at a time. Every dot
+    /// product of two rows is [`dot`]'s: eight lane sums over the chunks of eight, in chunk
+    /// order, then the lanes summed in order, then the remainder's sum added. Here one row
+    /// `y_c` meets four partner rows at once (its loads shared), and the four dots' lane
+    /// sums are transposed so that the in-order lane sum runs on the four at once. The
+    /// partners of `y_c` are `y_c..y_K`, `||y||^2` and `y_z` (rows K and K + 1 of the
+    /// scratch).
+    ///
+    /// # Safety
+    /// The CPU must have AVX2.
+    #[cfg(target_arch = "x86_64")]
+    #[inline(always)]
+    unsafe fn add_batch_tiled(&mut self, batch: &RelaxedBatch<'_>) {
+        use std::arch::x86_64::*;
+        let (n, k) = (batch.n, self.k);
+        assert!(n <= RELAXED_BATCH && batch.y.len() >= k * n && batch.y_z.len() >= n);
+        const B: usize = RELAXED_BATCH;
+        let y = &mut self.scratch[..(k + 2) * B];
+        // Rows K (||y||^2, summed over c in order from +0.0) and K + 1 (y_z), as in
+        // `add_batch_lanes`.
+        let (rows, extra) = y.split_at_mut(k * B);
+        let (norm_sq, yz) = extra.split_at_mut(B);
+        norm_sq[..n].iter_mut().for_each(|q| *q = 0.0);
+        for c in 0..k {
+            let yc = &mut rows[c * B..c * B + n];
+            for ((v, &w), q) in yc
+                .iter_mut()
+                .zip(&batch.y[c * n..(c + 1) * n])
+                .zip(&mut *norm_sq)
+            {
+                *v = f64::from(w);
+                *q += *v * *v;
+            }
+        }
+        for (v, &w) in yz.iter_mut().zip(&batch.y_z[..n]) {
+            *v = f64::from(w);
+        }
+        let y = &self.scratch[..(k + 2) * B];
+        let row = |c: usize| &y[c * B..c * B + n];
+        let chunks = n / 8;
+        for c in 0..k {
+            let a = row(c);
+            self.sum_y[c] += lane_sum(a);
+            let mut p = c;
+            while p < k + 2 {
+                // Partners p..p + 4, the last repeated past the end (its results dropped).
+                let part: [usize; 4] = std::array::from_fn(|t| (p + t).min(k + 1));
+                let b = part.map(row);
+                let mut lo = [_mm256_setzero_pd(); 4];
+                let mut hi = [_mm256_setzero_pd(); 4];
+                for i in 0..chunks {
+                    let a0 = _mm256_loadu_pd(a.as_ptr().add(8 * i));
+                    let a1 = _mm256_loadu_pd(a.as_ptr().add(8 * i + 4));
+                    for t in 0..4 {
+                        let b0 = _mm256_loadu_pd(b[t].as_ptr().add(8 * i));
+                        let b1 = _mm256_loadu_pd(b[t].as_ptr().add(8 * i + 4));
+                        lo[t] = _mm256_add_pd(lo[t], _mm256_mul_pd(a0, b0));
+                        hi[t] = _mm256_add_pd(hi[t], _mm256_mul_pd(a1, b1));
+                    }
+                }
+                // Transpose: lane j of every dot in one register, j = 0..7.
+                #[inline(always)]
+                unsafe fn transpose(r: [__m256d; 4]) -> [__m256d; 4] {
+                    let t0 = _mm256_unpacklo_pd(r[0], r[1]);
+                    let t1 = _mm256_unpackhi_pd(r[0], r[1]);
+                    let t2 = _mm256_unpacklo_pd(r[2], r[3]);
+                    let t3 = _mm256_unpackhi_pd(r[2], r[3]);
+                    [
+                        _mm256_permute2f128_pd::<0x20>(t0, t2),
+                        _mm256_permute2f128_pd::<0x20>(t1, t3),
+                        _mm256_permute2f128_pd::<0x31>(t0, t2),
+                        _mm256_permute2f128_pd::<0x31>(t1, t3),
+                    ]
+                }
+                let (l, h) = (transpose(lo), transpose(hi));
+                // -0.0 + l0 is l0 exactly: the in-order sum of `dot` from its first lane.
+                let mut sum = _mm256_add_pd(l[0], l[1]);
+                sum = _mm256_add_pd(sum, l[2]);
+                sum = _mm256_add_pd(sum, l[3]);
+                sum = _mm256_add_pd(sum, h[0]);
+                sum = _mm256_add_pd(sum, h[1]);
+                sum = _mm256_add_pd(sum, h[2]);
+                sum = _mm256_add_pd(sum, h[3]);
+                let mut dots = [0f64; 4];
+                _mm256_storeu_pd(dots.as_mut_ptr(), sum);
+                if n % 8 != 0 {
+                    for (d, bt) in dots.iter_mut().zip(b) {
+                        let rest: f64 = a[8 * chunks..]
+                            .iter()
+                            .zip(&bt[8 * chunks..])
+                            .map(|(x, y)| x * y)
+                            .sum();
+                        *d += rest;
+                    }
+                }
+                for (t, &v) in dots.iter().enumerate().take(k + 2 - p) {
+                    let c2 = p + t;
+                    if c2 < k {
+                        self.sum_yy[c * k + c2] += v;
+                        if c2 != c {
+                            self.sum_yy[c2 * k + c] += v;
+                        }
+                    } else if c2 == k {
+                        self.sum_y_norm_sq[c] += v;
+                    } else {
+                        self.sum_y_yz[c] += v;
+                    }
+                }
+                p += 4;
+            }
+        }
+        add_hits(&mut self.sum_hit, batch.z, &y[(k + 1) * B..(k + 1) * B + n]);
+        self.draws += n as u64;
+    }
+
+    /// [`Self::add_batch`] in portable code (the reference of the AVX2 path).
     #[inline(always)]
     fn add_batch_lanes(&mut self, batch: &RelaxedBatch<'_>) {
         let (n, k) = (batch.n, self.k);
@@ -922,12 +1064,51 @@ impl RelaxedMoments {
                 }
             }
         }
-        for (&z, &v) in batch.z.iter().zip(&yz[..n]) {
-            self.sum_hit[z as usize] += v;
-        }
+        add_hits(&mut self.sum_hit, batch.z, &yz[..n]);
         self.draws += n as u64;
     }
 }
+
+/// `sum_hit[z_d] += y_z[d]` for every draw, in draw order.
+#[inline(always)]
+fn add_hits(sum_hit: &mut [f64], z: &[u32], yz: &[f64]) {
+    let k = sum_hit.len();
+    if k <= HIT_LANES {
+        // Every category's sum in a register, in draw order: the others gain +0.0, which
+        // changes no bits (the sums and the y_z are >= +0). A memory-carried chain of
+        // adds otherwise (a category drawn twice in a row waits on its own store).
+        let mut hit = [0f64; HIT_LANES];
+        hit[..k].copy_from_slice(sum_hit);
+        for (&z, &v) in z.iter().zip(yz) {
+            for (c, h) in hit.iter_mut().enumerate() {
+                *h += if z as usize == c { v } else { 0.0 };
+            }
+        }
+        sum_hit.copy_from_slice(&hit[..k]);
+    } else {
+        for (&z, &v) in z.iter().zip(yz) {
+            sum_hit[z as usize] += v;
+        }
+    }
+}
+
+/// Calls `f` with [`RelaxedMoments::sum_yy_dot`] of `b` (K numbers; on the stack up to
+/// K = 32).
+pub fn with_sum_yy_dot<R>(m: &RelaxedMoments, b: &[f64], f: impl FnOnce(&[f64]) -> R) -> R {
+    const STACK: usize = 32;
+    if m.k <= STACK {
+        let mut out = [0f64; STACK];
+        m.sum_yy_dot(b, &mut out);
+        f(&out[..m.k])
+    } else {
+        let mut out = vec![0f64; m.k];
+        m.sum_yy_dot(b, &mut out);
+        f(&out)
+    }
+}
+
+/// Categories up to which [`RelaxedMoments::add_batch`] keeps the hit sums in registers.
+const HIT_LANES: usize = 16;
 
 /// A sum in eight partial sums (so the loop vectorises, in a fixed order).
 #[inline(always)]
@@ -1442,6 +1623,110 @@ impl MovingAverage {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Deterministic relaxed-looking batches: y >= 0 summing to about 1, some exact zeros.
+    fn batch_data(k: usize, n: usize, seed: u32) -> (Vec<f32>, Vec<u32>, Vec<f32>) {
+        let mut y = vec![0f32; k * n];
+        let mut z = vec![0u32; n];
+        let mut y_z = vec![0f32; n];
+        for d in 0..n {
+            let mut total = 0f32;
+            for c in 0..k {
+                let w = crate::philox::philox4x32_10([d as u32, c as u32, seed, 7], [1, 2])[0];
+                let v = if w % 11 == 0 {
+                    0.0
+                } else {
+                    (w >> 8) as f32 / 16_777_216.0
+                };
+                y[c * n + d] = v;
+                total += v;
+            }
+            let (mut best, mut zi) = (-1f32, 0);
+            for c in 0..k {
+                y[c * n + d] /= total.max(1e-30);
+                if y[c * n + d] > best {
+                    (best, zi) = (y[c * n + d], c);
+                }
+            }
+            z[d] = zi as u32;
+            y_z[d] = y[zi * n + d];
+        }
+        (y, z, y_z)
+    }
+
+    fn bits(v: &[f64]) -> Vec<u64> {
+        v.iter().map(|x| x.to_bits()).collect()
+    }
+
+    #[test]
+    fn simd_relaxed_moments_equal_the_portable_sums_bit_for_bit() {
+        for k in [1usize, 2, 3, 5, 10, 17, 20] {
+            let (mut fast, mut portable) = (RelaxedMoments::new(k), RelaxedMoments::new(k));
+            // Batches of every shape: full, partial with and without a remainder past the
+            // chunks of eight, a single draw; sums carried across batches.
+            for (i, n) in [64usize, 13, 1, 8, 64, 37, 16].into_iter().enumerate() {
+                let (y, z, y_z) = batch_data(k, n, i as u32 + 100 * k as u32);
+                let batch = RelaxedBatch {
+                    n,
+                    y: &y,
+                    z: &z,
+                    y_z: &y_z,
+                };
+                fast.add_batch(&batch);
+                portable.add_batch_lanes(&batch);
+                for (name, a, b) in [
+                    ("sum_y", &fast.sum_y, &portable.sum_y),
+                    ("sum_yy", &fast.sum_yy, &portable.sum_yy),
+                    (
+                        "sum_y_norm_sq",
+                        &fast.sum_y_norm_sq,
+                        &portable.sum_y_norm_sq,
+                    ),
+                    ("sum_y_yz", &fast.sum_y_yz, &portable.sum_y_yz),
+                    ("sum_hit", &fast.sum_hit, &portable.sum_hit),
+                ] {
+                    assert_eq!(bits(a), bits(b), "{name}, K = {k}, batch {i} of {n}");
+                }
+                assert_eq!(fast.draws, portable.draws);
+            }
+            assert!(
+                fast.sum_yy.iter().all(|v| *v > 0.0),
+                "K = {k}: the test sums nothing"
+            );
+        }
+    }
+
+    #[test]
+    fn sum_yy_dot_is_each_rows_in_order_sum() {
+        for k in [1usize, 3, 10, 33] {
+            let mut m = RelaxedMoments::new(k);
+            let (y, z, y_z) = batch_data(k, 40, 5);
+            m.add_batch(&RelaxedBatch {
+                n: 40,
+                y: &y,
+                z: &z,
+                y_z: &y_z,
+            });
+            let beta: Vec<f64> = (0..k).map(|c| (c as f64 * 0.9).sin() * 1e3).collect();
+            let want: Vec<f64> = (0..k)
+                .map(|c| {
+                    m.sum_yy[c * k..(c + 1) * k]
+                        .iter()
+                        .zip(&beta)
+                        .map(|(s, b)| s * b)
+                        .sum()
+                })
+                .collect();
+            let got = with_sum_yy_dot(&m, &beta, |v| v.to_vec());
+            assert_eq!(bits(&got), bits(&want), "K = {k}");
+        }
+        // Signed zeros: all products -0.0 sum to -0.0, as `Iterator::sum` gives.
+        let m = RelaxedMoments::new(3);
+        let want: f64 = [0.0f64; 3].iter().map(|s| s * -1.0).sum();
+        let got = with_sum_yy_dot(&m, &[-1.0; 3], |v| v.to_vec());
+        assert_eq!(bits(&got), bits(&[want; 3]));
+    }
+
     use crate::philox::PhiloxStream;
     use crate::problem::Problem;
 

@@ -4,7 +4,8 @@
 //! and one grad f per draw, K uniforms.
 
 use super::{
-    add_relaxed_jacobian, Context, Estimator, Family, JointDraws, Lowering, RelaxedMoments,
+    add_relaxed_jacobian, with_sum_yy_dot, Context, Estimator, Family, JointDraws, Lowering,
+    RelaxedMoments,
 };
 
 /// Straight-through Gumbel-softmax at temperature tau.
@@ -53,14 +54,14 @@ impl Estimator for StGumbel {
             .quad
             .as_ref()
             .expect("the relaxed-sums lowering needs a quadratic loss");
-        let (k, alpha2, beta) = (ctx.k, 2.0 * quad.alpha, &quad.beta);
-        for (c, a) in acc.iter_mut().enumerate() {
-            let row = &m.sum_yy[c * k..(c + 1) * k];
-            let y_dot_beta: f64 = row.iter().zip(beta).map(|(s, b)| s * b).sum();
-            *a += (alpha2 * m.sum_hit[c] + beta[c] * m.sum_y[c]
-                - alpha2 * m.sum_y_yz[c]
-                - y_dot_beta)
-                / ctx.tau;
-        }
+        let (alpha2, beta) = (2.0 * quad.alpha, &quad.beta);
+        with_sum_yy_dot(m, beta, |y_dot_beta| {
+            for (c, a) in acc.iter_mut().enumerate() {
+                *a += (alpha2 * m.sum_hit[c] + beta[c] * m.sum_y[c]
+                    - alpha2 * m.sum_y_yz[c]
+                    - y_dot_beta[c])
+                    / ctx.tau;
+            }
+        });
     }
 }
