@@ -1662,6 +1662,8 @@ mod tests {
     fn simd_relaxed_moments_equal_the_portable_sums_bit_for_bit() {
         for k in [1usize, 2, 3, 5, 10, 17, 20] {
             let (mut fast, mut portable) = (RelaxedMoments::new(k), RelaxedMoments::new(k));
+            // The hit sums by their definition, one draw after another in memory.
+            let mut naive_hit = vec![0f64; k];
             // Batches of every shape: full, partial with and without a remainder past the
             // chunks of eight, a single draw; sums carried across batches.
             for (i, n) in [64usize, 13, 1, 8, 64, 37, 16].into_iter().enumerate() {
@@ -1674,6 +1676,10 @@ mod tests {
                 };
                 fast.add_batch(&batch);
                 portable.add_batch_lanes(&batch);
+                for (&zd, &v) in z.iter().zip(&y_z) {
+                    naive_hit[zd as usize] += f64::from(v);
+                }
+                assert_eq!(bits(&fast.sum_hit), bits(&naive_hit), "K = {k}, batch {i}");
                 for (name, a, b) in [
                     ("sum_y", &fast.sum_y, &portable.sum_y),
                     ("sum_yy", &fast.sum_yy, &portable.sum_yy),
