@@ -4,7 +4,7 @@
 //!
 //! `cargo run --release --example training_table` prints the table;
 //! `... -- --write README.md` replaces the block between the README's markers with it.
-//! `tests/readme_figures.rs` checks that the README's block equals what this renders.
+//! `tests/cpu/readme_figures.rs` checks that the README's block equals what this renders.
 
 use std::path::{Path, PathBuf};
 

@@ -4,7 +4,7 @@
 # results/train (seed 0, the defaults of `mcgrad train`), the runs of seeds 1-4
 # (results/train-seeds/seed-N.json, each run's curves.json), and the README's training table,
 # rendered from those five runs by examples/training_table.rs between its markers.
-# tests/readme_figures.rs checks the table against the committed runs and reruns one cell.
+# tests/cpu/readme_figures.rs checks the table against the committed runs and reruns one cell.
 # About 2 minutes on 2 cores after the release build.
 set -euo pipefail
 cd "$(dirname "$0")/.."

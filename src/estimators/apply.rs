@@ -146,7 +146,7 @@ fn sized<T: Clone + Default>(v: &mut Vec<T>, n: usize) -> &mut [T] {
 }
 
 /// [`estimate_at`] drawing into `buffers`: the same draws and the same arithmetic (a test in
-/// `tests/optimise.rs` compares the two for every estimator on every path).
+/// `tests/cpu/optimise.rs` compares the two for every estimator on every path).
 #[allow(clippy::too_many_arguments)]
 pub fn estimate_at_with(
     buffers: &mut DrawBuffers,

@@ -1,7 +1,7 @@
 //! The qualitative claims a reproduction checks, and the statistics behind them: a sign test
 //! across seeds (how many of n seeds show the effect, and the one-sided binomial p-value of
 //! seeing at least that many if the effect were a coin flip), or an exact comparison where
-//! the oracles give closed forms. The quick forms' tests (`tests/reproduce.rs`) assert that
+//! the oracles give closed forms. The quick forms' tests (`tests/cpu/reproduce.rs`) assert that
 //! every claim holds; the READMEs print them with their evidence.
 
 use serde::Serialize;

@@ -8,7 +8,7 @@
 //! [`Options`] to an [`Outcome`] (figures, data, the README's sections and the [`Claim`]s it
 //! checks). This module owns the registry, the output folders (through [`crate::outdir`]:
 //! staged, then renamed into place) and the README's frame. Every experiment has a quick
-//! form (`--quick`, under 30 s on two cores) whose claims `tests/reproduce.rs` asserts; seeds
+//! form (`--quick`, under 30 s on two cores) whose claims `tests/cpu/reproduce.rs` asserts; seeds
 //! run in parallel (rayon) and every result depends only on its seed, never on the thread
 //! count.
 

@@ -9,7 +9,7 @@
 //!   rounding (1e-12 relative); a change to the draws, the estimators or the training shows
 //!   here until `scripts/readme-figures.sh` is rerun.
 
-#[path = "../examples/training_table.rs"]
+#[path = "../../examples/training_table.rs"]
 mod training_table;
 
 use std::path::Path;
