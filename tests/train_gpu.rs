@@ -458,3 +458,102 @@ fn gpu_training_draws_match_their_cpu_twins() {
     }
     assert!(flipped * 500 <= b * s as usize, "{flipped} argmax flips");
 }
+
+mod whole_steps {
+    //! The whole-step kernel (`shaders/train_step.wgsl`) against its CPU twin
+    //! (`gpu::train_step::steps_cpu`).
+    use super::*;
+    use mcgrad::gpu::train_step::{steps_cpu, StepSpec, TwinRun};
+    use mcgrad::train::resident::{loss_form, rule_for};
+
+    pub fn compare(id: &str, optimizer: OptimizerKind, lr: f64, steps: u32) -> (f64, u64) {
+        let Some(engine) = gpu() else { return (0.0, 0) };
+        let TrainEngine::Gpu(g) = &engine else {
+            unreachable!()
+        };
+        let splits = data::builtin(5, 2000, 10);
+        let train = &splits.train;
+        let est = by_id(id).unwrap();
+        let loss = mcgrad::loss::Loss::Squared;
+        let batch: u32 = std::env::var("DBG_B").map_or(16, |v| v.parse().unwrap());
+        let spec = StepSpec {
+            key: mcgrad::philox::key_of(21),
+            rule: rule_for(est, loss, 1.0, 2).expect("a rule"),
+            loss: loss_form(loss).unwrap(),
+            optimizer,
+            tau: 1.0,
+            samples: 2,
+            batch,
+        };
+        let mut stream = mcgrad::train::BatchStream::new(0, 2000);
+        let mut order = Vec::new();
+        let mut idx = Vec::new();
+        for _ in 0..steps {
+            stream.next_batch(batch as usize, &mut idx);
+            order.extend_from_slice(&idx);
+        }
+        let session = g
+            .step_kernel()
+            .session(
+                g.context(),
+                &train.x,
+                &train.labels,
+                D,
+                K,
+                spec,
+                &[lr],
+                steps,
+                mcgrad::gpu::train_step::steps_per_dispatch(g.context(), batch, 2, D, K, steps),
+                true,
+            )
+            .unwrap();
+        let per: u32 = std::env::var("DBG_C").map_or(steps, |v| v.parse().unwrap());
+        let mut out = mcgrad::gpu::train_step::ChunkResult::default();
+        out.objectives.push(Vec::new());
+        out.record.push(Vec::new());
+        for c in 0..steps.div_ceil(per) {
+            let a = (c * per * batch) as usize;
+            let e = (((c + 1) * per).min(steps) * batch) as usize;
+            let o = session
+                .run(g.context(), g.step_kernel(), c * per, &order[a..e], true)
+                .unwrap();
+            out.objectives[0].extend(o.objectives[0].clone());
+            out.record[0].extend(o.record[0].clone());
+            out.w = o.w;
+        }
+        let mut twin = TwinRun::new(optimizer, lr, D, K);
+        let watch: usize = std::env::var("DBG_W").map_or(0, |v| v.parse().unwrap());
+        let chunk = steps_cpu(
+            &spec,
+            &train.x,
+            &train.labels,
+            D,
+            K,
+            0,
+            &order,
+            &mut twin,
+            Some(&out.record[0]),
+            &mut |g, a| eprintln!("G[{watch}] = {} (abs {})", g[watch], a[watch]),
+        );
+        let mut worst = 0.0f64;
+        for (i, (gw, cw)) in out.w[0].iter().zip(&twin.w).enumerate() {
+            let d = (f64::from(*gw) - cw).abs();
+            if d > worst {
+                worst = d;
+                eprintln!("{id}: W[{i}] GPU {gw} CPU {cw}");
+            }
+        }
+        for (s, (go, co)) in out.objectives[0].iter().zip(&chunk.objectives).enumerate() {
+            eprintln!("step {s}: objective GPU {go} CPU {co}");
+        }
+        (worst, chunk.replaced_draws)
+    }
+
+    #[test]
+    fn debug_exact() {
+        let r = compare("exact", OptimizerKind::Sgd, 0.1, 3);
+        eprintln!("{r:?}");
+        let r = compare("exact", OptimizerKind::Adam, 0.01, 50);
+        eprintln!("{r:?}");
+    }
+}

@@ -18,6 +18,7 @@ use crate::gpu::forward::{Forward, ForwardBatch};
 use crate::gpu::train_draws::{
     DrawKind, TrainDrawBuffers, TrainDrawParams, TrainDrawn, TrainDraws,
 };
+use crate::gpu::train_step::TrainStep;
 use crate::gpu::{GpuContext, GpuPreference};
 
 use super::data::{D, K};
@@ -33,6 +34,7 @@ pub struct GpuForward {
     ctx: GpuContext,
     kernel: Forward,
     draws: TrainDraws,
+    steps: TrainStep,
     turn: std::sync::Mutex<()>,
 }
 
@@ -44,10 +46,12 @@ impl GpuForward {
     pub fn new(ctx: GpuContext) -> Result<Self> {
         let kernel = Forward::new(&ctx)?;
         let draws = TrainDraws::new(&ctx)?;
+        let steps = TrainStep::new(&ctx)?;
         Ok(Self {
             ctx,
             kernel,
             draws,
+            steps,
             turn: std::sync::Mutex::new(()),
         })
     }
@@ -67,8 +71,13 @@ impl GpuForward {
         ((bytes / (D as u64 * 4)) as usize).max(1)
     }
 
+    /// The whole-step kernel ([`super::resident`]).
+    pub fn step_kernel(&self) -> &TrainStep {
+        &self.steps
+    }
+
     /// The GPU to oneself for one round trip (a poisoned lock is harmless: it guards no data).
-    fn turn(&self) -> std::sync::MutexGuard<'_, ()> {
+    pub(super) fn turn(&self) -> std::sync::MutexGuard<'_, ()> {
         self.turn.lock().unwrap_or_else(|e| e.into_inner())
     }
 

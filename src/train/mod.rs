@@ -54,6 +54,7 @@ pub mod model;
 pub mod optim;
 pub mod output;
 pub mod plot;
+pub mod resident;
 pub mod stepper;
 pub mod tuning;
 
@@ -62,7 +63,7 @@ pub use config::{
     load_data, plan, Plan, TrainConfig, TrainOptions, DEFAULT_TEST_SIZE, DEFAULT_TRAIN_SIZE,
 };
 pub use curves::{
-    speedups_vs_reinforce, train_estimator, train_estimator_on, Curve, CurvePoint, Record,
+    speedups_vs_reinforce, train_estimator, train_estimator_on, Curve, CurvePoint, Record, StepsOn,
 };
 pub use device::TrainEngine;
 pub use job::{run_plan, run_plan_on, run_train, TrainReport};
