@@ -850,7 +850,9 @@ pub struct TwinChunk {
 /// ([`ChunkResult::record`]) the twin takes the kernel's hard draws (category counts, argmax
 /// classes) instead, so that a category that flipped at an f32 boundary does not send the two
 /// on different paths, and counts them. `on_gradient` sees every step's W gradient `G` and
-/// its magnitude `(1/B) sum_b |x_b|^T |g_b|` (the scale of its rounding errors) before the
+/// the scale of its rounding errors, `(1/B) sum_b |x_b|^T (|g_b| + c_b)` with `c_b` the
+/// largest quantity input b's estimate combines (`max |f|`, the baseline, `2 |alpha|`,
+/// `max |beta|`: a cancellation inside `g_b` leaves an error of that size), before the
 /// optimiser applies it.
 ///
 /// # Panics
@@ -950,7 +952,16 @@ pub fn steps_cpu(
             let xb = &x[b * d..(b + 1) * d];
             crate::train::model::add_outer(xb, &g, 1.0 / batch as f64, &mut grad);
             abs_x.iter_mut().zip(xb).for_each(|(a, v)| *a = v.abs());
-            abs_g.iter_mut().zip(&g).for_each(|(a, v)| *a = v.abs());
+            let c_b = spec.loss.alpha.abs()
+                + spec.loss.beta_off.abs().max(spec.loss.beta_hit.abs())
+                + spec.loss.gamma.abs()
+                + value.abs()
+                + 2.0 * spec.loss.alpha.abs()
+                + spec.loss.beta_off.abs().max(spec.loss.beta_hit.abs());
+            abs_g
+                .iter_mut()
+                .zip(&g)
+                .for_each(|(a, v)| *a = v.abs() + c_b);
             crate::train::model::add_outer(&abs_x, &abs_g, 1.0 / batch as f64, &mut abs_grad);
         }
         on_gradient(&grad, &abs_grad);
