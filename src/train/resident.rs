@@ -202,7 +202,8 @@ fn twin_agrees(
 /// The whole-step plan of `runs` runs of `est` on `engine`, if the engine is a GPU, the
 /// estimator and loss have a rule ([`rule_for`]), the training set fits the device, and (on a
 /// software adapter) one step fits a dispatch's loop budget
-/// ([`crate::gpu::train_step::SOFTWARE_LOOP_BUDGET`]).
+/// ([`crate::gpu::train_step::SOFTWARE_LOOP_BUDGET`]). `MCGRAD_TRAIN_ROUND_TRIP=1` in the
+/// environment declines every plan (the round-trip path, for comparing the two).
 pub(super) fn plan(
     engine: &TrainEngine,
     train: &Dataset,
@@ -213,6 +214,9 @@ pub(super) fn plan(
     let TrainEngine::Gpu(gpu) = engine else {
         return None;
     };
+    if std::env::var("MCGRAD_TRAIN_ROUND_TRIP").is_ok_and(|v| v == "1") {
+        return None;
+    }
     let rule = rule_for(est, cfg.loss, cfg.tau, cfg.samples)?;
     let loss = loss_form(cfg.loss)?;
     let batch = u32::try_from(cfg.batch).ok()?;
