@@ -34,6 +34,7 @@ pub mod relaxed;
 pub mod score_function;
 pub mod shaders;
 pub mod train_draws;
+pub mod train_step;
 
 use std::sync::Mutex;
 use std::time::Instant;

@@ -52,6 +52,33 @@ pub struct Curve {
     /// W after the last step (D x K row-major).
     #[serde(skip)]
     pub w: Vec<f64>,
+    /// Where the steps ran: [`StepsOn::Gpu`] (the whole step, `shaders/train_step.wgsl`),
+    /// [`StepsOn::GpuForward`] (forward pass and draws on the GPU, the rest on the CPU) or
+    /// [`StepsOn::Cpu`].
+    #[serde(skip)]
+    pub steps_on: StepsOn,
+}
+
+/// Where a run's training steps ran.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum StepsOn {
+    /// Everything on the CPU.
+    Cpu,
+    /// The forward pass and the draws on the GPU (one round trip per step); the estimator,
+    /// the W gradient and the optimiser on the CPU.
+    GpuForward,
+    /// The whole step on the GPU ([`super::resident`]).
+    Gpu,
+}
+
+impl StepsOn {
+    /// Where the estimator, the W gradient and the optimiser ran: `cpu` or `gpu`.
+    pub fn estimator_and_optimizer(self) -> &'static str {
+        match self {
+            StepsOn::Gpu => "gpu",
+            _ => "cpu",
+        }
+    }
 }
 
 impl Curve {
@@ -118,20 +145,27 @@ pub fn train_estimator_on(
         !train.is_empty() && cfg.batch > 0,
         "empty training set or batch"
     );
+    if let Some(spec) = super::resident::plan(engine, train, est, cfg, 1) {
+        let mut curves = super::resident::train_runs(
+            engine,
+            spec,
+            train,
+            eval,
+            est,
+            cfg,
+            &[lr],
+            record,
+            progress,
+        )?;
+        return Ok(curves.remove(0));
+    }
     let key = key_of(cfg.seed);
-    let var_key = key_of(cfg.seed ^ VARIANCE_KEY_SALT);
-    // The variance probe: the first B training images (fixed along training).
-    let probe: Vec<u32> = (0..cfg.batch.min(train.len()) as u32).collect();
-    let mut probe_x = Vec::new();
-    model::gather(train, &probe, &mut probe_x);
-    let probe_labels: Vec<u8> = probe.iter().map(|&i| train.labels[i as usize]).collect();
+    let probe = Probe::new(train, cfg.batch);
     let mut task = DigitsTask {
         est,
         cfg,
         train,
-        eval,
         key,
-        var_key,
         order: BatchStream::new(cfg.seed, train.len()),
         indices: Vec::with_capacity(cfg.batch),
         x: Vec::with_capacity(cfg.batch * D),
@@ -145,17 +179,8 @@ pub fn train_estimator_on(
             Family::ScoreFunction => Some(DrawKind::Categorical),
             Family::Relaxed => Some(DrawKind::Gumbel),
         },
-        eval_pass: engine.fixed_pass(&eval.x)?,
-        probe_pass: match record {
-            Record::Full => Some(engine.fixed_pass(&probe_x)?),
-            Record::FinalLoss => None,
-        },
-        eval_logits: vec![0.0; eval.len() * K],
-        probe_logits: vec![0.0; probe_labels.len() * K],
-        probe_x: &probe_x,
-        probe_labels: &probe_labels,
+        evaluator: Evaluator::new(engine, eval, &probe, est, cfg, record)?,
         points: Vec::new(),
-        method: VarianceMethod::ClosedForm,
         evaluations_per_step: f64::from(super::output::loss_evaluations(est, cfg.samples))
             * cfg.batch as f64,
     };
@@ -170,10 +195,117 @@ pub fn train_estimator_on(
     Ok(Curve {
         estimator: est.id(),
         lr,
-        variance_method: task.method,
+        variance_method: task.evaluator.method,
         points: task.points,
         w,
+        steps_on: if engine.is_gpu() {
+            StepsOn::GpuForward
+        } else {
+            StepsOn::Cpu
+        },
     })
+}
+
+/// The variance probe: the first B training images (fixed along training).
+pub(super) struct Probe {
+    x: Vec<f32>,
+    labels: Vec<u8>,
+}
+
+impl Probe {
+    pub(super) fn new(train: &Dataset, batch: usize) -> Self {
+        let probe: Vec<u32> = (0..batch.min(train.len()) as u32).collect();
+        let mut x = Vec::new();
+        model::gather(train, &probe, &mut x);
+        let labels = probe.iter().map(|&i| train.labels[i as usize]).collect();
+        Self { x, labels }
+    }
+}
+
+/// An evaluation point of a run: the held-out set's exact loss and accuracy and (with
+/// [`Record::Full`]) the probe batch's gradient variance, at a W the caller holds on the host.
+/// The forward passes run on the engine (the images uploaded once).
+pub(super) struct Evaluator<'a> {
+    est: &'a dyn Estimator,
+    cfg: &'a TrainConfig,
+    eval: &'a Dataset,
+    var_key: [u32; 2],
+    eval_pass: FixedPass<'a>,
+    probe_pass: Option<FixedPass<'a>>,
+    eval_logits: Vec<f64>,
+    probe_logits: Vec<f64>,
+    probe: &'a Probe,
+    /// How the last variance was obtained.
+    pub(super) method: VarianceMethod,
+}
+
+impl<'a> Evaluator<'a> {
+    pub(super) fn new(
+        engine: &'a TrainEngine,
+        eval: &'a Dataset,
+        probe: &'a Probe,
+        est: &'a dyn Estimator,
+        cfg: &'a TrainConfig,
+        record: Record,
+    ) -> Result<Self> {
+        Ok(Self {
+            est,
+            cfg,
+            eval,
+            var_key: key_of(cfg.seed ^ VARIANCE_KEY_SALT),
+            eval_pass: engine.fixed_pass(&eval.x)?,
+            probe_pass: match record {
+                Record::Full => Some(engine.fixed_pass(&probe.x)?),
+                Record::FinalLoss => None,
+            },
+            eval_logits: vec![0.0; eval.len() * K],
+            probe_logits: vec![0.0; probe.labels.len() * K],
+            probe,
+            method: VarianceMethod::ClosedForm,
+        })
+    }
+
+    /// The point after `step` steps at `w` with the moving average at `baseline`.
+    pub(super) fn evaluate(
+        &mut self,
+        step: u32,
+        w: &[f64],
+        baseline: f64,
+        clock: &Clock,
+    ) -> Result<CurvePoint> {
+        let cfg = self.cfg;
+        self.eval_pass.run(w, &mut self.eval_logits)?;
+        let e = model::evaluate_logits(&self.eval.labels, &self.eval_logits, cfg.loss);
+        let (mut var, mut gsq) = (f64::NAN, f64::NAN);
+        if let Some(pass) = self.probe_pass.as_mut() {
+            pass.run(w, &mut self.probe_logits)?;
+            let dk = DrawKey {
+                key: self.var_key,
+                step,
+                rep_offset: 0,
+            };
+            let v = model::gradient_variance(
+                self.est,
+                cfg.spec(),
+                &self.probe.x,
+                &self.probe.labels,
+                &self.probe_logits,
+                baseline,
+                dk,
+                cfg.variance_reps,
+            );
+            (var, gsq, self.method) = (v.total, v.exact_grad_sq, v.method);
+        }
+        Ok(CurvePoint {
+            step,
+            train_seconds: clock.seconds,
+            heldout_loss: e.loss,
+            heldout_accuracy: e.accuracy,
+            grad_variance: var,
+            exact_grad_sq: gsq,
+            train_loss: clock.steps_objective,
+        })
+    }
 }
 
 /// The digits classifier as a [`StepTask`]: a step is a minibatch's forward pass (on the
@@ -183,9 +315,7 @@ struct DigitsTask<'a> {
     est: &'a dyn Estimator,
     cfg: &'a TrainConfig,
     train: &'a Dataset,
-    eval: &'a Dataset,
     key: [u32; 2],
-    var_key: [u32; 2],
     order: BatchStream,
     indices: Vec<u32>,
     x: Vec<f32>,
@@ -193,14 +323,8 @@ struct DigitsTask<'a> {
     logits: Vec<f64>,
     step_pass: StepPass<'a>,
     draw_kind: Option<DrawKind>,
-    eval_pass: FixedPass<'a>,
-    probe_pass: Option<FixedPass<'a>>,
-    eval_logits: Vec<f64>,
-    probe_logits: Vec<f64>,
-    probe_x: &'a [f32],
-    probe_labels: &'a [u8],
+    evaluator: Evaluator<'a>,
     points: Vec<CurvePoint>,
-    method: VarianceMethod,
     evaluations_per_step: f64,
 }
 
@@ -258,38 +382,8 @@ impl StepTask for DigitsTask<'_> {
     }
 
     fn evaluate(&mut self, step: u32, w: &[f64], baseline: f64, clock: &Clock) -> Result<()> {
-        let cfg = self.cfg;
-        self.eval_pass.run(w, &mut self.eval_logits)?;
-        let e = model::evaluate_logits(&self.eval.labels, &self.eval_logits, cfg.loss);
-        let (mut var, mut gsq) = (f64::NAN, f64::NAN);
-        if let Some(pass) = self.probe_pass.as_mut() {
-            pass.run(w, &mut self.probe_logits)?;
-            let dk = DrawKey {
-                key: self.var_key,
-                step,
-                rep_offset: 0,
-            };
-            let v = model::gradient_variance(
-                self.est,
-                cfg.spec(),
-                self.probe_x,
-                self.probe_labels,
-                &self.probe_logits,
-                baseline,
-                dk,
-                cfg.variance_reps,
-            );
-            (var, gsq, self.method) = (v.total, v.exact_grad_sq, v.method);
-        }
-        self.points.push(CurvePoint {
-            step,
-            train_seconds: clock.seconds,
-            heldout_loss: e.loss,
-            heldout_accuracy: e.accuracy,
-            grad_variance: var,
-            exact_grad_sq: gsq,
-            train_loss: clock.steps_objective,
-        });
+        let point = self.evaluator.evaluate(step, w, baseline, clock)?;
+        self.points.push(point);
         Ok(())
     }
 }

@@ -1,15 +1,18 @@
-//! Where the batched forward passes of training run: the CPU ([`model::forward_batch`], f64
+//! Where the forward passes of training run: the CPU ([`model::forward_batch`], f64
 //! sums of f32 pixels times f64 weights) or the GPU (`shaders/forward.wgsl` through
 //! [`crate::gpu::forward`], f32 throughout; the logits come back as f32 and are widened).
 //!
-//! On the GPU a training step runs the forward pass `A = X W` and the S draws of every input
-//! (`shaders/train_categorical.wgsl` from the probabilities, `shaders/train_gumbel.wgsl` from
-//! the logits) in one submission, and reads back the logits and the draws (class counts, or
-//! the relaxed draws). The estimators' logit gradients (O(B K) from the draws), the W
-//! gradient, the optimiser, the moving-average baselines and the exact held-out loss stay on
-//! the CPU in f64. The GPU buffers and the pipelines are made once per training run and
-//! reused at every step: the minibatch pass rewrites its `x` and `W` buffers in place, the
-//! probe and held-out passes upload their images once and rewrite only `W`.
+//! On the GPU the training steps of every estimator with a whole-step rule run entirely there
+//! ([`super::resident`], `shaders/train_step.wgsl`, whose pipeline [`GpuForward`] holds). For
+//! the others (the round-trip path) a step runs the forward pass `A = X W` and the S draws of
+//! every input (`shaders/train_categorical.wgsl` from the probabilities,
+//! `shaders/train_gumbel.wgsl` from the logits) in one submission, and reads back the logits
+//! and the draws (class counts, or the relaxed draws); the estimators' logit gradients, the W
+//! gradient, the optimiser and the moving-average baselines then run on the CPU in f64. Both
+//! paths evaluate the same way: the exact held-out loss on the CPU from the GPU's logits. The
+//! GPU buffers and the pipelines are made once per training run and reused at every step:
+//! the minibatch pass rewrites its `x` and `W` buffers in place, the probe and held-out passes
+//! upload their images once and rewrite only `W`.
 
 use crate::backend::{select, Backend, Device};
 use crate::engine::BackendInfo;
@@ -18,6 +21,7 @@ use crate::gpu::forward::{Forward, ForwardBatch};
 use crate::gpu::train_draws::{
     DrawKind, TrainDrawBuffers, TrainDrawParams, TrainDrawn, TrainDraws,
 };
+use crate::gpu::train_step::TrainStep;
 use crate::gpu::{GpuContext, GpuPreference};
 
 use super::data::{D, K};
@@ -33,6 +37,7 @@ pub struct GpuForward {
     ctx: GpuContext,
     kernel: Forward,
     draws: TrainDraws,
+    steps: TrainStep,
     turn: std::sync::Mutex<()>,
 }
 
@@ -44,10 +49,12 @@ impl GpuForward {
     pub fn new(ctx: GpuContext) -> Result<Self> {
         let kernel = Forward::new(&ctx)?;
         let draws = TrainDraws::new(&ctx)?;
+        let steps = TrainStep::new(&ctx)?;
         Ok(Self {
             ctx,
             kernel,
             draws,
+            steps,
             turn: std::sync::Mutex::new(()),
         })
     }
@@ -67,8 +74,13 @@ impl GpuForward {
         ((bytes / (D as u64 * 4)) as usize).max(1)
     }
 
+    /// The whole-step kernel ([`super::resident`]).
+    pub fn step_kernel(&self) -> &TrainStep {
+        &self.steps
+    }
+
     /// The GPU to oneself for one round trip (a poisoned lock is harmless: it guards no data).
-    fn turn(&self) -> std::sync::MutexGuard<'_, ()> {
+    pub(super) fn turn(&self) -> std::sync::MutexGuard<'_, ()> {
         self.turn.lock().unwrap_or_else(|e| e.into_inner())
     }
 

@@ -6,8 +6,10 @@
 //! objective `E f(z) = 2 (1 - p_c)` averaged over a minibatch is what W learns to lower.
 //! Every step: gather the minibatch, the batched forward pass (on the CPU,
 //! [`model::forward_batch`], or on the GPU, [`device`]), S draws per input, the estimator's
-//! logit gradient per input, `G_hat = (1/B) sum_b x_b^T g_hat_b`, one optimiser step; all but
-//! the forward pass run on the CPU. Every `eval_every` steps (and at the first and last): the exact expected loss of
+//! logit gradient per input, `G_hat = (1/B) sum_b x_b^T g_hat_b`, one optimiser step. On the
+//! CPU all of it runs there; on the GPU the whole step runs there for every estimator with a
+//! whole-step rule ([`resident`]: all that the default run trains), and otherwise the forward
+//! pass and the draws do, the rest on the CPU. Every `eval_every` steps (and at the first and last): the exact expected loss of
 //! the held-out test set by enumeration over the K classes, the accuracy of the most probable
 //! class, and the variance of the gradient estimate at the current W (see
 //! [`model::gradient_variance`]: the total W-space variance of the minibatch estimate on a
@@ -39,7 +41,8 @@
 //! The modules, in the order a run goes through them: [`config`] (options to a validated
 //! [`Plan`], the data), [`batches`] (the minibatch order), [`model`] (the layer, its exact
 //! objective, the per-input estimates, the gradient variance), [`device`] (the forward pass on
-//! the CPU or the GPU), [`optim`], [`stepper`] (the loop every training run shares),
+//! the CPU or the GPU), [`resident`] (whole steps on the GPU), [`optim`], [`stepper`] (the
+//! loop every training run shares on the CPU and the round-trip path),
 //! [`curves`] (one run and its learning curve), [`tuning`]
 //! (the learning-rate grid), [`job`] (the whole command), [`output`] and [`plot`] (what it
 //! writes), [`data`] (the images).
@@ -54,6 +57,7 @@ pub mod model;
 pub mod optim;
 pub mod output;
 pub mod plot;
+pub mod resident;
 pub mod stepper;
 pub mod tuning;
 
@@ -62,7 +66,7 @@ pub use config::{
     load_data, plan, Plan, TrainConfig, TrainOptions, DEFAULT_TEST_SIZE, DEFAULT_TRAIN_SIZE,
 };
 pub use curves::{
-    speedups_vs_reinforce, train_estimator, train_estimator_on, Curve, CurvePoint, Record,
+    speedups_vs_reinforce, train_estimator, train_estimator_on, Curve, CurvePoint, Record, StepsOn,
 };
 pub use device::TrainEngine;
 pub use job::{run_plan, run_plan_on, run_train, TrainReport};

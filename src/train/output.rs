@@ -19,11 +19,26 @@ pub(super) fn check_out(out: &Path) -> Result<()> {
     crate::outdir::check(out).map(|_| ())
 }
 
+/// Where the estimators, the W gradients and the optimiser ran: `gpu` or `cpu` when all the
+/// runs agree, `mixed` otherwise (each estimator's entry says where its own ran).
+fn estimators_and_optimizer(report: &TrainReport) -> &'static str {
+    let mut places = report
+        .curves
+        .iter()
+        .map(|c| c.steps_on.estimator_and_optimizer());
+    let first = places.next().unwrap_or("cpu");
+    if places.all(|p| p == first) {
+        first
+    } else {
+        "mixed"
+    }
+}
+
 /// A table of the final numbers, one line per estimator.
 pub fn summary(report: &TrainReport) -> String {
     let b = &report.backend;
     let mut s = format!(
-        "{} ({} train / {} test images), B = {}, S = {}, {} steps, {}, forward pass and draws on {}; {:.1} s in all\n",
+        "{} ({} train / {} test images), B = {}, S = {}, {} steps, {}, {} on {}; {:.1} s in all\n",
         report.data.0,
         report.data.1,
         report.data.3,
@@ -31,6 +46,11 @@ pub fn summary(report: &TrainReport) -> String {
         report.plan.config.samples,
         report.plan.config.steps,
         report.plan.config.optimizer.name(),
+        match (b.engine.as_str(), estimators_and_optimizer(report)) {
+            ("gpu", "gpu") => "whole steps",
+            ("gpu", "mixed") => "whole steps (forward pass and draws for some estimators)",
+            _ => "forward pass and draws",
+        },
         if b.engine == "gpu" {
             format!("the GPU ({})", b.adapter)
         } else {
@@ -151,6 +171,7 @@ pub fn curves_json(report: &TrainReport) -> serde_json::Value {
                 "draws_per_input_step": if reads_draws(*e) { cfg.samples } else { 0 },
                 "uniforms_per_draw": if e.family() == Family::Relaxed { K } else { 1 },
                 "variance_method": c.variance_method,
+                "estimator_and_optimizer": c.steps_on.estimator_and_optimizer(),
                 "speedup_vs_reinforce": speedups.as_ref().and_then(|s| s.1[i]),
                 "points": c.points,
             })
@@ -171,7 +192,7 @@ pub fn curves_json(report: &TrainReport) -> serde_json::Value {
             "requested": report.plan.backend.to_string(),
             "forward_pass": report.backend.engine,
             "draws": report.backend.engine,
-            "estimators_and_optimizer": "cpu",
+            "estimators_and_optimizer": estimators_and_optimizer(report),
         },
         "data": {
             "source": report.data.0,

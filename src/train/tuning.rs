@@ -7,7 +7,7 @@ use crate::error::Result;
 use crate::estimators::Estimator;
 
 use super::config::TrainConfig;
-use super::curves::{train_estimator_on, Record};
+use super::curves::{train_estimator_on, Curve, Record};
 use super::data::Dataset;
 use super::device::TrainEngine;
 
@@ -64,26 +64,40 @@ pub fn tune_lr_on(
         steps: tune_steps,
         ..*cfg
     };
-    let scores: Vec<TuningPoint> = grid
-        .par_iter()
-        .map(|&lr| {
-            let c = train_estimator_on(
+    let scores: Vec<TuningPoint> =
+        if let Some(spec) = super::resident::plan(engine, train, est, &short, grid.len() as u32) {
+            // The whole grid in one session on the GPU, one workgroup per rate.
+            super::resident::train_runs(
                 engine,
+                spec,
                 train,
                 validation,
                 est,
                 &short,
-                lr,
+                grid,
                 Record::FinalLoss,
                 progress,
-            )?;
-            let l = c.last().heldout_loss;
-            Ok(TuningPoint {
-                lr,
-                validation_loss: if l.is_finite() { l } else { f64::INFINITY },
-            })
-        })
-        .collect::<Result<_>>()?;
+            )?
+            .iter()
+            .map(|c| score(c.lr, c))
+            .collect()
+        } else {
+            grid.par_iter()
+                .map(|&lr| {
+                    let c = train_estimator_on(
+                        engine,
+                        train,
+                        validation,
+                        est,
+                        &short,
+                        lr,
+                        Record::FinalLoss,
+                        progress,
+                    )?;
+                    Ok(score(lr, &c))
+                })
+                .collect::<Result<_>>()?
+        };
     let best = scores
         .iter()
         .fold(None::<TuningPoint>, |best, s| match best {
@@ -97,4 +111,13 @@ pub fn tune_lr_on(
         })
         .map_or(grid[0], |b| b.lr);
     Ok((best, scores))
+}
+
+/// A tuning run's score: its final validation loss, infinite if it diverged.
+fn score(lr: f64, c: &Curve) -> TuningPoint {
+    let l = c.last().heldout_loss;
+    TuningPoint {
+        lr,
+        validation_loss: if l.is_finite() { l } else { f64::INFINITY },
+    }
 }
