@@ -1245,23 +1245,38 @@ pub fn fill_joint_counts(ctx: &Context, z: &[u32], f: &[f64], buffer: &mut [f64]
     let (counts, rest) = buffer.split_at_mut(n);
     let (fs, rest) = rest.split_at_mut(n);
     let (qs, totals) = rest.split_at_mut(n);
-    let grad = ctx.mean_field.as_ref().map(|m| m.grad.as_slice());
     let (mut f_total, mut q_total) = (0.0, 0.0);
-    for (zi, &fi) in z.chunks_exact(l).zip(f) {
-        let q: f64 = grad.map_or(0.0, |g| {
-            zi.iter()
-                .enumerate()
-                .map(|(var, &c)| g[var * k + c as usize])
-                .sum()
-        });
-        for (var, &c) in zi.iter().enumerate() {
-            let i = var * k + c as usize;
-            counts[i] += 1.0;
-            fs[i] += fi;
-            qs[i] += q;
+    match ctx.mean_field.as_ref() {
+        Some(m) => {
+            let g = &m.grad[..n];
+            for (zi, &fi) in z.chunks_exact(l).zip(f) {
+                let q: f64 = zi
+                    .iter()
+                    .enumerate()
+                    .map(|(var, &c)| g[var * k + c as usize])
+                    .sum();
+                for (var, &c) in zi.iter().enumerate() {
+                    let i = var * k + c as usize;
+                    counts[i] += 1.0;
+                    fs[i] += fi;
+                    qs[i] += q;
+                }
+                f_total += fi;
+                q_total += q;
+            }
         }
-        f_total += fi;
-        q_total += q;
+        None => {
+            // No mean field: q = 0 for every draw, and `0.0 + 0.0` leaves Q and its total at
+            // the zeros they start from.
+            for (zi, &fi) in z.chunks_exact(l).zip(f) {
+                for (var, &c) in zi.iter().enumerate() {
+                    let i = var * k + c as usize;
+                    counts[i] += 1.0;
+                    fs[i] += fi;
+                }
+                f_total += fi;
+            }
+        }
     }
     totals[0] = f_total;
     totals[1] = q_total;
