@@ -202,3 +202,30 @@ where
         m4: Some(m4),
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bulk_uniforms_are_the_per_block_uniforms() {
+        let noise = Noise {
+            key: [3, 5],
+            rep: 11,
+            point: 1,
+        };
+        for len in [1, 3, 4, 12, 13, 16, 17, 31, 32, 33, 60, 100, 128, 257] {
+            let mut bulk = vec![0.0; len];
+            fill_uniforms(&noise, 6, &mut bulk);
+            let mut one = vec![0.0; len];
+            fill_uniforms_scalar(&noise, 6, &mut one);
+            assert_eq!(bulk, one, "{len} uniforms");
+            let mut plain = vec![0.0; len];
+            fill_uniforms_lanes(&noise, 6, &mut plain);
+            assert_eq!(plain, one, "{len} uniforms without AVX2");
+            for (n, &u) in one.iter().enumerate() {
+                assert_eq!(u, uniform(&noise, 6, n));
+            }
+        }
+    }
+}

@@ -61,7 +61,7 @@ pub use reinforce_ema::ReinforceEma;
 pub use reinmax::ReinMax;
 pub use relax::Relax;
 pub use rloo::Rloo;
-pub use st::StraightThrough;
+pub use st::{StraightThrough, TableCache};
 pub use st_gumbel::StGumbel;
 pub use sum_and_sample::SumAndSample;
 pub use unordered_set::{set_integrals, SetIntegrals, UnorderedSet};
@@ -308,6 +308,9 @@ pub struct Context {
     /// The parameters a warm-up tuned for this cell ([`Estimator::warm_up`]); `None` outside
     /// a cell that warmed up.
     pub warm: Option<std::sync::Arc<WarmUp>>,
+    /// A table an estimator builds from this context once and reuses across its estimates
+    /// (ReinMax's per-(variable, category) blocks; see [`TableCache`]).
+    pub table_cache: TableCache,
 }
 
 /// What an estimator's warm-up ([`Estimator::warm_up`]) tuned before the measured
@@ -399,6 +402,7 @@ impl Context {
             muprop_signal: Vec::new(),
             muprop_mean_field: vec![0.0; l * k],
             warm: None,
+            table_cache: TableCache::default(),
         };
         if l == 1 {
             // One variable: the K vertex values give everything in closed form.

@@ -98,21 +98,31 @@ impl Estimator for ReinMax {
         hard_draw_moments(ctx, &prepare(ctx), s, per_draw)
     }
     fn estimate(&self, ctx: &Context, d: &JointDraws<'_>, _: f64, out: &mut [f64]) -> Option<f64> {
-        let sigma = prepare(ctx);
         if let Some(grads) = ctx.objective.vertex_gradient_blocks() {
-            // The per-draw estimate's blocks read from a table: the same numbers, added in the
-            // same order as [`average_over_draws`] adds them.
-            let table = draw_blocks(ctx, &sigma, grads);
+            // The per-draw estimate's blocks read from a table (built once per context): the
+            // same numbers, added in the same order as [`average_over_draws`] adds them.
+            let tau = [ctx.tau];
+            let key: [&[f64]; 4] = [&tau, &ctx.logits, &ctx.p, grads];
+            let table = ctx
+                .table_cache
+                .get_or_build(self.id(), &key, || draw_blocks(ctx, &prepare(ctx), grads));
             out.iter_mut().for_each(|o| *o = 0.0);
             add_vertex_blocks(ctx.k, &table, d.z, out);
             let inv = 1.0 / d.s as f64;
             out.iter_mut().for_each(|o| *o *= inv);
         } else {
-            average_over_draws(ctx, &sigma, d, per_draw, out);
+            average_over_draws(ctx, &prepare(ctx), d, per_draw, out);
         }
         None
     }
     fn estimate_from_counts(&self, ctx: &Context, counts: &[u32], s: u32, _: f64, out: &mut [f64]) {
         average_over_counts(ctx, &prepare(ctx), counts, s, per_draw, out);
     }
+}
+
+/// The per-draw form of [`ReinMax`]'s estimate (any loss): the reference its table form is
+/// tested against.
+#[cfg(test)]
+pub(super) fn per_draw_average(ctx: &Context, d: &JointDraws<'_>, out: &mut [f64]) {
+    average_over_draws(ctx, &prepare(ctx), d, per_draw, out);
 }
