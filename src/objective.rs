@@ -521,50 +521,72 @@ mod tests {
             .is_none());
     }
 
-    /// 37 joint draws of `problem()`'s 3 variables of 4 categories (not a multiple of the
-    /// eight draws [`separable_sums`] takes at once).
-    fn joint_draws() -> Vec<u32> {
-        (0..37u32 * 3).map(|i| (i * 7 + i / 5) % 4).collect()
+    /// 37 joint draws of L variables of K categories (not a multiple of the eight draws
+    /// [`separable_sums`] takes at once).
+    fn joint_draws(l: usize, k: usize) -> Vec<u32> {
+        (0..37 * l as u32)
+            .map(|i| (i * 7 + i / 5) % k as u32)
+            .collect()
+    }
+
+    /// 7 variables of 3 categories with every loss's data: enough variables that a sum in
+    /// another order gives other bits.
+    fn wide() -> Problem {
+        let (l, k) = (7, 3);
+        let mut p =
+            Problem::free_logits(l, k, (0..l * k).map(|i| (i as f64 * 0.53).sin()).collect());
+        p.t = (0..l * k).map(|i| (i as f64 * 0.77).cos() / 3.0).collect();
+        p.b = (0..l).map(|i| (i as f64 * 1.3).sin() + 1.0).collect();
+        p.exponent = 1.5;
+        p.decoder = Some(Decoder {
+            h: 4,
+            v: (0..4 * l * k).map(|i| (i as f64 * 0.11).sin()).collect(),
+            c: vec![0.2, -0.1, 0.0, 0.4],
+            target: vec![0.0, 1.0, 1.0, 0.0],
+        });
+        p.table = (0..3usize.pow(7)).map(|i| (i as f64 * 0.7).sin()).collect();
+        p
     }
 
     #[test]
     fn batched_vertex_losses_are_each_vertex_loss_bit_for_bit() {
-        let mut p = problem();
-        let z = joint_draws();
-        for exponent in [1.5, 1.0, 2.0] {
-            p.exponent = exponent;
-            for loss in Loss::ALL {
-                let obj = Objective::new(&p, loss);
-                let mut batch = vec![0.0; 37];
-                obj.at_vertices(&z, &mut batch);
-                let mut scratch = vec![0u32; 3];
-                let mut conditional = vec![0.0; 4];
-                for (zi, &f) in z.chunks_exact(3).zip(&batch) {
-                    assert_eq!(f.to_bits(), obj.at_vertex(zi).to_bits(), "{loss} {zi:?}");
-                    for var in 0..3 {
-                        obj.conditional_vertices(zi, var, &mut scratch, &mut conditional);
-                        for (c, &fc) in conditional.iter().enumerate() {
-                            let mut zc = zi.to_vec();
-                            zc[var] = c as u32;
-                            let want = obj.at_vertex(&zc);
-                            assert_eq!(fc.to_bits(), want.to_bits(), "{loss} {zc:?}");
+        for (mut p, l, k) in [(problem(), 3, 4), (wide(), 7, 3)] {
+            let z = joint_draws(l, k);
+            for exponent in [1.5, 1.0, 2.0] {
+                p.exponent = exponent;
+                for loss in Loss::ALL {
+                    let obj = Objective::new(&p, loss);
+                    let mut batch = vec![0.0; 37];
+                    obj.at_vertices(&z, &mut batch);
+                    let mut scratch = vec![0u32; l];
+                    let mut conditional = vec![0.0; k];
+                    for (zi, &f) in z.chunks_exact(l).zip(&batch) {
+                        assert_eq!(f.to_bits(), obj.at_vertex(zi).to_bits(), "{loss} {zi:?}");
+                        for var in 0..l {
+                            obj.conditional_vertices(zi, var, &mut scratch, &mut conditional);
+                            for (c, &fc) in conditional.iter().enumerate() {
+                                let mut zc = zi.to_vec();
+                                zc[var] = c as u32;
+                                let want = obj.at_vertex(&zc);
+                                assert_eq!(fc.to_bits(), want.to_bits(), "{loss} {zc:?}");
+                            }
                         }
                     }
                 }
-            }
-            // pnorm's table holds the terms the formula gives, summed in variable order.
-            let obj = Objective::new(&p, Loss::Pnorm);
-            for zi in z.chunks_exact(3) {
-                let mut total = -0.0;
-                for (&c, bl) in zi.iter().zip(&p.b) {
-                    total += pnorm_term(f64::from(c) - bl, exponent);
+                // pnorm's table holds the terms the formula gives, summed in variable order.
+                let obj = Objective::new(&p, Loss::Pnorm);
+                for zi in z.chunks_exact(l) {
+                    let mut total = -0.0;
+                    for (&c, bl) in zi.iter().zip(&p.b) {
+                        total += pnorm_term(f64::from(c) - bl, exponent);
+                    }
+                    let want = total / l as f64;
+                    assert_eq!(
+                        obj.at_vertex(zi).to_bits(),
+                        want.to_bits(),
+                        "p = {exponent}"
+                    );
                 }
-                let want = total / 3.0;
-                assert_eq!(
-                    obj.at_vertex(zi).to_bits(),
-                    want.to_bits(),
-                    "p = {exponent}"
-                );
             }
         }
     }
@@ -572,7 +594,7 @@ mod tests {
     #[test]
     fn gradient_blocks_are_the_gradient_at_every_vertex_bit_for_bit() {
         let p = problem();
-        let z = joint_draws();
+        let z = joint_draws(3, 4);
         for loss in [Loss::Squared, Loss::Seed, Loss::Linear, Loss::Pnorm] {
             let obj = Objective::new(&p, loss);
             let blocks = obj.vertex_gradient_blocks().unwrap();
