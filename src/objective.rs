@@ -177,6 +177,21 @@ impl Objective {
     /// `out[i] = f(z_i)` for the joint draws `z` (draw-major, L categories each): one loss
     /// evaluation per draw, bit for bit [`Objective::at_vertex`] of each.
     pub fn at_vertices(&self, z: &[u32], out: &mut [f64]) {
+        #[cfg(target_arch = "x86_64")]
+        #[target_feature(enable = "avx2")]
+        fn avx2(obj: &Objective, z: &[u32], out: &mut [f64]) {
+            obj.at_vertices_lanes(z, out);
+        }
+        #[cfg(target_arch = "x86_64")]
+        if crate::fastmath::has_avx2() {
+            // SAFETY: the CPU has AVX2, checked just above.
+            return unsafe { avx2(self, z, out) };
+        }
+        self.at_vertices_lanes(z, out);
+    }
+
+    #[inline(always)]
+    fn at_vertices_lanes(&self, z: &[u32], out: &mut [f64]) {
         let (l, k) = (self.l, self.k);
         let n = out.len().min(z.len() / l);
         let out = &mut out[..n];

@@ -1250,20 +1250,28 @@ pub fn fill_joint_counts(ctx: &Context, z: &[u32], f: &[f64], buffer: &mut [f64]
     let (fs, rest) = rest.split_at_mut(n);
     let (qs, totals) = rest.split_at_mut(n);
     let (mut f_total, mut q_total) = (0.0, 0.0);
+    // Every index below is `var * K + c` with `var < L` and, checked here once, `c < K`: below
+    // `L * K`, the length of every slice it indexes.
+    // (The largest category, not `all`: a loop without an early exit vectorises.)
+    let largest = z.iter().fold(0u32, |m, &c| m.max(c));
+    assert!((largest as usize) < k, "a joint draw's category is past K");
     match ctx.mean_field.as_ref() {
         Some(m) => {
             let g = &m.grad[..n];
             for (zi, &fi) in z.chunks_exact(l).zip(f) {
+                // SAFETY (the four `get_unchecked`s): the index is below L*K (see above).
                 let q: f64 = zi
                     .iter()
                     .enumerate()
-                    .map(|(var, &c)| g[var * k + c as usize])
+                    .map(|(var, &c)| unsafe { *g.get_unchecked(var * k + c as usize) })
                     .sum();
                 for (var, &c) in zi.iter().enumerate() {
                     let i = var * k + c as usize;
-                    counts[i] += 1.0;
-                    fs[i] += fi;
-                    qs[i] += q;
+                    unsafe {
+                        *counts.get_unchecked_mut(i) += 1.0;
+                        *fs.get_unchecked_mut(i) += fi;
+                        *qs.get_unchecked_mut(i) += q;
+                    }
                 }
                 f_total += fi;
                 q_total += q;
