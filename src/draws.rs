@@ -333,6 +333,18 @@ fn draw_joint_lanes(
     let blocks = samples.div_ceil(4);
     for (var, table) in tables.iter().enumerate() {
         let lane = (STREAM_CATEGORICAL << 16) | var as u32;
+        // The thresholds with their top bit flipped, for signed comparisons (AVX2 has no
+        // unsigned one): `w > t` is `(w ^ 2^31) as i32 > (t ^ 2^31) as i32`.
+        let thresholds = table.thresholds();
+        let mut biased = [0i32; BIASED_K];
+        let small = thresholds.len() <= BIASED_K;
+        if small {
+            for (b, &t) in biased.iter_mut().zip(thresholds) {
+                *b = (t ^ SIGN_BIT) as i32;
+            }
+        }
+        let biased = &biased[..thresholds.len().min(BIASED_K)];
+        let (lo, hi) = (table.first_nonzero(), table.last_nonzero());
         let mut block = 0;
         while block < blocks {
             let ctr = [
@@ -346,7 +358,11 @@ fn draw_joint_lanes(
             // (without AVX2).
             let mut cats = [[0u32; W]; 4];
             for w in 0..4 {
-                cats[w] = table.categories(&words[w]);
+                cats[w] = if small {
+                    biased_categories(biased, lo, hi, &words[w])
+                } else {
+                    table.categories(&words[w])
+                };
             }
             for b in 0..W.min((blocks - block) as usize) {
                 for (w, cat) in cats.iter().enumerate() {
@@ -359,6 +375,37 @@ fn draw_joint_lanes(
             block += W as u32;
         }
     }
+}
+
+/// Most thresholds (K - 1) that [`draw_joint_categories`] compares in signed form.
+const BIASED_K: usize = 16;
+/// The top bit of a word.
+const SIGN_BIT: u32 = 1 << 31;
+
+/// [`CategoricalTable::categories`] from thresholds with their top bit flipped (`biased`, as
+/// i32) and the clamp `[lo, hi]`: the same categories, with one signed comparison per
+/// threshold and lane.
+#[inline(always)]
+fn biased_categories<const N: usize>(
+    biased: &[i32],
+    lo: u32,
+    hi: u32,
+    words: &[u32; N],
+) -> [u32; N] {
+    let mut w = [0i32; N];
+    for (x, &word) in w.iter_mut().zip(words) {
+        *x = (word ^ SIGN_BIT) as i32;
+    }
+    let mut above = [0u32; N];
+    for &t in biased {
+        for (a, &x) in above.iter_mut().zip(&w) {
+            *a += u32::from(x > t);
+        }
+    }
+    for a in above.iter_mut() {
+        *a = (*a).clamp(lo, hi);
+    }
+    above
 }
 
 /// Gumbel-softmax inputs: `(a - max a)` in f32 and `1 / tau`.
@@ -786,6 +833,58 @@ mod tests {
             }
         }
         last
+    }
+
+    #[test]
+    fn signed_threshold_comparisons_give_the_tables_categories() {
+        // The joint draws' signed comparisons against `CategoricalTable::categories`: zero
+        // classes at both ends, thresholds at 0 and 2^32 - 1, K = 17 (16 thresholds, the most
+        // compared in signed form) and words at every threshold and the sign boundary.
+        let mut ramp = vec![0.0; 17];
+        ramp[1..]
+            .iter_mut()
+            .enumerate()
+            .for_each(|(i, v)| *v = (i + 1) as f64 / 136.0);
+        let cases: [&[f64]; 5] = [
+            &[0.1, 0.0, 0.25, 0.65],
+            &[0.0, 0.0, 0.5, 0.5, 0.0],
+            &[9.4e-8, 1.0 - 9.4e-8 - 1e-12, 1e-12],
+            &[0.5, 0.5],
+            &ramp,
+        ];
+        for p in cases {
+            let table = CategoricalTable::new(p);
+            let mut biased = [0i32; BIASED_K];
+            for (b, &t) in biased.iter_mut().zip(table.thresholds()) {
+                *b = (t ^ SIGN_BIT) as i32;
+            }
+            let biased = &biased[..table.thresholds().len()];
+            let words: Vec<u32> = table
+                .thresholds()
+                .iter()
+                .flat_map(|&t| [t.wrapping_sub(1), t, t.wrapping_add(1)])
+                .chain([
+                    0,
+                    1,
+                    SIGN_BIT - 1,
+                    SIGN_BIT,
+                    SIGN_BIT + 1,
+                    u32::MAX - 1,
+                    u32::MAX,
+                ])
+                .chain((0..=u32::MAX).step_by(1 << 24))
+                .collect();
+            for chunk in words.chunks(8) {
+                let mut w = [0u32; 8];
+                w[..chunk.len()].copy_from_slice(chunk);
+                let (lo, hi) = (table.first_nonzero(), table.last_nonzero());
+                assert_eq!(
+                    biased_categories(biased, lo, hi, &w),
+                    table.categories(&w),
+                    "p = {p:?}, words {w:?}"
+                );
+            }
+        }
     }
 
     #[test]

@@ -47,6 +47,15 @@ pub const GENERIC_BLOCK_NUMBERS: u64 = 1 << 23;
 /// Most relaxed sums kept per block of repetitions when no generic cell sets the block:
 /// 2^15, 256 KiB, so that they stay in a core's cache.
 pub const RELAXED_BLOCK_NUMBERS: u64 = 1 << 15;
+/// Numbers the generic and joint-counts passes aim to keep per block of repetitions: 2^17,
+/// 1 MiB, so that the cells read a block's draws and sums from the cache that the pass wrote
+/// them to, not from memory (they are read once per cell). A block still holds at least
+/// [`GENERIC_MIN_BLOCK`] repetitions where [`GENERIC_BLOCK_NUMBERS`] allows, so that the
+/// pass stays parallel whatever S is.
+pub const GENERIC_CACHE_NUMBERS: u64 = 1 << 17;
+/// The fewest repetitions a block of the generic pass aims for (see
+/// [`GENERIC_CACHE_NUMBERS`]).
+pub const GENERIC_MIN_BLOCK: u64 = 64;
 
 /// Most numbers the generic path may keep for one repetition's S draws: 2^26, 512 MiB.
 pub const MAX_REPETITION_NUMBERS: u64 = 1 << 26;
@@ -485,8 +494,13 @@ pub(crate) fn cpu_point_cells(
 
     let mut pass_seconds = [0.0f64; 4];
     let l = spec.problem.l;
-    let per_rep = u64::from(s) * (l as u64 + 2 * generic_losses.len() as u64)
-        + (joint_losses.len() * joint_len) as u64
+    // The joint categories are kept per draw only for generic cells (the joint-counts pass
+    // keeps each repetition's sums alone).
+    let per_rep = if generic_sf {
+        u64::from(s) * (l as u64 + 2 * generic_losses.len() as u64)
+    } else {
+        0
+    } + (joint_losses.len() * joint_len) as u64
         + if generic_rel {
             u64::from(s) * (dim as u64 * 3 + l as u64)
         } else {
@@ -499,7 +513,10 @@ pub(crate) fn cpu_point_cells(
     // which draw block) a pass has.
     let sums_width = relaxed_sums * k;
     let block = if generic_sf || generic_rel || joint_on {
-        let fit = (GENERIC_BLOCK_NUMBERS / per_rep.max(1)).clamp(1, u64::from(REP_BLOCK));
+        let most = (GENERIC_BLOCK_NUMBERS / per_rep.max(1)).clamp(1, u64::from(REP_BLOCK));
+        let fit = (GENERIC_CACHE_NUMBERS / per_rep.max(1))
+            .max(GENERIC_MIN_BLOCK)
+            .min(most);
         1u32 << fit.ilog2()
     } else if sums_on {
         // The relaxed sums of a block stay in the cache between the relaxed pass that
@@ -580,31 +597,33 @@ pub(crate) fn cpu_point_cells(
                 (nj * joint_len).max(1),
             );
             for _ in 0..faults::repeat_pass("score-function") {
-                let work = |i: usize, z: &mut [u32], f: &mut [f64], sums: &mut [f64]| {
-                    let (mut z_local, mut f_local) = (Vec::new(), Vec::new());
+                // Scratch per worker (not per repetition): the categories where the pass does
+                // not keep them, and the losses of a joint-counts-only loss.
+                let scratch = || (Vec::<u32>::new(), Vec::<f64>::new());
+                let work = |(z_local, f_local): &mut (Vec<u32>, Vec<f64>),
+                            i: usize,
+                            z: &mut [u32],
+                            f: &mut [f64],
+                            sums: &mut [f64]| {
                     let z: &mut [u32] = if generic_sf {
                         z
                     } else {
                         z_local.resize(su * l, 0);
-                        &mut z_local
+                        z_local
                     };
                     draw_joint_categories(&tables, key, block_start + i as u32, point_id, s, z);
                     for (gi, &li) in generic_losses.iter().enumerate() {
                         let obj = &contexts[li].objective;
-                        for (d, zi) in z.chunks_exact(l).enumerate() {
-                            f[gi * su + d] = obj.at_vertex(zi);
-                        }
+                        obj.at_vertices(z, &mut f[gi * su..(gi + 1) * su]);
                     }
                     for (ji, &li) in joint_losses.iter().enumerate() {
                         let ctx = &contexts[li];
                         let fl: &[f64] = match generic_losses.iter().position(|&g| g == li) {
                             Some(gi) => &f[gi * su..(gi + 1) * su],
                             None => {
-                                f_local.clear();
-                                f_local.extend(
-                                    z.chunks_exact(l).map(|zi| ctx.objective.at_vertex(zi)),
-                                );
-                                &f_local
+                                f_local.resize(su, 0.0);
+                                ctx.objective.at_vertices(z, f_local);
+                                f_local
                             }
                         };
                         fill_joint_counts(
@@ -621,12 +640,16 @@ pub(crate) fn cpu_point_cells(
                         .zip(joint_f.par_chunks_mut(fw.max(1)))
                         .zip(joint_sums.par_chunks_mut(jw))
                         .enumerate()
-                        .for_each(|(i, ((z, f), sums))| work(i, z, f, sums));
+                        .for_each_init(scratch, |local, (i, ((z, f), sums))| {
+                            work(local, i, z, f, sums)
+                        });
                 } else {
                     joint_sums
                         .par_chunks_mut(jw)
                         .enumerate()
-                        .for_each(|(i, sums)| work(i, &mut [], &mut [], sums));
+                        .for_each_init(scratch, |local, (i, sums)| {
+                            work(local, i, &mut [], &mut [], sums)
+                        });
                 }
             }
             pass_seconds[2] += t0.elapsed().as_secs_f64();
@@ -675,6 +698,10 @@ pub(crate) fn cpu_point_cells(
             let mut estimate = vec![0.0; dim];
             let faulty = faults::any();
             let f_offset = generic_losses
+                .iter()
+                .position(|&li| li == cell.loss_index)
+                .unwrap_or(0);
+            let ji = joint_losses
                 .iter()
                 .position(|&li| li == cell.loss_index)
                 .unwrap_or(0);
@@ -728,10 +755,6 @@ pub(crate) fn cpu_point_cells(
                         }
                     }
                     Path::JointCounts => {
-                        let ji = joint_losses
-                            .iter()
-                            .position(|&li| li == cell.loss_index)
-                            .unwrap_or(0);
                         let off = (r * nj + ji) * joint_len;
                         let view = JointCounts::view(ctx, su, &joint_sums[off..off + joint_len]);
                         let b = cell.baseline.value();

@@ -6,6 +6,13 @@
 //! The losses that are sums of per-variable terms (`squared`, `linear`, `seed`, `pnorm`) also
 //! give those terms ([`Objective::separable_terms`]): the exact oracles use them for closed
 //! forms at any L (see [`crate::oracle`]).
+//!
+//! The hot paths evaluate many vertices at once: [`Objective::at_vertices`] (the losses of S
+//! joint draws), [`Objective::conditional_vertices`] (the K losses `f(z_{-l}, c)` of the
+//! per-variable estimators) and [`Objective::vertex_gradient_blocks`] (the gradient at every
+//! vertex, block by block, for a separable loss). Each gives the bits [`Objective::at_vertex`]
+//! (or [`Objective::grad`]) gives, and `pnorm` reads its per-(variable, category) terms from a
+//! table built once instead of taking a power per term.
 
 use crate::loss::{Loss, Quadratic};
 use crate::problem::{Decoder, Problem};
@@ -20,12 +27,33 @@ pub struct Objective {
     /// Categories per variable K.
     pub k: usize,
     form: Form,
+    /// [`Objective::vertex_gradient_blocks`], built on first use.
+    gradient_blocks: GradientBlocks,
+}
+
+/// Most numbers (`L K K`) [`Objective::vertex_gradient_blocks`] keeps: 2^20, 8 MiB.
+pub const MAX_GRADIENT_BLOCKS: usize = 1 << 20;
+
+/// The lazily built table of [`Objective::vertex_gradient_blocks`]: a cache, so it takes no
+/// part in comparisons (it is a function of the rest of the objective).
+#[derive(Clone, Debug, Default)]
+struct GradientBlocks(std::sync::OnceLock<Option<Vec<f64>>>);
+
+impl PartialEq for GradientBlocks {
+    fn eq(&self, _: &Self) -> bool {
+        true
+    }
 }
 
 #[derive(Clone, Debug, PartialEq)]
 enum Form {
     Quadratic(Quadratic),
-    Pnorm { b: Vec<f64>, p: f64 },
+    /// `terms[l*K + c] = |c - b_l|^p`, the value [`pnorm_term`] gives, once per objective.
+    Pnorm {
+        b: Vec<f64>,
+        p: f64,
+        terms: Vec<f64>,
+    },
     Decoder(Decoder),
     Table(Vec<f64>),
 }
@@ -58,6 +86,14 @@ impl Objective {
             Loss::Pnorm => Form::Pnorm {
                 b: problem.b.clone(),
                 p: problem.exponent,
+                terms: problem
+                    .b
+                    .iter()
+                    .flat_map(|&bl| {
+                        (0..problem.k as u32)
+                            .map(move |c| pnorm_term(f64::from(c) - bl, problem.exponent))
+                    })
+                    .collect(),
             },
             Loss::Decoder => Form::Decoder(
                 problem
@@ -72,6 +108,7 @@ impl Objective {
             l: problem.l,
             k: problem.k,
             form,
+            gradient_blocks: GradientBlocks::default(),
         }
     }
 
@@ -89,6 +126,7 @@ impl Objective {
     }
 
     /// `f` at the joint vertex `z` (L categories): one loss evaluation.
+    #[inline]
     pub fn at_vertex(&self, z: &[u32]) -> f64 {
         let k = self.k;
         match &self.form {
@@ -100,11 +138,13 @@ impl Objective {
                     .sum();
                 q.alpha * self.l as f64 + lin + q.gamma
             }
-            Form::Pnorm { b, p } => {
+            Form::Pnorm { terms, .. } => {
+                // The table holds `pnorm_term(c - b_l, p)`: the same terms, summed in the same
+                // order.
                 let total: f64 = z
                     .iter()
-                    .zip(b)
-                    .map(|(&c, bl)| pnorm_term(f64::from(c) - bl, *p))
+                    .zip(terms.chunks_exact(k))
+                    .map(|(&c, t)| t[c as usize])
                     .sum();
                 total / self.l as f64
             }
@@ -134,11 +174,120 @@ impl Objective {
         }
     }
 
+    /// `out[i] = f(z_i)` for the joint draws `z` (draw-major, L categories each): one loss
+    /// evaluation per draw, bit for bit [`Objective::at_vertex`] of each.
+    pub fn at_vertices(&self, z: &[u32], out: &mut [f64]) {
+        #[cfg(target_arch = "x86_64")]
+        #[target_feature(enable = "avx2")]
+        fn avx2(obj: &Objective, z: &[u32], out: &mut [f64]) {
+            obj.at_vertices_lanes(z, out);
+        }
+        #[cfg(target_arch = "x86_64")]
+        if crate::fastmath::has_avx2() {
+            // SAFETY: the CPU has AVX2, checked just above.
+            return unsafe { avx2(self, z, out) };
+        }
+        self.at_vertices_lanes(z, out);
+    }
+
+    #[inline(always)]
+    fn at_vertices_lanes(&self, z: &[u32], out: &mut [f64]) {
+        let (l, k) = (self.l, self.k);
+        let n = out.len().min(z.len() / l);
+        let out = &mut out[..n];
+        match &self.form {
+            Form::Pnorm { terms, .. } => {
+                separable_sums(z, l, k, terms, out);
+                let count = self.l as f64;
+                out.iter_mut().for_each(|o| *o /= count);
+            }
+            Form::Quadratic(q) => {
+                separable_sums(z, l, k, &q.beta, out);
+                let base = q.alpha * self.l as f64;
+                out.iter_mut().for_each(|o| *o = base + *o + q.gamma);
+            }
+            _ => {
+                for (o, zi) in out.iter_mut().zip(z.chunks_exact(l)) {
+                    *o = self.at_vertex(zi);
+                }
+            }
+        }
+    }
+
+    /// `out[c] = f(z with variable l set to c)` for every category `c` (K loss evaluations),
+    /// bit for bit [`Objective::at_vertex`] of each. For a separable loss the terms of the
+    /// other variables are summed once, in [`Objective::at_vertex`]'s order (the prefix before
+    /// `l`, then variable `l`'s term, then the terms after it), across the K categories at
+    /// once. `scratch` holds L numbers (overwritten; used for the coupled losses).
+    pub fn conditional_vertices(&self, z: &[u32], l: usize, scratch: &mut [u32], out: &mut [f64]) {
+        let k = self.k;
+        let out = &mut out[..k];
+        match &self.form {
+            Form::Pnorm { terms, .. } => {
+                separable_conditional(z, l, k, |m, c| terms[m * k + c as usize], out);
+                let count = self.l as f64;
+                out.iter_mut().for_each(|o| *o /= count);
+            }
+            Form::Quadratic(q) => {
+                separable_conditional(z, l, k, |m, c| q.beta[m * k + c as usize], out);
+                let base = q.alpha * self.l as f64;
+                out.iter_mut().for_each(|o| *o = base + *o + q.gamma);
+            }
+            _ => {
+                scratch.copy_from_slice(z);
+                for (c, o) in out.iter_mut().enumerate() {
+                    scratch[l] = c as u32;
+                    *o = self.at_vertex(scratch);
+                }
+            }
+        }
+    }
+
+    /// For a separable loss, the gradient at every vertex block by block: block `l` of
+    /// `grad f(e_z)` depends on `z_l` alone, and `out[(l*K + c)*K + j]` is its coordinate `j`
+    /// where `z_l = c` (L*K*K numbers, bit for bit [`Objective::grad`] at the one-hot point).
+    /// `None` for a loss that couples the variables or has no extension, or where the table
+    /// would pass [`MAX_GRADIENT_BLOCKS`] numbers. Built once per objective, on first use.
+    pub fn vertex_gradient_blocks(&self) -> Option<&[f64]> {
+        self.gradient_blocks
+            .0
+            .get_or_init(|| self.build_gradient_blocks())
+            .as_deref()
+    }
+
+    fn build_gradient_blocks(&self) -> Option<Vec<f64>> {
+        if !self.loss.is_separable()
+            || !self.has_extension()
+            || self.l * self.k * self.k > MAX_GRADIENT_BLOCKS
+        {
+            return None;
+        }
+        let (l, k) = (self.l, self.k);
+        let mut out = vec![0.0; l * k * k];
+        let mut y = vec![0.0; l * k];
+        let mut g = vec![0.0; l * k];
+        for c in 0..k {
+            // Every variable at category c: block l is that of any vertex with z_l = c.
+            y.iter_mut().for_each(|v| *v = 0.0);
+            for var in 0..l {
+                y[var * k + c] = 1.0;
+            }
+            if !self.grad(&y, &mut g) {
+                return None;
+            }
+            for var in 0..l {
+                out[(var * k + c) * k..(var * k + c + 1) * k]
+                    .copy_from_slice(&g[var * k..(var + 1) * k]);
+            }
+        }
+        Some(out)
+    }
+
     /// `f(y)` at a relaxed point (L*K numbers), or `None` where the loss has no extension.
     pub fn value(&self, y: &[f64]) -> Option<f64> {
         match &self.form {
             Form::Quadratic(q) => Some(q.value(y)),
-            Form::Pnorm { b, p } => {
+            Form::Pnorm { b, p, .. } => {
                 let total: f64 = y
                     .chunks_exact(self.k)
                     .zip(b)
@@ -173,7 +322,7 @@ impl Objective {
                     *o = 2.0 * q.alpha * v + b;
                 }
             }
-            Form::Pnorm { b, p } => {
+            Form::Pnorm { b, p, .. } => {
                 let inv_l = 1.0 / self.l as f64;
                 for ((yl, ol), bl) in y.chunks_exact(k).zip(out.chunks_exact_mut(k)).zip(b) {
                     let d = category_index(yl) - bl;
@@ -229,6 +378,58 @@ fn pnorm_term(d: f64, p: f64) -> f64 {
         d.abs()
     } else {
         d.abs().powf(p)
+    }
+}
+
+/// `out[d] = sum_m table[m*K + z_dm]` for the draws `z` (draw-major, L each), each summed in
+/// variable order from the neutral element of an iterator's `sum`, as
+/// [`Objective::at_vertex`] sums its terms: eight draws at a time, so that eight independent
+/// sums are in flight instead of one chain of L dependent additions.
+#[inline(always)]
+fn separable_sums(z: &[u32], l: usize, k: usize, table: &[f64], out: &mut [f64]) {
+    const B: usize = 8;
+    let zero: f64 = std::iter::empty::<f64>().sum();
+    let n = out.len();
+    let mut first = 0;
+    while first + B <= n {
+        let mut acc = [zero; B];
+        let zs = &z[first * l..(first + B) * l];
+        for var in 0..l {
+            let t = &table[var * k..(var + 1) * k];
+            for (d, a) in acc.iter_mut().enumerate() {
+                *a += t[zs[d * l + var] as usize];
+            }
+        }
+        out[first..first + B].copy_from_slice(&acc);
+        first += B;
+    }
+    for (o, zi) in out[first..].iter_mut().zip(z[first * l..].chunks_exact(l)) {
+        *o = zi
+            .iter()
+            .enumerate()
+            .map(|(var, &c)| table[var * k + c as usize])
+            .sum();
+    }
+}
+
+/// `out[c] = sum_m term(m, z'_m)` with `z' = z` but `z'_l = c`, for every c, summed in
+/// variable order as an iterator's `sum` is (the prefix before `l` is that sum over the first
+/// `l` terms, so it starts from the same neutral element).
+#[inline(always)]
+fn separable_conditional(
+    z: &[u32],
+    l: usize,
+    k: usize,
+    term: impl Fn(usize, u32) -> f64,
+    out: &mut [f64],
+) {
+    let prefix: f64 = z[..l].iter().enumerate().map(|(m, &c)| term(m, c)).sum();
+    for (c, o) in out.iter_mut().enumerate().take(k) {
+        *o = prefix + term(l, c as u32);
+    }
+    for (m, &c) in z.iter().enumerate().skip(l + 1) {
+        let t = term(m, c);
+        out.iter_mut().for_each(|o| *o += t);
     }
 }
 
@@ -333,6 +534,103 @@ mod tests {
         assert!(Objective::new(&p, Loss::Decoder)
             .separable_terms()
             .is_none());
+    }
+
+    /// 37 joint draws of L variables of K categories (not a multiple of the eight draws
+    /// [`separable_sums`] takes at once).
+    fn joint_draws(l: usize, k: usize) -> Vec<u32> {
+        (0..37 * l as u32)
+            .map(|i| (i * 7 + i / 5) % k as u32)
+            .collect()
+    }
+
+    /// 7 variables of 3 categories with every loss's data: enough variables that a sum in
+    /// another order gives other bits.
+    fn wide() -> Problem {
+        let (l, k) = (7, 3);
+        let mut p =
+            Problem::free_logits(l, k, (0..l * k).map(|i| (i as f64 * 0.53).sin()).collect());
+        p.t = (0..l * k).map(|i| (i as f64 * 0.77).cos() / 3.0).collect();
+        p.b = (0..l).map(|i| (i as f64 * 1.3).sin() + 1.0).collect();
+        p.exponent = 1.5;
+        p.decoder = Some(Decoder {
+            h: 4,
+            v: (0..4 * l * k).map(|i| (i as f64 * 0.11).sin()).collect(),
+            c: vec![0.2, -0.1, 0.0, 0.4],
+            target: vec![0.0, 1.0, 1.0, 0.0],
+        });
+        p.table = (0..3usize.pow(7)).map(|i| (i as f64 * 0.7).sin()).collect();
+        p
+    }
+
+    #[test]
+    fn batched_vertex_losses_are_each_vertex_loss_bit_for_bit() {
+        for (mut p, l, k) in [(problem(), 3, 4), (wide(), 7, 3)] {
+            let z = joint_draws(l, k);
+            for exponent in [1.5, 1.0, 2.0] {
+                p.exponent = exponent;
+                for loss in Loss::ALL {
+                    let obj = Objective::new(&p, loss);
+                    let mut batch = vec![0.0; 37];
+                    obj.at_vertices(&z, &mut batch);
+                    let mut scratch = vec![0u32; l];
+                    let mut conditional = vec![0.0; k];
+                    for (zi, &f) in z.chunks_exact(l).zip(&batch) {
+                        assert_eq!(f.to_bits(), obj.at_vertex(zi).to_bits(), "{loss} {zi:?}");
+                        for var in 0..l {
+                            obj.conditional_vertices(zi, var, &mut scratch, &mut conditional);
+                            for (c, &fc) in conditional.iter().enumerate() {
+                                let mut zc = zi.to_vec();
+                                zc[var] = c as u32;
+                                let want = obj.at_vertex(&zc);
+                                assert_eq!(fc.to_bits(), want.to_bits(), "{loss} {zc:?}");
+                            }
+                        }
+                    }
+                }
+                // pnorm's table holds the terms the formula gives, summed in variable order.
+                let obj = Objective::new(&p, Loss::Pnorm);
+                for zi in z.chunks_exact(l) {
+                    let mut total = -0.0;
+                    for (&c, bl) in zi.iter().zip(&p.b) {
+                        total += pnorm_term(f64::from(c) - bl, exponent);
+                    }
+                    let want = total / l as f64;
+                    assert_eq!(
+                        obj.at_vertex(zi).to_bits(),
+                        want.to_bits(),
+                        "p = {exponent}"
+                    );
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn gradient_blocks_are_the_gradient_at_every_vertex_bit_for_bit() {
+        let p = problem();
+        let z = joint_draws(3, 4);
+        for loss in [Loss::Squared, Loss::Seed, Loss::Linear, Loss::Pnorm] {
+            let obj = Objective::new(&p, loss);
+            let blocks = obj.vertex_gradient_blocks().unwrap();
+            let mut g = vec![0.0; 12];
+            for zi in z.chunks_exact(3) {
+                assert!(obj.grad(&one_hot(zi, 4), &mut g));
+                for (var, &c) in zi.iter().enumerate() {
+                    let start = (var * 4 + c as usize) * 4;
+                    for j in 0..4 {
+                        assert_eq!(
+                            blocks[start + j].to_bits(),
+                            g[var * 4 + j].to_bits(),
+                            "{loss} {zi:?} {var} {j}"
+                        );
+                    }
+                }
+            }
+        }
+        for loss in [Loss::Decoder, Loss::Table] {
+            assert!(Objective::new(&p, loss).vertex_gradient_blocks().is_none());
+        }
     }
 
     #[test]

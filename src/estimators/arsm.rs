@@ -152,7 +152,7 @@ fn pseudo_losses(
     z: &[u32],
     f_z: f64,
     evaluate: bool,
-    seen: &mut Vec<(Vec<u32>, f64)>,
+    seen: &mut Seen,
     f_swap: &mut [f64],
 ) -> usize {
     let (l, k) = (ctx.l, ctx.k);
@@ -192,15 +192,20 @@ fn pseudo_losses(
             }
             let f = if action.as_slice() == z {
                 f_z
-            } else if let Some((_, f)) = seen.iter().find(|(a, _)| *a == action) {
-                *f
+            } else if let Some(i) = seen
+                .actions
+                .chunks_exact(l)
+                .position(|a| a == action.as_slice())
+            {
+                seen.f[i]
             } else {
                 let f = if evaluate {
                     ctx.objective.at_vertex(&action)
                 } else {
                     0.0
                 };
-                seen.push((action.clone(), f));
+                seen.actions.extend_from_slice(&action);
+                seen.f.push(f);
                 f
             };
             f_swap[m * k + j] = f;
@@ -208,7 +213,22 @@ fn pseudo_losses(
         }
     }
     race.action = action;
-    1 + seen.len()
+    1 + seen.f.len()
+}
+
+/// The distinct pseudo actions of one draw met so far and their losses, flat (L categories
+/// each), so that a draw allocates nothing once the buffers have grown.
+#[derive(Default)]
+struct Seen {
+    actions: Vec<u32>,
+    f: Vec<f64>,
+}
+
+impl Seen {
+    fn clear(&mut self) {
+        self.actions.clear();
+        self.f.clear();
+    }
 }
 
 impl Arsm {
@@ -227,7 +247,7 @@ impl Arsm {
         };
         let phi = shifted_logits(ctx);
         let mut race = Race::new(ctx, &phi);
-        let mut seen = Vec::new();
+        let mut seen = Seen::default();
         let mut f_swap = vec![0.0; k * k];
         let total: usize = z
             .chunks_exact(l)
@@ -258,7 +278,7 @@ impl Estimator for Arsm {
         let (l, k) = (ctx.l, ctx.k);
         let phi = shifted_logits(ctx);
         let mut race = Race::new(ctx, &phi);
-        let mut seen = Vec::new();
+        let mut seen = Seen::default();
         let mut f_swap = vec![0.0; k * k];
         let mut centred = vec![0.0; k * k];
         out.iter_mut().for_each(|o| *o = 0.0);

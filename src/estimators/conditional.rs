@@ -18,8 +18,10 @@ pub const MAX_CONDITIONAL_EVALUATIONS: f64 = 2.5e7;
 /// the thread count).
 const CHUNK: u64 = 1 << 12;
 
-/// `out[c] = f(z with variable l set to c)` for every category c: K loss evaluations.
-/// `scratch` is L numbers, overwritten.
+/// `out[c] = f(z with variable l set to c)` for every category c: K loss evaluations
+/// ([`crate::objective::Objective::conditional_vertices`]: for a separable loss the other
+/// variables' terms are summed once). `scratch` is L numbers, overwritten.
+#[inline]
 pub fn conditional_losses(
     ctx: &Context,
     z: &[u32],
@@ -27,11 +29,7 @@ pub fn conditional_losses(
     scratch: &mut [u32],
     out: &mut [f64],
 ) {
-    scratch.copy_from_slice(z);
-    for (c, o) in out.iter_mut().enumerate() {
-        scratch[l] = c as u32;
-        *o = ctx.objective.at_vertex(scratch);
-    }
+    ctx.objective.conditional_vertices(z, l, scratch, out);
 }
 
 /// The `n`-th uniform in (0, 1) of the auxiliary noise of draw `draw` (four per Philox lane:
@@ -42,10 +40,67 @@ pub fn uniform(noise: &Noise, draw: u32, n: usize) -> f64 {
 }
 
 /// Uniforms `0 .. out.len()` of draw `draw` (the numbers [`uniform`] gives), one Philox block
-/// per four.
+/// per four: eight Philox lanes at a time where there are at least four blocks (AVX2 where
+/// present), the same words either way.
 #[inline]
 pub fn fill_uniforms(noise: &Noise, draw: u32, out: &mut [f64]) {
+    if out.len() <= 12 {
+        fill_uniforms_scalar(noise, draw, out);
+        return;
+    }
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx2")]
+    fn avx2(noise: &Noise, draw: u32, out: &mut [f64]) {
+        fill_uniforms_lanes(noise, draw, out);
+    }
+    #[cfg(target_arch = "x86_64")]
+    if crate::fastmath::has_avx2() {
+        // SAFETY: the CPU has AVX2, checked just above.
+        return unsafe { avx2(noise, draw, out) };
+    }
+    fill_uniforms_lanes(noise, draw, out);
+}
+
+/// [`fill_uniforms`] one Philox block at a time (the reference form).
+fn fill_uniforms_scalar(noise: &Noise, draw: u32, out: &mut [f64]) {
     for (lane, chunk) in out.chunks_mut(4).enumerate() {
+        let u = noise.open_uniforms(draw, lane as u32);
+        chunk.copy_from_slice(&u[..chunk.len()]);
+    }
+}
+
+#[inline(always)]
+fn fill_uniforms_lanes(noise: &Noise, draw: u32, out: &mut [f64]) {
+    use crate::philox::{open_uniform_f32, philox4x32_10_lanes, STREAM_AUX};
+    const W: usize = 8;
+    let blocks = out.len().div_ceil(4);
+    let mut first = 0;
+    // Eight lanes at a time while at least four blocks remain, then one at a time.
+    while blocks - first >= 4 {
+        let mut lane = [0u32; W];
+        for (b, x) in lane.iter_mut().enumerate() {
+            *x = (STREAM_AUX << 16) | (first + b) as u32;
+        }
+        let words = philox4x32_10_lanes(
+            [[draw; W], [noise.rep; W], lane, [noise.point; W]],
+            noise.key,
+        );
+        for b in 0..W.min(blocks - first) {
+            for (w, word) in words.iter().enumerate() {
+                if let Some(o) = out.get_mut((first + b) * 4 + w) {
+                    *o = f64::from(open_uniform_f32(word[b]));
+                }
+            }
+        }
+        first += W.min(blocks - first);
+    }
+    fill_uniforms_scalar_from(noise, draw, first, out);
+}
+
+/// The blocks from `first` on, one at a time.
+#[inline(always)]
+fn fill_uniforms_scalar_from(noise: &Noise, draw: u32, first: usize, out: &mut [f64]) {
+    for (lane, chunk) in out.chunks_mut(4).enumerate().skip(first) {
         let u = noise.open_uniforms(draw, lane as u32);
         chunk.copy_from_slice(&u[..chunk.len()]);
     }
@@ -146,4 +201,31 @@ where
         var,
         m4: Some(m4),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bulk_uniforms_are_the_per_block_uniforms() {
+        let noise = Noise {
+            key: [3, 5],
+            rep: 11,
+            point: 1,
+        };
+        for len in [1, 3, 4, 12, 13, 16, 17, 31, 32, 33, 60, 100, 128, 257] {
+            let mut bulk = vec![0.0; len];
+            fill_uniforms(&noise, 6, &mut bulk);
+            let mut one = vec![0.0; len];
+            fill_uniforms_scalar(&noise, 6, &mut one);
+            assert_eq!(bulk, one, "{len} uniforms");
+            let mut plain = vec![0.0; len];
+            fill_uniforms_lanes(&noise, 6, &mut plain);
+            assert_eq!(plain, one, "{len} uniforms without AVX2");
+            for (n, &u) in one.iter().enumerate() {
+                assert_eq!(u, uniform(&noise, 6, n));
+            }
+        }
+    }
 }

@@ -193,24 +193,131 @@ impl Estimator for Disarm {
     fn estimate(&self, ctx: &Context, d: &JointDraws<'_>, _: f64, out: &mut [f64]) -> Option<f64> {
         let l = ctx.l;
         out.iter_mut().for_each(|o| *o = 0.0);
-        let mut anti = vec![0u32; l];
+        // Per variable, contiguous: p_l1 and sigma(|theta_l|) = max(p_l0, p_l1).
+        let p1: Vec<f64> = (0..l).map(|v| ctx.p[2 * v + 1]).collect();
+        let sigma_abs: Vec<f64> = (0..l).map(|v| ctx.p[2 * v].max(ctx.p[2 * v + 1])).collect();
+        // Every draw's partner first (draw-major), then their losses in one pass.
+        let mut anti = vec![0u32; d.s * l];
         let mut uniforms = vec![0.0; l];
-        for (i, (b, &f)) in d.z.chunks_exact(l).zip(d.f).enumerate() {
+        for (i, (b, a)) in
+            d.z.chunks_exact(l)
+                .zip(anti.chunks_exact_mut(l))
+                .enumerate()
+        {
             fill_uniforms(&d.noise, i as u32, &mut uniforms);
-            for (v, ((&x, y), &w)) in b.iter().zip(anti.iter_mut()).zip(&uniforms).enumerate() {
-                let p1 = ctx.p[2 * v + 1];
-                let u = if x == 1 { p1 * w } else { p1 + (1.0 - p1) * w };
-                *y = u32::from(1.0 - u < p1);
-            }
-            if anti.as_slice() == b {
-                // Every indicator is 0: the pair adds nothing (its loss is not needed).
+            partners(b, &uniforms, &p1, a);
+        }
+        let mut f_anti = vec![0.0; d.s];
+        ctx.objective.at_vertices(&anti, &mut f_anti);
+        let mut g = vec![0.0; l];
+        for ((b, a), (&f, &fa)) in
+            d.z.chunks_exact(l)
+                .zip(anti.chunks_exact(l))
+                .zip(d.f.iter().zip(&f_anti))
+        {
+            if a == b {
+                // Every indicator is 0: the pair adds nothing.
                 continue;
             }
-            let f_anti = ctx.objective.at_vertex(&anti);
-            add_pair(ctx, b, &anti, f, f_anti, out);
+            pair_terms(b, a, f, fa, &sigma_abs, &mut g);
+            for (o, &gv) in out.chunks_exact_mut(2).zip(&g) {
+                // `x + 0.0` and `x - 0.0` are `x` here: `out` starts at +0 and a sum from +0
+                // is never -0, so the variables outside the pair add nothing, as in
+                // [`add_pair`], which skips them.
+                o[1] += gv;
+                o[0] -= gv;
+            }
         }
         let inv = 1.0 / d.s as f64;
         out.iter_mut().for_each(|o| *o *= inv);
         None
+    }
+}
+
+/// The antithetic partner `b~` of the draw `b` from the uniforms `v` (see the module doc),
+/// without branches: `u_l = p_l1 v_l` where `b_l = 1`, `p_l1 + (1 - p_l1) v_l` where it is 0,
+/// and `b~_l = 1[1 - u_l < p_l1]`.
+#[inline]
+fn partners(b: &[u32], v: &[f64], p1: &[f64], anti: &mut [u32]) {
+    for (((y, &x), &w), &p) in anti.iter_mut().zip(b).zip(v).zip(p1) {
+        let one = p * w;
+        let zero = p + (1.0 - p) * w;
+        let u = if x == 1 { one } else { zero };
+        *y = u32::from(1.0 - u < p);
+    }
+}
+
+/// One pair's `g_hat_theta_l` of every variable into `g` (0 where `b_l = b~_l`), the values
+/// [`add_pair`] adds, without branches.
+#[inline]
+fn pair_terms(b: &[u32], anti: &[u32], f: f64, f_anti: f64, sigma_abs: &[f64], g: &mut [f64]) {
+    let half = 0.5 * (f - f_anti);
+    for (((o, &x), &y), &s) in g.iter_mut().zip(b).zip(anti).zip(sigma_abs) {
+        let v = if y == 1 { -half } else { half } * s;
+        *o = if x != y { v } else { 0.0 };
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::estimators::st::tests::{draws_of, joint};
+    use crate::loss::Loss;
+
+    #[test]
+    fn branch_free_pairs_give_the_per_pair_estimate_bit_for_bit() {
+        // The estimate as the paper's pairs are added one by one ([`add_pair`], the loss of
+        // each partner by `at_vertex`), against the branch-free batched form.
+        let named = (crate::problems::by_name("reinmax-poly").unwrap().build)(0);
+        let mut small = crate::problem::Problem::free_logits(
+            5,
+            2,
+            (0..10).map(|i| (f64::from(i) * 0.9).sin()).collect(),
+        );
+        small.b = vec![0.45; 5];
+        small.exponent = 1.5;
+        small.decoder = Some(crate::problem::Decoder {
+            h: 3,
+            v: (0..30).map(|i| (f64::from(i) * 0.37).cos()).collect(),
+            c: vec![0.1, -0.3, 0.2],
+            target: vec![1.0, 0.0, 1.0],
+        });
+        let contexts = [
+            Context::new(&named, Loss::Pnorm, 1.0),
+            Context::new(&small, Loss::Pnorm, 1.0),
+            Context::new(&small, Loss::Decoder, 1.0),
+        ];
+        for ctx in &contexts {
+            let l = ctx.l;
+            for (s, rep) in [(1u32, 0u32), (7, 1), (64, 2)] {
+                let (z, f) = draws_of(ctx, s, rep);
+                let d = joint(&z, &f, rep);
+                let mut out = vec![0.0; ctx.dim()];
+                Disarm.estimate(ctx, &d, 0.0, &mut out);
+                let mut want = vec![0.0; ctx.dim()];
+                let mut anti = vec![0u32; l];
+                let mut uniforms = vec![0.0; l];
+                for (i, (b, &fb)) in z.chunks_exact(l).zip(&f).enumerate() {
+                    for (v, w) in uniforms.iter_mut().enumerate() {
+                        *w = crate::estimators::conditional::uniform(&d.noise, i as u32, v);
+                    }
+                    for (v, ((&x, y), &w)) in
+                        b.iter().zip(anti.iter_mut()).zip(&uniforms).enumerate()
+                    {
+                        let p1 = ctx.p[2 * v + 1];
+                        let u = if x == 1 { p1 * w } else { p1 + (1.0 - p1) * w };
+                        *y = u32::from(1.0 - u < p1);
+                    }
+                    if anti.as_slice() != b {
+                        let fa = ctx.objective.at_vertex(&anti);
+                        add_pair(ctx, b, &anti, fb, fa, &mut want);
+                    }
+                }
+                want.iter_mut().for_each(|o| *o *= 1.0 / f64::from(s));
+                let bits = |v: &[f64]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+                assert_eq!(bits(&out), bits(&want), "{} L={l} S={s}", ctx.loss);
+                assert!(out.iter().any(|&g| g != 0.0) || s == 1);
+            }
+        }
     }
 }

@@ -61,7 +61,7 @@ pub use reinforce_ema::ReinforceEma;
 pub use reinmax::ReinMax;
 pub use relax::Relax;
 pub use rloo::Rloo;
-pub use st::StraightThrough;
+pub use st::{StraightThrough, TableCache};
 pub use st_gumbel::StGumbel;
 pub use sum_and_sample::SumAndSample;
 pub use unordered_set::{set_integrals, SetIntegrals, UnorderedSet};
@@ -308,6 +308,9 @@ pub struct Context {
     /// The parameters a warm-up tuned for this cell ([`Estimator::warm_up`]); `None` outside
     /// a cell that warmed up.
     pub warm: Option<std::sync::Arc<WarmUp>>,
+    /// A table an estimator builds from this context once and reuses across its estimates
+    /// (ReinMax's per-(variable, category) blocks; see [`TableCache`]).
+    pub table_cache: TableCache,
 }
 
 /// What an estimator's warm-up ([`Estimator::warm_up`]) tuned before the measured
@@ -399,6 +402,7 @@ impl Context {
             muprop_signal: Vec::new(),
             muprop_mean_field: vec![0.0; l * k],
             warm: None,
+            table_cache: TableCache::default(),
         };
         if l == 1 {
             // One variable: the K vertex values give everything in closed form.
@@ -1426,23 +1430,46 @@ pub fn fill_joint_counts(ctx: &Context, z: &[u32], f: &[f64], buffer: &mut [f64]
     let (counts, rest) = buffer.split_at_mut(n);
     let (fs, rest) = rest.split_at_mut(n);
     let (qs, totals) = rest.split_at_mut(n);
-    let grad = ctx.mean_field.as_ref().map(|m| m.grad.as_slice());
     let (mut f_total, mut q_total) = (0.0, 0.0);
-    for (zi, &fi) in z.chunks_exact(l).zip(f) {
-        let q: f64 = grad.map_or(0.0, |g| {
-            zi.iter()
-                .enumerate()
-                .map(|(var, &c)| g[var * k + c as usize])
-                .sum()
-        });
-        for (var, &c) in zi.iter().enumerate() {
-            let i = var * k + c as usize;
-            counts[i] += 1.0;
-            fs[i] += fi;
-            qs[i] += q;
+    // Every index below is `var * K + c` with `var < L` and, checked here once, `c < K`: below
+    // `L * K`, the length of every slice it indexes.
+    // (The largest category, not `all`: a loop without an early exit vectorises.)
+    let largest = z.iter().fold(0u32, |m, &c| m.max(c));
+    assert!((largest as usize) < k, "a joint draw's category is past K");
+    match ctx.mean_field.as_ref() {
+        Some(m) => {
+            let g = &m.grad[..n];
+            for (zi, &fi) in z.chunks_exact(l).zip(f) {
+                // SAFETY (the four `get_unchecked`s): the index is below L*K (see above).
+                let q: f64 = zi
+                    .iter()
+                    .enumerate()
+                    .map(|(var, &c)| unsafe { *g.get_unchecked(var * k + c as usize) })
+                    .sum();
+                for (var, &c) in zi.iter().enumerate() {
+                    let i = var * k + c as usize;
+                    unsafe {
+                        *counts.get_unchecked_mut(i) += 1.0;
+                        *fs.get_unchecked_mut(i) += fi;
+                        *qs.get_unchecked_mut(i) += q;
+                    }
+                }
+                f_total += fi;
+                q_total += q;
+            }
         }
-        f_total += fi;
-        q_total += q;
+        None => {
+            // No mean field: q = 0 for every draw, and `0.0 + 0.0` leaves Q and its total at
+            // the zeros they start from.
+            for (zi, &fi) in z.chunks_exact(l).zip(f) {
+                for (var, &c) in zi.iter().enumerate() {
+                    let i = var * k + c as usize;
+                    counts[i] += 1.0;
+                    fs[i] += fi;
+                }
+                f_total += fi;
+            }
+        }
     }
     totals[0] = f_total;
     totals[1] = q_total;

@@ -83,9 +83,11 @@ impl Split {
         !self.complement.is_empty()
     }
 
-    /// The complement category at uniform `u` (inverse CDF).
+    /// The complement category at uniform `u` (inverse CDF): the number of cumulative
+    /// probabilities below `u` (the CDF is non-decreasing, so this is the binary search's
+    /// partition point, counted without branches).
     fn draw(&self, u: f64) -> usize {
-        let i = self.cdf.partition_point(|&c| c < u);
+        let i: usize = self.cdf.iter().map(|&c| usize::from(c < u)).sum();
         self.complement[i.min(self.complement.len() - 1)]
     }
 
@@ -204,5 +206,37 @@ impl Estimator for SumAndSample {
         }
         out.iter_mut().for_each(|o| *o *= inv);
         None
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn counted_inverse_cdf_is_the_binary_search() {
+        // Zero-probability categories in the complement (flat steps of the CDF), and
+        // uniforms at and beside every cumulative probability.
+        let p = [0.3, 0.0, 0.2, 0.05, 0.0, 0.25, 0.2];
+        for k in 0..4 {
+            let split = Split::new(&p, k);
+            let mut us: Vec<f64> = split
+                .cdf
+                .iter()
+                .flat_map(|&c| {
+                    [
+                        c,
+                        f64::from_bits(c.to_bits() - 1),
+                        f64::from_bits(c.to_bits() + 1),
+                    ]
+                })
+                .collect();
+            us.extend((1..1000).map(|i| f64::from(i) / 1000.0));
+            for u in us {
+                let searched = split.cdf.partition_point(|&c| c < u);
+                let want = split.complement[searched.min(split.complement.len() - 1)];
+                assert_eq!(split.draw(u), want, "k = {k}, u = {u}");
+            }
+        }
     }
 }
