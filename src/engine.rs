@@ -15,7 +15,7 @@ use std::time::Instant;
 use rayon::prelude::*;
 
 use crate::draws::{
-    count_categories, draw_joint_categories, CategoricalTable, JointRelaxedTable, RelaxedTable,
+    count_categories_reps, draw_joint_categories, CategoricalTable, JointRelaxedTable, RelaxedTable,
 };
 use crate::error::{Error, Result};
 use crate::estimators::warmed_baseline;
@@ -40,6 +40,8 @@ pub const MIN_TAU: f64 = 1e-3;
 
 /// Repetitions per block: bounds the memory of a pass whatever R is.
 pub const REP_BLOCK: u32 = 1 << 14;
+/// Repetitions per task of the counts pass.
+const COUNT_TASK: usize = 64;
 /// Most numbers the generic path keeps per block of repetitions (draws and losses): 2^23,
 /// 64 MiB at most, whatever S, L and K are.
 pub const GENERIC_BLOCK_NUMBERS: u64 = 1 << 23;
@@ -508,9 +510,14 @@ pub(crate) fn cpu_point_cells(
         if counts_on {
             let t0 = Instant::now();
             for _ in 0..faults::repeat_pass("score-function") {
-                counts.par_chunks_mut(k).enumerate().for_each(|(i, c)| {
-                    count_categories(&table, key, block_start + i as u32, point_id, s, c);
-                });
+                // Tasks of COUNT_TASK repetitions (the tallies run several at once).
+                counts
+                    .par_chunks_mut(k * COUNT_TASK)
+                    .enumerate()
+                    .for_each(|(i, c)| {
+                        let rep = block_start + (i * COUNT_TASK) as u32;
+                        count_categories_reps(&table, key, rep, point_id, s, c);
+                    });
             }
             pass_seconds[0] += t0.elapsed().as_secs_f64();
             // One report per path the pass serves (counts and hard-draw counts share it here,
