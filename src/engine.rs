@@ -40,6 +40,10 @@ pub const MIN_TAU: f64 = 1e-3;
 
 /// Repetitions per block: bounds the memory of a pass whatever R is.
 pub const REP_BLOCK: u32 = 1 << 14;
+/// Repetitions per draw block of the lowered paths (a power of two dividing [`REP_BLOCK`]):
+/// 2048 repetitions' counts in f64 are 160 KiB at K = 10, so every cell of a pass reads them
+/// from the core's cache.
+pub const COUNTS_BLOCK: u32 = 1 << 11;
 /// Repetitions per task of the counts pass.
 const COUNT_TASK: usize = 64;
 /// Most numbers the generic path keeps per block of repetitions (draws and losses): 2^23,
@@ -499,7 +503,8 @@ pub(crate) fn cpu_point_cells(
         let fit = (GENERIC_BLOCK_NUMBERS / per_rep.max(1)).clamp(1, u64::from(REP_BLOCK));
         1u32 << fit.ilog2()
     } else {
-        REP_BLOCK
+        // The counts of a block stay in the core's cache while every cell reads them.
+        COUNTS_BLOCK
     };
     let sums_width = relaxed_sums * k;
     let mut block_start = 0u32;
@@ -675,10 +680,10 @@ pub(crate) fn cpu_point_cells(
             // The counts lowering runs a batch of repetitions at a time (the same estimates).
             let batched = cell.path == Path::Counts && !faulty;
             if batched {
-                let mut fresh = vec![0.0; dim * PUSH_BATCH];
                 let mut r0 = 0;
                 while r0 < nbu {
                     let n = (nbu - r0).min(PUSH_BATCH - in_batch);
+                    // Straight into the batch's columns in_batch..in_batch + n.
                     estimate_counts_batch(
                         cell.estimator,
                         ctx,
@@ -687,13 +692,8 @@ pub(crate) fn cpu_point_cells(
                         n,
                         s,
                         &mut cell.baseline,
-                        &mut fresh,
+                        &mut batch[in_batch..],
                     );
-                    for j in 0..dim {
-                        let row = j * PUSH_BATCH;
-                        batch[row + in_batch..row + in_batch + n]
-                            .copy_from_slice(&fresh[row..row + n]);
-                    }
                     in_batch += n;
                     if in_batch == PUSH_BATCH {
                         block_sums.push_batch(batch, in_batch, &ctx.grad);
