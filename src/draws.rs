@@ -366,16 +366,16 @@ mod tally_x8 {
                     // Draws left from this chunk on (at most 32 matter).
                     let left = (samples - 4 * block).min(32) as i32;
                     if left == 32 {
-                        for w in 0..4 {
-                            tally(&mut acc, &t, words[w], None);
+                        for word in words {
+                            tally(&mut acc, &t, word, None);
                         }
                     } else {
                         let draw = _mm256_slli_epi32::<2>(lane);
                         let s = _mm256_set1_epi32(left);
-                        for w in 0..4 {
+                        for (w, word) in words.into_iter().enumerate() {
                             let index = _mm256_add_epi32(draw, _mm256_set1_epi32(w as i32));
                             let valid = _mm256_cmpgt_epi32(s, index);
-                            tally(&mut acc, &t, words[w], Some(valid));
+                            tally(&mut acc, &t, word, Some(valid));
                         }
                     }
                     block += 8;
