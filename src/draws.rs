@@ -123,13 +123,7 @@ fn threshold(c: f64) -> u32 {
 
 /// Counts the categories of the S draws of repetition `rep` at sweep point `point` into
 /// `counts` (which it zeroes first). Draw `i` uses word `i % 4` of Philox block `i / 4`.
-///
-/// With at most [`FIXED_K`] categories the words are not classified one by one: Philox runs
-/// on 8 (then 4) blocks at once, and per threshold the pass tallies `G_j = #{w > S_j}`
-/// (vectorised, AVX2 where present). The thresholds are non-decreasing, so the unclamped
-/// category `#{j : w > S_j}` is `m` for exactly `G_{m-1} - G_m` words (`G_{-1} = S`,
-/// `G_{K-1} = 0`); the clamp to `[first_nonzero, last_nonzero]` then moves the counts below
-/// and above onto those two classes. The counts are the per-word ones exactly.
+/// [`count_categories_reps`] of one repetition.
 pub fn count_categories(
     table: &CategoricalTable,
     key: [u32; 2],
@@ -138,33 +132,95 @@ pub fn count_categories(
     samples: u32,
     counts: &mut [u32],
 ) {
-    counts.iter_mut().for_each(|c| *c = 0);
+    count_categories_reps(table, key, rep, point, samples, counts);
+}
+
+/// Counts the categories of the S draws of repetitions `first_rep ..` (as many as `counts`
+/// holds K-rows: `counts[r * K + c]` for repetition `first_rep + r`, zeroed first) at sweep
+/// point `point`, as [`count_categories`] counts each.
+///
+/// With at most [`FIXED_K`] categories the words are not classified one by one: Philox runs
+/// on eight blocks at once, and per threshold the pass tallies `G_j = #{w > S_j}`
+/// (vectorised: AVX2 registers where present, [`crate::philox::x8`], with two repetitions
+/// per register when S <= 16). The thresholds are non-decreasing, so the unclamped category
+/// `#{j : w > S_j}` is `m` for exactly `G_{m-1} - G_m` words (`G_{-1} = S`, `G_{K-1} = 0`);
+/// the clamp to `[first_nonzero, last_nonzero]` then moves the counts below and above onto
+/// those two classes. The counts are the per-word ones exactly, with or without AVX2.
+pub fn count_categories_reps(
+    table: &CategoricalTable,
+    key: [u32; 2],
+    first_rep: u32,
+    point: u32,
+    samples: u32,
+    counts: &mut [u32],
+) {
+    count_reps_with(
+        fastmath::has_avx2(),
+        table,
+        key,
+        first_rep,
+        point,
+        samples,
+        counts,
+    );
+}
+
+/// [`count_categories_reps`], through the AVX2 tallies where `avx2` (which the caller has
+/// checked the CPU has) and else through the portable lanes.
+fn count_reps_with(
+    avx2: bool,
+    table: &CategoricalTable,
+    key: [u32; 2],
+    first_rep: u32,
+    point: u32,
+    samples: u32,
+    counts: &mut [u32],
+) {
+    let k = table.thresholds.len() + 1;
+    assert_eq!(counts.len() % k, 0, "counts must hold whole K-rows");
     if table.thresholds.len() >= FIXED_K {
-        count_categories_scalar(table, key, rep, point, samples, counts);
+        for (r, c) in counts.chunks_exact_mut(k).enumerate() {
+            c.iter_mut().for_each(|v| *v = 0);
+            let rep = first_rep.wrapping_add(r as u32);
+            count_categories_scalar(table, key, rep, point, samples, c);
+        }
         return;
     }
-    let mut above = [0u32; FIXED_K - 1];
-    #[cfg(target_arch = "x86_64")]
-    #[target_feature(enable = "avx2")]
-    fn avx2(
-        table: &CategoricalTable,
-        key: [u32; 2],
-        rep: u32,
-        point: u32,
-        samples: u32,
-        above: &mut [u32; FIXED_K - 1],
-    ) {
-        tally_repetition(table, key, rep, point, samples, above);
+    let mut above = [[0u32; FIXED_K - 1]; TALLY_REPS];
+    for (chunk_index, chunk) in counts.chunks_mut(k * TALLY_REPS).enumerate() {
+        let rep0 = first_rep.wrapping_add((chunk_index * TALLY_REPS) as u32);
+        let n = chunk.len() / k;
+        #[cfg(target_arch = "x86_64")]
+        if avx2 {
+            // SAFETY: the caller checked that the CPU has AVX2.
+            unsafe {
+                tally_x8::tallies(table, key, rep0, point, samples, &mut above[..n]);
+            }
+        }
+        if !avx2 || cfg!(not(target_arch = "x86_64")) {
+            for (r, a) in above[..n].iter_mut().enumerate() {
+                *a = [0; FIXED_K - 1];
+                tally_repetition(table, key, rep0.wrapping_add(r as u32), point, samples, a);
+            }
+        }
+        for (a, c) in above[..n].iter().zip(chunk.chunks_exact_mut(k)) {
+            counts_from_tallies(table, samples, a, c);
+        }
     }
-    #[cfg(target_arch = "x86_64")]
-    if fastmath::has_avx2() {
-        // SAFETY: the CPU has AVX2, checked just above.
-        unsafe { avx2(table, key, rep, point, samples, &mut above) };
-    } else {
-        tally_repetition(table, key, rep, point, samples, &mut above);
-    }
-    #[cfg(not(target_arch = "x86_64"))]
-    tally_repetition(table, key, rep, point, samples, &mut above);
+}
+
+/// Repetitions whose tallies [`count_reps_with`] keeps at once.
+const TALLY_REPS: usize = 64;
+
+/// The counts of one repetition from its threshold tallies (see [`count_categories_reps`]).
+#[inline(always)]
+fn counts_from_tallies(
+    table: &CategoricalTable,
+    samples: u32,
+    above: &[u32; FIXED_K - 1],
+    counts: &mut [u32],
+) {
+    counts.iter_mut().for_each(|c| *c = 0);
     let k = counts.len();
     let tally = |j: isize| -> u32 {
         if j < 0 {
@@ -179,6 +235,188 @@ pub fn count_categories(
     for m in 0..k {
         let n = tally(m as isize - 1) - tally(m as isize);
         counts[m.clamp(first, last)] += n;
+    }
+}
+
+/// The threshold tallies in AVX2 registers: eight Philox blocks per register
+/// ([`crate::philox::x8`]), the words compared with every threshold as signed numbers after
+/// flipping their top bits (an unsigned comparison), each comparison's all-ones mask
+/// subtracted from the threshold's lane counters. Words past S are set to the least signed
+/// number, which passes no threshold.
+#[cfg(target_arch = "x86_64")]
+mod tally_x8 {
+    use std::arch::x86_64::*;
+
+    use super::{CategoricalTable, FIXED_K};
+    use crate::philox::{x8, STREAM_CATEGORICAL};
+
+    /// `above[r][j]` = the number of draws of repetition `first_rep + r` whose word is above
+    /// threshold j.
+    ///
+    /// # Safety
+    /// The CPU must have AVX2.
+    #[target_feature(enable = "avx2")]
+    pub unsafe fn tallies(
+        table: &CategoricalTable,
+        key: [u32; 2],
+        first_rep: u32,
+        point: u32,
+        samples: u32,
+        above: &mut [[u32; FIXED_K - 1]],
+    ) {
+        let t = &table.fixed[..table.thresholds.len()];
+        let a = (key, first_rep, point, samples);
+        match t.len() {
+            0 => above.iter_mut().for_each(|a| *a = [0; FIXED_K - 1]),
+            1 => run::<1>(t, a, above),
+            2 => run::<2>(t, a, above),
+            3 => run::<3>(t, a, above),
+            4 => run::<4>(t, a, above),
+            5 => run::<5>(t, a, above),
+            6 => run::<6>(t, a, above),
+            7 => run::<7>(t, a, above),
+            8 => run::<8>(t, a, above),
+            9 => run::<9>(t, a, above),
+            10 => run::<10>(t, a, above),
+            11 => run::<11>(t, a, above),
+            12 => run::<12>(t, a, above),
+            13 => run::<13>(t, a, above),
+            14 => run::<14>(t, a, above),
+            15 => run::<15>(t, a, above),
+            16 => run::<16>(t, a, above),
+            _ => unreachable!("at most FIXED_K - 1 thresholds"),
+        }
+    }
+
+    /// [`tallies`] with NT thresholds.
+    #[inline(always)]
+    unsafe fn run<const NT: usize>(
+        thresholds: &[u32],
+        (key, first_rep, point, samples): ([u32; 2], u32, u32, u32),
+        above: &mut [[u32; FIXED_K - 1]],
+    ) {
+        let keys = x8::RoundKeys::new(key);
+        let mut t = [_mm256_setzero_si256(); NT];
+        for j in 0..NT {
+            t[j] = _mm256_set1_epi32((thresholds[j] ^ 0x8000_0000) as i32);
+        }
+        let c2 = _mm256_set1_epi32((STREAM_CATEGORICAL << 16) as i32);
+        let c3 = _mm256_set1_epi32(point as i32);
+        let lane = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
+        let blocks = samples.div_ceil(4);
+        // Adds a word vector's comparisons to the counters (`valid`: the lanes in S).
+        #[inline(always)]
+        unsafe fn tally<const NT: usize>(
+            acc: &mut [__m256i; NT],
+            t: &[__m256i; NT],
+            word: __m256i,
+            valid: Option<__m256i>,
+        ) {
+            let flip = _mm256_set1_epi32(i32::MIN);
+            let mut x = _mm256_xor_si256(word, flip);
+            if let Some(v) = valid {
+                x = _mm256_blendv_epi8(flip, x, v);
+            }
+            for j in 0..NT {
+                acc[j] = _mm256_sub_epi32(acc[j], _mm256_cmpgt_epi32(x, t[j]));
+            }
+        }
+        if blocks <= 4 {
+            // Two repetitions per register: lanes 0-3 blocks 0-3 of one, lanes 4-7 of the
+            // next. Word w of lane l is draw (l % 4) * 4 + w.
+            let c0 = _mm256_setr_epi32(0, 1, 2, 3, 0, 1, 2, 3);
+            let draw = _mm256_slli_epi32::<2>(_mm256_and_si256(lane, _mm256_set1_epi32(3)));
+            let s = _mm256_set1_epi32(samples as i32);
+            let mut valid = [_mm256_setzero_si256(); 4];
+            for (w, v) in valid.iter_mut().enumerate() {
+                *v = _mm256_cmpgt_epi32(s, _mm256_add_epi32(draw, _mm256_set1_epi32(w as i32)));
+            }
+            let all_valid = samples == 16;
+            for (pair, two) in above.chunks_mut(2).enumerate() {
+                let rep0 = first_rep.wrapping_add(2 * pair as u32);
+                let c1 = _mm256_setr_epi32(
+                    rep0 as i32,
+                    rep0 as i32,
+                    rep0 as i32,
+                    rep0 as i32,
+                    rep0.wrapping_add(1) as i32,
+                    rep0.wrapping_add(1) as i32,
+                    rep0.wrapping_add(1) as i32,
+                    rep0.wrapping_add(1) as i32,
+                );
+                let words = x8::philox(&keys, [c0, c1, c2, c3]);
+                let mut acc = [_mm256_setzero_si256(); NT];
+                for w in 0..4 {
+                    tally(&mut acc, &t, words[w], (!all_valid).then_some(valid[w]));
+                }
+                let (lo, hi) = half_sums(&acc);
+                two[0] = lo;
+                if let Some(second) = two.get_mut(1) {
+                    *second = hi;
+                }
+            }
+        } else {
+            for (r, a) in above.iter_mut().enumerate() {
+                let c1 = _mm256_set1_epi32(first_rep.wrapping_add(r as u32) as i32);
+                let mut acc = [_mm256_setzero_si256(); NT];
+                let mut block = 0u32;
+                while block < blocks {
+                    let c0 = _mm256_add_epi32(_mm256_set1_epi32(block as i32), lane);
+                    let words = x8::philox(&keys, [c0, c1, c2, c3]);
+                    // Draws left from this chunk on (at most 32 matter).
+                    let left = (samples - 4 * block).min(32) as i32;
+                    if left == 32 {
+                        for word in words {
+                            tally(&mut acc, &t, word, None);
+                        }
+                    } else {
+                        let draw = _mm256_slli_epi32::<2>(lane);
+                        let s = _mm256_set1_epi32(left);
+                        for (w, word) in words.into_iter().enumerate() {
+                            let index = _mm256_add_epi32(draw, _mm256_set1_epi32(w as i32));
+                            let valid = _mm256_cmpgt_epi32(s, index);
+                            tally(&mut acc, &t, word, Some(valid));
+                        }
+                    }
+                    block += 8;
+                }
+                let (lo, hi) = half_sums(&acc);
+                for j in 0..NT {
+                    a[j] = lo[j] + hi[j];
+                }
+            }
+        }
+    }
+
+    /// The sums of lanes 0-3 and of lanes 4-7 of each counter.
+    #[inline(always)]
+    unsafe fn half_sums<const NT: usize>(
+        acc: &[__m256i; NT],
+    ) -> ([u32; FIXED_K - 1], [u32; FIXED_K - 1]) {
+        let (mut lo, mut hi) = ([0u32; FIXED_K - 1], [0u32; FIXED_K - 1]);
+        let zero = _mm256_setzero_si256();
+        let mut j = 0;
+        while j < NT {
+            let mut at = [zero; 4];
+            for (i, a) in at.iter_mut().enumerate() {
+                if j + i < NT {
+                    *a = acc[j + i];
+                }
+            }
+            // hadd(hadd(a0, a1), hadd(a2, a3)): the four counters' sums of lanes 0-3 in the
+            // low half, of lanes 4-7 in the high half.
+            let h = _mm256_hadd_epi32(
+                _mm256_hadd_epi32(at[0], at[1]),
+                _mm256_hadd_epi32(at[2], at[3]),
+            );
+            _mm_storeu_si128(lo[j..j + 4].as_mut_ptr().cast(), _mm256_castsi256_si128(h));
+            _mm_storeu_si128(
+                hi[j..j + 4].as_mut_ptr().cast(),
+                _mm256_extracti128_si256::<1>(h),
+            );
+            j += 4;
+        }
+        (lo, hi)
     }
 }
 
@@ -1076,6 +1314,44 @@ mod tests {
             let cats = table.categories(&words);
             for (w, c) in words.iter().zip(cats) {
                 assert_eq!(c as usize, table.category(*w));
+            }
+        }
+    }
+
+    #[test]
+    fn counts_of_many_repetitions_equal_each_repetition_s_words() {
+        // Every S from 1 to 40 (the two-repetitions-per-register path up to 16, partial
+        // eight-block chunks past it) and a few larger, an odd number of repetitions (a
+        // register half left over), repetition numbers that wrap at 2^32, K = 1, 2, 10, 17
+        // and 18 (past the tallies), zero-probability classes at both ends; the AVX2 tallies
+        // (where the CPU has them) and the portable lanes against the per-word categories.
+        let tables: Vec<Vec<f64>> = vec![
+            vec![1.0],
+            vec![0.3, 0.7],
+            vec![0.0, 0.1, 0.05, 0.2, 0.15, 0.1, 0.1, 0.1, 0.2, 0.0],
+            (0..17).map(|c| (c + 1) as f64 / 153.0).collect(),
+            (0..18).map(|c| (c + 1) as f64 / 171.0).collect(),
+        ];
+        let sizes = (1u32..=40).chain([63, 64, 65, 100, 257]);
+        for p in &tables {
+            let table = CategoricalTable::new(p);
+            let k = p.len();
+            for s in sizes.clone() {
+                for (first, n) in [(0u32, 7usize), (u32::MAX - 2, 5), (11, 1)] {
+                    let mut want = vec![0u32; n * k];
+                    for (r, row) in want.chunks_exact_mut(k).enumerate() {
+                        let rep = first.wrapping_add(r as u32);
+                        for c in categories(&table, [5, 6], rep, 2, s) {
+                            row[c as usize] += 1;
+                        }
+                    }
+                    let mut got = vec![9u32; n * k];
+                    count_categories_reps(&table, [5, 6], first, 2, s, &mut got);
+                    assert_eq!(got, want, "K = {k}, S = {s}, reps from {first}");
+                    let mut portable = vec![9u32; n * k];
+                    count_reps_with(false, &table, [5, 6], first, 2, s, &mut portable);
+                    assert_eq!(portable, want, "portable, K = {k}, S = {s}");
+                }
             }
         }
     }

@@ -15,7 +15,7 @@ use std::time::Instant;
 use rayon::prelude::*;
 
 use crate::draws::{
-    count_categories, draw_joint_categories, CategoricalTable, JointRelaxedTable, RelaxedTable,
+    count_categories_reps, draw_joint_categories, CategoricalTable, JointRelaxedTable, RelaxedTable,
 };
 use crate::error::{Error, Result};
 use crate::estimators::warmed_baseline;
@@ -40,6 +40,12 @@ pub const MIN_TAU: f64 = 1e-3;
 
 /// Repetitions per block: bounds the memory of a pass whatever R is.
 pub const REP_BLOCK: u32 = 1 << 14;
+/// Repetitions per draw block of the lowered paths (a power of two dividing [`REP_BLOCK`]):
+/// 2048 repetitions' counts in f64 are 160 KiB at K = 10, so every cell of a pass reads them
+/// from the core's cache.
+pub const COUNTS_BLOCK: u32 = 1 << 11;
+/// Repetitions per task of the counts pass.
+const COUNT_TASK: usize = 64;
 /// Most numbers the generic path keeps per block of repetitions (draws and losses): 2^23,
 /// 64 MiB at most, whatever S, L and K are.
 pub const GENERIC_BLOCK_NUMBERS: u64 = 1 << 23;
@@ -526,7 +532,8 @@ pub(crate) fn cpu_point_cells(
             .clamp(PUSH_BATCH as u64, u64::from(REP_BLOCK));
         1u32 << fit.ilog2()
     } else {
-        REP_BLOCK
+        // The counts of a block stay in the core's cache while every cell reads them.
+        COUNTS_BLOCK
     };
     let mut block_start = 0u32;
     while block_start < spec.reps {
@@ -536,9 +543,14 @@ pub(crate) fn cpu_point_cells(
         if counts_on {
             let t0 = Instant::now();
             for _ in 0..faults::repeat_pass("score-function") {
-                counts.par_chunks_mut(k).enumerate().for_each(|(i, c)| {
-                    count_categories(&table, key, block_start + i as u32, point_id, s, c);
-                });
+                // Tasks of COUNT_TASK repetitions (the tallies run several at once).
+                counts
+                    .par_chunks_mut(k * COUNT_TASK)
+                    .enumerate()
+                    .for_each(|(i, c)| {
+                        let rep = block_start + (i * COUNT_TASK) as u32;
+                        count_categories_reps(&table, key, rep, point_id, s, c);
+                    });
             }
             pass_seconds[0] += t0.elapsed().as_secs_f64();
             // One report per path the pass serves (counts and hard-draw counts share it here,
@@ -708,10 +720,10 @@ pub(crate) fn cpu_point_cells(
             // The counts lowering runs a batch of repetitions at a time (the same estimates).
             let batched = cell.path == Path::Counts && !faulty;
             if batched {
-                let mut fresh = vec![0.0; dim * PUSH_BATCH];
                 let mut r0 = 0;
                 while r0 < nbu {
                     let n = (nbu - r0).min(PUSH_BATCH - in_batch);
+                    // Straight into the batch's columns in_batch..in_batch + n.
                     estimate_counts_batch(
                         cell.estimator,
                         ctx,
@@ -720,13 +732,8 @@ pub(crate) fn cpu_point_cells(
                         n,
                         s,
                         &mut cell.baseline,
-                        &mut fresh,
+                        &mut batch[in_batch..],
                     );
-                    for j in 0..dim {
-                        let row = j * PUSH_BATCH;
-                        batch[row + in_batch..row + in_batch + n]
-                            .copy_from_slice(&fresh[row..row + n]);
-                    }
                     in_batch += n;
                     if in_batch == PUSH_BATCH {
                         block_sums.push_batch(batch, in_batch, &ctx.grad);

@@ -263,20 +263,32 @@ impl MomentSums {
         #[cfg(target_arch = "x86_64")]
         #[target_feature(enable = "avx2")]
         fn avx2(sums: &mut MomentSums, batch: &[f64], n: usize, exact: &[f64]) {
-            sums.push_batch_lanes::<true>(batch, n, exact);
+            if n == PUSH_BATCH {
+                sums.push_batch_lanes::<true, true>(batch, n, exact);
+            } else {
+                sums.push_batch_lanes::<true, false>(batch, n, exact);
+            }
         }
         #[cfg(target_arch = "x86_64")]
         if crate::fastmath::has_avx2() {
             // SAFETY: the CPU has AVX2, checked just above.
             return unsafe { avx2(self, batch, n, exact) };
         }
-        self.push_batch_lanes::<false>(batch, n, exact);
+        self.push_batch_lanes::<false, false>(batch, n, exact);
     }
 
+    /// [`Self::push_batch`] with AVX2 registers or not, and with `n` the constant
+    /// [`PUSH_BATCH`] (`FULL`, so that no loop has a remainder) or not: the same results.
     #[inline(always)]
     #[allow(clippy::needless_range_loop)]
-    fn push_batch_lanes<const AVX2: bool>(&mut self, batch: &[f64], n: usize, exact: &[f64]) {
+    fn push_batch_lanes<const AVX2: bool, const FULL: bool>(
+        &mut self,
+        batch: &[f64],
+        n: usize,
+        exact: &[f64],
+    ) {
         const B: usize = PUSH_BATCH;
+        let n = if FULL { B } else { n };
         let dim = self.dim;
         assert!((1..=B).contains(&n) && B % 8 == 0 && batch.len() >= dim * B && exact.len() >= dim);
         let (mut err, mut dot, mut nn) = ([0f64; B], [0f64; B], [0f64; B]);
@@ -528,7 +540,7 @@ mod tests {
         let mut in_batch = 0;
         let push = |sums: &mut MomentSums, scalar: &mut MomentSums, batch: &[f64], n| {
             sums.push_batch(batch, n, &exact);
-            scalar.push_batch_lanes::<false>(batch, n, &exact);
+            scalar.push_batch_lanes::<false, false>(batch, n, &exact);
         };
         for (i, row) in rows.iter().enumerate() {
             for j in 0..k {
@@ -536,7 +548,8 @@ mod tests {
             }
             in_batch += 1;
             welford.push(row, &exact);
-            if in_batch == PUSH_BATCH || i % 37 == 5 {
+            // Uneven batches first, then full ones (the constant-length path).
+            if in_batch == PUSH_BATCH || (i < 2500 && i % 37 == 5) {
                 push(&mut sums, &mut scalar, &batch, in_batch);
                 in_batch = 0;
             }

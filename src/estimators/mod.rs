@@ -605,7 +605,8 @@ pub const COUNTS_BATCH: usize = 64;
 /// of `n <= COUNTS_BATCH` repetitions at once, vectorised across repetitions (AVX2 where
 /// present): `counts` holds their category counts in f64, category-major (count of category
 /// `j` of repetition `r` at `counts[j * stride + r]`, see [`transpose_counts`]), `out` receives
-/// their estimates coordinate-major (`out[j * COUNTS_BATCH + r]`), and a moving-average
+/// their estimates coordinate-major (`out[j * COUNTS_BATCH + r]`; so `&mut batch[i..]` puts
+/// them at columns `i..i + n` of a batch of COUNTS_BATCH columns), and a moving-average
 /// baseline is read and updated repetition by repetition.
 ///
 /// Bit for bit each repetition's [`Estimator::estimate_from_counts`] (and
@@ -637,7 +638,9 @@ pub fn estimate_counts_batch(
         panic!("{} has no score-function lowering", estimator.id());
     };
     let k = ctx.k;
-    assert!((1..=COUNTS_BATCH).contains(&n) && n <= stride && out.len() >= k * COUNTS_BATCH);
+    assert!(
+        (1..=COUNTS_BATCH).contains(&n) && n <= stride && out.len() >= (k - 1) * COUNTS_BATCH + n
+    );
     assert!(counts.len() >= (k - 1) * stride + n);
     let sig: &[f64] = match (signal, constant) {
         (_, Constant::ExactGradient) | (None, _) => {
@@ -668,7 +671,11 @@ pub fn estimate_counts_batch(
         baseline: &mut MovingAverage,
         out: &mut [f64],
     ) {
-        counts_batch_lanes(sig, p, c, kind, counts, s, baseline, out);
+        if counts.2 == COUNTS_BATCH {
+            counts_batch_lanes::<true>(sig, p, c, kind, counts, s, baseline, out);
+        } else {
+            counts_batch_lanes::<false>(sig, p, c, kind, counts, s, baseline, out);
+        }
     }
     let counts = (counts, stride, n);
     #[cfg(target_arch = "x86_64")]
@@ -676,7 +683,11 @@ pub fn estimate_counts_batch(
         // SAFETY: the CPU has AVX2, checked just above.
         return unsafe { avx2(sig, &ctx.p, c, kind, counts, s, baseline, out) };
     }
-    counts_batch_lanes(sig, &ctx.p, c, kind, counts, s, baseline, out);
+    if n == COUNTS_BATCH {
+        counts_batch_lanes::<true>(sig, &ctx.p, c, kind, counts, s, baseline, out);
+    } else {
+        counts_batch_lanes::<false>(sig, &ctx.p, c, kind, counts, s, baseline, out);
+    }
 }
 
 /// The counts of `reps` repetitions (`reps * K`, repetition-major) in f64, category-major
@@ -694,7 +705,7 @@ pub fn transpose_counts(counts: &[u32], k: usize, out: &mut Vec<f64>) {
 
 #[inline(always)]
 #[allow(clippy::too_many_arguments, clippy::needless_range_loop)]
-fn counts_batch_lanes(
+fn counts_batch_lanes<const FULL: bool>(
     sig: &[f64],
     p: &[f64],
     c: &[f64],
@@ -705,18 +716,16 @@ fn counts_batch_lanes(
     out: &mut [f64],
 ) {
     const B: usize = COUNTS_BATCH;
+    // A full batch with a constant n: every loop below is then whole vectors.
+    let n = if FULL { B } else { n };
     let k = sig.len();
-    // The counts, category-major, in `out` (each coordinate's row is read before it is written
-    // below).
-    for j in 0..k {
-        out[j * B..j * B + n].copy_from_slice(&counts[j * stride..j * stride + n]);
-    }
+    let count_row = |j: usize| &counts[j * stride..j * stride + n];
     // The per-repetition baseline: sum_k n_k L_k / S where the estimator needs it.
     let mut b = [0f64; B];
     if kind != Baseline::None {
         let mut total = [-0.0f64; B];
         for j in 0..k {
-            let row = &out[j * B..j * B + n];
+            let row = count_row(j);
             for r in 0..n {
                 total[r] += row[r] * sig[j];
             }
@@ -742,16 +751,17 @@ fn counts_batch_lanes(
     // w_j = n_j (L_j - b) and its total.
     let mut total = [0f64; B];
     for j in 0..k {
+        let counts = count_row(j);
         let row = &mut out[j * B..j * B + n];
         let lj = sig[j];
         if kind == Baseline::None {
             for r in 0..n {
-                row[r] *= lj;
+                row[r] = counts[r] * lj;
                 total[r] += row[r];
             }
         } else {
             for r in 0..n {
-                row[r] *= lj - b[r];
+                row[r] = counts[r] * (lj - b[r]);
                 total[r] += row[r];
             }
         }
@@ -1901,7 +1911,7 @@ mod tests {
                                 _ => &[],
                             };
                             let mut scalar = vec![0.0; k * COUNTS_BATCH];
-                            counts_batch_lanes(
+                            counts_batch_lanes::<false>(
                                 sig,
                                 &ctx.p,
                                 c,
