@@ -6,8 +6,9 @@
 //! One [`GpuContext`] (instance, adapter, device, queue) is made per engine; pipelines are
 //! built once and buffers grow once to the largest chunk, then are reused across the sweep.
 //! Per sweep point and family, every chunk of repetitions ([`chunks`]) is one submit: the
-//! draws kernel, the moments kernel and a copy of the small per-workgroup partial moments,
-//! which the host merges in f64 ([`moments`]). Several variables and the other losses run
+//! draws kernel, the moments kernel and a copy of the small per-workgroup partials (shifted
+//! power sums of 512 repetitions' estimates), which the host turns into central moments and
+//! merges in f64 ([`moments`]). Several variables and the other losses run
 //! on the generic path ([`generic`]): joint draws, per-draw signals and per-repetition sums
 //! on the GPU, each cell's estimate finished on the host in repetition order. Kernel sources
 //! live in `shaders/`, one file per kernel; each launch is a small function in
@@ -52,10 +53,8 @@ use crate::estimators::{
 };
 use crate::philox::key_of;
 use crate::stats::EstimateMoments;
-use chunks::{threads_per_rep, REP_ALIGN};
-use params::{
-    PartialMoments, PointTable, RelaxedCell, ScoreCell, SweepParams, MAX_K, MAX_RELAXED_CELLS,
-};
+use chunks::{threads_per_rep, REPS_PER_GROUP, REP_ALIGN};
+use params::{PointTable, RelaxedCell, ScoreCell, SweepParams, MAX_K, MAX_RELAXED_CELLS};
 use relaxed::{RelaxedKernels, RELAXED_WG};
 use score_function::ScoreFunctionKernels;
 
@@ -96,9 +95,8 @@ impl Resources {
     fn new(engine: &GpuEngine, chunk_reps: u32, score_cells: usize) -> Self {
         let ctx = &engine.ctx;
         use wgpu::BufferUsages as U;
-        let groups = chunk_reps.div_ceil(REP_ALIGN) as usize;
-        let partial_len = groups * score_cells.max(MAX_RELAXED_CELLS) * (MAX_K + 2);
-        let partial_bytes = (partial_len * std::mem::size_of::<PartialMoments>()) as u64;
+        let partial_len = partial_len(chunk_reps, score_cells.max(MAX_RELAXED_CELLS), MAX_K);
+        let partial_bytes = (partial_len * 4) as u64;
         let params = ctx.buffer(
             "params",
             std::mem::size_of::<SweepParams>() as u64,
@@ -267,12 +265,13 @@ impl GpuEngine {
         let t_relaxed = threads_per_rep(u64::from(samples), relaxed::DRAWS_PER_THREAD, RELAXED_WG);
         let binding = l.max_storage_buffer_binding_size.min(l.max_buffer_size);
         let by_sums = binding / (MAX_RELAXED_CELLS as u64 * ROW_BYTES);
-        let per_group_partials = (score_cells.max(MAX_RELAXED_CELLS) * (MAX_K + 2) * 20) as u64;
-        let by_partials = binding / per_group_partials * u64::from(REP_ALIGN);
+        let per_group_partials =
+            partial_len(REPS_PER_GROUP, score_cells.max(MAX_RELAXED_CELLS), MAX_K) as u64 * 4;
+        let by_partials = binding / per_group_partials * u64::from(REPS_PER_GROUP);
         let caps = [
             max_groups * u64::from(self.score.counts_wg) / u64::from(t_score),
             max_groups * u64::from(RELAXED_WG) / u64::from(t_relaxed),
-            max_groups * u64::from(REP_ALIGN),
+            max_groups * u64::from(REPS_PER_GROUP),
             by_sums,
             by_partials,
         ];
@@ -351,7 +350,7 @@ impl GpuEngine {
                             u64::from(REP_ALIGN) * ROW_BYTES,
                         );
                     }
-                    copy_partials(&mut encoder, res, reps, cells.len());
+                    copy_partials(&mut encoder, res, reps, cells.len(), dim_of(&job.params));
                 }
                 self.ctx.resolve_timestamps(&mut encoder);
                 self.ctx.queue.submit([encoder.finish()]);
@@ -433,7 +432,7 @@ impl GpuEngine {
                         &res.relaxed_moments_group,
                         reps,
                     );
-                    copy_partials(&mut encoder, res, reps, cells.len());
+                    copy_partials(&mut encoder, res, reps, cells.len(), dim_of(&job.params));
                 }
                 self.ctx.resolve_timestamps(&mut encoder);
                 self.ctx.queue.submit([encoder.finish()]);
@@ -446,10 +445,21 @@ impl GpuEngine {
     }
 }
 
-/// Records the copy of a chunk's partial moments (`cells` cells of `reps` repetitions) into
-/// the staging buffer.
-fn copy_partials(encoder: &mut wgpu::CommandEncoder, res: &Resources, reps: u32, cells: usize) {
-    let bytes = (partial_len(reps, cells) * std::mem::size_of::<PartialMoments>()) as u64;
+/// K of a dispatch.
+fn dim_of(params: &SweepParams) -> usize {
+    params.k as usize
+}
+
+/// Records the copy of a chunk's partials (`cells` cells of `reps` repetitions, K = `k`)
+/// into the staging buffer.
+fn copy_partials(
+    encoder: &mut wgpu::CommandEncoder,
+    res: &Resources,
+    reps: u32,
+    cells: usize,
+    k: usize,
+) {
+    let bytes = (partial_len(reps, cells, k) * 4) as u64;
     encoder.copy_buffer_to_buffer(&res.partials, 0, &res.staging, 0, bytes);
 }
 
@@ -470,17 +480,24 @@ impl GpuEngine {
         if !last {
             return self.ctx.check(&format!("running {pass} draws"));
         }
-        let len = partial_len(reps, cells);
-        let partials: Vec<PartialMoments> =
+        let k = moments.first().map_or(0, |m| m.coords.len());
+        let len = partial_len(reps, cells, k);
+        let partials: Vec<f32> =
             self.ctx
                 .read(&res.staging, len, &format!("reading {pass} moments"))?;
-        moments::merge_partials(&partials, reps.div_ceil(REP_ALIGN) as usize, grads, moments);
+        moments::merge_partials(
+            &partials,
+            reps.div_ceil(REPS_PER_GROUP) as usize,
+            grads,
+            moments,
+        );
         Ok(())
     }
 }
 
-fn partial_len(reps: u32, cells: usize) -> usize {
-    reps.div_ceil(REP_ALIGN) as usize * cells * (MAX_K + 2)
+/// Floats of the partials of `reps` repetitions' `cells` cells of K = `k` coordinates.
+fn partial_len(reps: u32, cells: usize, k: usize) -> usize {
+    reps.div_ceil(REPS_PER_GROUP) as usize * cells * moments::partial_stride(k)
 }
 
 impl Engine for GpuEngine {
@@ -607,7 +624,7 @@ impl Engine for GpuEngine {
             let res = guard.as_ref().expect("resources were just made");
             debug_assert!(
                 res.partial_len
-                    >= partial_len(plan.chunk_reps, score_cells.len().max(MAX_RELAXED_CELLS))
+                    >= partial_len(plan.chunk_reps, score_cells.len().max(MAX_RELAXED_CELLS), k)
             );
 
             let table = PointTable::new(

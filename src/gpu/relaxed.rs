@@ -1,12 +1,12 @@
 //! The relaxed (Gumbel) pass on the GPU: every repetition's sum over its S draws of each
 //! relaxed cell's per-draw estimate (`shaders/relaxed_draws.wgsl`; CPU twin
 //! [`crate::draws::RelaxedTable::draw`] with each estimator's `add_relaxed_draw`), then their
-//! partial moments (`shaders/relaxed_moments.wgsl`). Each launch is one small function.
+//! per-workgroup shifted power sums (`shaders/relaxed_moments.wgsl`). Each launch is one small function.
 
 use crate::error::Result;
-use crate::gpu::chunks::REP_ALIGN;
+use crate::gpu::chunks::REPS_PER_GROUP;
 use crate::gpu::context::{GpuContext, READ, READ_WRITE, UNIFORM};
-use crate::gpu::params::{PartialMoments, PointTable, RelaxedCell, SweepParams};
+use crate::gpu::params::{PointTable, RelaxedCell, SweepParams};
 use crate::gpu::shaders;
 
 /// Threads per relaxed-draws workgroup (keep in sync with `RELAXED_WG`).
@@ -43,12 +43,7 @@ impl RelaxedKernels {
         );
         let moments_layout = ctx.layout(
             "relaxed moments",
-            &[
-                (UNIFORM, params),
-                (READ, cell),
-                (READ, 64),
-                (READ_WRITE, std::mem::size_of::<PartialMoments>() as u64),
-            ],
+            &[(UNIFORM, params), (READ, cell), (READ, 64), (READ_WRITE, 4)],
         );
         Ok(Self {
             draws: ctx.compute_pipeline("relaxed_draws", shaders::RELAXED_DRAWS, &draws_layout)?,
@@ -81,7 +76,8 @@ impl RelaxedKernels {
         pass.dispatch_workgroups(groups as u32, 1, 1);
     }
 
-    /// Records the moments kernel over `reps` repetitions (one workgroup per 256).
+    /// Records the moments kernel over `reps` repetitions (one workgroup per
+    /// [`REPS_PER_GROUP`]).
     pub fn encode_moments(
         &self,
         encoder: &mut wgpu::CommandEncoder,
@@ -95,6 +91,6 @@ impl RelaxedKernels {
         });
         pass.set_pipeline(&self.moments);
         pass.set_bind_group(0, bind_group, &[]);
-        pass.dispatch_workgroups(reps.div_ceil(REP_ALIGN), 1, 1);
+        pass.dispatch_workgroups(reps.div_ceil(REPS_PER_GROUP), 1, 1);
     }
 }

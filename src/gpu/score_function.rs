@@ -1,13 +1,13 @@
 //! The score-function pass on the GPU: category counts of every repetition's S draws
 //! (`shaders/score_function_counts.wgsl`, CPU twin [`crate::draws::count_categories`]) and
-//! every score-function cell's estimate and partial moments
+//! every score-function cell's estimates and their per-workgroup shifted power sums
 //! (`shaders/score_function_moments.wgsl`, CPU twin: the score-function arm of the CPU
 //! engine with each estimator's `estimate_from_counts`). Each launch is one small function.
 
 use crate::error::Result;
-use crate::gpu::chunks::REP_ALIGN;
+use crate::gpu::chunks::{REPS_PER_GROUP, REP_ALIGN};
 use crate::gpu::context::{GpuContext, READ, READ_WRITE, UNIFORM};
-use crate::gpu::params::{PartialMoments, PointTable, ScoreCell, SweepParams};
+use crate::gpu::params::{PointTable, ScoreCell, SweepParams};
 use crate::gpu::shaders;
 
 /// Threads per counts workgroup by default (`COUNTS_WG` in the kernel's source, which
@@ -89,7 +89,7 @@ impl ScoreFunctionKernels {
                 (READ, std::mem::size_of::<ScoreCell>() as u64),
                 (READ, 64),
                 (READ, 64 * u64::from(REP_ALIGN)),
-                (READ_WRITE, std::mem::size_of::<PartialMoments>() as u64),
+                (READ_WRITE, 4),
             ],
         );
         let source = shaders::SCORE_FUNCTION_COUNTS.replace(
@@ -130,7 +130,8 @@ impl ScoreFunctionKernels {
         pass.dispatch_workgroups(groups as u32, 1, 1);
     }
 
-    /// Records the moments kernel over `reps` repetitions (one workgroup per 256).
+    /// Records the moments kernel over `reps` repetitions (one workgroup per
+    /// [`REPS_PER_GROUP`]).
     pub fn encode_moments(
         &self,
         encoder: &mut wgpu::CommandEncoder,
@@ -144,6 +145,6 @@ impl ScoreFunctionKernels {
         });
         pass.set_pipeline(&self.moments);
         pass.set_bind_group(0, bind_group, &[]);
-        pass.dispatch_workgroups(reps.div_ceil(REP_ALIGN), 1, 1);
+        pass.dispatch_workgroups(reps.div_ceil(REPS_PER_GROUP), 1, 1);
     }
 }
