@@ -139,6 +139,29 @@ fn accurate_log(x: f32) -> f32 {
     return 2.0 * s * (poly * s2 + 1.0);
 }
 
+// ln(x) for a positive, finite, normal x by the CPU's `fastmath::ln` arithmetic (branch-free,
+// no driver log, relative error below 4e-7; equal to the CPU's up to the driver's fusing of
+// multiply-adds): x = 2^e m with m in [sqrt(1/2), sqrt(2)), ln m = 2 atanh(t),
+// t = (m - 1) / (m + 1) (m - 1 is exact), odd series to t^9.
+fn fast_ln(x: f32) -> f32 {
+    let bits = bitcast<u32>(x);
+    var e = i32((bits >> 23u) & 0xffu) - 127;
+    var m = bitcast<f32>((bits & 0x007fffffu) | 0x3f800000u);
+    let big = m > 1.4142135;
+    m = select(m, m * 0.5, big);
+    e += select(0, 1, big);
+    let t = (m - 1.0) / (m + 1.0);
+    let t2 = t * t;
+    let poly = 1.0 + t2 * (1.0 / 3.0 + t2 * (1.0 / 5.0 + t2 * (1.0 / 7.0 + t2 * (1.0 / 9.0))));
+    return f32(e) * 0.6931472 + 2.0 * t * poly;
+}
+
+// Gumbel noise -log(-log u) of one random word as the CPU's `draws::gumbel` computes it
+// (fast_ln twice: no branch, so no divergence within a subgroup).
+fn gumbel_fast(word: u32) -> f32 {
+    return -fast_ln(-fast_ln(open_uniform(word)));
+}
+
 // Gumbel noise -log(-log u) of one random word.
 fn gumbel(word: u32) -> f32 {
     return -accurate_log(-accurate_log(open_uniform(word)));

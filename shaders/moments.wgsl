@@ -25,6 +25,16 @@
 // those of the f32 estimates, as with a Welford mean. The host uses S1 - n c for the
 // central moments (exact in f64).
 
+// K: fixed per pipeline where SPECIAL_K is nonzero (src/gpu/shaders.rs `PerK` sets it, so
+// the loops over the categories have constant bounds), else the parameters' K.
+const SPECIAL_K: u32 = 0u;
+fn kdim() -> u32 {
+    if SPECIAL_K != 0u {
+        return SPECIAL_K;
+    }
+    return params.k;
+}
+
 const MOMENTS_WG: u32 = 64u;
 const REPS_PER_THREAD: u32 = 8u;
 // MOMENTS_WG * REPS_PER_THREAD (keep in sync with REPS_PER_GROUP in src/gpu/chunks.rs).
@@ -42,7 +52,7 @@ var<workgroup> shared_shifts: array<f32, 18>;
 
 // Floats of one cell's partial: (K + 2) x [shift, S1..S4], n, n_cos.
 fn partial_stride() -> u32 {
-    return 5u * (params.k + 2u) + 2u;
+    return 5u * (kdim() + 2u) + 2u;
 }
 
 // One repetition's K + 2 scalars, and whether its cosine counts.
@@ -54,7 +64,7 @@ struct EstimateValues {
 // The scalars of the estimate g + d. `cosine` says whether the cosine is defined (the exact
 // gradient is nonzero), as EstimateMoments::push decides.
 fn estimate_values(d: array<f32, 16>, g: array<f32, 16>, cosine: bool) -> EstimateValues {
-    let k = params.k;
+    let k = kdim();
     var out: EstimateValues;
     var sq_error = 0.0;
     var dot = 0.0;
@@ -89,7 +99,7 @@ fn estimate_values(d: array<f32, 16>, g: array<f32, 16>, cosine: bool) -> Estima
 // Step 1: every thread passes its first repetition's values (`valid` where it has one); the
 // shifts come back (and go into the partial at `base`). Call from uniform control flow.
 fn share_shifts(lid: u32, base: u32, first: EstimateValues, valid: bool) -> array<f32, 18> {
-    let k = params.k;
+    let k = kdim();
     for (var q = 0u; q < k + 2u; q++) {
         var x = 0.0;
         if valid && (q <= k || first.cos_valid) {
@@ -149,7 +159,7 @@ fn accumulate(acc: ptr<function, PowerSums>, vals: EstimateValues, shift: array<
     if !valid {
         return;
     }
-    let k = params.k;
+    let k = kdim();
     for (var q = 0u; q < k + 2u; q++) {
         if q == k + 1u && !vals.cos_valid {
             break;
@@ -171,7 +181,7 @@ fn accumulate(acc: ptr<function, PowerSums>, vals: EstimateValues, shift: array<
 // Step 3: adds the threads' sums in a fixed order and writes them into the partial at `base`
 // (whose shifts share_shifts wrote). Call from uniform control flow.
 fn reduce_sums(lid: u32, base: u32, acc: PowerSums) {
-    let k = params.k;
+    let k = kdim();
     let rows = 4u * (k + 2u) + 2u;
     for (var first = 0u; first < rows; first += REDUCE_ROWS) {
         for (var r = first; r < min(first + REDUCE_ROWS, rows); r++) {

@@ -12,7 +12,7 @@
 
 @compute @workgroup_size(64)
 fn main(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: vec3<u32>) {
-    let k = params.k;
+    let k = kdim();
     let first_rep = wid.x * REPS_PER_GROUP + lid * REPS_PER_THREAD;
     for (var cell = 0u; cell < params.n_cells; cell++) {
         let base = (wid.x * params.n_cells + cell) * partial_stride();

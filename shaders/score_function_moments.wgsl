@@ -40,7 +40,7 @@ const PRE_PER_THREAD: u32 = 4u;
 // delta_k = n_k - S p_k of chunk repetition `rel` (negative: the previous chunk's last ones).
 fn deltas(rel: i32) -> array<f32, 16> {
     var out: array<f32, 16>;
-    for (var j = 0u; j < params.k; j++) {
+    for (var j = 0u; j < kdim(); j++) {
         var n: u32;
         if rel >= 0 {
             n = counts[u32(rel) * MAX_K + j];
@@ -55,7 +55,7 @@ fn deltas(rel: i32) -> array<f32, 16> {
 
 fn signal(delta: array<f32, 16>, cell: u32) -> f32 {
     var a = 0.0;
-    for (var j = 0u; j < params.k; j++) {
+    for (var j = 0u; j < kdim(); j++) {
         a += delta[j] * cells[cell].centred_signal[j];
     }
     return a;
@@ -114,7 +114,7 @@ fn moving_average_state(lid: u32, group_start: u32, cell: u32) -> vec2<f32> {
 
 @compute @workgroup_size(64)
 fn main(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: vec3<u32>) {
-    let k = params.k;
+    let k = kdim();
     let group_start = wid.x * REPS_PER_GROUP;
     let first_rep = group_start + lid * REPS_PER_THREAD;
     for (var cell = 0u; cell < params.n_cells; cell++) {

@@ -335,11 +335,13 @@ impl GpuEngine {
                 let last = ranges.peek().is_none();
                 if last {
                     self.score.encode_moments(
+                        &self.ctx,
+                        dim_of(&job.params),
                         &mut encoder,
                         self.ctx.timestamps("score-function moments"),
                         &res.score_moments_group,
                         reps,
-                    );
+                    )?;
                     if reps >= REP_ALIGN {
                         let offset = u64::from(reps - REP_ALIGN) * ROW_BYTES;
                         encoder.copy_buffer_to_buffer(
@@ -418,20 +420,24 @@ impl GpuEngine {
                     first = false;
                 }
                 self.relaxed.encode_draws(
+                    &self.ctx,
+                    dim_of(&job.params),
                     &mut encoder,
                     self.ctx.timestamps("relaxed draws"),
                     &res.relaxed_draws_group,
                     reps,
                     threads,
-                );
+                )?;
                 let last = ranges.peek().is_none();
                 if last {
                     self.relaxed.encode_moments(
+                        &self.ctx,
+                        dim_of(&job.params),
                         &mut encoder,
                         self.ctx.timestamps("relaxed moments"),
                         &res.relaxed_moments_group,
                         reps,
-                    );
+                    )?;
                     copy_partials(&mut encoder, res, reps, cells.len(), dim_of(&job.params));
                 }
                 self.ctx.resolve_timestamps(&mut encoder);
@@ -930,7 +936,15 @@ impl GpuEngine {
                 first = false;
             }
             self.relaxed
-                .encode_draws(&mut encoder, None, &res.relaxed_draws_group, reps, threads);
+                .encode_draws(
+                    &self.ctx,
+                    k,
+                    &mut encoder,
+                    None,
+                    &res.relaxed_draws_group,
+                    reps,
+                    threads,
+                )?;
             if ranges.peek().is_none() {
                 encoder.copy_buffer_to_buffer(&res.sums, 0, &staging, 0, bytes);
             }
