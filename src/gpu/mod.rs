@@ -46,13 +46,14 @@ pub use mesa::quiet_mesa;
 pub use profile::KernelTime;
 
 use crate::draws::RelaxedTable;
+use crate::engine::REP_BLOCK;
 use crate::engine::{path_of, BackendInfo, Cell, Engine, Path, PointMoments, SweepSpec};
 use crate::error::{Error, Result};
 use crate::estimators::{
     warmed_baseline, warmed_counts_baselines, Context, Estimator, Family, MovingAverage,
 };
 use crate::philox::key_of;
-use crate::stats::EstimateMoments;
+use crate::stats::{EstimateMoments, MomentSums, PUSH_BATCH};
 use chunks::{threads_per_rep, REPS_PER_GROUP, REP_ALIGN};
 use params::{PointTable, RelaxedCell, ScoreCell, SweepParams, MAX_K, MAX_RELAXED_CELLS};
 use relaxed::{RelaxedKernels, RELAXED_WG};
@@ -935,16 +936,15 @@ impl GpuEngine {
                 encoder.clear_buffer(&res.sums, 0, Some(bytes));
                 first = false;
             }
-            self.relaxed
-                .encode_draws(
-                    &self.ctx,
-                    k,
-                    &mut encoder,
-                    None,
-                    &res.relaxed_draws_group,
-                    reps,
-                    threads,
-                )?;
+            self.relaxed.encode_draws(
+                &self.ctx,
+                k,
+                &mut encoder,
+                None,
+                &res.relaxed_draws_group,
+                reps,
+                threads,
+            )?;
             if ranges.peek().is_none() {
                 encoder.copy_buffer_to_buffer(&res.sums, 0, &staging, 0, bytes);
             }
@@ -965,7 +965,8 @@ impl GpuEngine {
     /// The generic score-function pass of one point: the moments of every cell of `cells`
     /// (loss index into `contexts`, the contexts of `spec`'s losses; estimator with a
     /// score-function lowering) over all repetitions, each estimate finished on the host in
-    /// repetition order (see [`generic`]). `run_point` runs it for the cells it lowers; the
+    /// repetition order (see [`generic`]) and added to power sums as on the CPU engine
+    /// ([`MomentSums`]), the cells in parallel. `run_point` runs it for the cells it lowers; the
     /// benches time it alone (the contexts, with their exact or reference gradients, made
     /// once outside).
     ///
@@ -989,13 +990,20 @@ impl GpuEngine {
             .collect();
         let plan = generic::GenericPlan::new(&spec.problem, contexts, &refs, samples)?;
         let dim = plan.dim();
-        // Moving-average baselines enter the measurement warmed up, as on the CPU engine.
+        // Moving-average baselines enter the measurement warmed up, as on the CPU engine (in
+        // parallel over the cells: each warm-up evaluates the loss on the CPU).
         let mut baselines: Vec<MovingAverage> = cells
-            .iter()
+            .par_iter()
             .map(|&(li, e)| {
                 let ctx = &contexts[li];
                 warmed_baseline(e, ctx, key_of(spec.seed), point as u32, samples, spec.reps)
             })
+            .collect();
+        // Each cell's estimates go into the moments as on the CPU engine: batches of
+        // PUSH_BATCH estimates (coordinate-major) into power sums (vectorised, no division per
+        // value), flushed into the moments every REP_BLOCK repetitions and at the end.
+        let mut accumulators: Vec<(Option<MomentSums>, Vec<f64>, usize)> = (0..cells.len())
+            .map(|_| (None, vec![0.0; dim * PUSH_BATCH], 0))
             .collect();
         generic::run(
             &self.ctx,
@@ -1012,13 +1020,32 @@ impl GpuEngine {
                 moments
                     .par_iter_mut()
                     .zip(baselines.par_iter_mut())
+                    .zip(accumulators.par_iter_mut())
                     .enumerate()
-                    .for_each(|(c, (m, baseline))| {
+                    .for_each(|(c, ((m, baseline), (sums, batch, in_batch)))| {
                         let grad = &contexts[plan.cells[c].loss_index].grad;
                         let mut estimate = vec![0.0; dim];
                         for r in 0..chunk.reps as usize {
                             plan.finish(c, chunk, r, samples, baseline, &mut estimate);
-                            m.push(&estimate, grad);
+                            let block = sums.get_or_insert_with(|| MomentSums::new(m));
+                            for (j, &v) in estimate.iter().enumerate() {
+                                batch[j * PUSH_BATCH + *in_batch] = v;
+                            }
+                            *in_batch += 1;
+                            if *in_batch == PUSH_BATCH {
+                                block.push_batch(batch, *in_batch, grad);
+                                *in_batch = 0;
+                            }
+                            let done = chunk.rep_begin + r as u32 + 1;
+                            if done % REP_BLOCK == 0 || done == spec.reps {
+                                if *in_batch > 0 {
+                                    block.push_batch(batch, *in_batch, grad);
+                                    *in_batch = 0;
+                                }
+                                if let Some(mut block) = sums.take() {
+                                    block.flush_into(m);
+                                }
+                            }
                         }
                     });
                 progress(u64::from(chunk.reps) * u64::from(samples));

@@ -57,7 +57,10 @@ pub struct PerK {
 impl PerK {
     /// The kernel `source` (which must hold [`SPECIAL_K_LINE`]), no pipeline built yet.
     pub fn new(label: &'static str, source: &'static str) -> Self {
-        debug_assert!(source.contains(SPECIAL_K_LINE), "{label} has no SPECIAL_K line");
+        debug_assert!(
+            source.contains(SPECIAL_K_LINE),
+            "{label} has no SPECIAL_K line"
+        );
         Self {
             label,
             source,
