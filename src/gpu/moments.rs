@@ -47,9 +47,9 @@ pub fn merge_partials(
             let n = f64::from(partial[5 * (k + 2)]);
             let n_cos = f64::from(partial[5 * (k + 2) + 1]);
             if n > 0.0 {
-                for q in 0..k {
+                for (q, &g) in grads[c][..k].iter().enumerate() {
                     let mut m = scalar(partial, q, n);
-                    m.mean += grads[c][q];
+                    m.mean += g;
                     cell.coords[q].merge(&m);
                 }
                 cell.sq_error.merge(&scalar(partial, k, n));
@@ -78,8 +78,8 @@ mod tests {
         for &x in xs {
             let d = x - shift;
             out[1] += x as f32;
-            for p in 2..=4 {
-                out[p] += d.powi(p as i32) as f32;
+            for (p, o) in out.iter_mut().enumerate().skip(2) {
+                *o += d.powi(p as i32) as f32;
             }
         }
         out
