@@ -40,3 +40,53 @@ pub const GENERIC_SCORES: &str = kernel!("generic_common.wgsl", "generic_scores.
 pub const INDECATER: &str = kernel!("generic_common.wgsl", "generic_loss.wgsl", "indecater.wgsl");
 /// Their sums over the draws.
 pub const CONDITIONAL_SUMS: &str = kernel!("generic_common.wgsl", "conditional_sums.wgsl");
+
+/// The line of a kernel that fixes K at pipeline creation (0: read K from the parameters).
+const SPECIAL_K_LINE: &str = "const SPECIAL_K: u32 = 0u;";
+
+/// One kernel's pipelines, one per K, built on first use: the kernel's `SPECIAL_K` constant
+/// set to K, so that its loops over the K categories have constant bounds (the driver
+/// unrolls them and keeps the per-category arrays in registers). The arithmetic is that of
+/// the unspecialised kernel, which reads K from its parameters.
+pub struct PerK {
+    label: &'static str,
+    source: &'static str,
+    pipelines: std::sync::Mutex<Vec<(usize, wgpu::ComputePipeline)>>,
+}
+
+impl PerK {
+    /// The kernel `source` (which must hold [`SPECIAL_K_LINE`]), no pipeline built yet.
+    pub fn new(label: &'static str, source: &'static str) -> Self {
+        debug_assert!(
+            source.contains(SPECIAL_K_LINE),
+            "{label} has no SPECIAL_K line"
+        );
+        Self {
+            label,
+            source,
+            pipelines: std::sync::Mutex::new(Vec::new()),
+        }
+    }
+
+    /// The pipeline for K = `k` with bind group `layout`, built on first use.
+    ///
+    /// # Errors
+    /// [`crate::Error::Gpu`] if the kernel does not build on this adapter.
+    pub fn get(
+        &self,
+        ctx: &crate::gpu::GpuContext,
+        layout: &wgpu::BindGroupLayout,
+        k: usize,
+    ) -> crate::Result<wgpu::ComputePipeline> {
+        let mut cache = self.pipelines.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some((_, p)) = cache.iter().find(|(kk, _)| *kk == k) {
+            return Ok(p.clone());
+        }
+        let source = self
+            .source
+            .replace(SPECIAL_K_LINE, &format!("const SPECIAL_K: u32 = {k}u;"));
+        let pipeline = ctx.compute_pipeline(self.label, &source, layout)?;
+        cache.push((k, pipeline.clone()));
+        Ok(pipeline)
+    }
+}
