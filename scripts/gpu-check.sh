@@ -10,7 +10,8 @@ for f in .gl/*.deb; do dpkg -x $f /; done; ldconfig;
 #      the decoder loss's share of the FP32 peak (MCGRAD_FP32_PEAK, FLOP/s), each with its
 #      kernels' device times from timestamp queries, and the counts kernel's workgroup sweep;
 #      then the forward layer's bench;
-#   3. the default `mcgrad run --backend gpu`, and `mcgrad train` on the CPU and the GPU.
+#   3. the default `mcgrad run --backend gpu`, and `mcgrad train` on the CPU and the GPU (the
+#      whole step on the GPU, then the round-trip path, MCGRAD_TRAIN_ROUND_TRIP=1).
 # Everything goes under $OUT (at most 8 files): machine.txt, tests.txt, bench.txt (criterion's
 # raw output), criterion.tar.gz (criterion's estimates.json files), run.txt, run-summary.csv,
 # train.txt. Copy them into results/gpu/ (as h100-*.txt, ...) and the figures into
@@ -72,5 +73,7 @@ cp /tmp/mcgrad-gpu-run/summary.csv "$OUT/run-summary.csv" 2>/dev/null || true
 for backend in cpu gpu; do
     run_step train.txt 90 bash -c "time .device/bin/mcgrad train --backend $backend --quiet --out /tmp/train-$backend" || true
 done
+# The GPU's earlier training path (a round trip per step), to compare with the whole step.
+run_step train.txt 60 bash -c "time MCGRAD_TRAIN_ROUND_TRIP=1 .device/bin/mcgrad train --backend gpu --quiet --out /tmp/train-gpu-round-trip" || true
 echo "total wall ${SECONDS} s" | tee -a "$OUT/machine.txt"
 exit "$status"
