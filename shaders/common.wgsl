@@ -1,7 +1,7 @@
 // Shared by every mcgrad kernel; src/gpu/shaders.rs prepends it to each kernel file.
 // Owns: the Philox4x32-10 generator and its counter layout (keep in sync with src/philox.rs),
 // the uniforms, the sweep parameters and tables (keep in sync with src/gpu/params.rs), and
-// the Gumbel noise. (The moments kernels' reduction is shaders/moments.wgsl.)
+// f32 streaming moments (the Chan/Pebay merge of src/stats.rs).
 
 const PHILOX_M0: u32 = 0xD2511F53u;
 const PHILOX_M1: u32 = 0xCD9E8D57u;
@@ -62,6 +62,15 @@ struct PointTable {
     _pad0: u32,
     _pad1: u32,
     _pad2: u32,
+}
+
+// Streaming central moments of one scalar, in f32 within a workgroup.
+struct PartialMoments {
+    n: f32,
+    mean: f32,
+    m2: f32,
+    m3: f32,
+    m4: f32,
 }
 
 // The training draws' parameters (train_categorical.wgsl, train_gumbel.wgsl).
@@ -139,32 +148,38 @@ fn accurate_log(x: f32) -> f32 {
     return 2.0 * s * (poly * s2 + 1.0);
 }
 
-// ln(x) for a positive, finite, normal x by the CPU's `fastmath::ln` arithmetic (branch-free,
-// no driver log, relative error below 4e-7; equal to the CPU's up to the driver's fusing of
-// multiply-adds): x = 2^e m with m in [sqrt(1/2), sqrt(2)), ln m = 2 atanh(t),
-// t = (m - 1) / (m + 1) (m - 1 is exact), odd series to t^9.
-fn fast_ln(x: f32) -> f32 {
-    let bits = bitcast<u32>(x);
-    var e = i32((bits >> 23u) & 0xffu) - 127;
-    var m = bitcast<f32>((bits & 0x007fffffu) | 0x3f800000u);
-    let big = m > 1.4142135;
-    m = select(m, m * 0.5, big);
-    e += select(0, 1, big);
-    let t = (m - 1.0) / (m + 1.0);
-    let t2 = t * t;
-    let poly = 1.0 + t2 * (1.0 / 3.0 + t2 * (1.0 / 5.0 + t2 * (1.0 / 7.0 + t2 * (1.0 / 9.0))));
-    return f32(e) * 0.6931472 + 2.0 * t * poly;
-}
-
-// Gumbel noise -log(-log u) of one random word as the CPU's `draws::gumbel` computes it
-// (fast_ln twice: no branch, so no divergence within a subgroup).
-fn gumbel_fast(word: u32) -> f32 {
-    return -fast_ln(-fast_ln(open_uniform(word)));
-}
-
 // Gumbel noise -log(-log u) of one random word.
 fn gumbel(word: u32) -> f32 {
     return -accurate_log(-accurate_log(open_uniform(word)));
+}
+
+fn moments_of(x: f32, valid: bool) -> PartialMoments {
+    if valid {
+        return PartialMoments(1.0, x, 0.0, 0.0, 0.0);
+    }
+    return PartialMoments(0.0, 0.0, 0.0, 0.0, 0.0);
+}
+
+// Merges the moments of two sets of values (Chan et al.; Pebay 2008), as Moments::merge.
+fn moments_merge(a: PartialMoments, b: PartialMoments) -> PartialMoments {
+    if b.n == 0.0 {
+        return a;
+    }
+    if a.n == 0.0 {
+        return b;
+    }
+    let na = a.n;
+    let nb = b.n;
+    let n = na + nb;
+    let d = b.mean - a.mean;
+    let d2 = d * d;
+    let m2 = a.m2 + b.m2 + d2 * na * nb / n;
+    let m3 = a.m3 + b.m3 + d2 * d * na * nb * (na - nb) / (n * n)
+        + 3.0 * d * (na * b.m2 - nb * a.m2) / n;
+    let m4 = a.m4 + b.m4 + d2 * d2 * na * nb * (na * na - na * nb + nb * nb) / (n * n * n)
+        + 6.0 * d2 * (na * na * b.m2 + nb * nb * a.m2) / (n * n)
+        + 4.0 * d * (na * b.m3 - nb * a.m3) / n;
+    return PartialMoments(n, a.mean + d * nb / n, m2, m3, m4);
 }
 
 // One (loss, score-function estimator) (keep in sync with `ScoreCell` in src/gpu/params.rs).

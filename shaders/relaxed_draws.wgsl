@@ -3,7 +3,7 @@
 // (n_cells x 16 per repetition). CPU twin: `draws::RelaxedTable::draw` and each relaxed
 // estimator's `add_relaxed_draw` (as `relaxed_repetition` in src/engine.rs runs them).
 //
-// Per draw: G_c = -log(-log u) (gumbel_fast, the CPU's logarithm) from word c % 4 of Philox block (draw, lane c / 4) on the
+// Per draw: G_c = -log(-log u) from word c % 4 of Philox block (draw, lane c / 4) on the
 // Gumbel stream; h = (a - max a) + G; z = argmax h (first maximum); y = softmax(h / tau) in
 // f32 exactly as the CPU computes it. The losses are quadratic forms, so
 // v = grad f(y) = 2 alpha y + beta serves every loss (v = 2 alpha e_z + beta straight
@@ -19,16 +19,6 @@
 @group(0) @binding(3) var<storage, read_write> sums: array<f32>;
 
 
-// K: fixed per pipeline where SPECIAL_K is nonzero (src/gpu/shaders.rs `PerK` sets it, so
-// the loops over the categories have constant bounds), else the parameters' K.
-const SPECIAL_K: u32 = 0u;
-fn kdim() -> u32 {
-    if SPECIAL_K != 0u {
-        return SPECIAL_K;
-    }
-    return params.k;
-}
-
 const RELAXED_WG: u32 = 128u;
 // At most this many relaxed cells (3 losses x 2 estimators).
 const MAX_RELAXED_CELLS: u32 = 6u;
@@ -37,7 +27,7 @@ var<workgroup> lane_sums: array<f32, 2048>;
 
 @compute @workgroup_size(128)
 fn main(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: vec3<u32>) {
-    let k = kdim();
+    let k = params.k;
     let lanes = params.threads_per_rep;
     let lane = lid % lanes;
     let rep_local = wid.x * (RELAXED_WG / lanes) + lid / lanes;
@@ -60,7 +50,7 @@ fn main(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: v
                 if c % 4u == 0u {
                     words = philox4x32_10(philox_counter(draw, rep, STREAM_GUMBEL, c / 4u, params.point), params.key);
                 }
-                h[c] = table.shifted_logits[c] + gumbel_fast(words[c % 4u]);
+                h[c] = table.shifted_logits[c] + gumbel(words[c % 4u]);
                 if h[c] > hmax {
                     hmax = h[c];
                     z = c;

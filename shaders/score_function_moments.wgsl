@@ -1,7 +1,6 @@
-// The score-function estimates and their moments: each thread turns REPS_PER_THREAD
-// consecutive repetitions' category counts into every score-function cell's S-draw estimate
-// and adds their shifted power sums in registers; the workgroup adds the threads' sums and
-// writes one partial per cell (moments.wgsl). CPU twin: the `Family::ScoreFunction` arm of
+// The score-function estimates and their moments: one thread per repetition turns the
+// repetition's category counts into every score-function cell's S-draw estimate and the
+// workgroup reduces them (moments.wgsl). CPU twin: the `Family::ScoreFunction` arm of
 // `cpu_point` in src/engine.rs with each estimator's `estimate_from_counts`.
 //
 // Every score-function estimate has the form g_hat_j = scale sum_k n_k (L_k - b)(e_k - p)_j
@@ -11,14 +10,9 @@
 // deviation this way keeps f32's digits for low-variance estimators.
 //
 // Baselines: none (b = 0); leave-one-out (b = mean of the S draws' losses, b' = A / S); or a
-// moving average of earlier repetitions' A / S (decay 0.9, bias-corrected). The moving
-// average of a repetition covers at least the WINDOW = 256 repetitions before it (older ones
-// weigh below 0.9^256 < 2e-12): the workgroup's window is the 256 repetitions before its
-// first (4 per thread) and its own 512 (8 per thread); each thread sums its segments' EMA
-// states from zero, and a thread's state before its first repetition is the segments before
-// it, each decayed by 0.9^length (a scan over workgroup memory). The window reaches into the
-// previous chunk through `counts_history` (its last WINDOW repetitions' counts); at the
-// point's repetition 0 the average resumes from its warmed-up state.
+// moving average of earlier repetitions' A / S (decay 0.9, bias-corrected, over the last
+// MOMENTS_WG repetitions: older ones weigh below 0.9^256 < 2e-12). The window reaches into
+// the previous chunk through `counts_history` (its last MOMENTS_WG repetitions' counts).
 //
 // Hard-draw cells (CELL_HARD_DRAW: st, reinmax; CPU twin their `estimate_from_counts`): the
 // estimate is (1/S) sum_c n_c G_c with G_c = g(e_c), so g_hat_j - g_j =
@@ -29,23 +23,23 @@
 @group(0) @binding(2) var<storage, read> cells: array<ScoreCell>;
 @group(0) @binding(3) var<storage, read> counts: array<u32>;
 @group(0) @binding(4) var<storage, read> counts_history: array<u32>;
-@group(0) @binding(5) var<storage, read_write> partials: array<f32>;
+@group(0) @binding(5) var<storage, read_write> partials: array<PartialMoments>;
+
 
 const EMA_DECAY: f32 = 0.9;
-// Repetitions of the moving-average window before a workgroup (counts_history holds them
-// for the chunk's first workgroup), 4 per thread.
-const WINDOW: u32 = 256u;
-const PRE_PER_THREAD: u32 = 4u;
+
+// Signals of the window: entry i is repetition (group start - MOMENTS_WG + i) of the chunk.
+var<workgroup> window: array<f32, 512>;
 
 // delta_k = n_k - S p_k of chunk repetition `rel` (negative: the previous chunk's last ones).
 fn deltas(rel: i32) -> array<f32, 16> {
     var out: array<f32, 16>;
-    for (var j = 0u; j < kdim(); j++) {
+    for (var j = 0u; j < params.k; j++) {
         var n: u32;
         if rel >= 0 {
             n = counts[u32(rel) * MAX_K + j];
         } else {
-            n = counts_history[u32(rel + i32(WINDOW)) * MAX_K + j];
+            n = counts_history[u32(rel + i32(MOMENTS_WG)) * MAX_K + j];
         }
         // Exact when n is near S p_j (Sterbenz), then the remainder.
         out[j] = (f32(n) - table.expected_hi[j]) - table.expected_lo[j];
@@ -55,123 +49,83 @@ fn deltas(rel: i32) -> array<f32, 16> {
 
 fn signal(delta: array<f32, 16>, cell: u32) -> f32 {
     var a = 0.0;
-    for (var j = 0u; j < kdim(); j++) {
+    for (var j = 0u; j < params.k; j++) {
         a += delta[j] * cells[cell].centred_signal[j];
     }
     return a;
 }
 
-// One EMA step of the state (weighted sum, weight) with the value x.
-fn ema_step(state: vec2<f32>, x: f32) -> vec2<f32> {
-    return EMA_DECAY * state + (1.0 - EMA_DECAY) * vec2<f32>(x, 1.0);
-}
-
-// The moving average's state before thread `lid`'s first repetition (see the header).
-// Call from uniform control flow.
-fn moving_average_state(lid: u32, group_start: u32, cell: u32) -> vec2<f32> {
-    // The window before the workgroup: all of it in the point, or all before repetition 0
-    // (group starts are multiples of WINDOW within the point).
-    let at_point_start = params.rep_begin + group_start < WINDOW;
-    var pre = vec2<f32>(0.0);
-    if at_point_start {
-        if lid == MOMENTS_WG - 1u {
-            pre = vec2<f32>(cells[cell].warm_sum, cells[cell].warm_weight);
-        }
-    } else {
-        for (var i = 0u; i < PRE_PER_THREAD; i++) {
-            let rel = i32(group_start + PRE_PER_THREAD * lid + i) - i32(WINDOW);
-            pre = ema_step(pre, signal(deltas(rel), cell) / params.samples_f);
-        }
-    }
-    var own = vec2<f32>(0.0);
-    for (var i = 0u; i < REPS_PER_THREAD; i++) {
-        let rel = group_start + REPS_PER_THREAD * lid + i;
-        var s = 0.0;
-        if rel < params.chunk_reps {
-            s = signal(deltas(i32(rel)), cell) / params.samples_f;
-        }
-        own = ema_step(own, s);
-    }
-    reduce_rows[2u * lid] = pre.x;
-    reduce_rows[2u * lid + 1u] = pre.y;
-    reduce_rows[2u * (MOMENTS_WG + lid)] = own.x;
-    reduce_rows[2u * (MOMENTS_WG + lid) + 1u] = own.y;
-    workgroupBarrier();
-    // Decay over a segment of PRE_PER_THREAD and of REPS_PER_THREAD repetitions.
-    let decay_pre = pow(EMA_DECAY, f32(PRE_PER_THREAD));
-    let decay_own = pow(EMA_DECAY, f32(REPS_PER_THREAD));
-    var state = vec2<f32>(0.0);
-    for (var u = 0u; u < MOMENTS_WG; u++) {
-        state = decay_pre * state + vec2<f32>(reduce_rows[2u * u], reduce_rows[2u * u + 1u]);
-    }
-    for (var u = 0u; u < lid; u++) {
-        let v = MOMENTS_WG + u;
-        state = decay_own * state + vec2<f32>(reduce_rows[2u * v], reduce_rows[2u * v + 1u]);
-    }
-    workgroupBarrier();
-    return state;
-}
-
-@compute @workgroup_size(64)
+@compute @workgroup_size(256)
 fn main(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: vec3<u32>) {
-    let k = kdim();
-    let group_start = wid.x * REPS_PER_GROUP;
-    let first_rep = group_start + lid * REPS_PER_THREAD;
+    let k = params.k;
+    let group_start = wid.x * MOMENTS_WG;
+    let rep_local = group_start + lid;
+    let in_chunk = rep_local < params.chunk_reps;
+    // The repetition's index within the sweep point (meaningful where in_chunk).
+    let rep = params.rep_begin + rep_local;
+    var delta: array<f32, 16>;
+    if in_chunk {
+        delta = deltas(i32(rep_local));
+    }
     for (var cell = 0u; cell < params.n_cells; cell++) {
-        let base = (wid.x * params.n_cells + cell) * partial_stride();
+        let a = signal(delta, cell);
         let baseline = cells[cell].baseline;
-        let scale = cells[cell].scale;
-        let cosine = cells[cell].cosine != 0u;
+        var b_shift = -cells[cell].mean_signal;
+        if baseline == BASELINE_LEAVE_ONE_OUT {
+            b_shift = a / params.samples_f;
+        }
+        if baseline == BASELINE_MOVING_AVERAGE {
+            for (var i = lid; i < 2u * MOMENTS_WG; i += MOMENTS_WG) {
+                let rel = i32(group_start + i) - i32(MOMENTS_WG);
+                var s = 0.0;
+                // Only repetitions of this point: the global index rep_begin + rel >= 0.
+                let in_point = rel >= 0 || params.rep_begin >= u32(-rel);
+                if rel < i32(params.chunk_reps) && in_point {
+                    s = signal(deltas(rel), cell) / params.samples_f;
+                }
+                window[i] = s;
+            }
+            workgroupBarrier();
+            // window[lid + m] is repetition rep - MOMENTS_WG + m; the earliest is repetition 0.
+            // Reaching back to repetition 0, the average resumes from its warmed-up state.
+            var first = 0u;
+            var sum = 0.0;
+            var weight = 0.0;
+            if rep < MOMENTS_WG {
+                first = MOMENTS_WG - rep;
+                sum = cells[cell].warm_sum;
+                weight = cells[cell].warm_weight;
+            }
+            for (var m = first; m < MOMENTS_WG; m++) {
+                sum = EMA_DECAY * sum + (1.0 - EMA_DECAY) * window[lid + m];
+                weight = EMA_DECAY * weight + (1.0 - EMA_DECAY);
+            }
+            // Without a warm-up, before any repetition the baseline is 0, i.e. b' = -p.L.
+            if weight > 0.0 {
+                b_shift = sum / weight;
+            }
+            workgroupBarrier();
+        }
+        var d: array<f32, 16>;
         var g: array<f32, 16>;
+        let scale = cells[cell].scale;
+        if baseline == CELL_HARD_DRAW {
+            for (var j = 0u; j < k; j++) {
+                var acc = 0.0;
+                for (var c = 0u; c < k; c++) {
+                    acc += delta[c] * cells[cell].per_category[c * MAX_K + j];
+                }
+                d[j] = scale * acc + cells[cell].kappa[j];
+                g[j] = cells[cell].grad[j];
+            }
+            reduce_cell(lid, wid.x, cell, d, g, in_chunk, cells[cell].cosine != 0u);
+            continue;
+        }
         for (var j = 0u; j < k; j++) {
+            let lt = cells[cell].centred_signal[j];
+            d[j] = scale * (delta[j] * lt - table.p[j] * a - b_shift * delta[j]) + cells[cell].kappa[j];
             g[j] = cells[cell].grad[j];
         }
-        var ema = vec2<f32>(0.0);
-        if baseline == BASELINE_MOVING_AVERAGE {
-            ema = moving_average_state(lid, group_start, cell);
-        }
-        var acc: PowerSums;
-        var shift: array<f32, 18>;
-        for (var i = 0u; i < REPS_PER_THREAD; i++) {
-            let rep_local = first_rep + i;
-            let valid = rep_local < params.chunk_reps;
-            var delta: array<f32, 16>;
-            if valid {
-                delta = deltas(i32(rep_local));
-            }
-            var d: array<f32, 16>;
-            if baseline == CELL_HARD_DRAW {
-                for (var j = 0u; j < k; j++) {
-                    var sum = 0.0;
-                    for (var c = 0u; c < k; c++) {
-                        sum += delta[c] * cells[cell].per_category[c * MAX_K + j];
-                    }
-                    d[j] = scale * sum + cells[cell].kappa[j];
-                }
-            } else {
-                let a = signal(delta, cell);
-                var b_shift = -cells[cell].mean_signal;
-                if baseline == BASELINE_LEAVE_ONE_OUT {
-                    b_shift = a / params.samples_f;
-                }
-                if baseline == BASELINE_MOVING_AVERAGE {
-                    // Without a warm-up, before any repetition the baseline is 0: b' = -p.L.
-                    if ema.y > 0.0 {
-                        b_shift = ema.x / ema.y;
-                    }
-                    ema = ema_step(ema, a / params.samples_f);
-                }
-                for (var j = 0u; j < k; j++) {
-                    let lt = cells[cell].centred_signal[j];
-                    d[j] = scale * (delta[j] * lt - table.p[j] * a - b_shift * delta[j]) + cells[cell].kappa[j];
-                }
-            }
-            let vals = estimate_values(d, g, cosine);
-            if i == 0u {
-                shift = share_shifts(lid, base, vals, valid);
-            }
-            accumulate(&acc, vals, shift, valid);
-        }
-        reduce_sums(lid, base, acc);
+        reduce_cell(lid, wid.x, cell, d, g, in_chunk, cells[cell].cosine != 0u);
     }
 }

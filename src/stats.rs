@@ -465,7 +465,7 @@ unsafe fn avx2_power_lanes(x: &[f64], c: f64, keep: Option<&[u64]>, acc: &mut [[
 }
 
 /// The moments of `n` values from the sums of the powers of their deviations from `shift`.
-pub fn central(n: u64, shift: f64, [s1, s2, s3, s4]: [f64; 4]) -> Moments {
+fn central(n: u64, shift: f64, [s1, s2, s3, s4]: [f64; 4]) -> Moments {
     let nf = n as f64;
     let mu = s1 / nf;
     let mu2 = mu * mu;

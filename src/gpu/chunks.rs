@@ -1,7 +1,7 @@
 //! Splitting a sweep point's S x R draws into chunks that fit one dispatch and bounded
-//! buffers: repetitions in chunks of a multiple of 256 (the moving-average window of the
-//! moments kernel, so a window of 256 repetitions before a workgroup always reaches back into
-//! exactly the previous chunk), and, where S alone is too large for one submit, draws in ranges of a
+//! buffers: repetitions in chunks of a multiple of 256 (the moments kernels' workgroup, so
+//! the moving-average window of 256 repetitions always reaches back into exactly the
+//! previous chunk), and, where S alone is too large for one submit, draws in ranges of a
 //! multiple of 4 (a Philox block). All arithmetic is in u32 per field and u64 for products,
 //! so counters never wrap: a repetition and a block index each keep their own 32-bit field.
 
@@ -15,25 +15,18 @@ pub struct ChunkLimits {
 }
 
 impl Default for ChunkLimits {
-    /// 2^18 repetitions and 2^28 draws per submit: a few ms of an H100, so progress is
-    /// reported often and memory stays small (the counts of a chunk are 16 MiB; its partial
-    /// moments, one per 512 repetitions, a few MiB). Each chunk is one submit and one
-    /// readback, so fewer, larger chunks cost less at small S.
+    /// 65536 repetitions and 2^28 draws per submit: about 13 ms of an H100, so progress is
+    /// reported often and memory stays small (a few tens of MB).
     fn default() -> Self {
         Self {
-            max_reps: 1 << 18,
+            max_reps: 1 << 16,
             max_draws: 1 << 28,
         }
     }
 }
 
-/// Chunks hold a multiple of this many repetitions: the moving-average window before a
-/// moments workgroup (keep in sync with `WINDOW` in shaders/score_function_moments.wgsl).
+/// Repetitions per moments workgroup (keep in sync with `MOMENTS_WG` in shaders/moments.wgsl).
 pub const REP_ALIGN: u32 = 256;
-
-/// Repetitions per moments workgroup, each writing one partial per cell (keep in sync with
-/// `REPS_PER_GROUP` in shaders/moments.wgsl; a multiple of [`REP_ALIGN`]).
-pub const REPS_PER_GROUP: u32 = 512;
 
 /// The chunking of one sweep point.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -6,9 +6,8 @@
 //! One [`GpuContext`] (instance, adapter, device, queue) is made per engine; pipelines are
 //! built once and buffers grow once to the largest chunk, then are reused across the sweep.
 //! Per sweep point and family, every chunk of repetitions ([`chunks`]) is one submit: the
-//! draws kernel, the moments kernel and a copy of the small per-workgroup partials (shifted
-//! power sums of 512 repetitions' estimates), which the host turns into central moments and
-//! merges in f64 ([`moments`]). Several variables and the other losses run
+//! draws kernel, the moments kernel and a copy of the small per-workgroup partial moments,
+//! which the host merges in f64 ([`moments`]). Several variables and the other losses run
 //! on the generic path ([`generic`]): joint draws, per-draw signals and per-repetition sums
 //! on the GPU, each cell's estimate finished on the host in repetition order. Kernel sources
 //! live in `shaders/`, one file per kernel; each launch is a small function in
@@ -47,16 +46,17 @@ pub use mesa::quiet_mesa;
 pub use profile::KernelTime;
 
 use crate::draws::RelaxedTable;
-use crate::engine::REP_BLOCK;
 use crate::engine::{path_of, BackendInfo, Cell, Engine, Path, PointMoments, SweepSpec};
 use crate::error::{Error, Result};
 use crate::estimators::{
     warmed_baseline, warmed_counts_baselines, Context, Estimator, Family, MovingAverage,
 };
 use crate::philox::key_of;
-use crate::stats::{EstimateMoments, MomentSums, PUSH_BATCH};
-use chunks::{threads_per_rep, REPS_PER_GROUP, REP_ALIGN};
-use params::{PointTable, RelaxedCell, ScoreCell, SweepParams, MAX_K, MAX_RELAXED_CELLS};
+use crate::stats::EstimateMoments;
+use chunks::{threads_per_rep, REP_ALIGN};
+use params::{
+    PartialMoments, PointTable, RelaxedCell, ScoreCell, SweepParams, MAX_K, MAX_RELAXED_CELLS,
+};
 use relaxed::{RelaxedKernels, RELAXED_WG};
 use score_function::ScoreFunctionKernels;
 
@@ -97,8 +97,9 @@ impl Resources {
     fn new(engine: &GpuEngine, chunk_reps: u32, score_cells: usize) -> Self {
         let ctx = &engine.ctx;
         use wgpu::BufferUsages as U;
-        let partial_len = partial_len(chunk_reps, score_cells.max(MAX_RELAXED_CELLS), MAX_K);
-        let partial_bytes = (partial_len * 4) as u64;
+        let groups = chunk_reps.div_ceil(REP_ALIGN) as usize;
+        let partial_len = groups * score_cells.max(MAX_RELAXED_CELLS) * (MAX_K + 2);
+        let partial_bytes = (partial_len * std::mem::size_of::<PartialMoments>()) as u64;
         let params = ctx.buffer(
             "params",
             std::mem::size_of::<SweepParams>() as u64,
@@ -267,13 +268,12 @@ impl GpuEngine {
         let t_relaxed = threads_per_rep(u64::from(samples), relaxed::DRAWS_PER_THREAD, RELAXED_WG);
         let binding = l.max_storage_buffer_binding_size.min(l.max_buffer_size);
         let by_sums = binding / (MAX_RELAXED_CELLS as u64 * ROW_BYTES);
-        let per_group_partials =
-            partial_len(REPS_PER_GROUP, score_cells.max(MAX_RELAXED_CELLS), MAX_K) as u64 * 4;
-        let by_partials = binding / per_group_partials * u64::from(REPS_PER_GROUP);
+        let per_group_partials = (score_cells.max(MAX_RELAXED_CELLS) * (MAX_K + 2) * 20) as u64;
+        let by_partials = binding / per_group_partials * u64::from(REP_ALIGN);
         let caps = [
             max_groups * u64::from(self.score.counts_wg) / u64::from(t_score),
             max_groups * u64::from(RELAXED_WG) / u64::from(t_relaxed),
-            max_groups * u64::from(REPS_PER_GROUP),
+            max_groups * u64::from(REP_ALIGN),
             by_sums,
             by_partials,
         ];
@@ -337,13 +337,11 @@ impl GpuEngine {
                 let last = ranges.peek().is_none();
                 if last {
                     self.score.encode_moments(
-                        &self.ctx,
-                        dim_of(&job.params),
                         &mut encoder,
                         self.ctx.timestamps("score-function moments"),
                         &res.score_moments_group,
                         reps,
-                    )?;
+                    );
                     if reps >= REP_ALIGN {
                         let offset = u64::from(reps - REP_ALIGN) * ROW_BYTES;
                         encoder.copy_buffer_to_buffer(
@@ -354,7 +352,7 @@ impl GpuEngine {
                             u64::from(REP_ALIGN) * ROW_BYTES,
                         );
                     }
-                    copy_partials(&mut encoder, res, reps, cells.len(), dim_of(&job.params));
+                    copy_partials(&mut encoder, res, reps, cells.len());
                 }
                 self.ctx.resolve_timestamps(&mut encoder);
                 self.ctx.queue.submit([encoder.finish()]);
@@ -422,25 +420,21 @@ impl GpuEngine {
                     first = false;
                 }
                 self.relaxed.encode_draws(
-                    &self.ctx,
-                    dim_of(&job.params),
                     &mut encoder,
                     self.ctx.timestamps("relaxed draws"),
                     &res.relaxed_draws_group,
                     reps,
                     threads,
-                )?;
+                );
                 let last = ranges.peek().is_none();
                 if last {
                     self.relaxed.encode_moments(
-                        &self.ctx,
-                        dim_of(&job.params),
                         &mut encoder,
                         self.ctx.timestamps("relaxed moments"),
                         &res.relaxed_moments_group,
                         reps,
-                    )?;
-                    copy_partials(&mut encoder, res, reps, cells.len(), dim_of(&job.params));
+                    );
+                    copy_partials(&mut encoder, res, reps, cells.len());
                 }
                 self.ctx.resolve_timestamps(&mut encoder);
                 self.ctx.queue.submit([encoder.finish()]);
@@ -453,21 +447,10 @@ impl GpuEngine {
     }
 }
 
-/// K of a dispatch.
-fn dim_of(params: &SweepParams) -> usize {
-    params.k as usize
-}
-
-/// Records the copy of a chunk's partials (`cells` cells of `reps` repetitions, K = `k`)
-/// into the staging buffer.
-fn copy_partials(
-    encoder: &mut wgpu::CommandEncoder,
-    res: &Resources,
-    reps: u32,
-    cells: usize,
-    k: usize,
-) {
-    let bytes = (partial_len(reps, cells, k) * 4) as u64;
+/// Records the copy of a chunk's partial moments (`cells` cells of `reps` repetitions) into
+/// the staging buffer.
+fn copy_partials(encoder: &mut wgpu::CommandEncoder, res: &Resources, reps: u32, cells: usize) {
+    let bytes = (partial_len(reps, cells) * std::mem::size_of::<PartialMoments>()) as u64;
     encoder.copy_buffer_to_buffer(&res.partials, 0, &res.staging, 0, bytes);
 }
 
@@ -488,24 +471,17 @@ impl GpuEngine {
         if !last {
             return self.ctx.check(&format!("running {pass} draws"));
         }
-        let k = moments.first().map_or(0, |m| m.coords.len());
-        let len = partial_len(reps, cells, k);
-        let partials: Vec<f32> =
+        let len = partial_len(reps, cells);
+        let partials: Vec<PartialMoments> =
             self.ctx
                 .read(&res.staging, len, &format!("reading {pass} moments"))?;
-        moments::merge_partials(
-            &partials,
-            reps.div_ceil(REPS_PER_GROUP) as usize,
-            grads,
-            moments,
-        );
+        moments::merge_partials(&partials, reps.div_ceil(REP_ALIGN) as usize, grads, moments);
         Ok(())
     }
 }
 
-/// Floats of the partials of `reps` repetitions' `cells` cells of K = `k` coordinates.
-fn partial_len(reps: u32, cells: usize, k: usize) -> usize {
-    reps.div_ceil(REPS_PER_GROUP) as usize * cells * moments::partial_stride(k)
+fn partial_len(reps: u32, cells: usize) -> usize {
+    reps.div_ceil(REP_ALIGN) as usize * cells * (MAX_K + 2)
 }
 
 impl Engine for GpuEngine {
@@ -632,7 +608,7 @@ impl Engine for GpuEngine {
             let res = guard.as_ref().expect("resources were just made");
             debug_assert!(
                 res.partial_len
-                    >= partial_len(plan.chunk_reps, score_cells.len().max(MAX_RELAXED_CELLS), k)
+                    >= partial_len(plan.chunk_reps, score_cells.len().max(MAX_RELAXED_CELLS))
             );
 
             let table = PointTable::new(
@@ -937,15 +913,8 @@ impl GpuEngine {
                 encoder.clear_buffer(&res.sums, 0, Some(bytes));
                 first = false;
             }
-            self.relaxed.encode_draws(
-                &self.ctx,
-                k,
-                &mut encoder,
-                None,
-                &res.relaxed_draws_group,
-                reps,
-                threads,
-            )?;
+            self.relaxed
+                .encode_draws(&mut encoder, None, &res.relaxed_draws_group, reps, threads);
             if ranges.peek().is_none() {
                 encoder.copy_buffer_to_buffer(&res.sums, 0, &staging, 0, bytes);
             }
@@ -966,8 +935,7 @@ impl GpuEngine {
     /// The generic score-function pass of one point: the moments of every cell of `cells`
     /// (loss index into `contexts`, the contexts of `spec`'s losses; estimator with a
     /// score-function lowering) over all repetitions, each estimate finished on the host in
-    /// repetition order (see [`generic`]) and added to power sums as on the CPU engine
-    /// ([`MomentSums`]), the cells in parallel. `run_point` runs it for the cells it lowers; the
+    /// repetition order (see [`generic`]). `run_point` runs it for the cells it lowers; the
     /// benches time it alone (the contexts, with their exact or reference gradients, made
     /// once outside).
     ///
@@ -991,20 +959,13 @@ impl GpuEngine {
             .collect();
         let plan = generic::GenericPlan::new(&spec.problem, contexts, &refs, samples)?;
         let dim = plan.dim();
-        // Moving-average baselines enter the measurement warmed up, as on the CPU engine (in
-        // parallel over the cells: each warm-up evaluates the loss on the CPU).
+        // Moving-average baselines enter the measurement warmed up, as on the CPU engine.
         let mut baselines: Vec<MovingAverage> = cells
-            .par_iter()
+            .iter()
             .map(|&(li, e)| {
                 let ctx = &contexts[li];
                 warmed_baseline(e, ctx, key_of(spec.seed), point as u32, samples, spec.reps)
             })
-            .collect();
-        // Each cell's estimates go into the moments as on the CPU engine: batches of
-        // PUSH_BATCH estimates (coordinate-major) into power sums (vectorised, no division per
-        // value), flushed into the moments every REP_BLOCK repetitions and at the end.
-        let mut accumulators: Vec<(Option<MomentSums>, Vec<f64>, usize)> = (0..cells.len())
-            .map(|_| (None, vec![0.0; dim * PUSH_BATCH], 0))
             .collect();
         generic::run(
             &self.ctx,
@@ -1021,32 +982,13 @@ impl GpuEngine {
                 moments
                     .par_iter_mut()
                     .zip(baselines.par_iter_mut())
-                    .zip(accumulators.par_iter_mut())
                     .enumerate()
-                    .for_each(|(c, ((m, baseline), (sums, batch, in_batch)))| {
+                    .for_each(|(c, (m, baseline))| {
                         let grad = &contexts[plan.cells[c].loss_index].grad;
                         let mut estimate = vec![0.0; dim];
                         for r in 0..chunk.reps as usize {
                             plan.finish(c, chunk, r, samples, baseline, &mut estimate);
-                            let block = sums.get_or_insert_with(|| MomentSums::new(m));
-                            for (j, &v) in estimate.iter().enumerate() {
-                                batch[j * PUSH_BATCH + *in_batch] = v;
-                            }
-                            *in_batch += 1;
-                            if *in_batch == PUSH_BATCH {
-                                block.push_batch(batch, *in_batch, grad);
-                                *in_batch = 0;
-                            }
-                            let done = chunk.rep_begin + r as u32 + 1;
-                            if done % REP_BLOCK == 0 || done == spec.reps {
-                                if *in_batch > 0 {
-                                    block.push_batch(batch, *in_batch, grad);
-                                    *in_batch = 0;
-                                }
-                                if let Some(mut block) = sums.take() {
-                                    block.flush_into(m);
-                                }
-                            }
+                            m.push(&estimate, grad);
                         }
                     });
                 progress(u64::from(chunk.reps) * u64::from(samples));

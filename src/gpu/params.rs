@@ -169,6 +169,23 @@ pub struct RelaxedCell {
     pub cosine: u32,
 }
 
+/// Partial moments of one scalar over a workgroup. Keep in sync with `PartialMoments` in
+/// shaders/common.wgsl.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Pod, Zeroable)]
+pub struct PartialMoments {
+    /// Count.
+    pub n: f32,
+    /// Mean.
+    pub mean: f32,
+    /// Sum of squared deviations.
+    pub m2: f32,
+    /// Sum of cubed deviations.
+    pub m3: f32,
+    /// Sum of fourth-power deviations.
+    pub m4: f32,
+}
+
 fn padded(v: &[f64]) -> [f32; MAX_K] {
     let mut out = [0.0; MAX_K];
     for (o, x) in out.iter_mut().zip(v) {
@@ -342,6 +359,7 @@ mod tests {
         assert_eq!(std::mem::size_of::<PointTable>(), 5 * 64 + 16);
         assert_eq!(std::mem::size_of::<ScoreCell>(), 3 * 64 + 32 + 16 * 64);
         assert_eq!(std::mem::size_of::<RelaxedCell>(), 2 * 64 + 16);
+        assert_eq!(std::mem::size_of::<PartialMoments>(), 20);
     }
 
     #[test]

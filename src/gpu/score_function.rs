@@ -1,14 +1,14 @@
 //! The score-function pass on the GPU: category counts of every repetition's S draws
 //! (`shaders/score_function_counts.wgsl`, CPU twin [`crate::draws::count_categories`]) and
-//! every score-function cell's estimates and their per-workgroup shifted power sums
+//! every score-function cell's estimate and partial moments
 //! (`shaders/score_function_moments.wgsl`, CPU twin: the score-function arm of the CPU
 //! engine with each estimator's `estimate_from_counts`). Each launch is one small function.
 
 use crate::error::Result;
-use crate::gpu::chunks::{REPS_PER_GROUP, REP_ALIGN};
+use crate::gpu::chunks::REP_ALIGN;
 use crate::gpu::context::{GpuContext, READ, READ_WRITE, UNIFORM};
-use crate::gpu::params::{PointTable, ScoreCell, SweepParams, MAX_K};
-use crate::gpu::shaders::{self, PerK};
+use crate::gpu::params::{PartialMoments, PointTable, ScoreCell, SweepParams};
+use crate::gpu::shaders;
 
 /// Threads per counts workgroup by default (`COUNTS_WG` in the kernel's source, which
 /// [`counts_workgroup`] may replace per adapter).
@@ -47,7 +47,7 @@ pub struct ScoreFunctionKernels {
     counts: wgpu::ComputePipeline,
     /// Layout of the moments kernel: params, table, cells, counts, history, partials.
     pub moments_layout: wgpu::BindGroupLayout,
-    moments: PerK,
+    moments: wgpu::ComputePipeline,
 }
 
 impl ScoreFunctionKernels {
@@ -89,7 +89,7 @@ impl ScoreFunctionKernels {
                 (READ, std::mem::size_of::<ScoreCell>() as u64),
                 (READ, 64),
                 (READ, 64 * u64::from(REP_ALIGN)),
-                (READ_WRITE, 4),
+                (READ_WRITE, std::mem::size_of::<PartialMoments>() as u64),
             ],
         );
         let source = shaders::SCORE_FUNCTION_COUNTS.replace(
@@ -101,15 +101,12 @@ impl ScoreFunctionKernels {
             counts_wg,
             counts: ctx.compute_pipeline("score_function_counts", &source, &counts_layout)?,
             counts_layout,
-            moments: PerK::new("score_function_moments", shaders::SCORE_FUNCTION_MOMENTS),
+            moments: ctx.compute_pipeline(
+                "score_function_moments",
+                shaders::SCORE_FUNCTION_MOMENTS,
+                &moments_layout,
+            )?,
             moments_layout,
-        })
-        .and_then(|kernels: Self| {
-            // Check that the moments kernel builds on this adapter (K = 16).
-            kernels
-                .moments
-                .get(ctx, &kernels.moments_layout, MAX_K)
-                .map(|_| kernels)
         })
     }
 
@@ -133,28 +130,20 @@ impl ScoreFunctionKernels {
         pass.dispatch_workgroups(groups as u32, 1, 1);
     }
 
-    /// Records the moments kernel over `reps` repetitions (one workgroup per
-    /// [`REPS_PER_GROUP`]).
-    ///
-    /// # Errors
-    /// [`crate::Error::Gpu`] if the kernel does not build for this K.
+    /// Records the moments kernel over `reps` repetitions (one workgroup per 256).
     pub fn encode_moments(
         &self,
-        ctx: &GpuContext,
-        k: usize,
         encoder: &mut wgpu::CommandEncoder,
         timestamps: Option<wgpu::ComputePassTimestampWrites<'_>>,
         bind_group: &wgpu::BindGroup,
         reps: u32,
-    ) -> Result<()> {
-        let pipeline = self.moments.get(ctx, &self.moments_layout, k)?;
+    ) {
         let mut pass = encoder.begin_compute_pass(&wgpu::ComputePassDescriptor {
             label: Some("score-function moments"),
             timestamp_writes: timestamps,
         });
-        pass.set_pipeline(&pipeline);
+        pass.set_pipeline(&self.moments);
         pass.set_bind_group(0, bind_group, &[]);
-        pass.dispatch_workgroups(reps.div_ceil(REPS_PER_GROUP), 1, 1);
-        Ok(())
+        pass.dispatch_workgroups(reps.div_ceil(REP_ALIGN), 1, 1);
     }
 }
