@@ -183,10 +183,15 @@ fn short_args(backend: Backend) -> TrainOptions {
 /// - `reinforce`, `muprop-c` and `st` count categorical draws: a draw whose uniform lands within
 ///   the logit error of a CDF boundary flips (rare per draw, but 200 steps x 16 inputs x 2
 ///   draws make a few thousand), and from there the two runs follow different but equally
-///   distributed paths. Their final held-out loss must agree within 0.1: observed
-///   differences on lavapipe 0.027 and 0.023, while the seed-to-seed standard deviation of
-///   these runs on the CPU (seeds 1-6) is 0.15 for `reinforce` and 0.07 for `muprop-c`; a
-///   broken forward pass would stay near the starting 1.8 or diverge.
+///   distributed paths. The seed-to-seed standard deviation of these runs on the CPU (seeds
+///   1-6) is 0.15 for `reinforce` and 0.07 for `muprop-c`, so two runs that no longer share
+///   their draws differ by up to sqrt(2) x 0.15 = 0.21 in standard deviation: their final
+///   held-out losses must agree within 0.65, three of those standard deviations (a false
+///   failure below 0.3% per estimator even if the runs were independent). Observed: 0.027
+///   and 0.023 on lavapipe, 0.101 for `reinforce` on an NVIDIA H100, whose f32 arithmetic
+///   flips different draws (an earlier bound of 0.1 failed there). The per-step comparison on
+///   the same draws is `whole_steps`; here a broken forward pass stays near the starting 1.8
+///   or diverges, which the learning check below catches.
 /// - Step 0 is identical (W = 0 gives logits exactly 0 on both), and every GPU run learns.
 #[test]
 fn short_gpu_training_run_is_close_to_the_cpu_run() {
@@ -220,7 +225,7 @@ fn short_gpu_training_run_is_close_to_the_cpu_run() {
         );
         let continuous = matches!(c.estimator, "exact" | "gumbel-softmax");
         assert!(
-            (cl - gl).abs() < if continuous { 1e-3 } else { 0.1 },
+            (cl - gl).abs() < if continuous { 1e-3 } else { 0.65 },
             "{}: CPU {cl} vs GPU {gl}",
             c.estimator
         );
