@@ -843,7 +843,7 @@ impl RelaxedTable {
 }
 
 /// [`RelaxedTable::draw_batch`] in AVX2 intrinsics, eight draws a step: Philox on eight
-/// counters (a private twin of [`philox4x32_10_lanes`], the words in registers), the Gumbel
+/// counters ([`crate::philox::x8`], the words in registers), the Gumbel
 /// noise and the softmax by [`fastmath::avx2`], the running maximum and its index kept in
 /// registers. The operations and their order are those of `draw_batch_lanes`, so the bits are
 /// the same (tested).
@@ -851,44 +851,12 @@ impl RelaxedTable {
 mod relaxed_avx2 {
     use super::RelaxedTable;
     use crate::fastmath::avx2::{exp_nonpositive, ln};
-    use crate::philox::{M0, M1, STREAM_GUMBEL, W0, W1};
+    use crate::philox::x8::{philox, RoundKeys};
+    use crate::philox::STREAM_GUMBEL;
     use std::arch::x86_64::*;
 
     /// Largest K this path serves (the perturbed logits of a step stay on the stack).
     pub const MAX_K: usize = 64;
-
-    /// High and low 32-bit halves of `a * m` in each of eight lanes (`m` broadcast).
-    #[inline(always)]
-    unsafe fn mulhilo(a: __m256i, m: __m256i) -> (__m256i, __m256i) {
-        let even = _mm256_mul_epu32(a, m);
-        let odd = _mm256_mul_epu32(_mm256_srli_epi64::<32>(a), m);
-        let hi = _mm256_blend_epi32::<0xAA>(_mm256_srli_epi64::<32>(even), odd);
-        let lo = _mm256_blend_epi32::<0xAA>(even, _mm256_slli_epi64::<32>(odd));
-        (hi, lo)
-    }
-
-    /// Philox4x32-10 on eight counters, word-major: lane l of word w is word w of
-    /// `philox4x32_10([c[0][l], c[1][l], c[2][l], c[3][l]], key)`.
-    #[inline(always)]
-    pub(super) unsafe fn philox8(mut c: [__m256i; 4], key: [u32; 2]) -> [__m256i; 4] {
-        let (m0, m1) = (_mm256_set1_epi32(M0 as i32), _mm256_set1_epi32(M1 as i32));
-        let (mut k0, mut k1) = (key[0], key[1]);
-        for r in 0..10 {
-            if r > 0 {
-                k0 = k0.wrapping_add(W0);
-                k1 = k1.wrapping_add(W1);
-            }
-            let (hi0, lo0) = mulhilo(c[0], m0);
-            let (hi1, lo1) = mulhilo(c[2], m1);
-            c = [
-                _mm256_xor_si256(_mm256_xor_si256(hi1, c[1]), _mm256_set1_epi32(k0 as i32)),
-                lo1,
-                _mm256_xor_si256(_mm256_xor_si256(hi0, c[3]), _mm256_set1_epi32(k1 as i32)),
-                lo0,
-            ];
-        }
-        c
-    }
 
     /// `-ln(-ln u)` with `u = ((w >> 9) + 0.5) 2^-23`, as [`super::gumbel`].
     #[inline(always)]
@@ -938,6 +906,7 @@ mod relaxed_avx2 {
         let mut h = [_mm256_setzero_ps(); MAX_K];
         let inv_tau = _mm256_set1_ps(table.inv_tau);
         let lane_index = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
+        let keys = RoundKeys::new(key);
         for base in (0..n).step_by(8) {
             let lanes = 8.min(n - base);
             let draw0 = first.wrapping_add(base as u32);
@@ -945,14 +914,14 @@ mod relaxed_avx2 {
             let mut hmax = _mm256_set1_ps(f32::NEG_INFINITY);
             let mut zl = _mm256_setzero_si256();
             for group in 0..k.div_ceil(4) {
-                let words = philox8(
+                let words = philox(
+                    &keys,
                     [
                         ctr0,
                         _mm256_set1_epi32(rep as i32),
                         _mm256_set1_epi32(((STREAM_GUMBEL << 16) | group as u32) as i32),
                         _mm256_set1_epi32(point as i32),
                     ],
-                    key,
                 );
                 for (w, &word) in words.iter().enumerate().take(k - 4 * group) {
                     let c = 4 * group + w;
@@ -1222,49 +1191,6 @@ mod tests {
                 }
             }
         }
-    }
-
-    #[cfg(target_arch = "x86_64")]
-    #[test]
-    fn avx2_philox_equals_the_scalar_philox() {
-        use std::arch::x86_64::*;
-        if !fastmath::has_avx2() {
-            return;
-        }
-        #[target_feature(enable = "avx2")]
-        fn words(ctr: [[u32; 8]; 4], key: [u32; 2]) -> [[u32; 8]; 4] {
-            // SAFETY: unaligned loads and stores of eight lanes; the CPU has AVX2.
-            unsafe {
-                let c = ctr.map(|w| _mm256_loadu_si256(w.as_ptr().cast()));
-                let out = relaxed_avx2::philox8(c, key);
-                let mut v = [[0u32; 8]; 4];
-                for (o, w) in v.iter_mut().zip(out) {
-                    _mm256_storeu_si256(o.as_mut_ptr().cast(), w);
-                }
-                v
-            }
-        }
-        for seed in 0..200u32 {
-            let ctr: [[u32; 8]; 4] = std::array::from_fn(|w| {
-                std::array::from_fn(|l| {
-                    (seed * 31 + w as u32 * 8 + l as u32).wrapping_mul(0x9E37_79B9) ^ (seed << 7)
-                })
-            });
-            let key = [seed.wrapping_mul(0x85EB_CA6B), u32::MAX - seed];
-            // SAFETY: the CPU has AVX2, checked above.
-            let got = unsafe { words(ctr, key) };
-            for l in 0..8 {
-                let want = philox4x32_10([ctr[0][l], ctr[1][l], ctr[2][l], ctr[3][l]], key);
-                assert_eq!([got[0][l], got[1][l], got[2][l], got[3][l]], want);
-            }
-        }
-        // Random123's known answer, on every lane.
-        // SAFETY: the CPU has AVX2, checked above.
-        let got = unsafe { words([[0; 8]; 4], [0, 0]) };
-        assert_eq!(
-            [got[0][5], got[1][5], got[2][5], got[3][5]],
-            [0x6627e8d5, 0xe169c58d, 0xbc57ac4c, 0x9b00dbd8]
-        );
     }
 
     #[test]
