@@ -17,4 +17,4 @@ all=$(cargo tree -e normal,build,dev --prefix none -f '{p}' | awk '{print $1}' |
 for c in $(comm -13 <(echo "$normal") <(echo "$all")); do rm -rf "$fp/$c"-*; done
 echo "load average: $(cut -d' ' -f1-3 /proc/loadavg); $(nproc) cores"
 /usr/bin/time -f "second command's compile: wall %e s, user %U s, sys %S s" \
-  cargo test --release --no-run 2>&1 | grep -E "second command"
+  cargo test --release --no-run ${TIMINGS:+--timings} 2>&1 | grep -E "second command"
