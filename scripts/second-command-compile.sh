@@ -11,9 +11,10 @@ fp=target/release/.fingerprint
 for d in "$fp"/mcgrad-*; do
   if ls "$d" | grep -qE '^(test-|example-)'; then rm -rf "$d"; fi
 done
-# The crates only the dev-dependencies bring (cargo tree with and without dev edges).
-normal=$(cargo tree -e normal,build --prefix none -f '{p}' | awk '{print $1}' | sort -u)
-all=$(cargo tree -e normal,build,dev --prefix none -f '{p}' | awk '{print $1}' | sort -u)
+# The crates only the library package's dev-dependencies bring (cargo tree with and without dev
+# edges; the benches package is not part of the second command).
+normal=$(cargo tree -p mcgrad -e normal,build --prefix none -f '{p}' | awk '{print $1}' | sort -u)
+all=$(cargo tree -p mcgrad -e normal,build,dev --prefix none -f '{p}' | awk '{print $1}' | sort -u)
 for c in $(comm -13 <(echo "$normal") <(echo "$all")); do rm -rf "$fp/$c"-*; done
 echo "load average: $(cut -d' ' -f1-3 /proc/loadavg); $(nproc) cores"
 /usr/bin/time -f "second command's compile: wall %e s, user %U s, sys %S s" \
