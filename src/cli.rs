@@ -753,12 +753,18 @@ fn run(args: RunArgs) -> Result<()> {
     let config = args.into_config()?;
     let outcome = mcgrad::run::execute(&config)?;
     let summary = &outcome.summary;
+    let backend = &summary.backend;
+    let threads = if backend.engine == "gpu" {
+        format!("CPU fallback on {} threads", backend.threads)
+    } else {
+        format!("{} threads", backend.threads)
+    };
     let mut text = format!(
-        "mcgrad {}: {} engine ({}, {} threads), {}, R = {}, largest S per estimator:\n",
+        "mcgrad {}: {} engine ({}, {}), {}, R = {}, largest S per estimator:\n",
         summary.mcgrad_version,
-        summary.backend.engine,
-        summary.backend.adapter,
-        summary.backend.threads,
+        backend.engine,
+        backend.adapter,
+        threads,
         shape(&summary.config.problem),
         summary.config.reps
     );

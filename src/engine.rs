@@ -293,7 +293,8 @@ pub struct BackendInfo {
     /// The driver and its version, for the GPU engine.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub driver: Option<String>,
-    /// Worker threads of the CPU engine.
+    /// Worker threads of the CPU engine; for the GPU engine, those of its CPU fallback (the
+    /// cells with no GPU form).
     pub threads: usize,
 }
 

@@ -420,6 +420,8 @@ fn gpu_sweep_matches_cpu_sweep_on_the_same_seed() {
     let info = engine.backend_info();
     assert_eq!(info.engine, "gpu");
     assert!(info.graphics_backend.is_some() && info.driver.is_some());
+    // The header's thread count is that of the CPU fallback (rayon's global pool), not 1.
+    assert_eq!(info.threads, rayon::current_num_threads());
 }
 
 #[test]

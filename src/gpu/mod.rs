@@ -510,8 +510,13 @@ impl Engine for GpuEngine {
         }
     }
 
+    /// The adapter, and as `threads` those of the CPU engine that runs the cells with no GPU
+    /// form (rayon's global pool, as [`crate::engine::cpu_point_cells`] uses).
     fn backend_info(&self) -> BackendInfo {
-        self.ctx.backend_info()
+        BackendInfo {
+            threads: rayon::current_num_threads(),
+            ..self.ctx.backend_info()
+        }
     }
 
     fn run_point(
