@@ -20,10 +20,10 @@ use crate::draws::{
 use crate::error::{Error, Result};
 use crate::estimators::warmed_baseline;
 use crate::estimators::{
-    estimate_counts_batch, estimate_one, fill_joint_counts, relaxed_moments, transpose_counts,
-    uses_counts, uses_hard_draw_counts, uses_joint_counts, uses_relaxed_sums, Context, DrawSource,
-    Estimator, Family, JointCounts, JointDraws, Lowering, MovingAverage, Noise, RelaxedMoments,
-    Settings,
+    estimate_counts_batch, estimate_one, fill_joint_counts, relaxed_moments,
+    transpose_counts_strided, uses_counts, uses_hard_draw_counts, uses_joint_counts,
+    uses_relaxed_sums, Constant, Context, DrawSource, Estimator, Family, JointCounts, JointDraws,
+    Lowering, MovingAverage, Noise, RelaxedMoments, Settings,
 };
 use crate::faults;
 use crate::loss::Loss;
@@ -560,8 +560,10 @@ pub(crate) fn cpu_point_cells(
         }
         // The counts in f64, category-major, for the batched counts lowering.
         let mut counts_t = Vec::new();
+        // Rows a cache line longer than the block (see transpose_counts_strided).
+        let counts_stride = nbu + 8;
         if lowered_counts_on {
-            transpose_counts(&counts, k, &mut counts_t);
+            transpose_counts_strided(&counts, k, counts_stride, &mut counts_t);
         }
         let mut sums = vec![0f64; if sums_on { nbu * sums_width } else { 0 }];
         if sums_on {
@@ -719,24 +721,36 @@ pub(crate) fn cpu_point_cells(
                 .unwrap_or(0);
             // The counts lowering runs a batch of repetitions at a time (the same estimates).
             let batched = cell.path == Path::Counts && !faulty;
+            // An estimator that ignores its draws (`exact`) gives the same estimate every
+            // repetition: its batches are pushed as repeats of it, with the same results.
+            let constant = batched && ignores_counts(cell.estimator);
+            let push = |sums: &mut MomentSums, batch: &[f64], n: usize| {
+                if constant {
+                    sums.push_repeated(&ctx.grad[..dim], n, &ctx.grad);
+                } else {
+                    sums.push_batch(batch, n, &ctx.grad);
+                }
+            };
             if batched {
                 let mut r0 = 0;
                 while r0 < nbu {
                     let n = (nbu - r0).min(PUSH_BATCH - in_batch);
                     // Straight into the batch's columns in_batch..in_batch + n.
-                    estimate_counts_batch(
-                        cell.estimator,
-                        ctx,
-                        &counts_t[r0..],
-                        nbu,
-                        n,
-                        s,
-                        &mut cell.baseline,
-                        &mut batch[in_batch..],
-                    );
+                    if !constant {
+                        estimate_counts_batch(
+                            cell.estimator,
+                            ctx,
+                            &counts_t[r0..],
+                            counts_stride,
+                            n,
+                            s,
+                            &mut cell.baseline,
+                            &mut batch[in_batch..],
+                        );
+                    }
                     in_batch += n;
                     if in_batch == PUSH_BATCH {
-                        block_sums.push_batch(batch, in_batch, &ctx.grad);
+                        push(block_sums, batch, in_batch);
                         in_batch = 0;
                     }
                     r0 += n;
@@ -824,7 +838,7 @@ pub(crate) fn cpu_point_cells(
             let done = block_start + nb;
             if done % REP_BLOCK == 0 || done == spec.reps {
                 if in_batch > 0 {
-                    block_sums.push_batch(batch, in_batch, &ctx.grad);
+                    push(block_sums, batch, in_batch);
                     in_batch = 0;
                 }
                 if let Some(mut sums) = cell.sums.take() {
@@ -858,6 +872,19 @@ pub(crate) fn cpu_point_cells(
         })
         .collect();
     PointMoments { samples: s, cells }
+}
+
+/// Whether `estimator`'s counts lowering gives the same estimate, the exact gradient, whatever
+/// the counts (as [`estimate_counts_batch`] does for it).
+fn ignores_counts(estimator: &dyn Estimator) -> bool {
+    matches!(
+        estimator.lowering(),
+        Some(Lowering::ScoreFunction { signal: None, .. })
+            | Some(Lowering::ScoreFunction {
+                constant: Constant::ExactGradient,
+                ..
+            })
+    )
 }
 
 fn cpu_point(spec: &SweepSpec, point: usize, progress: &(dyn Fn(u64) + Sync)) -> PointMoments {
