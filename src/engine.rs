@@ -44,8 +44,9 @@ pub const REP_BLOCK: u32 = 1 << 14;
 /// 2048 repetitions' counts in f64 are 160 KiB at K = 10, so every cell of a pass reads them
 /// from the core's cache.
 pub const COUNTS_BLOCK: u32 = 1 << 11;
-/// Repetitions per task of the counts pass.
-const COUNT_TASK: usize = 64;
+/// Repetitions per task of the counts pass, and per tile of the counts in f64 (a batch of
+/// the counts lowering: a block's batches read one tile each).
+const COUNT_TASK: usize = PUSH_BATCH;
 /// Most numbers the generic path keeps per block of repetitions (draws and losses): 2^23,
 /// 64 MiB at most, whatever S, L and K are.
 pub const GENERIC_BLOCK_NUMBERS: u64 = 1 << 23;
@@ -535,35 +536,48 @@ pub(crate) fn cpu_point_cells(
         // The counts of a block stay in the core's cache while every cell reads them.
         COUNTS_BLOCK
     };
+    // The counts in f64 for the batched counts lowering, tile by tile of COUNT_TASK
+    // repetitions (`counts_t[(t * K + j) * COUNT_TASK + i]` is the count of category j of
+    // repetition `t * COUNT_TASK + i` of the block), written by the counts pass's own tasks;
+    // kept across blocks (only the block's repetitions are read).
+    let mut counts_t: Vec<f64> = Vec::new();
     let mut block_start = 0u32;
     while block_start < spec.reps {
         let nb = block.min(spec.reps - block_start);
         let nbu = nb as usize;
         let mut counts = vec![0u32; if counts_on { nbu * k } else { 0 }];
+        if lowered_counts_on {
+            counts_t.resize(nbu.div_ceil(COUNT_TASK) * COUNT_TASK * k, 0.0);
+        }
         if counts_on {
             let t0 = Instant::now();
+            let task = |i: usize, c: &mut [u32], tile: Option<&mut [f64]>| {
+                let rep = block_start + (i * COUNT_TASK) as u32;
+                count_categories_reps(&table, key, rep, point_id, s, c);
+                if let Some(tile) = tile {
+                    transpose_counts_strided(c, k, COUNT_TASK, tile);
+                }
+            };
             for _ in 0..faults::repeat_pass("score-function") {
                 // Tasks of COUNT_TASK repetitions (the tallies run several at once).
-                counts
-                    .par_chunks_mut(k * COUNT_TASK)
-                    .enumerate()
-                    .for_each(|(i, c)| {
-                        let rep = block_start + (i * COUNT_TASK) as u32;
-                        count_categories_reps(&table, key, rep, point_id, s, c);
-                    });
+                if lowered_counts_on {
+                    counts
+                        .par_chunks_mut(k * COUNT_TASK)
+                        .zip(counts_t.par_chunks_mut(k * COUNT_TASK))
+                        .enumerate()
+                        .for_each(|(i, (c, tile))| task(i, c, Some(tile)));
+                } else {
+                    counts
+                        .par_chunks_mut(k * COUNT_TASK)
+                        .enumerate()
+                        .for_each(|(i, c)| task(i, c, None));
+                }
             }
             pass_seconds[0] += t0.elapsed().as_secs_f64();
             // One report per path the pass serves (counts and hard-draw counts share it here,
             // but on the GPU engine the second runs apart), so that the total is
             // [`SweepSpec::total_draws`] whichever engine runs the point.
             progress(counts_paths * u64::from(nb) * u64::from(s));
-        }
-        // The counts in f64, category-major, for the batched counts lowering.
-        let mut counts_t = Vec::new();
-        // Rows a cache line longer than the block (see transpose_counts_strided).
-        let counts_stride = nbu + 8;
-        if lowered_counts_on {
-            transpose_counts_strided(&counts, k, counts_stride, &mut counts_t);
         }
         let mut sums = vec![0f64; if sums_on { nbu * sums_width } else { 0 }];
         if sums_on {
@@ -734,14 +748,18 @@ pub(crate) fn cpu_point_cells(
             if batched {
                 let mut r0 = 0;
                 while r0 < nbu {
-                    let n = (nbu - r0).min(PUSH_BATCH - in_batch);
+                    // Up to the end of the batch and of the counts' tile.
+                    let n = (nbu - r0)
+                        .min(PUSH_BATCH - in_batch)
+                        .min(COUNT_TASK - r0 % COUNT_TASK);
+                    let tile = r0 / COUNT_TASK * COUNT_TASK * k + r0 % COUNT_TASK;
                     // Straight into the batch's columns in_batch..in_batch + n.
                     if !constant {
                         estimate_counts_batch(
                             cell.estimator,
                             ctx,
-                            &counts_t[r0..],
-                            counts_stride,
+                            &counts_t[tile..],
+                            COUNT_TASK,
                             n,
                             s,
                             &mut cell.baseline,

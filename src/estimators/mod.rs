@@ -693,20 +693,25 @@ pub fn estimate_counts_batch(
 /// The counts of `reps` repetitions (`reps * K`, repetition-major) in f64, category-major
 /// (`out[j * reps + r]`), as [`estimate_counts_batch`] reads them.
 pub fn transpose_counts(counts: &[u32], k: usize, out: &mut Vec<f64>) {
-    transpose_counts_strided(counts, k, counts.len() / k.max(1), out);
+    let reps = counts.len() / k.max(1);
+    out.clear();
+    out.resize(reps * k, 0.0);
+    transpose_counts_strided(counts, k, reps, out);
 }
 
-/// [`transpose_counts`] with rows `stride >= reps` numbers apart (`out[j * stride + r]`, the
-/// padding 0). A stride a cache line longer than a power of two keeps the K rows out of each
-/// other's cache sets (at 2048 repetitions, rows 16 KiB apart all fell in the same sets of
-/// the core's 8-way cache, and the counts lowering missed it on every line). Written eight
-/// repetitions (one cache line of each row) at a time.
-pub fn transpose_counts_strided(counts: &[u32], k: usize, stride: usize, out: &mut Vec<f64>) {
+/// [`transpose_counts`] into rows `stride >= reps` numbers apart: `out[j * stride + r]` for
+/// `r < reps` (the rest of `out` is left as it is). Written eight repetitions (one cache line
+/// of each row) at a time.
+///
+/// # Panics
+/// If `stride < reps` or `out` is shorter than `(K - 1) * stride + reps`.
+pub fn transpose_counts_strided(counts: &[u32], k: usize, stride: usize, out: &mut [f64]) {
     const T: usize = 8;
     let reps = counts.len() / k.max(1);
-    assert!(stride >= reps);
-    out.clear();
-    out.resize(stride * k, 0.0);
+    if reps == 0 || k == 0 {
+        return;
+    }
+    assert!(stride >= reps && out.len() >= (k - 1) * stride + reps);
     let full = reps / T * T;
     for r0 in (0..full).step_by(T) {
         let tile = &counts[r0 * k..(r0 + T) * k];
@@ -1682,23 +1687,33 @@ impl MovingAverage {
 mod tests {
     #[test]
     fn strided_transpose_is_the_transpose_with_padding() {
-        // Whole tiles of eight repetitions and a remainder, against the definition.
+        // Whole tiles of eight repetitions and a remainder, against the definition and
+        // against the unpadded transpose.
         let k = 3;
         for reps in [0usize, 5, 8, 21] {
             let counts: Vec<u32> = (0..reps * k).map(|i| (i * 7 % 11) as u32).collect();
             let stride = reps + 8;
-            let mut out = vec![9.0; 3];
+            let mut out = vec![9.0; stride * k];
             transpose_counts_strided(&counts, k, stride, &mut out);
-            assert_eq!(out.len(), stride * k);
             for j in 0..k {
                 for r in 0..stride {
+                    // The padding is left as it was.
                     let want = if r < reps {
                         f64::from(counts[r * k + j])
                     } else {
-                        0.0
+                        9.0
                     };
                     assert_eq!(out[j * stride + r], want, "reps {reps} j {j} r {r}");
                 }
+            }
+            let mut whole = Vec::new();
+            transpose_counts(&counts, k, &mut whole);
+            assert_eq!(whole.len(), reps * k);
+            for j in 0..k {
+                assert_eq!(
+                    whole[j * reps..(j + 1) * reps],
+                    out[j * stride..j * stride + reps]
+                );
             }
         }
     }
