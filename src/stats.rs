@@ -373,10 +373,10 @@ impl MomentSums {
             self.shift[dim] = err;
             self.shift_pending = false;
         }
-        for j in 0..=dim {
-            let x = if j < dim { estimate[j] } else { err };
-            let t = repeated_power_sums(x - self.shift[j], n);
-            for (a, b) in self.sums[j].iter_mut().zip(t) {
+        let values = estimate[..dim].iter().chain(std::iter::once(&err));
+        for ((sums, &c), &x) in self.sums.iter_mut().zip(&self.shift).zip(values) {
+            let t = repeated_power_sums(x - c, n);
+            for (a, b) in sums.iter_mut().zip(t) {
                 *a += b;
             }
         }
