@@ -20,10 +20,10 @@ use crate::draws::{
 use crate::error::{Error, Result};
 use crate::estimators::warmed_baseline;
 use crate::estimators::{
-    estimate_counts_batch, estimate_one, fill_joint_counts, relaxed_moments, transpose_counts,
-    uses_counts, uses_hard_draw_counts, uses_joint_counts, uses_relaxed_sums, Context, DrawSource,
-    Estimator, Family, JointCounts, JointDraws, Lowering, MovingAverage, Noise, RelaxedMoments,
-    Settings,
+    estimate_counts_batch, estimate_one, fill_joint_counts, relaxed_moments,
+    transpose_counts_strided, uses_counts, uses_hard_draw_counts, uses_joint_counts,
+    uses_relaxed_sums, Constant, Context, DrawSource, Estimator, Family, JointCounts, JointDraws,
+    Lowering, MovingAverage, Noise, RelaxedMoments, Settings,
 };
 use crate::faults;
 use crate::loss::Loss;
@@ -44,8 +44,9 @@ pub const REP_BLOCK: u32 = 1 << 14;
 /// 2048 repetitions' counts in f64 are 160 KiB at K = 10, so every cell of a pass reads them
 /// from the core's cache.
 pub const COUNTS_BLOCK: u32 = 1 << 11;
-/// Repetitions per task of the counts pass.
-const COUNT_TASK: usize = 64;
+/// Repetitions per task of the counts pass, and per tile of the counts in f64 (a batch of
+/// the counts lowering: a block's batches read one tile each).
+const COUNT_TASK: usize = PUSH_BATCH;
 /// Most numbers the generic path keeps per block of repetitions (draws and losses): 2^23,
 /// 64 MiB at most, whatever S, L and K are.
 pub const GENERIC_BLOCK_NUMBERS: u64 = 1 << 23;
@@ -536,33 +537,48 @@ pub(crate) fn cpu_point_cells(
         // The counts of a block stay in the core's cache while every cell reads them.
         COUNTS_BLOCK
     };
+    // The counts in f64 for the batched counts lowering, tile by tile of COUNT_TASK
+    // repetitions (`counts_t[(t * K + j) * COUNT_TASK + i]` is the count of category j of
+    // repetition `t * COUNT_TASK + i` of the block), written by the counts pass's own tasks;
+    // kept across blocks (only the block's repetitions are read).
+    let mut counts_t: Vec<f64> = Vec::new();
     let mut block_start = 0u32;
     while block_start < spec.reps {
         let nb = block.min(spec.reps - block_start);
         let nbu = nb as usize;
         let mut counts = vec![0u32; if counts_on { nbu * k } else { 0 }];
+        if lowered_counts_on {
+            counts_t.resize(nbu.div_ceil(COUNT_TASK) * COUNT_TASK * k, 0.0);
+        }
         if counts_on {
             let t0 = Instant::now();
+            let task = |i: usize, c: &mut [u32], tile: Option<&mut [f64]>| {
+                let rep = block_start + (i * COUNT_TASK) as u32;
+                count_categories_reps(&table, key, rep, point_id, s, c);
+                if let Some(tile) = tile {
+                    transpose_counts_strided(c, k, COUNT_TASK, tile);
+                }
+            };
             for _ in 0..faults::repeat_pass("score-function") {
                 // Tasks of COUNT_TASK repetitions (the tallies run several at once).
-                counts
-                    .par_chunks_mut(k * COUNT_TASK)
-                    .enumerate()
-                    .for_each(|(i, c)| {
-                        let rep = block_start + (i * COUNT_TASK) as u32;
-                        count_categories_reps(&table, key, rep, point_id, s, c);
-                    });
+                if lowered_counts_on {
+                    counts
+                        .par_chunks_mut(k * COUNT_TASK)
+                        .zip(counts_t.par_chunks_mut(k * COUNT_TASK))
+                        .enumerate()
+                        .for_each(|(i, (c, tile))| task(i, c, Some(tile)));
+                } else {
+                    counts
+                        .par_chunks_mut(k * COUNT_TASK)
+                        .enumerate()
+                        .for_each(|(i, c)| task(i, c, None));
+                }
             }
             pass_seconds[0] += t0.elapsed().as_secs_f64();
             // One report per path the pass serves (counts and hard-draw counts share it here,
             // but on the GPU engine the second runs apart), so that the total is
             // [`SweepSpec::total_draws`] whichever engine runs the point.
             progress(counts_paths * u64::from(nb) * u64::from(s));
-        }
-        // The counts in f64, category-major, for the batched counts lowering.
-        let mut counts_t = Vec::new();
-        if lowered_counts_on {
-            transpose_counts(&counts, k, &mut counts_t);
         }
         let mut sums = vec![0f64; if sums_on { nbu * sums_width } else { 0 }];
         if sums_on {
@@ -720,24 +736,40 @@ pub(crate) fn cpu_point_cells(
                 .unwrap_or(0);
             // The counts lowering runs a batch of repetitions at a time (the same estimates).
             let batched = cell.path == Path::Counts && !faulty;
+            // An estimator that ignores its draws (`exact`) gives the same estimate every
+            // repetition: its batches are pushed as repeats of it, with the same results.
+            let constant = batched && ignores_counts(cell.estimator);
+            let push = |sums: &mut MomentSums, batch: &[f64], n: usize| {
+                if constant {
+                    sums.push_repeated(&ctx.grad[..dim], n, &ctx.grad);
+                } else {
+                    sums.push_batch(batch, n, &ctx.grad);
+                }
+            };
             if batched {
                 let mut r0 = 0;
                 while r0 < nbu {
-                    let n = (nbu - r0).min(PUSH_BATCH - in_batch);
+                    // Up to the end of the batch and of the counts' tile.
+                    let n = (nbu - r0)
+                        .min(PUSH_BATCH - in_batch)
+                        .min(COUNT_TASK - r0 % COUNT_TASK);
+                    let tile = r0 / COUNT_TASK * COUNT_TASK * k + r0 % COUNT_TASK;
                     // Straight into the batch's columns in_batch..in_batch + n.
-                    estimate_counts_batch(
-                        cell.estimator,
-                        ctx,
-                        &counts_t[r0..],
-                        nbu,
-                        n,
-                        s,
-                        &mut cell.baseline,
-                        &mut batch[in_batch..],
-                    );
+                    if !constant {
+                        estimate_counts_batch(
+                            cell.estimator,
+                            ctx,
+                            &counts_t[tile..],
+                            COUNT_TASK,
+                            n,
+                            s,
+                            &mut cell.baseline,
+                            &mut batch[in_batch..],
+                        );
+                    }
                     in_batch += n;
                     if in_batch == PUSH_BATCH {
-                        block_sums.push_batch(batch, in_batch, &ctx.grad);
+                        push(block_sums, batch, in_batch);
                         in_batch = 0;
                     }
                     r0 += n;
@@ -825,7 +857,7 @@ pub(crate) fn cpu_point_cells(
             let done = block_start + nb;
             if done % REP_BLOCK == 0 || done == spec.reps {
                 if in_batch > 0 {
-                    block_sums.push_batch(batch, in_batch, &ctx.grad);
+                    push(block_sums, batch, in_batch);
                     in_batch = 0;
                 }
                 if let Some(mut sums) = cell.sums.take() {
@@ -859,6 +891,19 @@ pub(crate) fn cpu_point_cells(
         })
         .collect();
     PointMoments { samples: s, cells }
+}
+
+/// Whether `estimator`'s counts lowering gives the same estimate, the exact gradient, whatever
+/// the counts (as [`estimate_counts_batch`] does for it).
+fn ignores_counts(estimator: &dyn Estimator) -> bool {
+    matches!(
+        estimator.lowering(),
+        Some(Lowering::ScoreFunction { signal: None, .. })
+            | Some(Lowering::ScoreFunction {
+                constant: Constant::ExactGradient,
+                ..
+            })
+    )
 }
 
 fn cpu_point(spec: &SweepSpec, point: usize, progress: &(dyn Fn(u64) + Sync)) -> PointMoments {

@@ -203,10 +203,8 @@ pub struct MomentSums {
     shift_cos: f64,
     shift_pending: bool,
     shift_cos_pending: bool,
-    s1: Vec<f64>,
-    s2: Vec<f64>,
-    s3: Vec<f64>,
-    s4: Vec<f64>,
+    /// Per slot, the sums of the first to fourth powers.
+    sums: Vec<[f64; 4]>,
     cos: [f64; 4],
 }
 
@@ -222,10 +220,7 @@ impl MomentSums {
             shift_cos: 0.0,
             shift_pending: true,
             shift_cos_pending: true,
-            s1: vec![0.0; dim + 1],
-            s2: vec![0.0; dim + 1],
-            s3: vec![0.0; dim + 1],
-            s4: vec![0.0; dim + 1],
+            sums: vec![[0.0; 4]; dim + 1],
             cos: [0.0; 4],
         };
         sums.restart(target);
@@ -236,9 +231,7 @@ impl MomentSums {
     fn restart(&mut self, target: &EstimateMoments) {
         self.n = 0;
         self.n_cos = 0;
-        for v in [&mut self.s1, &mut self.s2, &mut self.s3, &mut self.s4] {
-            v.iter_mut().for_each(|x| *x = 0.0);
-        }
+        self.sums.iter_mut().for_each(|x| *x = [0.0; 4]);
         self.cos = [0.0; 4];
         self.shift_pending = target.sq_error.n == 0.0;
         if !self.shift_pending {
@@ -328,10 +321,9 @@ impl MomentSums {
                 &err[..n]
             };
             let t = lane_power_sums::<AVX2>(row, self.shift[j], None);
-            self.s1[j] += t[0];
-            self.s2[j] += t[1];
-            self.s3[j] += t[2];
-            self.s4[j] += t[3];
+            for (a, b) in self.sums[j].iter_mut().zip(t) {
+                *a += b;
+            }
         }
         self.n += n as u64;
         // The cosines: left out where the estimate is zero up to rounding (see
@@ -359,24 +351,65 @@ impl MomentSums {
         self.n_cos += kept[..n].iter().map(|&k| k & 1).sum::<u64>();
     }
 
+    /// [`Self::push_batch`] of `n` copies of one estimate (at most [`PUSH_BATCH`]), as an
+    /// estimator that ignores its draws (`exact`) gives: the same results, bit for bit (a
+    /// test compares them), in O(K) rather than O(n K). Every lane of the eight adds the same
+    /// value `n / 8` times, so one lane's sums stand for all eight in the fold.
+    pub fn push_repeated(&mut self, estimate: &[f64], n: usize, exact: &[f64]) {
+        let dim = self.dim;
+        assert!((1..=PUSH_BATCH).contains(&n) && estimate.len() >= dim && exact.len() >= dim);
+        let mut ee = 0.0;
+        for &g in &exact[..dim] {
+            ee += g * g;
+        }
+        let (mut err, mut dot, mut nn) = (0.0, 0.0, 0.0);
+        for (&v, &g) in estimate[..dim].iter().zip(&exact[..dim]) {
+            err += (v - g) * (v - g);
+            dot += v * g;
+            nn += v * v;
+        }
+        if self.shift_pending {
+            self.shift[..dim].copy_from_slice(&estimate[..dim]);
+            self.shift[dim] = err;
+            self.shift_pending = false;
+        }
+        let values = estimate[..dim].iter().chain(std::iter::once(&err));
+        for ((sums, &c), &x) in self.sums.iter_mut().zip(&self.shift).zip(values) {
+            let t = repeated_power_sums(x - c, n);
+            for (a, b) in sums.iter_mut().zip(t) {
+                *a += b;
+            }
+        }
+        self.n += n as u64;
+        if ee <= 0.0 {
+            return;
+        }
+        let keep = nn > ZERO_ESTIMATE * ZERO_ESTIMATE * (err + ee);
+        let cos = dot / (nn * ee).sqrt();
+        if self.shift_cos_pending && keep {
+            self.shift_cos = cos;
+            self.shift_cos_pending = false;
+        }
+        let d = if keep { cos - self.shift_cos } else { 0.0 };
+        let t = repeated_power_sums(d, n);
+        for (a, b) in self.cos.iter_mut().zip(t) {
+            *a += b;
+        }
+        if keep {
+            self.n_cos += n as u64;
+        }
+    }
+
     /// Merges the block into `target` (coordinates, squared error, cosine, in that order)
     /// and starts an empty block shifted by `target`'s new means.
     pub fn flush_into(&mut self, target: &mut EstimateMoments) {
         if self.n > 0 {
             for j in 0..self.dim {
-                let m = central(
-                    self.n,
-                    self.shift[j],
-                    [self.s1[j], self.s2[j], self.s3[j], self.s4[j]],
-                );
+                let m = central(self.n, self.shift[j], self.sums[j]);
                 target.coords[j].merge(&m);
             }
             let d = self.dim;
-            let m = central(
-                self.n,
-                self.shift[d],
-                [self.s1[d], self.s2[d], self.s3[d], self.s4[d]],
-            );
+            let m = central(self.n, self.shift[d], self.sums[d]);
             target.sq_error.merge(&m);
         }
         if self.n_cos > 0 {
@@ -406,26 +439,16 @@ fn lane_power_sums<const AVX2: bool>(x: &[f64], c: f64, keep: Option<&[u64]>) ->
         Some(keep) => f64::from_bits(d.to_bits() & keep[r]),
         None => d,
     };
-    let mut acc = [[0f64; W]; 4];
     #[cfg(target_arch = "x86_64")]
-    if AVX2 {
+    let mut t = if AVX2 {
         // SAFETY: only called with AVX2 = true from a function compiled for AVX2, which runs
         // only where the CPU has it; every load is of x[..full] or keep[..full].
-        unsafe { avx2_power_lanes(&x[..full], c, keep.map(|k| &k[..full]), &mut acc) };
-    }
-    if !AVX2 || cfg!(not(target_arch = "x86_64")) {
-        for base in (0..full).step_by(W) {
-            for l in 0..W {
-                let d = masked(base + l, x[base + l] - c);
-                let d2 = d * d;
-                acc[0][l] += d;
-                acc[1][l] += d2;
-                acc[2][l] += d2 * d;
-                acc[3][l] += d2 * d2;
-            }
-        }
-    }
-    let mut t = acc.map(|a| a.iter().fold(0.0, |s, v| s + v));
+        unsafe { avx2_power_lanes(&x[..full], c, keep.map(|k| &k[..full])) }
+    } else {
+        scalar_power_lanes(&x[..full], c, &masked)
+    };
+    #[cfg(not(target_arch = "x86_64"))]
+    let mut t = scalar_power_lanes(&x[..full], c, &masked);
     for (r, &v) in x.iter().enumerate().skip(full) {
         let d = masked(r, v - c);
         let d2 = d * d;
@@ -437,12 +460,60 @@ fn lane_power_sums<const AVX2: bool>(x: &[f64], c: f64, keep: Option<&[u64]>) ->
     t
 }
 
-/// The eight-lane loop of [`lane_power_sums`] in AVX2 registers (`x.len()` a multiple of 8).
+/// [`lane_power_sums`] of `n` values whose distances from the shift are all `d` (masked
+/// values are `d = 0`): each of the eight lanes adds `d^p` `n / 8` times, the lanes fold in
+/// order from 0, and the last `n % 8` add one by one; the same operations on the same numbers.
+fn repeated_power_sums(d: f64, n: usize) -> [f64; 4] {
+    let d2 = d * d;
+    let powers = [d, d2, d2 * d, d2 * d2];
+    let mut lane = [0f64; 4];
+    for _ in 0..n / 8 {
+        for (a, p) in lane.iter_mut().zip(powers) {
+            *a += p;
+        }
+    }
+    let mut t = [0f64; 4];
+    for _ in 0..8 {
+        for (a, l) in t.iter_mut().zip(lane) {
+            *a += l;
+        }
+    }
+    for _ in 0..n % 8 {
+        for (a, p) in t.iter_mut().zip(powers) {
+            *a += p;
+        }
+    }
+    t
+}
+
+/// The eight-lane loop of [`lane_power_sums`] (`x.len()` a multiple of 8), each lane's
+/// four sums folded in lane order from 0: `t_p = (((0 + a_p0) + a_p1) + ...) + a_p7`.
+#[inline(always)]
+fn scalar_power_lanes(x: &[f64], c: f64, masked: &impl Fn(usize, f64) -> f64) -> [f64; 4] {
+    const W: usize = 8;
+    let mut acc = [[0f64; W]; 4];
+    for base in (0..x.len()).step_by(W) {
+        for l in 0..W {
+            let d = masked(base + l, x[base + l] - c);
+            let d2 = d * d;
+            acc[0][l] += d;
+            acc[1][l] += d2;
+            acc[2][l] += d2 * d;
+            acc[3][l] += d2 * d2;
+        }
+    }
+    acc.map(|a| a.iter().fold(0.0, |s, v| s + v))
+}
+
+/// [`scalar_power_lanes`] in AVX2 registers, with the same arithmetic lane by lane. The fold
+/// runs on the four sums at once: the accumulators (four sums by eight lanes) are transposed
+/// into eight vectors of the four sums' lane l, added in lane order to a vector of zeros.
 #[cfg(target_arch = "x86_64")]
 #[inline(always)]
-unsafe fn avx2_power_lanes(x: &[f64], c: f64, keep: Option<&[u64]>, acc: &mut [[f64; 8]; 4]) {
+unsafe fn avx2_power_lanes(x: &[f64], c: f64, keep: Option<&[u64]>) -> [f64; 4] {
     use std::arch::x86_64::*;
     let cv = _mm256_set1_pd(c);
+    // a[2 p + h]: sum of power p + 1, lanes 4 h .. 4 h + 3.
     let mut a = [_mm256_setzero_pd(); 8];
     for base in (0..x.len()).step_by(8) {
         for h in 0..2 {
@@ -458,10 +529,22 @@ unsafe fn avx2_power_lanes(x: &[f64], c: f64, keep: Option<&[u64]>, acc: &mut [[
             a[6 + h] = _mm256_add_pd(a[6 + h], _mm256_mul_pd(d2, d2));
         }
     }
-    for (q, lanes) in acc.iter_mut().enumerate() {
-        _mm256_storeu_pd(lanes.as_mut_ptr(), a[2 * q]);
-        _mm256_storeu_pd(lanes.as_mut_ptr().add(4), a[2 * q + 1]);
+    let mut t = _mm256_setzero_pd();
+    for h in 0..2 {
+        // Rows (p1, p2, p3, p4) of lanes 4h..4h+3 into columns (lane l of p1..p4).
+        let (p1, p2, p3, p4) = (a[h], a[2 + h], a[4 + h], a[6 + h]);
+        let t0 = _mm256_unpacklo_pd(p1, p2);
+        let t1 = _mm256_unpackhi_pd(p1, p2);
+        let t2 = _mm256_unpacklo_pd(p3, p4);
+        let t3 = _mm256_unpackhi_pd(p3, p4);
+        t = _mm256_add_pd(t, _mm256_permute2f128_pd(t0, t2, 0x20));
+        t = _mm256_add_pd(t, _mm256_permute2f128_pd(t1, t3, 0x20));
+        t = _mm256_add_pd(t, _mm256_permute2f128_pd(t0, t2, 0x31));
+        t = _mm256_add_pd(t, _mm256_permute2f128_pd(t1, t3, 0x31));
     }
+    let mut out = [0f64; 4];
+    _mm256_storeu_pd(out.as_mut_ptr(), t);
+    out
 }
 
 /// The moments of `n` values from the sums of the powers of their deviations from `shift`.
@@ -599,5 +682,55 @@ mod tests {
         );
         assert!((target.cosine.m2 - welford.cosine.m2).abs() <= 1e-10 * welford.cosine.m2);
         assert!((target.sq_error.m4 - welford.sq_error.m4).abs() <= 1e-9 * welford.sq_error.m4);
+    }
+    #[test]
+    fn repeated_pushes_equal_batches_of_copies() {
+        // An estimate pushed n times at once gives the bits of a batch of n copies of it
+        // (AVX2 where present, and the scalar fallback), whatever n (full batches, a
+        // remainder past a multiple of 8, fewer than 8), with a pending shift or the
+        // target's means, for a kept cosine, a dropped one (a zero estimate) and none (g = 0).
+        let k = 4;
+        let exacts = [vec![0.5, -2.0, 1e-3, 3.0], vec![0.0; 4]];
+        let estimates = [
+            vec![0.75, -1.5, 2e-3, 2.5],
+            vec![0.0; 4],
+            vec![1e5, -3e-7, 0.125, -8.0],
+        ];
+        for exact in &exacts {
+            let mut batch_target = EstimateMoments::new(k);
+            let mut batch_sums = MomentSums::new(&batch_target);
+            let mut scalar_target = EstimateMoments::new(k);
+            let mut scalar_sums = MomentSums::new(&scalar_target);
+            let mut repeat_target = EstimateMoments::new(k);
+            let mut repeat_sums = MomentSums::new(&repeat_target);
+            let mut batch = vec![0.0; k * PUSH_BATCH];
+            for (i, n) in [64usize, 13, 5, 64, 8, 1, 64, 63, 17]
+                .into_iter()
+                .enumerate()
+            {
+                for estimate in &estimates {
+                    for j in 0..k {
+                        batch[j * PUSH_BATCH..j * PUSH_BATCH + n].fill(estimate[j]);
+                    }
+                    batch_sums.push_batch(&batch, n, exact);
+                    scalar_sums.push_batch_lanes::<false, false>(&batch, n, exact);
+                    repeat_sums.push_repeated(estimate, n, exact);
+                }
+                if i % 3 == 1 {
+                    batch_sums.flush_into(&mut batch_target);
+                    scalar_sums.flush_into(&mut scalar_target);
+                    repeat_sums.flush_into(&mut repeat_target);
+                }
+            }
+            batch_sums.flush_into(&mut batch_target);
+            scalar_sums.flush_into(&mut scalar_target);
+            repeat_sums.flush_into(&mut repeat_target);
+            assert!(batch_target.count() > 0.0);
+            assert_eq!(batch_target, scalar_target, "AVX2 and scalar batches");
+            assert_eq!(repeat_target, batch_target, "repeats and batches of copies");
+            for (a, b) in repeat_target.coords.iter().zip(&batch_target.coords) {
+                assert_eq!(a.m4.to_bits(), b.m4.to_bits());
+            }
+        }
     }
 }

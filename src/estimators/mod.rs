@@ -693,12 +693,38 @@ pub fn estimate_counts_batch(
 /// The counts of `reps` repetitions (`reps * K`, repetition-major) in f64, category-major
 /// (`out[j * reps + r]`), as [`estimate_counts_batch`] reads them.
 pub fn transpose_counts(counts: &[u32], k: usize, out: &mut Vec<f64>) {
-    let reps = counts.len() / k;
+    let reps = counts.len() / k.max(1);
     out.clear();
     out.resize(reps * k, 0.0);
-    for (r, c) in counts.chunks_exact(k).enumerate() {
-        for (j, &v) in c.iter().enumerate() {
-            out[j * reps + r] = f64::from(v);
+    transpose_counts_strided(counts, k, reps, out);
+}
+
+/// [`transpose_counts`] into rows `stride >= reps` numbers apart: `out[j * stride + r]` for
+/// `r < reps` (the rest of `out` is left as it is). Written eight repetitions (one cache line
+/// of each row) at a time.
+///
+/// # Panics
+/// If `stride < reps` or `out` is shorter than `(K - 1) * stride + reps`.
+pub fn transpose_counts_strided(counts: &[u32], k: usize, stride: usize, out: &mut [f64]) {
+    const T: usize = 8;
+    let reps = counts.len() / k.max(1);
+    if reps == 0 || k == 0 {
+        return;
+    }
+    assert!(stride >= reps && out.len() >= (k - 1) * stride + reps);
+    let full = reps / T * T;
+    for r0 in (0..full).step_by(T) {
+        let tile = &counts[r0 * k..(r0 + T) * k];
+        for j in 0..k {
+            let row = &mut out[j * stride + r0..j * stride + r0 + T];
+            for (l, o) in row.iter_mut().enumerate() {
+                *o = f64::from(tile[l * k + j]);
+            }
+        }
+    }
+    for r in full..reps {
+        for j in 0..k {
+            out[j * stride + r] = f64::from(counts[r * k + j]);
         }
     }
 }
@@ -1659,6 +1685,39 @@ impl MovingAverage {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn strided_transpose_is_the_transpose_with_padding() {
+        // Whole tiles of eight repetitions and a remainder, against the definition and
+        // against the unpadded transpose.
+        let k = 3;
+        for reps in [0usize, 5, 8, 21] {
+            let counts: Vec<u32> = (0..reps * k).map(|i| (i * 7 % 11) as u32).collect();
+            let stride = reps + 8;
+            let mut out = vec![9.0; stride * k];
+            transpose_counts_strided(&counts, k, stride, &mut out);
+            for j in 0..k {
+                for r in 0..stride {
+                    // The padding is left as it was.
+                    let want = if r < reps {
+                        f64::from(counts[r * k + j])
+                    } else {
+                        9.0
+                    };
+                    assert_eq!(out[j * stride + r], want, "reps {reps} j {j} r {r}");
+                }
+            }
+            let mut whole = Vec::new();
+            transpose_counts(&counts, k, &mut whole);
+            assert_eq!(whole.len(), reps * k);
+            for j in 0..k {
+                assert_eq!(
+                    whole[j * reps..(j + 1) * reps],
+                    out[j * stride..j * stride + reps]
+                );
+            }
+        }
+    }
+
     use super::*;
 
     /// Deterministic relaxed-looking batches: y >= 0 summing to about 1, some exact zeros.
