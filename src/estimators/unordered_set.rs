@@ -28,7 +28,7 @@
 
 use super::conditional::{fill_uniforms, per_variable_moments};
 use super::indecater::indecater_block;
-use super::{Context, Estimator, ExactMoments, Family, JointDraws};
+use super::{Conditional, Context, Estimator, ExactMoments, Family, JointDraws};
 
 /// Trapezoid step of the set-probability integrals (in `y = ln(-ln u)`).
 pub const QUADRATURE_STEP: f64 = 0.2;
@@ -192,6 +192,9 @@ impl Estimator for UnorderedSet {
     }
     fn loss_evaluations(&self, ctx: &Context, s: u32) -> f64 {
         (ctx.l * (s as usize).min(ctx.k)) as f64
+    }
+    fn conditional(&self) -> Option<Conditional> {
+        Some(Conditional::UnorderedSet)
     }
     fn exact_moments(&self, ctx: &Context, s: u32) -> Option<ExactMoments> {
         let kk = ctx.k;

@@ -35,6 +35,7 @@ pub mod score_function;
 pub mod shaders;
 pub mod train_draws;
 pub mod train_step;
+pub mod unordered_set;
 
 use std::sync::Mutex;
 use std::time::Instant;
@@ -1037,7 +1038,7 @@ impl GpuEngine {
             self.limits.max_reps,
             generic::Readback {
                 z: true,
-                signals: false,
+                ..Default::default()
             },
             &mut |chunk| {
                 z.extend_from_slice(&chunk.z);
@@ -1081,8 +1082,8 @@ impl GpuEngine {
             reps,
             self.limits.max_reps,
             generic::Readback {
-                z: false,
                 signals: true,
+                ..Default::default()
             },
             &mut |chunk| {
                 let first = (chunk.rep_begin - rep_begin) as usize;
