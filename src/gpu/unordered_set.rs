@@ -20,6 +20,7 @@
 //!   sum_t p_t (E_s - E_t) / f_t(x_n)` over `sum_n w_n`, `w_n = h x_n e^{-x_n} prod_m f_m(x_n)`,
 //!   `f_m(x) = 1 - e^{-alpha_m x}`. CPU twin: [`member_terms`].
 //! - the host, in f64: `g_l = sum_s g_s (e_s - p_l)` ([`finish_variable`]).
+//!
 //! With `k = 1` the term is REINFORCE's `E_s` (the host adds `m`), with `k = K` IndeCateR's
 //! `p_s (E_s - sum_c p_c E_c)`, as the CPU's.
 //!
@@ -48,9 +49,9 @@ use crate::philox::key_of;
 
 /// Most members of a set the terms kernel serves (its exponent bookkeeping stays in f32
 /// range below it).
-pub const MAX_SET: usize = 64;
+pub const MAX_SET: usize = 32;
 /// Smallest category probability the kernels serve.
-pub const MIN_PROBABILITY: f64 = 1e-12;
+pub const MIN_PROBABILITY: f64 = 1e-9;
 /// Smallest factor `1 - e^{-alpha x}` the kernel divides by (`2^-60`).
 pub const FLOOR: f32 = 8.673_617e-19;
 
@@ -168,9 +169,9 @@ pub fn member_terms(p: &[f32], members: &[u32], losses: &[f32], nodes: &Nodes, o
     }
     // The rest's mass, summed directly as the CPU does.
     let mut q = Kahan::default();
-    for c in 0..kk {
+    for (c, &pc) in p.iter().enumerate() {
         if !members.contains(&(c as u32)) {
-            q.add(p[c]);
+            q.add(pc);
         }
     }
     let q = q.value();
@@ -387,8 +388,8 @@ mod tests {
     }
 
     /// The f32 twin plus the host's finishing gives the CPU's f64 `set_block` to 2e-6 of the
-    /// estimate's largest coordinate, over sets of every size on probabilities from flat to
-    /// about 1e-9, losses far from 0 (the centre m cancels) and of both signs. Both read the
+    /// estimate's largest coordinate, over sets of every size (up to 32 of K = 40 and all of
+    /// K = 70 past the kernel's range) on probabilities from flat to about 1e-10, losses far from 0 (the centre m cancels) and of both signs. Both read the
     /// same losses (the f32 centred values plus m), so this measures the integrals and the
     /// arithmetic after them, beyond the CPU's own quadrature defect (computed here).
     #[test]
@@ -402,6 +403,8 @@ mod tests {
             (20, 3.0),
             (10, 9.0),
             (70, 2.0),
+            (40, 10.0),
+            (12, 12.0),
         ] {
             for trial in 0..12 {
                 let logits: Vec<f64> = (0..kk).map(|_| (next() - 0.5) * 2.0 * spread).collect();
@@ -456,13 +459,36 @@ mod tests {
                         worst = worst.max(err);
                         assert!(
                             err <= 2e-6,
-                            "K = {kk} spread {spread} trial {trial} k = {k}: {got:?} vs {want:?}"
+                            "K = {kk} spread {spread} trial {trial} k = {k} p_min {:.1e}: {got:?} vs {want:?}",
+                            p.iter().copied().fold(1.0, f64::min)
                         );
                     }
                 }
             }
         }
         eprintln!("largest relative difference {worst:.2e}");
+    }
+
+    /// The kernels refuse what they cannot serve, with the reason, and only that.
+    #[test]
+    fn unsupported_says_why() {
+        let flat = vec![0.1; 10];
+        assert_eq!(unsupported(Conditional::UnorderedSet, &flat, 10, 4), None);
+        assert_eq!(
+            unsupported(Conditional::EveryCategory, &[1e-30, 1.0], 2, 1),
+            None
+        );
+        let mut tiny = flat.clone();
+        tiny[3] = 1e-10;
+        let why = unsupported(Conditional::UnorderedSet, &tiny, 10, 4).unwrap();
+        assert!(why.contains("below the GPU kernel's"), "{why}");
+        // One member or every category reads no integrals.
+        assert_eq!(unsupported(Conditional::UnorderedSet, &tiny, 10, 1), None);
+        assert_eq!(unsupported(Conditional::UnorderedSet, &tiny, 10, 64), None);
+        let wide = vec![1.0 / 100.0; 100];
+        let why = unsupported(Conditional::UnorderedSet, &wide, 100, 33).unwrap();
+        assert!(why.contains("past the GPU kernel's 32"), "{why}");
+        assert_eq!(unsupported(Conditional::UnorderedSet, &wide, 100, 32), None);
     }
 
     /// The bookkeeping the kernel shares: `split` and `frexp64` give the mantissa and
