@@ -388,8 +388,8 @@ mod tests {
     }
 
     /// The f32 twin plus the host's finishing gives the CPU's f64 `set_block` to 2e-6 of the
-    /// estimate's largest coordinate, over sets of every size (up to 32 of K = 40 and all of
-    /// K = 70 past the kernel's range) on probabilities from flat to about 1e-10, losses far from 0 (the centre m cancels) and of both signs. Both read the
+    /// estimate's largest coordinate, over sets of every size up to the kernel's 32 (K = 4 to
+    /// 70) on probabilities from flat to about 1e-10, losses far from 0 (the centre m cancels) and of both signs. Both read the
     /// same losses (the f32 centred values plus m), so this measures the integrals and the
     /// arithmetic after them, beyond the CPU's own quadrature defect (computed here).
     #[test]
