@@ -836,6 +836,13 @@ pub fn run(
     on_chunk: &mut dyn FnMut(&GenericChunk) -> Result<()>,
 ) -> Result<()> {
     let n_groups = plan.groups.len();
+    // The signals and their sums serve the score-function cells (and a signals readback):
+    // a pass of only conditional and set cells skips them.
+    let sums = readback.signals
+        || plan
+            .cells
+            .iter()
+            .any(|c| c.group.is_some() && c.conditional.is_none() && c.set.is_none());
     let chunk = chunk_reps(plan, samples, &ctx.limits)
         .min(max_reps.max(1))
         .min(reps.max(1));
@@ -906,7 +913,7 @@ pub fn run(
             &b.draws_group,
             nu * blocks * l,
         );
-        if n_groups > 0 {
+        if sums && n_groups > 0 {
             kernel(
                 "generic signals",
                 &kernels.signals,
@@ -968,7 +975,7 @@ pub fn run(
         let sums_len = nu * g * (dim + 1);
         let counts_len = nu * dim;
         let conditional_len = nu * n_conditional * dim;
-        if n_groups > 0 {
+        if sums && n_groups > 0 {
             encoder.copy_buffer_to_buffer(&b.sums, 0, &b.sums_staging, 0, sums_len * 4);
             encoder.copy_buffer_to_buffer(&b.counts, 0, &b.counts_staging, 0, counts_len * 4);
         }
@@ -994,7 +1001,7 @@ pub fn run(
             reps: n,
             ..Default::default()
         };
-        if n_groups > 0 {
+        if sums && n_groups > 0 {
             out.sums = ctx.read(&b.sums_staging, sums_len as usize, "reading generic sums")?;
             out.counts = ctx.read(
                 &b.counts_staging,
