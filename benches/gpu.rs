@@ -5,7 +5,9 @@
 //! on an NVIDIA H100: 1e11 draws/s for the score-function pass at S = 4096, 3e10 at S = 256,
 //! 1e10 for the Gumbel pass at S = 1024. The forward layer's bench is `benches/forward.rs`.
 //! The `gpu_generic` group times the generic path (several variables, any loss) on
-//! `vae-decoder`; the `gpu_counts_wg` group sweeps the counts kernel's workgroup size at
+//! `vae-decoder`; the `gpu_unordered_set` group times the unordered-set kernels alone on
+//! `indecater-6x10` (pnorm loss) at S = 4 and S = 10 (sets of 4 and of all K = 10
+//! categories); the `gpu_counts_wg` group sweeps the counts kernel's workgroup size at
 //! S = 4096 (to choose it per adapter).
 //!
 //! After each workload, one more run with timestamp queries on (where the adapter has them,
@@ -228,6 +230,63 @@ fn generic(c: &mut Criterion) {
     group.finish();
 }
 
+/// The unordered-set estimator's GPU lowering on `indecater-6x10` (L = 6, K = 10, pnorm loss):
+/// [`GpuEngine::generic_moments`] with that one cell (joint draws, the sets and members'
+/// losses, the members' terms, the host's finishing), in draws (S per repetition) per
+/// second, at S = 4 (sets of 4: the quadrature) and S = 10 (every category: IndeCateR's form).
+fn unordered_set(c: &mut Criterion) {
+    let Some(engine) = engine() else { return };
+    let mut group = c.benchmark_group("gpu_unordered_set");
+    configure(&mut group);
+    let r = if quick() { 16 } else { 4096 };
+    let named = mcgrad::problems::by_name("indecater-6x10").expect("a named problem");
+    let estimator = mcgrad::estimators::by_id("unordered-set").expect("registered");
+    for s in [4u32, 10] {
+        let spec = SweepSpec {
+            problem: (named.build)(1),
+            losses: vec![Loss::Pnorm],
+            estimators: vec![estimator],
+            samples: vec![s],
+            reps: r,
+            seed: 1,
+            tau: 1.0,
+            settings: Default::default(),
+        };
+        let contexts = spec.contexts();
+        let cells = vec![(0, estimator)];
+        let draws = u64::from(s) * u64::from(r);
+        profile(
+            &engine,
+            &format!("unordered-set indecater-6x10 S={s}/R={r}"),
+            draws,
+            &|| {
+                engine
+                    .generic_moments(&spec, 0, &contexts, &cells, &|_| {})
+                    .expect("GPU generic pass");
+            },
+        );
+        group.throughput(Throughput::Elements(draws));
+        group.bench_function(
+            BenchmarkId::new("indecater-6x10", format!("S={s}/R={r}")),
+            |b| {
+                b.iter_custom(|iters| {
+                    let mut total = Duration::ZERO;
+                    for _ in 0..iters {
+                        let t0 = Instant::now();
+                        let moments = engine
+                            .generic_moments(&spec, 0, &contexts, &cells, &|_| {})
+                            .expect("GPU generic pass");
+                        total += t0.elapsed();
+                        std::hint::black_box(moments);
+                    }
+                    total
+                })
+            },
+        );
+    }
+    group.finish();
+}
+
 /// The score-function pass at S = 4096 with 128 to 1024 threads per counts workgroup (those
 /// the adapter allows): the measurement that chooses the size per adapter
 /// (`MCGRAD_COUNTS_WG`).
@@ -268,5 +327,5 @@ fn counts_workgroups(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, passes, generic, counts_workgroups);
+criterion_group!(benches, passes, generic, unordered_set, counts_workgroups);
 criterion_main!(benches);

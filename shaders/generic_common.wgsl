@@ -1,5 +1,6 @@
 // Shared by the generic-path kernels (joint_draws.wgsl, generic_signals.wgsl,
-// generic_scores.wgsl, indecater.wgsl); src/gpu/shaders.rs prepends it after common.wgsl.
+// generic_scores.wgsl, indecater.wgsl, unordered_set.wgsl, unordered_set_terms.wgsl);
+// src/gpu/shaders.rs prepends it after common.wgsl.
 // Keep in sync with `GenericParams` and `SignalGroup` in src/gpu/generic.rs.
 
 // The parameters of one chunk of the generic path.
@@ -21,6 +22,13 @@ struct GenericParams {
     row: u32,
     // Conditional groups C of the chunk (indecater.wgsl).
     n_conditional: u32,
+    // Set groups of the chunk and the set size k = min(S, K) (unordered_set.wgsl).
+    n_sets: u32,
+    set_size: u32,
+    // The quadrature nodes of unordered_set_terms.wgsl: the first one's index on the grid
+    // y = n h, and their number.
+    nodes_first: i32,
+    n_nodes: u32,
 }
 
 // Losses of a signal group (keep in sync with `LOSS_*` in src/gpu/generic.rs).

@@ -1,7 +1,7 @@
 // The generic losses, shared by the kernels that evaluate them (generic_signals.wgsl,
-// indecater.wgsl); src/gpu/shaders.rs prepends it after generic_common.wgsl. Each such kernel
-// binds `params`, `data` (the losses' numbers) and `z` (the joint draws). CPU twin:
-// `Objective::at_vertex` (src/loss.rs has the definitions), in f32:
+// indecater.wgsl, unordered_set.wgsl); src/gpu/shaders.rs prepends it after
+// generic_common.wgsl. Each such kernel binds `params`, `data` (the losses' numbers) and `z`
+// (the joint draws). CPU twin: `Objective::at_vertex` (src/loss.rs has the definitions), in f32:
 // - quadratic: sum_l beta[l*K + z_l]; the constant alpha L + gamma is folded into `shift`;
 // - pnorm: (1/L) sum_l |z_l - b_l|^p;
 // - decoder: sum_h softplus(h_h) - target_h h_h, h_h = c_h + sum_l V[h, l*K + z_l], as the

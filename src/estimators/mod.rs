@@ -64,7 +64,7 @@ pub use rloo::Rloo;
 pub use st::{StraightThrough, TableCache};
 pub use st_gumbel::StGumbel;
 pub use sum_and_sample::SumAndSample;
-pub use unordered_set::{set_integrals, SetIntegrals, UnorderedSet};
+pub use unordered_set::{set_block, set_integrals, SetIntegrals, UnorderedSet, QUADRATURE_STEP};
 
 use crate::error::{Error, Result};
 use crate::loss::{Loss, Quadratic};
@@ -207,6 +207,11 @@ pub enum Conditional {
     /// it reads only the sums over the draws `F_lj = sum_i f(z_{i,-l}, j)`, as
     /// `p_lj (F_lj - sum_c p_lc F_lc) / S`.
     EveryCategory,
+    /// `unordered-set` (Kool et al. 2020, [`UnorderedSet`]): per variable, a set of
+    /// `min(S, K)` categories by Gumbel-top-k from the repetition's auxiliary uniforms and the
+    /// losses `f(z_{0,-l}, c)` of its members; the GPU engine runs it as its own kernels
+    /// (`shaders/unordered_set.wgsl`, `shaders/unordered_set_terms.wgsl`).
+    UnorderedSet,
 }
 
 /// The per-draw form `g_hat(z) = (A(z) - [centred] E A) (e_{z_l} - p_l) + c` whose moments the

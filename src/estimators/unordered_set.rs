@@ -25,12 +25,18 @@
 //! evaluations per variable, `L min(S, K)` per estimate. The Gumbels come from the
 //! repetition's auxiliary noise (uniform `l K + c` of draw 0). Variance: exact by enumerating
 //! the `C(K, k)` sets (and `z_{-l}`) where that is small; otherwise Monte Carlo only.
+//!
+//! GPU lowering ([`Conditional::UnorderedSet`]): the sets, their members' losses and each
+//! member's term `p_s R(S, s) (f_s - B(S, s))` run as kernels of the GPU's generic path, the
+//! set integrals in f32 on the same trapezoid rule; the host finishes in f64
+//! (`crate::gpu::unordered_set`, which also holds their CPU twin).
 
 use super::conditional::{fill_uniforms, per_variable_moments};
 use super::indecater::indecater_block;
-use super::{Context, Estimator, ExactMoments, Family, JointDraws};
+use super::{Conditional, Context, Estimator, ExactMoments, Family, JointDraws};
 
-/// Trapezoid step of the set-probability integrals (in `y = ln(-ln u)`).
+/// Trapezoid step of the set-probability integrals (in `y = ln(-ln u)`; keep in sync with
+/// `QUADRATURE_STEP` in shaders/unordered_set_terms.wgsl).
 pub const QUADRATURE_STEP: f64 = 0.2;
 /// Most (sets x configurations of the other variables) the exact moments enumerate.
 pub const MAX_SET_ENUMERATION: f64 = 2e5;
@@ -192,6 +198,9 @@ impl Estimator for UnorderedSet {
     }
     fn loss_evaluations(&self, ctx: &Context, s: u32) -> f64 {
         (ctx.l * (s as usize).min(ctx.k)) as f64
+    }
+    fn conditional(&self) -> Option<Conditional> {
+        Some(Conditional::UnorderedSet)
     }
     fn exact_moments(&self, ctx: &Context, s: u32) -> Option<ExactMoments> {
         let kk = ctx.k;

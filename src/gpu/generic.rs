@@ -16,7 +16,11 @@
 //!   conditional group (a loss), draw i, variable l and category j the centred loss
 //!   `f(z_{i,-l}, j) - m`, then its sum over the draws `F_lj`, which IndeCateR's estimate
 //!   `p_lj (F_lj - sum_c p_lc F_lc) / S` reads; CPU twin [`crate::estimators::Indecater`]'s
-//!   `estimate`. The losses of both loss kernels are `shaders/generic_loss.wgsl`'s.
+//!   `estimate`. The losses of the loss kernels are `shaders/generic_loss.wgsl`'s.
+//! - `shaders/unordered_set.wgsl` and `shaders/unordered_set_terms.wgsl`: per repetition and
+//!   variable, `unordered-set`'s Gumbel-top-k set and its members' centred losses, then per
+//!   set group (a loss) each member's term, which the host finishes in f64; design, f32
+//!   accuracy and CPU twin in [`super::unordered_set`].
 //!
 //! Every score-function lowering is `scale sum_i (A_i - b_i) (e_{z_il} - p_l) + c`. Writing
 //! `A_i = D_i + m`, `W(D)_lj = sum_{i: z_il = j} D_i - p_lj sum_i D_i` and
@@ -41,6 +45,7 @@ use crate::estimators::{
 };
 use crate::gpu::context::{GpuContext, READ, READ_WRITE, UNIFORM};
 use crate::gpu::shaders;
+use crate::gpu::unordered_set;
 use crate::loss::Loss;
 use crate::problem::Problem;
 
@@ -87,6 +92,14 @@ pub struct GenericParams {
     pub row: u32,
     /// Conditional groups C (`shaders/indecater.wgsl`).
     pub n_conditional: u32,
+    /// Set groups (`shaders/unordered_set.wgsl`).
+    pub n_sets: u32,
+    /// The set size `min(S, K)`.
+    pub set_size: u32,
+    /// The index of the first quadrature node on the grid `y = n h`.
+    pub nodes_first: i32,
+    /// Quadrature nodes.
+    pub n_nodes: u32,
 }
 
 /// One (loss, learning signal). Keep in sync with `SignalGroup` in
@@ -122,6 +135,10 @@ pub const PAIR_SECOND: u32 = 2;
 
 /// The generic kernels.
 pub struct GenericKernels {
+    unordered_set_layout: wgpu::BindGroupLayout,
+    unordered_set: wgpu::ComputePipeline,
+    unordered_set_terms_layout: wgpu::BindGroupLayout,
+    unordered_set_terms: wgpu::ComputePipeline,
     indecater_layout: wgpu::BindGroupLayout,
     indecater: wgpu::ComputePipeline,
     conditional_sums_layout: wgpu::BindGroupLayout,
@@ -181,7 +198,42 @@ impl GenericKernels {
             "conditional sums",
             &[(UNIFORM, params), (READ, 4), (READ_WRITE, 4)],
         );
+        let unordered_set_layout = ctx.layout(
+            "unordered set",
+            &[
+                (UNIFORM, params),
+                (READ, group),
+                (READ, 4),
+                (READ, 4),
+                (READ, 4),
+                (READ, 4),
+                (READ_WRITE, 4),
+                (READ_WRITE, 4),
+            ],
+        );
+        let unordered_set_terms_layout = ctx.layout(
+            "unordered set terms",
+            &[
+                (UNIFORM, params),
+                (READ, 4),
+                (READ, 4),
+                (READ, 4),
+                (READ_WRITE, 4),
+            ],
+        );
         Ok(Self {
+            unordered_set: ctx.compute_pipeline(
+                "unordered_set",
+                shaders::UNORDERED_SET,
+                &unordered_set_layout,
+            )?,
+            unordered_set_layout,
+            unordered_set_terms: ctx.compute_pipeline(
+                "unordered_set_terms",
+                shaders::UNORDERED_SET_TERMS,
+                &unordered_set_terms_layout,
+            )?,
+            unordered_set_terms_layout,
             indecater: ctx.compute_pipeline("indecater", shaders::INDECATER, &indecater_layout)?,
             indecater_layout,
             conditional_sums: ctx.compute_pipeline(
@@ -233,6 +285,12 @@ pub fn unsupported(
         Some(Lowering::HardDraw) => return Some("the hard-draw lowering has no GPU kernel".into()),
         None => return Some("no GPU lowering".into()),
     }
+    if let Some(why) = estimator
+        .conditional()
+        .and_then(|c| unordered_set::unsupported(c, &ctx.p, ctx.k, samples))
+    {
+        return Some(why);
+    }
     let budget = buffer_budget(limits);
     // The largest buffer of one repetition, with every group a sweep can hold.
     let dim = ctx.dim() as u64;
@@ -265,6 +323,8 @@ pub struct CellPlan {
     pub group: Option<usize>,
     /// Its conditional group ([`Conditional::EveryCategory`], whose sums it reads instead).
     pub conditional: Option<usize>,
+    /// Its set group ([`Conditional::UnorderedSet`], whose members' terms it reads instead).
+    pub set: Option<usize>,
     /// `1/S`, or `1/(S-1)` for leave-one-out.
     pub scale: f64,
     /// The baseline.
@@ -289,6 +349,15 @@ pub struct GenericPlan {
     pub groups: Vec<SignalGroup>,
     /// The conditional groups: each one's signal group (its loss and shift).
     pub conditional: Vec<u32>,
+    /// The set groups (`unordered-set`): each one's signal group.
+    pub sets: Vec<u32>,
+    /// The set size `min(S, K)`.
+    pub set_size: usize,
+    /// What the set kernels read besides the losses: the logits, the probabilities (f32),
+    /// then the quadrature nodes ([`unordered_set::Nodes`]: x, mantissas, exponents).
+    pub set_data: Vec<f32>,
+    /// The first node's index on the grid and the number of nodes.
+    pub nodes: (i32, u32),
     /// `m` of every group: `A_i = D_i + m` (f64, exactly what the GPU's f32 constants sum to).
     pub m: Vec<f64>,
     /// The losses' and residuals' numbers.
@@ -338,10 +407,12 @@ impl GenericPlan {
         let mut keys: Vec<(usize, Signal)> = Vec::new();
         // The conditional groups, as indices into `keys`.
         let mut conditional_keys: Vec<usize> = Vec::new();
+        // The set groups, likewise.
+        let mut set_keys: Vec<usize> = Vec::new();
         let mut plans = Vec::new();
         let s = f64::from(samples);
         for &(loss_index, estimator) in cells {
-            let (signal, baseline, constant, conditional) =
+            let (signal, baseline, constant, form) =
                 match (estimator.lowering(), estimator.conditional()) {
                     (
                         Some(Lowering::ScoreFunction {
@@ -350,10 +421,13 @@ impl GenericPlan {
                             constant,
                         }),
                         _,
-                    ) => (signal, baseline, constant, false),
-                    (_, Some(Conditional::EveryCategory)) => {
-                        (Some(Signal::Loss), Baseline::None, Constant::None, true)
-                    }
+                    ) => (signal, baseline, constant, None),
+                    (_, Some(form)) => (
+                        Some(Signal::Loss),
+                        Baseline::None,
+                        Constant::None,
+                        Some(form),
+                    ),
                     _ => {
                         return Err(Error::InvalidArgument(format!(
                             "estimator `{}` has no GPU form on the generic path",
@@ -375,19 +449,23 @@ impl GenericPlan {
                 Constant::MeanField => ctx.muprop_mean_field.clone(),
                 Constant::ExactGradient => ctx.grad.clone(),
             };
-            let conditional = group.filter(|_| conditional).map(|g| {
-                conditional_keys
-                    .iter()
-                    .position(|&key| key == g)
-                    .unwrap_or_else(|| {
-                        conditional_keys.push(g);
-                        conditional_keys.len() - 1
-                    })
-            });
+            let index_in = |keys: &mut Vec<usize>, g: usize| {
+                keys.iter().position(|&key| key == g).unwrap_or_else(|| {
+                    keys.push(g);
+                    keys.len() - 1
+                })
+            };
+            let conditional = group
+                .filter(|_| form == Some(Conditional::EveryCategory))
+                .map(|g| index_in(&mut conditional_keys, g));
+            let set = group
+                .filter(|_| form == Some(Conditional::UnorderedSet))
+                .map(|g| index_in(&mut set_keys, g));
             plans.push(CellPlan {
                 loss_index,
                 group,
                 conditional,
+                set,
                 scale: if baseline == Baseline::LeaveOneOut {
                     1.0 / (s - 1.0)
                 } else {
@@ -406,15 +484,32 @@ impl GenericPlan {
                 plan.group = sorted.iter().position(|&key| key == keys[g]);
             }
         }
-        let conditional: Vec<u32> = conditional_keys
-            .iter()
-            .map(|&g| {
-                sorted
-                    .iter()
-                    .position(|&key| key == keys[g])
-                    .expect("every key is sorted") as u32
-            })
-            .collect();
+        let sorted_index = |keys_of: &[usize]| -> Vec<u32> {
+            keys_of
+                .iter()
+                .map(|&g| {
+                    sorted
+                        .iter()
+                        .position(|&key| key == keys[g])
+                        .expect("every key is sorted") as u32
+                })
+                .collect()
+        };
+        let conditional = sorted_index(&conditional_keys);
+        let sets = sorted_index(&set_keys);
+        let set_size = (samples as usize).min(k);
+        let (set_data, nodes) = if sets.is_empty() {
+            (Vec::new(), (0, 0))
+        } else {
+            let p_min = p.iter().copied().fold(1.0, f64::min);
+            let nodes = unordered_set::nodes(p_min.max(unordered_set::MIN_PROBABILITY), set_size);
+            let mut data: Vec<f32> = f32s(&contexts[0].logits).collect();
+            data.extend(f32s(&p));
+            data.extend_from_slice(&nodes.x);
+            data.extend_from_slice(&nodes.mantissa);
+            data.extend(nodes.exponent.iter().map(|&e| e as f32));
+            (data, (nodes.first, nodes.x.len() as u32))
+        };
         let keys = sorted;
         if keys.len() > MAX_GROUPS {
             return Err(Error::InvalidArgument(format!(
@@ -523,6 +618,10 @@ impl GenericPlan {
             thresholds,
             groups,
             conditional,
+            sets,
+            set_size,
+            set_data,
+            nodes,
             m,
             data,
             cells: plans,
@@ -538,6 +637,10 @@ impl GenericPlan {
             thresholds: joint_thresholds(p, k),
             groups: Vec::new(),
             conditional: Vec::new(),
+            sets: Vec::new(),
+            set_size: 0,
+            set_data: Vec::new(),
+            nodes: (0, 0),
             m: Vec::new(),
             data: Vec::new(),
             cells: Vec::new(),
@@ -562,6 +665,18 @@ impl GenericPlan {
     ) {
         let plan = &self.cells[cell];
         let dim = self.dim();
+        if let Some(set) = plan.set {
+            // unordered-set: sum_s g_s (e_s - p_l) per variable, in f64.
+            let (k, size) = (self.k, self.set_size);
+            let m = self.m[self.sets[set] as usize];
+            for (v, o) in out.chunks_exact_mut(k).enumerate() {
+                let members = &chunk.members[(r * self.l + v) * size..][..size];
+                let at = ((r * self.sets.len() + set) * self.l + v) * size;
+                let terms = &chunk.set_terms[at..at + size];
+                unordered_set::finish_variable(&self.p[v * k..(v + 1) * k], members, terms, m, o);
+            }
+            return;
+        }
         if let Some(c) = plan.conditional {
             // IndeCateR: p_lj (F_lj - sum_c p_lc F_lc) / S per variable.
             let at = (r * self.conditional.len() + c) * dim;
@@ -620,6 +735,12 @@ pub struct GenericChunk {
     pub counts: Vec<u32>,
     /// Per repetition and conditional group: the `L*K` conditional sums `F_lj`.
     pub conditional: Vec<f32>,
+    /// Per repetition and variable: the set's `min(S, K)` members, in rank order.
+    pub members: Vec<u32>,
+    /// Per repetition, set group and variable: the members' terms.
+    pub set_terms: Vec<f32>,
+    /// Per repetition, set group and variable: the members' centred losses, where asked for.
+    pub set_losses: Vec<f32>,
     /// The categories (`reps * S * L`, draw-major), where asked for.
     pub z: Vec<u32>,
     /// The centred signals (`reps * G * S`), where asked for.
@@ -633,6 +754,8 @@ pub struct Readback {
     pub z: bool,
     /// The centred signals.
     pub signals: bool,
+    /// The unordered-set members' centred losses.
+    pub set_losses: bool,
 }
 
 /// Repetitions per chunk at S draws: every buffer within its budget.
@@ -642,10 +765,17 @@ pub fn chunk_reps(plan: &GenericPlan, samples: u32, limits: &wgpu::Limits) -> u3
     let g = plan.groups.len().max(1) as u64;
     let dim = plan.dim() as u64;
     let c = plan.conditional.len() as u64;
-    let per_rep = [s * plan.l as u64, s * g, g * (dim + 1) + dim, c * s * dim]
-        .into_iter()
-        .max()
-        .unwrap_or(1)
+    let sets = plan.sets.len() as u64 * (plan.l * plan.set_size) as u64;
+    let per_rep = [
+        s * plan.l as u64,
+        s * g,
+        g * (dim + 1) + dim,
+        c * s * dim,
+        sets,
+    ]
+    .into_iter()
+    .max()
+    .unwrap_or(1)
         * 4;
     (budget / per_rep.max(1)).clamp(1, u64::from(u32::MAX)) as u32
 }
@@ -667,6 +797,14 @@ struct Buffers {
     signals_group: wgpu::BindGroup,
     scores_group: wgpu::BindGroup,
     indecater_group: wgpu::BindGroup,
+    members: wgpu::Buffer,
+    members_staging: wgpu::Buffer,
+    set_losses: wgpu::Buffer,
+    set_losses_staging: Option<wgpu::Buffer>,
+    set_terms: wgpu::Buffer,
+    set_terms_staging: wgpu::Buffer,
+    unordered_set_group: wgpu::BindGroup,
+    unordered_set_terms_group: wgpu::BindGroup,
 }
 
 fn dispatch(pass: &mut wgpu::ComputePass<'_>, threads: u64, max_x: u32) {
@@ -698,6 +836,13 @@ pub fn run(
     on_chunk: &mut dyn FnMut(&GenericChunk) -> Result<()>,
 ) -> Result<()> {
     let n_groups = plan.groups.len();
+    // The signals and their sums serve the score-function cells (and a signals readback):
+    // a pass of only conditional and set cells skips them.
+    let sums = readback.signals
+        || plan
+            .cells
+            .iter()
+            .any(|c| c.group.is_some() && c.conditional.is_none() && c.set.is_none());
     let chunk = chunk_reps(plan, samples, &ctx.limits)
         .min(max_reps.max(1))
         .min(reps.max(1));
@@ -735,6 +880,10 @@ pub fn run(
             blocks: samples.div_ceil(4),
             row: max_x * GENERIC_WG,
             n_conditional: plan.conditional.len() as u32,
+            n_sets: plan.sets.len() as u32,
+            set_size: plan.set_size as u32,
+            nodes_first: plan.nodes.0,
+            n_nodes: plan.nodes.1,
         };
         ctx.queue
             .write_buffer(&b.params, 0, bytemuck::bytes_of(&params));
@@ -764,7 +913,7 @@ pub fn run(
             &b.draws_group,
             nu * blocks * l,
         );
-        if n_groups > 0 {
+        if sums && n_groups > 0 {
             kernel(
                 "generic signals",
                 &kernels.signals,
@@ -792,10 +941,41 @@ pub fn run(
                 nu * n_conditional * dim,
             );
         }
+        let n_sets = plan.sets.len() as u64;
+        let set_size = plan.set_size as u64;
+        if n_sets > 0 {
+            kernel(
+                "unordered set",
+                &kernels.unordered_set,
+                &b.unordered_set_group,
+                nu * dim,
+            );
+            kernel(
+                "unordered set terms",
+                &kernels.unordered_set_terms,
+                &b.unordered_set_terms_group,
+                nu * n_sets * l * set_size,
+            );
+        }
+        let members_len = nu * l * set_size;
+        let set_terms_len = nu * n_sets * l * set_size;
+        if n_sets > 0 {
+            encoder.copy_buffer_to_buffer(&b.members, 0, &b.members_staging, 0, members_len * 4);
+            encoder.copy_buffer_to_buffer(
+                &b.set_terms,
+                0,
+                &b.set_terms_staging,
+                0,
+                set_terms_len * 4,
+            );
+            if let Some(st) = &b.set_losses_staging {
+                encoder.copy_buffer_to_buffer(&b.set_losses, 0, st, 0, set_terms_len * 4);
+            }
+        }
         let sums_len = nu * g * (dim + 1);
         let counts_len = nu * dim;
         let conditional_len = nu * n_conditional * dim;
-        if n_groups > 0 {
+        if sums && n_groups > 0 {
             encoder.copy_buffer_to_buffer(&b.sums, 0, &b.sums_staging, 0, sums_len * 4);
             encoder.copy_buffer_to_buffer(&b.counts, 0, &b.counts_staging, 0, counts_len * 4);
         }
@@ -821,7 +1001,7 @@ pub fn run(
             reps: n,
             ..Default::default()
         };
-        if n_groups > 0 {
+        if sums && n_groups > 0 {
             out.sums = ctx.read(&b.sums_staging, sums_len as usize, "reading generic sums")?;
             out.counts = ctx.read(
                 &b.counts_staging,
@@ -835,6 +1015,22 @@ pub fn run(
                 conditional_len as usize,
                 "reading conditional sums",
             )?;
+        }
+        if n_sets > 0 {
+            out.members = ctx.read(
+                &b.members_staging,
+                members_len as usize,
+                "reading unordered-set members",
+            )?;
+            out.set_terms = ctx.read(
+                &b.set_terms_staging,
+                set_terms_len as usize,
+                "reading unordered-set terms",
+            )?;
+            if let Some(st) = &b.set_losses_staging {
+                out.set_losses =
+                    ctx.read(st, set_terms_len as usize, "reading unordered-set losses")?;
+            }
         }
         if let Some(st) = &b.z_staging {
             out.z = ctx.read(st, (nu * s * l) as usize, "reading joint draws")?;
@@ -954,6 +1150,49 @@ fn buffers(
             &conditional_losses,
         ],
     );
+    let n_sets = plan.sets.len().max(1) as u64;
+    let set_size = plan.set_size.max(1) as u64;
+    let set_groups = init("set groups", bytemuck::cast_slice(&plan.sets));
+    let set_data = init("unordered-set data", bytemuck::cast_slice(&plan.set_data));
+    let members = ctx.buffer(
+        "unordered-set members",
+        c * l * set_size * 4,
+        U::STORAGE | U::COPY_SRC,
+    );
+    let set_losses = ctx.buffer(
+        "unordered-set losses",
+        c * n_sets * l * set_size * 4,
+        U::STORAGE | U::COPY_SRC,
+    );
+    let set_losses_staging = readback
+        .set_losses
+        .then(|| staging("unordered-set losses readback", &set_losses));
+    let set_terms = ctx.buffer(
+        "unordered-set terms",
+        c * n_sets * l * set_size * 4,
+        U::STORAGE | U::COPY_SRC,
+    );
+    let members_staging = staging("unordered-set members readback", &members);
+    let set_terms_staging = staging("unordered-set terms readback", &set_terms);
+    let unordered_set_group = ctx.bind_group(
+        "unordered set",
+        &kernels.unordered_set_layout,
+        &[
+            &params,
+            &groups_buf,
+            &data,
+            &z,
+            &set_groups,
+            &set_data,
+            &members,
+            &set_losses,
+        ],
+    );
+    let unordered_set_terms_group = ctx.bind_group(
+        "unordered set terms",
+        &kernels.unordered_set_terms_layout,
+        &[&params, &set_data, &members, &set_losses, &set_terms],
+    );
     let conditional_sums_group = ctx.bind_group(
         "conditional sums",
         &kernels.conditional_sums_layout,
@@ -971,6 +1210,14 @@ fn buffers(
         conditional_staging,
         conditional_sums_group,
         indecater_group,
+        members,
+        members_staging,
+        set_losses,
+        set_losses_staging,
+        set_terms,
+        set_terms_staging,
+        unordered_set_group,
+        unordered_set_terms_group,
         z_staging,
         signals_staging,
         draws_group,
@@ -1108,7 +1355,7 @@ mod tests {
 
     #[test]
     fn struct_sizes_match_the_wgsl_layouts() {
-        assert_eq!(std::mem::size_of::<GenericParams>(), 48);
+        assert_eq!(std::mem::size_of::<GenericParams>(), 64);
         assert_eq!(std::mem::size_of::<SignalGroup>(), 32);
     }
 }

@@ -16,7 +16,8 @@
 //! The engine plans per cell from the estimator's [`crate::estimators::Lowering`] and the
 //! context ([`Engine::fallback_reason`]): a cell with no GPU form (the relaxed family on the
 //! generic path, an estimator with no lowering, the relaxed or hard-draw lowering past the
-//! one-variable kernels' K, a repetition too large for one buffer) runs on the CPU engine in
+//! one-variable kernels' K, a repetition too large for one buffer, an `unordered-set` cell
+//! past [`unordered_set`]'s range) runs on the CPU engine in
 //! the same sweep, and [`fallback_notes`] says so. A score-function cell with one variable
 //! and K past those kernels runs on the generic kernels, which serve any K; a hard-draw cell
 //! (`st`, `reinmax`) with one variable reads the score-function pass's category counts.
@@ -35,6 +36,7 @@ pub mod score_function;
 pub mod shaders;
 pub mod train_draws;
 pub mod train_step;
+pub mod unordered_set;
 
 use std::sync::Mutex;
 use std::time::Instant;
@@ -1042,7 +1044,7 @@ impl GpuEngine {
             self.limits.max_reps,
             generic::Readback {
                 z: true,
-                signals: false,
+                ..Default::default()
             },
             &mut |chunk| {
                 z.extend_from_slice(&chunk.z);
@@ -1086,8 +1088,8 @@ impl GpuEngine {
             reps,
             self.limits.max_reps,
             generic::Readback {
-                z: false,
                 signals: true,
+                ..Default::default()
             },
             &mut |chunk| {
                 let first = (chunk.rep_begin - rep_begin) as usize;

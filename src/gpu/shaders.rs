@@ -2,7 +2,7 @@
 //! (Philox, the shared structs, f32 moments) prepended, and `shaders/moments.wgsl` (the
 //! workgroup reduction) for the two moments kernels, `shaders/generic_common.wgsl` (the
 //! generic path's structs) for the generic kernels, and `shaders/generic_loss.wgsl` (the
-//! generic losses) for the two that evaluate losses.
+//! generic losses) for the three that evaluate losses.
 
 macro_rules! kernel {
     ($($file:literal),+) => {
@@ -40,3 +40,11 @@ pub const GENERIC_SCORES: &str = kernel!("generic_common.wgsl", "generic_scores.
 pub const INDECATER: &str = kernel!("generic_common.wgsl", "generic_loss.wgsl", "indecater.wgsl");
 /// Their sums over the draws.
 pub const CONDITIONAL_SUMS: &str = kernel!("generic_common.wgsl", "conditional_sums.wgsl");
+/// The unordered-set estimator's sets and their members' losses (the generic path).
+pub const UNORDERED_SET: &str = kernel!(
+    "generic_common.wgsl",
+    "generic_loss.wgsl",
+    "unordered_set.wgsl"
+);
+/// The unordered-set estimator's per-member terms.
+pub const UNORDERED_SET_TERMS: &str = kernel!("generic_common.wgsl", "unordered_set_terms.wgsl");
