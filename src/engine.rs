@@ -15,15 +15,16 @@ use std::time::Instant;
 use rayon::prelude::*;
 
 use crate::draws::{
-    count_categories_reps, draw_joint_categories, CategoricalTable, JointRelaxedTable, RelaxedTable,
+    count_categories_reps, draw_joint_categories, draw_joint_categories_by_variable,
+    CategoricalTable, JointRelaxedTable, RelaxedTable,
 };
 use crate::error::{Error, Result};
 use crate::estimators::warmed_baseline;
 use crate::estimators::{
-    estimate_counts_batch, estimate_one, fill_joint_counts, relaxed_moments, transpose_counts,
-    uses_counts, uses_hard_draw_counts, uses_joint_counts, uses_relaxed_sums, Context, DrawSource,
-    Estimator, Family, JointCounts, JointDraws, Lowering, MovingAverage, Noise, RelaxedMoments,
-    Settings,
+    estimate_counts_batch, estimate_one, fill_joint_counts, fill_joint_counts_by_variable,
+    relaxed_moments, transpose_counts, uses_counts, uses_hard_draw_counts, uses_joint_counts,
+    uses_relaxed_sums, Context, DrawSource, Estimator, Family, JointCounts, JointDraws, Lowering,
+    MovingAverage, Noise, RelaxedMoments, Settings,
 };
 use crate::faults;
 use crate::loss::Loss;
@@ -611,12 +612,32 @@ pub(crate) fn cpu_point_cells(
             for _ in 0..faults::repeat_pass("score-function") {
                 // Scratch per worker (not per repetition): the categories where the pass does
                 // not keep them, and the losses of a joint-counts-only loss.
-                let scratch = || (Vec::<u32>::new(), Vec::<f64>::new());
-                let work = |(z_local, f_local): &mut (Vec<u32>, Vec<f64>),
+                let scratch = || (Vec::<u32>::new(), Vec::<f64>::new(), Vec::<f64>::new());
+                let work = |(z_local, f_local, q_local): &mut (Vec<u32>, Vec<f64>, Vec<f64>),
                             i: usize,
                             z: &mut [u32],
                             f: &mut [f64],
                             sums: &mut [f64]| {
+                    if !generic_sf {
+                        // Joint counts alone: the draws variable-major, which the loss and
+                        // the sums read one variable at a time (the same bits).
+                        z_local.resize(su * l, 0);
+                        f_local.resize(su, 0.0);
+                        let rep = block_start + i as u32;
+                        draw_joint_categories_by_variable(&tables, key, rep, point_id, s, z_local);
+                        for (ji, &li) in joint_losses.iter().enumerate() {
+                            let ctx = &contexts[li];
+                            ctx.objective.at_vertices_by_variable(z_local, f_local);
+                            fill_joint_counts_by_variable(
+                                ctx,
+                                z_local,
+                                f_local,
+                                q_local,
+                                &mut sums[ji * joint_len..(ji + 1) * joint_len],
+                            );
+                        }
+                        return;
+                    }
                     let z: &mut [u32] = if generic_sf {
                         z
                     } else {
@@ -707,7 +728,11 @@ pub(crate) fn cpu_point_cells(
             let batch = &mut cell.batch;
             let mut in_batch = cell.in_batch;
             let ctx = cell.warm_ctx.as_ref().unwrap_or(&contexts[cell.loss_index]);
-            let mut estimate = vec![0.0; dim];
+            // The estimates of up to STAGE repetitions, repetition-major, before they go to
+            // the batch's columns: one cache line per coordinate and STAGE repetitions, where
+            // one repetition at a time wrote one number to each of `dim` lines.
+            let mut stage = vec![0.0; dim * STAGE];
+            let mut staged = 0;
             let faulty = faults::any();
             let f_offset = generic_losses
                 .iter()
@@ -743,13 +768,13 @@ pub(crate) fn cpu_point_cells(
                 }
             }
             for r in 0..if batched { 0 } else { nbu } {
+                let estimate = &mut stage[staged * dim..(staged + 1) * dim];
                 match cell.path {
                     Path::Counts | Path::HardDrawCounts => {
                         let c = &counts[r * k..(r + 1) * k];
                         let b = cell.baseline.value();
                         let draws = DrawSource::Counts { counts: c, s };
-                        if let Some(signal) =
-                            estimate_one(cell.estimator, ctx, draws, b, &mut estimate)
+                        if let Some(signal) = estimate_one(cell.estimator, ctx, draws, b, estimate)
                         {
                             cell.baseline.push(signal);
                         }
@@ -770,7 +795,7 @@ pub(crate) fn cpu_point_cells(
                             ctx,
                             DrawSource::JointCounts(&view),
                             b,
-                            &mut estimate,
+                            estimate,
                         ) {
                             cell.baseline.push(signal);
                         }
@@ -801,20 +826,21 @@ pub(crate) fn cpu_point_cells(
                         };
                         let b = cell.baseline.value();
                         let draws = DrawSource::Joint(&draws);
-                        if let Some(signal) =
-                            estimate_one(cell.estimator, ctx, draws, b, &mut estimate)
+                        if let Some(signal) = estimate_one(cell.estimator, ctx, draws, b, estimate)
                         {
                             cell.baseline.push(signal);
                         }
                     }
                 }
                 if faulty {
-                    faults::distort(cell.estimator.id(), ctx.tau, &ctx.grad, &mut estimate);
+                    faults::distort(cell.estimator.id(), ctx.tau, &ctx.grad, estimate);
                 }
-                for (j, &v) in estimate.iter().enumerate() {
-                    batch[j * PUSH_BATCH + in_batch] = v;
-                }
+                staged += 1;
                 in_batch += 1;
+                if staged == STAGE || in_batch == PUSH_BATCH || r + 1 == nbu {
+                    unstage(&stage, staged, dim, &mut batch[in_batch - staged..]);
+                    staged = 0;
+                }
                 if in_batch == PUSH_BATCH {
                     block_sums.push_batch(batch, in_batch, &ctx.grad);
                     in_batch = 0;
@@ -858,6 +884,20 @@ pub(crate) fn cpu_point_cells(
         })
         .collect();
     PointMoments { samples: s, cells }
+}
+
+/// Repetitions whose estimates a cell stages before it writes them to its batch's columns.
+const STAGE: usize = 8;
+
+/// Writes the `staged` estimates of `stage` (repetition-major, `dim` each) to the first
+/// `staged` columns of `batch` (coordinate-major, rows of [`PUSH_BATCH`]).
+fn unstage(stage: &[f64], staged: usize, dim: usize, batch: &mut [f64]) {
+    for j in 0..dim {
+        let row = &mut batch[j * PUSH_BATCH..j * PUSH_BATCH + staged];
+        for (r, v) in row.iter_mut().enumerate() {
+            *v = stage[r * dim + j];
+        }
+    }
 }
 
 fn cpu_point(spec: &SweepSpec, point: usize, progress: &(dyn Fn(u64) + Sync)) -> PointMoments {

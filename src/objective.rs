@@ -214,6 +214,50 @@ impl Objective {
         }
     }
 
+    /// `out[i] = f(z_i)` for S joint draws laid out variable-major (`zt[l * S + i]`, as
+    /// [`crate::draws::draw_joint_categories_by_variable`] writes them), `S = out.len()`: bit
+    /// for bit [`Objective::at_vertex`] of each draw (a separable loss sums its terms in
+    /// variable order, one variable across all S draws at a time).
+    pub fn at_vertices_by_variable(&self, zt: &[u32], out: &mut [f64]) {
+        #[cfg(target_arch = "x86_64")]
+        #[target_feature(enable = "avx2")]
+        fn avx2(obj: &Objective, zt: &[u32], out: &mut [f64]) {
+            obj.at_vertices_by_variable_lanes(zt, out);
+        }
+        #[cfg(target_arch = "x86_64")]
+        if crate::fastmath::has_avx2() {
+            // SAFETY: the CPU has AVX2, checked just above.
+            return unsafe { avx2(self, zt, out) };
+        }
+        self.at_vertices_by_variable_lanes(zt, out);
+    }
+
+    #[inline(always)]
+    fn at_vertices_by_variable_lanes(&self, zt: &[u32], out: &mut [f64]) {
+        let (l, k, s) = (self.l, self.k, out.len());
+        match &self.form {
+            Form::Pnorm { terms, .. } => {
+                separable_sums_by_variable(zt, l, k, terms, out);
+                let count = self.l as f64;
+                out.iter_mut().for_each(|o| *o /= count);
+            }
+            Form::Quadratic(q) => {
+                separable_sums_by_variable(zt, l, k, &q.beta, out);
+                let base = q.alpha * self.l as f64;
+                out.iter_mut().for_each(|o| *o = base + *o + q.gamma);
+            }
+            _ => {
+                let mut zi = vec![0u32; l];
+                for (i, o) in out.iter_mut().enumerate() {
+                    for (var, c) in zi.iter_mut().enumerate() {
+                        *c = zt[var * s + i];
+                    }
+                    *o = self.at_vertex(&zi);
+                }
+            }
+        }
+    }
+
     /// `out[c] = f(z with variable l set to c)` for every category `c` (K loss evaluations),
     /// bit for bit [`Objective::at_vertex`] of each. For a separable loss the terms of the
     /// other variables are summed once, in [`Objective::at_vertex`]'s order (the prefix before
@@ -412,6 +456,31 @@ fn separable_sums(z: &[u32], l: usize, k: usize, table: &[f64], out: &mut [f64])
     }
 }
 
+/// `out[i] = sum_m table[m*K + zt[m*S + i]]` for S draws laid out variable-major
+/// (`S = out.len()`), each summed in variable order from the neutral element of an iterator's
+/// `sum`, as [`Objective::at_vertex`] sums its terms. Every category must be below K.
+///
+/// # Panics
+/// If `zt` holds fewer than `L * S` numbers or `table` fewer than `L * K`.
+#[inline(always)]
+pub(crate) fn separable_sums_by_variable(
+    zt: &[u32],
+    l: usize,
+    k: usize,
+    table: &[f64],
+    out: &mut [f64],
+) {
+    let zero: f64 = std::iter::empty::<f64>().sum();
+    let s = out.len();
+    out.iter_mut().for_each(|o| *o = zero);
+    for var in 0..l {
+        let t = &table[var * k..(var + 1) * k];
+        for (o, &c) in out.iter_mut().zip(&zt[var * s..(var + 1) * s]) {
+            *o += t[c as usize];
+        }
+    }
+}
+
 /// `out[c] = sum_m term(m, z'_m)` with `z' = z` but `z'_l = c`, for every c, summed in
 /// variable order as an iterator's `sum` is (the prefix before `l` is that sum over the first
 /// `l` terms, so it starts from the same neutral element).
@@ -573,6 +642,16 @@ mod tests {
                     let obj = Objective::new(&p, loss);
                     let mut batch = vec![0.0; 37];
                     obj.at_vertices(&z, &mut batch);
+                    // The same draws variable-major give the same bits.
+                    let zt: Vec<u32> = (0..l * 37).map(|n| z[(n % 37) * l + n / 37]).collect();
+                    let mut by_variable = vec![0.0; 37];
+                    obj.at_vertices_by_variable(&zt, &mut by_variable);
+                    let mut portable = vec![0.0; 37];
+                    obj.at_vertices_by_variable_lanes(&zt, &mut portable);
+                    for (i, (a, b)) in by_variable.iter().zip(&portable).enumerate() {
+                        assert_eq!(a.to_bits(), batch[i].to_bits(), "{loss} draw {i}");
+                        assert_eq!(b.to_bits(), batch[i].to_bits(), "{loss} draw {i}");
+                    }
                     let mut scratch = vec![0u32; l];
                     let mut conditional = vec![0.0; k];
                     for (zi, &f) in z.chunks_exact(l).zip(&batch) {

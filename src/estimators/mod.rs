@@ -1485,6 +1485,95 @@ pub fn fill_joint_counts(ctx: &Context, z: &[u32], f: &[f64], buffer: &mut [f64]
     totals[1] = q_total;
 }
 
+/// [`fill_joint_counts`] from the draws laid out variable-major (`zt[l * S + i]`, as
+/// [`crate::draws::draw_joint_categories_by_variable`] writes them; `S = f.len()`): the same
+/// sums bit for bit. Every bucket `(l, j)` still adds its draws in draw order (one variable's
+/// draws at a time, where the draw-major form interleaves the variables, whose buckets are
+/// apart), and each `q_i` sums its terms in variable order. `q` is scratch (S numbers, kept
+/// across calls).
+pub fn fill_joint_counts_by_variable(
+    ctx: &Context,
+    zt: &[u32],
+    f: &[f64],
+    q: &mut Vec<f64>,
+    buffer: &mut [f64],
+) {
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx2")]
+    fn avx2(ctx: &Context, zt: &[u32], f: &[f64], q: &mut Vec<f64>, buffer: &mut [f64]) {
+        fill_by_variable_lanes(ctx, zt, f, q, buffer);
+    }
+    #[cfg(target_arch = "x86_64")]
+    if crate::fastmath::has_avx2() {
+        // SAFETY: the CPU has AVX2, checked just above.
+        return unsafe { avx2(ctx, zt, f, q, buffer) };
+    }
+    fill_by_variable_lanes(ctx, zt, f, q, buffer);
+}
+
+#[inline(always)]
+fn fill_by_variable_lanes(
+    ctx: &Context,
+    zt: &[u32],
+    f: &[f64],
+    q: &mut Vec<f64>,
+    buffer: &mut [f64],
+) {
+    let (l, k, s) = (ctx.l, ctx.k, f.len());
+    let n = l * k;
+    let zt = &zt[..l * s];
+    buffer.iter_mut().for_each(|v| *v = 0.0);
+    if s == 0 {
+        return;
+    }
+    let (counts, rest) = buffer.split_at_mut(n);
+    let (fs, rest) = rest.split_at_mut(n);
+    let (qs, totals) = rest.split_at_mut(n);
+    // Every index below is `var * K + c` with `var < L` and, checked here once, `c < K`.
+    let largest = zt.iter().fold(0u32, |m, &c| m.max(c));
+    assert!((largest as usize) < k, "a joint draw's category is past K");
+    let mut f_total = 0.0;
+    for &fi in f {
+        f_total += fi;
+    }
+    totals[0] = f_total;
+    match ctx.mean_field.as_ref() {
+        Some(m) => {
+            q.resize(s, 0.0);
+            crate::objective::separable_sums_by_variable(zt, l, k, &m.grad[..n], q);
+            for (var, row) in zt.chunks_exact(s).enumerate() {
+                for ((&c, &fi), &qi) in row.iter().zip(f).zip(q.iter()) {
+                    let i = var * k + c as usize;
+                    // SAFETY: `i < L * K`, the length of the three slices (see above).
+                    unsafe {
+                        *counts.get_unchecked_mut(i) += 1.0;
+                        *fs.get_unchecked_mut(i) += fi;
+                        *qs.get_unchecked_mut(i) += qi;
+                    }
+                }
+            }
+            let mut q_total = 0.0;
+            for &qi in q.iter() {
+                q_total += qi;
+            }
+            totals[1] = q_total;
+        }
+        None => {
+            // No mean field: Q and its total stay at the zeros they start from.
+            for (var, row) in zt.chunks_exact(s).enumerate() {
+                for (&c, &fi) in row.iter().zip(f) {
+                    let i = var * k + c as usize;
+                    // SAFETY: as above.
+                    unsafe {
+                        *counts.get_unchecked_mut(i) += 1.0;
+                        *fs.get_unchecked_mut(i) += fi;
+                    }
+                }
+            }
+        }
+    }
+}
+
 /// The joint-counts lowering: the S-draw estimate of a score-function-form estimator (its
 /// [`Lowering::ScoreFunction`]) from a repetition's [`JointCounts`] and the moving-average
 /// baseline, into `out`; returns the baseline signal (the mean signal) for a moving average.
@@ -1844,6 +1933,53 @@ mod tests {
             checked, 5,
             "reinforce, reinforce-ema, rloo, muprop, muprop-c"
         );
+    }
+
+    #[test]
+    fn joint_counts_by_variable_equal_the_draw_major_sums_bit_for_bit() {
+        // Every loss (with a mean field and without), problems with K below and past the
+        // vector width, S with and without a remainder.
+        let mut small =
+            Problem::free_logits(3, 5, (0..15).map(|i| (i as f64 * 0.7).sin()).collect());
+        small.t = (0..15).map(|i| (i as f64 * 0.3).cos()).collect();
+        small.b = vec![0.5, 2.5, 4.0];
+        small.table = (0..125).map(|i| (i as f64 * 0.61).sin() * 3.0).collect();
+        let indecater = (crate::problems::by_name("indecater-6x10").unwrap().build)(0);
+        let mut checked = 0;
+        for problem in [&small, &indecater] {
+            for loss in Loss::ALL {
+                if problem.check_loss(loss).is_err() {
+                    continue;
+                }
+                let ctx = Context::new(problem, loss, 1.0);
+                let (l, k) = (ctx.l, ctx.k);
+                let tables: Vec<_> = ctx
+                    .p
+                    .chunks(k)
+                    .map(crate::draws::CategoricalTable::new)
+                    .collect();
+                for s in [1usize, 7, 64, 101] {
+                    let mut z = vec![0u32; s * l];
+                    crate::draws::draw_joint_categories(&tables, [3, 1], 8, 0, s as u32, &mut z);
+                    let mut f = vec![0.0; s];
+                    ctx.objective.at_vertices(&z, &mut f);
+                    let mut want = vec![0.0; JointCounts::buffer_len(&ctx)];
+                    fill_joint_counts(&ctx, &z, &f, &mut want);
+                    let zt: Vec<u32> = (0..s * l).map(|n| z[(n % s) * l + n / s]).collect();
+                    let mut got = vec![f64::NAN; want.len()];
+                    fill_joint_counts_by_variable(&ctx, &zt, &f, &mut Vec::new(), &mut got);
+                    assert_eq!(bits(&got), bits(&want), "{loss} L = {l} S = {s}");
+                    let mut portable = vec![f64::NAN; want.len()];
+                    fill_by_variable_lanes(&ctx, &zt, &f, &mut Vec::new(), &mut portable);
+                    assert_eq!(bits(&portable), bits(&want), "portable {loss} S = {s}");
+                    if ctx.mean_field.is_some() {
+                        assert!(want[2 * l * k..3 * l * k].iter().any(|&q| q != 0.0));
+                    }
+                    checked += 1;
+                }
+            }
+        }
+        assert!(checked >= 20, "{checked}");
     }
 
     #[test]
