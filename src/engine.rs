@@ -23,8 +23,8 @@ use crate::estimators::warmed_baseline;
 use crate::estimators::{
     estimate_counts_batch, estimate_one, fill_joint_counts, fill_joint_counts_by_variable,
     relaxed_moments, transpose_counts, uses_counts, uses_hard_draw_counts, uses_joint_counts,
-    uses_relaxed_sums, Context, DrawSource, Estimator, Family, JointCounts, JointDraws, Lowering,
-    MovingAverage, Noise, RelaxedMoments, Settings,
+    uses_relaxed_sums, Context, DrawSource, Estimator, Family, JointCounts, JointDraws,
+    JointScratch, Lowering, MovingAverage, Noise, RelaxedMoments, Settings,
 };
 use crate::faults;
 use crate::loss::Loss;
@@ -612,61 +612,67 @@ pub(crate) fn cpu_point_cells(
             for _ in 0..faults::repeat_pass("score-function") {
                 // Scratch per worker (not per repetition): the categories where the pass does
                 // not keep them, and the losses of a joint-counts-only loss.
-                let scratch = || (Vec::<u32>::new(), Vec::<f64>::new(), Vec::<f64>::new());
-                let work = |(z_local, f_local, q_local): &mut (Vec<u32>, Vec<f64>, Vec<f64>),
-                            i: usize,
-                            z: &mut [u32],
-                            f: &mut [f64],
-                            sums: &mut [f64]| {
-                    if !generic_sf {
-                        // Joint counts alone: the draws variable-major, which the loss and
-                        // the sums read one variable at a time (the same bits).
-                        z_local.resize(su * l, 0);
-                        f_local.resize(su, 0.0);
-                        let rep = block_start + i as u32;
-                        draw_joint_categories_by_variable(&tables, key, rep, point_id, s, z_local);
+                let scratch = || {
+                    (
+                        Vec::<u32>::new(),
+                        Vec::<f64>::new(),
+                        JointScratch::default(),
+                    )
+                };
+                let work =
+                    |(z_local, f_local, joint_local): &mut (Vec<u32>, Vec<f64>, JointScratch),
+                     i: usize,
+                     z: &mut [u32],
+                     f: &mut [f64],
+                     sums: &mut [f64]| {
+                        if !generic_sf {
+                            // Joint counts alone: the draws variable-major, which the loss and
+                            // the sums read one variable at a time (the same bits).
+                            z_local.resize(su * l, 0);
+                            let rep = block_start + i as u32;
+                            draw_joint_categories_by_variable(
+                                &tables, key, rep, point_id, s, z_local,
+                            );
+                            for (ji, &li) in joint_losses.iter().enumerate() {
+                                fill_joint_counts_by_variable(
+                                    &contexts[li],
+                                    z_local,
+                                    su,
+                                    joint_local,
+                                    &mut sums[ji * joint_len..(ji + 1) * joint_len],
+                                );
+                            }
+                            return;
+                        }
+                        let z: &mut [u32] = if generic_sf {
+                            z
+                        } else {
+                            z_local.resize(su * l, 0);
+                            z_local
+                        };
+                        draw_joint_categories(&tables, key, block_start + i as u32, point_id, s, z);
+                        for (gi, &li) in generic_losses.iter().enumerate() {
+                            let obj = &contexts[li].objective;
+                            obj.at_vertices(z, &mut f[gi * su..(gi + 1) * su]);
+                        }
                         for (ji, &li) in joint_losses.iter().enumerate() {
                             let ctx = &contexts[li];
-                            ctx.objective.at_vertices_by_variable(z_local, f_local);
-                            fill_joint_counts_by_variable(
+                            let fl: &[f64] = match generic_losses.iter().position(|&g| g == li) {
+                                Some(gi) => &f[gi * su..(gi + 1) * su],
+                                None => {
+                                    f_local.resize(su, 0.0);
+                                    ctx.objective.at_vertices(z, f_local);
+                                    f_local
+                                }
+                            };
+                            fill_joint_counts(
                                 ctx,
-                                z_local,
-                                f_local,
-                                q_local,
+                                z,
+                                fl,
                                 &mut sums[ji * joint_len..(ji + 1) * joint_len],
                             );
                         }
-                        return;
-                    }
-                    let z: &mut [u32] = if generic_sf {
-                        z
-                    } else {
-                        z_local.resize(su * l, 0);
-                        z_local
                     };
-                    draw_joint_categories(&tables, key, block_start + i as u32, point_id, s, z);
-                    for (gi, &li) in generic_losses.iter().enumerate() {
-                        let obj = &contexts[li].objective;
-                        obj.at_vertices(z, &mut f[gi * su..(gi + 1) * su]);
-                    }
-                    for (ji, &li) in joint_losses.iter().enumerate() {
-                        let ctx = &contexts[li];
-                        let fl: &[f64] = match generic_losses.iter().position(|&g| g == li) {
-                            Some(gi) => &f[gi * su..(gi + 1) * su],
-                            None => {
-                                f_local.resize(su, 0.0);
-                                ctx.objective.at_vertices(z, f_local);
-                                f_local
-                            }
-                        };
-                        fill_joint_counts(
-                            ctx,
-                            z,
-                            fl,
-                            &mut sums[ji * joint_len..(ji + 1) * joint_len],
-                        );
-                    }
-                };
                 if generic_sf {
                     joint_z
                         .par_chunks_mut(zw)
