@@ -896,10 +896,69 @@ pub(crate) fn cpu_point_cells(
 const STAGE: usize = 8;
 
 /// Writes the `staged` estimates of `stage` (repetition-major, `dim` each) to the first
-/// `staged` columns of `batch` (coordinate-major, rows of [`PUSH_BATCH`]).
+/// `staged` columns of `batch` (coordinate-major, rows of [`PUSH_BATCH`]): a full stage
+/// through 4x4 transposes in AVX2 registers where the CPU has them (the same numbers moved).
 fn unstage(stage: &[f64], staged: usize, dim: usize, batch: &mut [f64]) {
+    #[cfg(target_arch = "x86_64")]
+    if staged == STAGE && crate::fastmath::has_avx2() {
+        // SAFETY: the CPU has AVX2, checked just above.
+        return unsafe { unstage_avx2(stage, dim, batch) };
+    }
+    unstage_scalar(stage, staged, dim, batch);
+}
+
+fn unstage_scalar(stage: &[f64], staged: usize, dim: usize, batch: &mut [f64]) {
     for j in 0..dim {
         let row = &mut batch[j * PUSH_BATCH..j * PUSH_BATCH + staged];
+        for (r, v) in row.iter_mut().enumerate() {
+            *v = stage[r * dim + j];
+        }
+    }
+}
+
+/// [`unstage`] of a full stage ([`STAGE`] = 8 repetitions), four coordinates at a time.
+///
+/// # Safety
+/// AVX2 only.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+unsafe fn unstage_avx2(stage: &[f64], dim: usize, batch: &mut [f64]) {
+    use std::arch::x86_64::*;
+    const _: () = assert!(STAGE == 8);
+    let stage = &stage[..STAGE * dim];
+    // Every row written below is `batch[j * PUSH_BATCH .. j * PUSH_BATCH + 8]`, j < dim.
+    assert!(dim == 0 || batch.len() >= (dim - 1) * PUSH_BATCH + STAGE);
+    let mut j = 0;
+    while j + 4 <= dim {
+        for half in 0..2 {
+            // SAFETY: rows `4 half .. 4 half + 4` of the stage, coordinates `j .. j + 4`
+            // (in bounds: `j + 4 <= dim`), and the batch rows checked above.
+            unsafe {
+                let row = |r: usize| stage.as_ptr().add((4 * half + r) * dim + j);
+                let (a0, a1, a2, a3) = (
+                    _mm256_loadu_pd(row(0)),
+                    _mm256_loadu_pd(row(1)),
+                    _mm256_loadu_pd(row(2)),
+                    _mm256_loadu_pd(row(3)),
+                );
+                let (t0, t1) = (_mm256_unpacklo_pd(a0, a1), _mm256_unpackhi_pd(a0, a1));
+                let (t2, t3) = (_mm256_unpacklo_pd(a2, a3), _mm256_unpackhi_pd(a2, a3));
+                let cols = [
+                    _mm256_permute2f128_pd::<0x20>(t0, t2),
+                    _mm256_permute2f128_pd::<0x20>(t1, t3),
+                    _mm256_permute2f128_pd::<0x31>(t0, t2),
+                    _mm256_permute2f128_pd::<0x31>(t1, t3),
+                ];
+                let out = batch.as_mut_ptr().add(4 * half);
+                for (c, v) in cols.into_iter().enumerate() {
+                    _mm256_storeu_pd(out.add((j + c) * PUSH_BATCH), v);
+                }
+            }
+        }
+        j += 4;
+    }
+    for j in j..dim {
+        let row = &mut batch[j * PUSH_BATCH..j * PUSH_BATCH + STAGE];
         for (r, v) in row.iter_mut().enumerate() {
             *v = stage[r * dim + j];
         }
@@ -946,4 +1005,39 @@ pub fn run_sweep(
     (0..spec.samples.len())
         .map(|i| engine.run_point(spec, i, progress))
         .collect()
+}
+
+#[cfg(test)]
+mod stage_tests {
+    use super::*;
+
+    #[test]
+    fn unstaged_estimates_land_in_their_batch_columns() {
+        for dim in [1usize, 3, 4, 7, 60, 61] {
+            for staged in 1..=STAGE {
+                let stage: Vec<f64> = (0..STAGE * dim).map(|i| i as f64 + 0.5).collect();
+                let mut got = vec![f64::NAN; dim * PUSH_BATCH];
+                let mut scalar = got.clone();
+                // At an odd column, as after a block that ended mid-stage.
+                unstage(&stage, staged, dim, &mut got[3..]);
+                unstage_scalar(&stage, staged, dim, &mut scalar[3..]);
+                for j in 0..dim {
+                    for c in 0..PUSH_BATCH {
+                        let want = if (3..3 + staged).contains(&c) {
+                            stage[(c - 3) * dim + j]
+                        } else {
+                            f64::NAN
+                        };
+                        let at = j * PUSH_BATCH + c;
+                        assert_eq!(
+                            got[at].to_bits(),
+                            want.to_bits(),
+                            "dim {dim} coord {j} col {c}"
+                        );
+                        assert_eq!(scalar[at].to_bits(), want.to_bits(), "scalar {dim} {j} {c}");
+                    }
+                }
+            }
+        }
+    }
 }
