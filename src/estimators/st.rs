@@ -174,10 +174,7 @@ impl TableCache {
         let hit = slot.as_ref().is_some_and(|c| {
             c.owner == owner
                 && c.key.len() == key.iter().map(|k| k.len()).sum::<usize>()
-                && c.key
-                    .iter()
-                    .zip(key.iter().flat_map(|k| k.iter()))
-                    .all(|(a, b)| *a == b.to_bits())
+                && same_bits(&c.key, key)
         });
         if !hit {
             *slot = Some(CachedTable {
@@ -191,6 +188,23 @@ impl TableCache {
         }
         slot.as_ref().expect("just set").table.clone()
     }
+}
+
+/// Whether `bits` holds the bits of the parts of `key` one after another (`bits` as long as
+/// they are together): part by part, without an early exit, so that the comparisons
+/// vectorise (the key of ReinMax's table is some 700 numbers, compared on every estimate).
+fn same_bits(bits: &[u64], key: &[&[f64]]) -> bool {
+    let mut offset = 0;
+    let mut same = true;
+    for part in key {
+        let stored = &bits[offset..offset + part.len()];
+        same &= stored
+            .iter()
+            .zip(part.iter())
+            .fold(true, |all, (a, b)| all & (*a == b.to_bits()));
+        offset += part.len();
+    }
+    same
 }
 
 /// `out = J(p_l) v_l` per variable.
@@ -514,6 +528,27 @@ pub(super) mod tests {
         ReinMax.estimate(&ctx, &d, 0.0, &mut after);
         crate::estimators::reinmax::per_draw_average(&ctx, &d, &mut want);
         assert_eq!(after, want);
+    }
+
+    #[test]
+    fn table_keys_match_only_on_every_bit_of_every_part() {
+        let parts: [Vec<f64>; 3] = [
+            vec![1.5],
+            vec![0.0, -2.0, 3.25],
+            (0..9).map(f64::from).collect(),
+        ];
+        let key: Vec<&[f64]> = parts.iter().map(|p| p.as_slice()).collect();
+        let bits: Vec<u64> = parts.iter().flatten().map(|v| v.to_bits()).collect();
+        assert!(same_bits(&bits, &key));
+        for at in 0..bits.len() {
+            let mut other = bits.clone();
+            other[at] ^= 1;
+            assert!(!same_bits(&other, &key), "bit 0 of number {at}");
+        }
+        // Signed zeros differ in their bits.
+        let mut negative = bits.clone();
+        negative[1] = (-0.0f64).to_bits();
+        assert!(!same_bits(&negative, &key));
     }
 
     #[test]
