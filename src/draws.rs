@@ -628,6 +628,22 @@ mod joint_avx2 {
             _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7),
         );
         let words = x8::philox(keys, [c0, ctr[0], ctr[1], ctr[2]]);
+        let mut out = [0u32; 32];
+        x8::store_block_major(classify(words, table, bounds), &mut out);
+        out
+    }
+
+    /// The categories of the words in four registers under `table` (`bounds` its
+    /// `[first_nonzero, last_nonzero]` broadcast).
+    ///
+    /// # Safety
+    /// AVX2 only.
+    #[inline(always)]
+    pub(super) unsafe fn classify(
+        words: [__m256i; 4],
+        table: &CategoricalTable,
+        bounds: (__m256i, __m256i),
+    ) -> [__m256i; 4] {
         let sign = _mm256_set1_epi32(SIGN_BIT as i32);
         // A plain loop, not `map`, whose closure would be compiled without AVX2.
         let mut x = words;
@@ -645,9 +661,7 @@ mod joint_avx2 {
         for a in above.iter_mut() {
             *a = _mm256_min_epu32(_mm256_max_epu32(*a, bounds.0), bounds.1);
         }
-        let mut out = [0u32; 32];
-        x8::store_block_major(above, &mut out);
-        out
+        above
     }
 
     /// [`super::draw_joint_categories`] (`DrawMajor`) or
@@ -1263,6 +1277,30 @@ mod tests {
                     table.categories(&w),
                     "p = {p:?}, words {w:?}"
                 );
+                // The joint draws' AVX2 classification of the same words.
+                #[cfg(target_arch = "x86_64")]
+                if fastmath::has_avx2() {
+                    #[target_feature(enable = "avx2")]
+                    fn classify8(table: &CategoricalTable, w: &[u32; 8]) -> [u32; 8] {
+                        use std::arch::x86_64::*;
+                        // SAFETY: compiled for AVX2, called only where the CPU has it; the
+                        // loads and stores are of eight lanes, in bounds.
+                        unsafe {
+                            let v = _mm256_loadu_si256(w.as_ptr().cast());
+                            let bounds = (
+                                _mm256_set1_epi32(table.first_nonzero() as i32),
+                                _mm256_set1_epi32(table.last_nonzero() as i32),
+                            );
+                            let c = joint_avx2::classify([v; 4], table, bounds);
+                            let mut out = [0u32; 8];
+                            _mm256_storeu_si256(out.as_mut_ptr().cast(), c[3]);
+                            out
+                        }
+                    }
+                    // SAFETY: the CPU has AVX2, checked just above.
+                    let got = unsafe { classify8(&table, &w) };
+                    assert_eq!(got, table.categories(&w), "AVX2, p = {p:?}, words {w:?}");
+                }
             }
         }
     }
