@@ -538,23 +538,179 @@ pub fn draw_joint_categories(
     z: &mut [u32],
 ) {
     #[cfg(target_arch = "x86_64")]
+    if fastmath::has_avx2() {
+        // SAFETY: the CPU has AVX2, checked just above.
+        return unsafe { joint_avx2::draw(tables, key, rep, point, samples, z, Layout::DrawMajor) };
+    }
+    draw_joint_lanes(tables, key, rep, point, samples, z);
+}
+
+/// [`draw_joint_categories`] laid out variable-major: `zt[l * S + i]` is variable `l` of draw
+/// `i` (the same categories, transposed), the layout the joint-counts pass reads.
+pub fn draw_joint_categories_by_variable(
+    tables: &[CategoricalTable],
+    key: [u32; 2],
+    rep: u32,
+    point: u32,
+    samples: u32,
+    zt: &mut [u32],
+) {
+    #[cfg(target_arch = "x86_64")]
+    if fastmath::has_avx2() {
+        // SAFETY: the CPU has AVX2, checked just above.
+        return unsafe {
+            joint_avx2::draw(tables, key, rep, point, samples, zt, Layout::VariableMajor)
+        };
+    }
+    draw_by_variable_scalar(tables, key, rep, point, samples, zt);
+}
+
+/// Where [`joint_avx2::draw`] puts variable `l` of draw `i`.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Layout {
+    /// `z[i * L + l]`.
+    DrawMajor,
+    /// `z[l * S + i]`.
+    VariableMajor,
+}
+
+/// [`draw_joint_categories_by_variable`] one Philox block and one word at a time.
+fn draw_by_variable_scalar(
+    tables: &[CategoricalTable],
+    key: [u32; 2],
+    rep: u32,
+    point: u32,
+    samples: u32,
+    zt: &mut [u32],
+) {
+    let su = samples as usize;
+    for (var, table) in tables.iter().enumerate() {
+        let row = &mut zt[var * su..(var + 1) * su];
+        for (b, chunk) in row.chunks_mut(4).enumerate() {
+            let words = philox4x32_10(
+                philox::counter(b as u32, rep, STREAM_CATEGORICAL, var as u32, point),
+                key,
+            );
+            for (c, &w) in chunk.iter_mut().zip(&words) {
+                *c = table.category(w) as u32;
+            }
+        }
+    }
+}
+
+/// The joint draws in AVX2 registers: Philox on eight blocks at once ([`philox::x8`]), the
+/// inverse-CDF comparisons on the 32 words in four registers, and the categories stored in
+/// draw order by the 4x8 transpose of [`philox::x8::store_block_major`].
+#[cfg(target_arch = "x86_64")]
+mod joint_avx2 {
+    use std::arch::x86_64::*;
+
+    use super::{CategoricalTable, Layout, SIGN_BIT};
+    use crate::philox::{x8, STREAM_CATEGORICAL};
+
+    /// The categories of draws `4 b0 .. 4 b0 + 32` (Philox blocks `b0 .. b0 + 8` of counter
+    /// `[block, ctr[0], ctr[1], ctr[2]]`) under `table`, in draw order: `#{j : w > S_j}`
+    /// clamped to `[first_nonzero, last_nonzero]`, with the comparisons signed on words and
+    /// thresholds whose top bit is flipped.
+    ///
+    /// # Safety
+    /// AVX2 only.
+    #[inline(always)]
+    unsafe fn categories32(
+        keys: &x8::RoundKeys,
+        b0: u32,
+        ctr: [__m256i; 3],
+        table: &CategoricalTable,
+        bounds: (__m256i, __m256i),
+    ) -> [u32; 32] {
+        let c0 = _mm256_add_epi32(
+            _mm256_set1_epi32(b0 as i32),
+            _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7),
+        );
+        let words = x8::philox(keys, [c0, ctr[0], ctr[1], ctr[2]]);
+        let mut out = [0u32; 32];
+        x8::store_block_major(classify(words, table, bounds), &mut out);
+        out
+    }
+
+    /// The categories of the words in four registers under `table` (`bounds` its
+    /// `[first_nonzero, last_nonzero]` broadcast).
+    ///
+    /// # Safety
+    /// AVX2 only.
+    #[inline(always)]
+    pub(super) unsafe fn classify(
+        words: [__m256i; 4],
+        table: &CategoricalTable,
+        bounds: (__m256i, __m256i),
+    ) -> [__m256i; 4] {
+        let sign = _mm256_set1_epi32(SIGN_BIT as i32);
+        // A plain loop, not `map`, whose closure would be compiled without AVX2.
+        let mut x = words;
+        for w in x.iter_mut() {
+            *w = _mm256_xor_si256(*w, sign);
+        }
+        let mut above = [_mm256_setzero_si256(); 4];
+        for &t in table.thresholds() {
+            let tb = _mm256_set1_epi32((t ^ SIGN_BIT) as i32);
+            for w in 0..4 {
+                // The comparison is -1 where the word passes the threshold.
+                above[w] = _mm256_sub_epi32(above[w], _mm256_cmpgt_epi32(x[w], tb));
+            }
+        }
+        for a in above.iter_mut() {
+            *a = _mm256_min_epu32(_mm256_max_epu32(*a, bounds.0), bounds.1);
+        }
+        above
+    }
+
+    /// [`super::draw_joint_categories`] (`DrawMajor`) or
+    /// [`super::draw_joint_categories_by_variable`] (`VariableMajor`).
+    ///
+    /// # Safety
+    /// AVX2 only.
     #[target_feature(enable = "avx2")]
-    fn avx2(
+    pub(super) unsafe fn draw(
         tables: &[CategoricalTable],
         key: [u32; 2],
         rep: u32,
         point: u32,
         samples: u32,
         z: &mut [u32],
+        layout: Layout,
     ) {
-        draw_joint_lanes(tables, key, rep, point, samples, z);
+        let keys = x8::RoundKeys::new(key);
+        let (l, su) = (tables.len(), samples as usize);
+        assert!(z.len() >= l * su, "the joint draws need S * L numbers");
+        for (var, table) in tables.iter().enumerate() {
+            let lane = (STREAM_CATEGORICAL << 16) | var as u32;
+            let ctr = [
+                _mm256_set1_epi32(rep as i32),
+                _mm256_set1_epi32(lane as i32),
+                _mm256_set1_epi32(point as i32),
+            ];
+            let bounds = (
+                _mm256_set1_epi32(table.first_nonzero() as i32),
+                _mm256_set1_epi32(table.last_nonzero() as i32),
+            );
+            let mut first = 0usize;
+            while first < su {
+                let cats = categories32(&keys, (first / 4) as u32, ctr, table, bounds);
+                let n = (su - first).min(32);
+                match layout {
+                    Layout::VariableMajor => {
+                        z[var * su + first..var * su + first + n].copy_from_slice(&cats[..n]);
+                    }
+                    Layout::DrawMajor => {
+                        for (j, &c) in cats[..n].iter().enumerate() {
+                            z[(first + j) * l + var] = c;
+                        }
+                    }
+                }
+                first += 32;
+            }
+        }
     }
-    #[cfg(target_arch = "x86_64")]
-    if fastmath::has_avx2() {
-        // SAFETY: the CPU has AVX2, checked just above.
-        return unsafe { avx2(tables, key, rep, point, samples, z) };
-    }
-    draw_joint_lanes(tables, key, rep, point, samples, z);
 }
 
 #[inline(always)]
@@ -1090,6 +1246,30 @@ mod tests {
                     table.categories(&w),
                     "p = {p:?}, words {w:?}"
                 );
+                // The joint draws' AVX2 classification of the same words.
+                #[cfg(target_arch = "x86_64")]
+                if fastmath::has_avx2() {
+                    #[target_feature(enable = "avx2")]
+                    fn classify8(table: &CategoricalTable, w: &[u32; 8]) -> [u32; 8] {
+                        use std::arch::x86_64::*;
+                        // SAFETY: compiled for AVX2, called only where the CPU has it; the
+                        // loads and stores are of eight lanes, in bounds.
+                        unsafe {
+                            let v = _mm256_loadu_si256(w.as_ptr().cast());
+                            let bounds = (
+                                _mm256_set1_epi32(table.first_nonzero() as i32),
+                                _mm256_set1_epi32(table.last_nonzero() as i32),
+                            );
+                            let c = joint_avx2::classify([v; 4], table, bounds);
+                            let mut out = [0u32; 8];
+                            _mm256_storeu_si256(out.as_mut_ptr().cast(), c[3]);
+                            out
+                        }
+                    }
+                    // SAFETY: the CPU has AVX2, checked just above.
+                    let got = unsafe { classify8(&table, &w) };
+                    assert_eq!(got, table.categories(&w), "AVX2, p = {p:?}, words {w:?}");
+                }
             }
         }
     }
@@ -1209,6 +1389,69 @@ mod tests {
         // Variable 1 reads another lane: its draws are not variable 0's.
         let one: Vec<u32> = z.chunks(2).map(|zi| zi[1]).collect();
         assert_ne!(one, categories(&tables[1], [3, 4], 5, 6, s));
+    }
+
+    #[test]
+    fn joint_draws_are_each_words_category_in_both_layouts() {
+        // Tables with zero classes at both ends and inside, K past the fixed width, and one
+        // class of probability 1: every clamp and every threshold count.
+        let probabilities: [Vec<f64>; 6] = [
+            vec![0.1, 0.3, 0.6],
+            vec![0.0, 0.25, 0.0, 0.5, 0.25, 0.0],
+            vec![1.0, 0.0, 0.0],
+            (0..10).map(|c| f64::from(c + 1) / 55.0).collect(),
+            (0..20)
+                .map(|c| if c % 3 == 0 { 0.0 } else { 1.0 / 13.0 })
+                .collect(),
+            (0..40).map(|_| 1.0 / 40.0).collect(),
+        ];
+        for p in &probabilities {
+            for l in [1usize, 2, 6] {
+                let tables: Vec<CategoricalTable> =
+                    (0..l).map(|_| CategoricalTable::new(p)).collect();
+                for s in [1u32, 3, 4, 31, 32, 33, 64, 100] {
+                    let su = s as usize;
+                    // By definition: variable `var` of draw `i` reads word `i % 4` of block
+                    // `i / 4` on lane `var`.
+                    let want: Vec<u32> = (0..su * l)
+                        .map(|n| {
+                            let (i, var) = (n / l, n % l);
+                            let words = philox4x32_10(
+                                philox::counter(
+                                    (i / 4) as u32,
+                                    9,
+                                    STREAM_CATEGORICAL,
+                                    var as u32,
+                                    2,
+                                ),
+                                [5, 6],
+                            );
+                            tables[var].category(words[i % 4]) as u32
+                        })
+                        .collect();
+                    let mut z = vec![u32::MAX; su * l];
+                    draw_joint_categories(&tables, [5, 6], 9, 2, s, &mut z);
+                    assert_eq!(z, want, "K = {}, L = {l}, S = {s}", p.len());
+                    let mut portable = vec![u32::MAX; su * l];
+                    draw_joint_lanes(&tables, [5, 6], 9, 2, s, &mut portable);
+                    assert_eq!(
+                        portable,
+                        want,
+                        "portable, K = {}, L = {l}, S = {s}",
+                        p.len()
+                    );
+                    let mut zt = vec![u32::MAX; su * l];
+                    draw_joint_categories_by_variable(&tables, [5, 6], 9, 2, s, &mut zt);
+                    let mut scalar = vec![u32::MAX; su * l];
+                    draw_by_variable_scalar(&tables, [5, 6], 9, 2, s, &mut scalar);
+                    for (n, &c) in want.iter().enumerate() {
+                        let (i, var) = (n / l, n % l);
+                        assert_eq!(zt[var * su + i], c, "by variable, draw {i} var {var}");
+                        assert_eq!(scalar[var * su + i], c, "scalar, draw {i} var {var}");
+                    }
+                }
+            }
+        }
     }
 
     #[test]

@@ -15,15 +15,17 @@ use std::time::Instant;
 use rayon::prelude::*;
 
 use crate::draws::{
-    count_categories_reps, draw_joint_categories, CategoricalTable, JointRelaxedTable, RelaxedTable,
+    count_categories_reps, draw_joint_categories, draw_joint_categories_by_variable,
+    CategoricalTable, JointRelaxedTable, RelaxedTable,
 };
 use crate::error::{Error, Result};
 use crate::estimators::warmed_baseline;
 use crate::estimators::{
-    estimate_counts_batch, estimate_one, fill_joint_counts, relaxed_moments,
-    transpose_counts_strided, uses_counts, uses_hard_draw_counts, uses_joint_counts,
-    uses_relaxed_sums, Constant, Context, DrawSource, Estimator, Family, JointCounts, JointDraws,
-    Lowering, MovingAverage, Noise, RelaxedMoments, Settings,
+    estimate_counts_batch, estimate_one, fill_joint_counts, fill_joint_counts_by_variable,
+    relaxed_moments, transpose_counts_strided, uses_counts, uses_hard_draw_counts,
+    uses_joint_counts, uses_relaxed_sums, Constant, Context, DrawSource, Estimator, Family,
+    JointCounts, JointDraws, JointScratch, Lowering, MovingAverage, Noise, RelaxedMoments,
+    Settings,
 };
 use crate::faults;
 use crate::loss::Loss;
@@ -628,41 +630,67 @@ pub(crate) fn cpu_point_cells(
             for _ in 0..faults::repeat_pass("score-function") {
                 // Scratch per worker (not per repetition): the categories where the pass does
                 // not keep them, and the losses of a joint-counts-only loss.
-                let scratch = || (Vec::<u32>::new(), Vec::<f64>::new());
-                let work = |(z_local, f_local): &mut (Vec<u32>, Vec<f64>),
-                            i: usize,
-                            z: &mut [u32],
-                            f: &mut [f64],
-                            sums: &mut [f64]| {
-                    let z: &mut [u32] = if generic_sf {
-                        z
-                    } else {
-                        z_local.resize(su * l, 0);
-                        z_local
-                    };
-                    draw_joint_categories(&tables, key, block_start + i as u32, point_id, s, z);
-                    for (gi, &li) in generic_losses.iter().enumerate() {
-                        let obj = &contexts[li].objective;
-                        obj.at_vertices(z, &mut f[gi * su..(gi + 1) * su]);
-                    }
-                    for (ji, &li) in joint_losses.iter().enumerate() {
-                        let ctx = &contexts[li];
-                        let fl: &[f64] = match generic_losses.iter().position(|&g| g == li) {
-                            Some(gi) => &f[gi * su..(gi + 1) * su],
-                            None => {
-                                f_local.resize(su, 0.0);
-                                ctx.objective.at_vertices(z, f_local);
-                                f_local
-                            }
-                        };
-                        fill_joint_counts(
-                            ctx,
-                            z,
-                            fl,
-                            &mut sums[ji * joint_len..(ji + 1) * joint_len],
-                        );
-                    }
+                let scratch = || {
+                    (
+                        Vec::<u32>::new(),
+                        Vec::<f64>::new(),
+                        JointScratch::default(),
+                    )
                 };
+                let work =
+                    |(z_local, f_local, joint_local): &mut (Vec<u32>, Vec<f64>, JointScratch),
+                     i: usize,
+                     z: &mut [u32],
+                     f: &mut [f64],
+                     sums: &mut [f64]| {
+                        if !generic_sf {
+                            // Joint counts alone: the draws variable-major, which the loss and
+                            // the sums read one variable at a time (the same bits).
+                            z_local.resize(su * l, 0);
+                            let rep = block_start + i as u32;
+                            draw_joint_categories_by_variable(
+                                &tables, key, rep, point_id, s, z_local,
+                            );
+                            for (ji, &li) in joint_losses.iter().enumerate() {
+                                fill_joint_counts_by_variable(
+                                    &contexts[li],
+                                    z_local,
+                                    su,
+                                    joint_local,
+                                    &mut sums[ji * joint_len..(ji + 1) * joint_len],
+                                );
+                            }
+                            return;
+                        }
+                        let z: &mut [u32] = if generic_sf {
+                            z
+                        } else {
+                            z_local.resize(su * l, 0);
+                            z_local
+                        };
+                        draw_joint_categories(&tables, key, block_start + i as u32, point_id, s, z);
+                        for (gi, &li) in generic_losses.iter().enumerate() {
+                            let obj = &contexts[li].objective;
+                            obj.at_vertices(z, &mut f[gi * su..(gi + 1) * su]);
+                        }
+                        for (ji, &li) in joint_losses.iter().enumerate() {
+                            let ctx = &contexts[li];
+                            let fl: &[f64] = match generic_losses.iter().position(|&g| g == li) {
+                                Some(gi) => &f[gi * su..(gi + 1) * su],
+                                None => {
+                                    f_local.resize(su, 0.0);
+                                    ctx.objective.at_vertices(z, f_local);
+                                    f_local
+                                }
+                            };
+                            fill_joint_counts(
+                                ctx,
+                                z,
+                                fl,
+                                &mut sums[ji * joint_len..(ji + 1) * joint_len],
+                            );
+                        }
+                    };
                 if generic_sf {
                     joint_z
                         .par_chunks_mut(zw)
@@ -724,7 +752,11 @@ pub(crate) fn cpu_point_cells(
             let batch = &mut cell.batch;
             let mut in_batch = cell.in_batch;
             let ctx = cell.warm_ctx.as_ref().unwrap_or(&contexts[cell.loss_index]);
-            let mut estimate = vec![0.0; dim];
+            // The estimates of up to STAGE repetitions, repetition-major, before they go to
+            // the batch's columns: one cache line per coordinate and STAGE repetitions, where
+            // one repetition at a time wrote one number to each of `dim` lines.
+            let mut stage = vec![0.0; dim * STAGE];
+            let mut staged = 0;
             let faulty = faults::any();
             let f_offset = generic_losses
                 .iter()
@@ -776,13 +808,13 @@ pub(crate) fn cpu_point_cells(
                 }
             }
             for r in 0..if batched { 0 } else { nbu } {
+                let estimate = &mut stage[staged * dim..(staged + 1) * dim];
                 match cell.path {
                     Path::Counts | Path::HardDrawCounts => {
                         let c = &counts[r * k..(r + 1) * k];
                         let b = cell.baseline.value();
                         let draws = DrawSource::Counts { counts: c, s };
-                        if let Some(signal) =
-                            estimate_one(cell.estimator, ctx, draws, b, &mut estimate)
+                        if let Some(signal) = estimate_one(cell.estimator, ctx, draws, b, estimate)
                         {
                             cell.baseline.push(signal);
                         }
@@ -803,7 +835,7 @@ pub(crate) fn cpu_point_cells(
                             ctx,
                             DrawSource::JointCounts(&view),
                             b,
-                            &mut estimate,
+                            estimate,
                         ) {
                             cell.baseline.push(signal);
                         }
@@ -834,20 +866,21 @@ pub(crate) fn cpu_point_cells(
                         };
                         let b = cell.baseline.value();
                         let draws = DrawSource::Joint(&draws);
-                        if let Some(signal) =
-                            estimate_one(cell.estimator, ctx, draws, b, &mut estimate)
+                        if let Some(signal) = estimate_one(cell.estimator, ctx, draws, b, estimate)
                         {
                             cell.baseline.push(signal);
                         }
                     }
                 }
                 if faulty {
-                    faults::distort(cell.estimator.id(), ctx.tau, &ctx.grad, &mut estimate);
+                    faults::distort(cell.estimator.id(), ctx.tau, &ctx.grad, estimate);
                 }
-                for (j, &v) in estimate.iter().enumerate() {
-                    batch[j * PUSH_BATCH + in_batch] = v;
-                }
+                staged += 1;
                 in_batch += 1;
+                if staged == STAGE || in_batch == PUSH_BATCH || r + 1 == nbu {
+                    unstage(&stage, staged, dim, &mut batch[in_batch - staged..]);
+                    staged = 0;
+                }
                 if in_batch == PUSH_BATCH {
                     block_sums.push_batch(batch, in_batch, &ctx.grad);
                     in_batch = 0;
@@ -906,6 +939,79 @@ fn ignores_counts(estimator: &dyn Estimator) -> bool {
     )
 }
 
+/// Repetitions whose estimates a cell stages before it writes them to its batch's columns.
+const STAGE: usize = 8;
+
+/// Writes the `staged` estimates of `stage` (repetition-major, `dim` each) to the first
+/// `staged` columns of `batch` (coordinate-major, rows of [`PUSH_BATCH`]): a full stage
+/// through 4x4 transposes in AVX2 registers where the CPU has them (the same numbers moved).
+fn unstage(stage: &[f64], staged: usize, dim: usize, batch: &mut [f64]) {
+    #[cfg(target_arch = "x86_64")]
+    if staged == STAGE && crate::fastmath::has_avx2() {
+        // SAFETY: the CPU has AVX2, checked just above.
+        return unsafe { unstage_avx2(stage, dim, batch) };
+    }
+    unstage_scalar(stage, staged, dim, batch);
+}
+
+fn unstage_scalar(stage: &[f64], staged: usize, dim: usize, batch: &mut [f64]) {
+    for j in 0..dim {
+        let row = &mut batch[j * PUSH_BATCH..j * PUSH_BATCH + staged];
+        for (r, v) in row.iter_mut().enumerate() {
+            *v = stage[r * dim + j];
+        }
+    }
+}
+
+/// [`unstage`] of a full stage ([`STAGE`] = 8 repetitions), four coordinates at a time.
+///
+/// # Safety
+/// AVX2 only.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+unsafe fn unstage_avx2(stage: &[f64], dim: usize, batch: &mut [f64]) {
+    use std::arch::x86_64::*;
+    const _: () = assert!(STAGE == 8);
+    let stage = &stage[..STAGE * dim];
+    // Every row written below is `batch[j * PUSH_BATCH .. j * PUSH_BATCH + 8]`, j < dim.
+    assert!(dim == 0 || batch.len() >= (dim - 1) * PUSH_BATCH + STAGE);
+    let mut j = 0;
+    while j + 4 <= dim {
+        for half in 0..2 {
+            // SAFETY: rows `4 half .. 4 half + 4` of the stage, coordinates `j .. j + 4`
+            // (in bounds: `j + 4 <= dim`), and the batch rows checked above.
+            unsafe {
+                let row = |r: usize| stage.as_ptr().add((4 * half + r) * dim + j);
+                let (a0, a1, a2, a3) = (
+                    _mm256_loadu_pd(row(0)),
+                    _mm256_loadu_pd(row(1)),
+                    _mm256_loadu_pd(row(2)),
+                    _mm256_loadu_pd(row(3)),
+                );
+                let (t0, t1) = (_mm256_unpacklo_pd(a0, a1), _mm256_unpackhi_pd(a0, a1));
+                let (t2, t3) = (_mm256_unpacklo_pd(a2, a3), _mm256_unpackhi_pd(a2, a3));
+                let cols = [
+                    _mm256_permute2f128_pd::<0x20>(t0, t2),
+                    _mm256_permute2f128_pd::<0x20>(t1, t3),
+                    _mm256_permute2f128_pd::<0x31>(t0, t2),
+                    _mm256_permute2f128_pd::<0x31>(t1, t3),
+                ];
+                let out = batch.as_mut_ptr().add(4 * half);
+                for (c, v) in cols.into_iter().enumerate() {
+                    _mm256_storeu_pd(out.add((j + c) * PUSH_BATCH), v);
+                }
+            }
+        }
+        j += 4;
+    }
+    for j in j..dim {
+        let row = &mut batch[j * PUSH_BATCH..j * PUSH_BATCH + STAGE];
+        for (r, v) in row.iter_mut().enumerate() {
+            *v = stage[r * dim + j];
+        }
+    }
+}
+
 fn cpu_point(spec: &SweepSpec, point: usize, progress: &(dyn Fn(u64) + Sync)) -> PointMoments {
     cpu_point_cells(spec, point, &|_, _| true, progress)
 }
@@ -946,4 +1052,39 @@ pub fn run_sweep(
     (0..spec.samples.len())
         .map(|i| engine.run_point(spec, i, progress))
         .collect()
+}
+
+#[cfg(test)]
+mod stage_tests {
+    use super::*;
+
+    #[test]
+    fn unstaged_estimates_land_in_their_batch_columns() {
+        for dim in [1usize, 3, 4, 7, 60, 61] {
+            for staged in 1..=STAGE {
+                let stage: Vec<f64> = (0..STAGE * dim).map(|i| i as f64 + 0.5).collect();
+                let mut got = vec![f64::NAN; dim * PUSH_BATCH];
+                let mut scalar = got.clone();
+                // At an odd column, as after a block that ended mid-stage.
+                unstage(&stage, staged, dim, &mut got[3..]);
+                unstage_scalar(&stage, staged, dim, &mut scalar[3..]);
+                for j in 0..dim {
+                    for c in 0..PUSH_BATCH {
+                        let want = if (3..3 + staged).contains(&c) {
+                            stage[(c - 3) * dim + j]
+                        } else {
+                            f64::NAN
+                        };
+                        let at = j * PUSH_BATCH + c;
+                        assert_eq!(
+                            got[at].to_bits(),
+                            want.to_bits(),
+                            "dim {dim} coord {j} col {c}"
+                        );
+                        assert_eq!(scalar[at].to_bits(), want.to_bits(), "scalar {dim} {j} {c}");
+                    }
+                }
+            }
+        }
+    }
 }

@@ -214,6 +214,61 @@ impl Objective {
         }
     }
 
+    /// `out[i] = f(z_i)` for S joint draws laid out variable-major (`zt[l * S + i]`, as
+    /// [`crate::draws::draw_joint_categories_by_variable`] writes them), `S = out.len()`: bit
+    /// for bit [`Objective::at_vertex`] of each draw (a separable loss sums its terms in
+    /// variable order, one variable across all S draws at a time).
+    pub fn at_vertices_by_variable(&self, zt: &[u32], out: &mut [f64]) {
+        #[cfg(target_arch = "x86_64")]
+        #[target_feature(enable = "avx2")]
+        fn avx2(obj: &Objective, zt: &[u32], out: &mut [f64]) {
+            obj.at_vertices_by_variable_lanes(zt, out);
+        }
+        #[cfg(target_arch = "x86_64")]
+        if crate::fastmath::has_avx2() {
+            // SAFETY: the CPU has AVX2, checked just above.
+            return unsafe { avx2(self, zt, out) };
+        }
+        self.at_vertices_by_variable_lanes(zt, out);
+    }
+
+    /// For a loss whose vertex value is `finish(sum_l table[l*K + z_l])` (the sum in variable
+    /// order from an iterator's neutral element), the table and the finish, which give
+    /// [`Objective::at_vertex`] bit for bit; `None` for the other losses.
+    pub fn separable_vertex_form(&self) -> Option<(&[f64], VertexFinish)> {
+        match &self.form {
+            Form::Pnorm { terms, .. } => Some((terms, VertexFinish::Mean(self.l as f64))),
+            Form::Quadratic(q) => Some((
+                &q.beta,
+                VertexFinish::Affine {
+                    base: q.alpha * self.l as f64,
+                    gamma: q.gamma,
+                },
+            )),
+            _ => None,
+        }
+    }
+
+    #[inline(always)]
+    fn at_vertices_by_variable_lanes(&self, zt: &[u32], out: &mut [f64]) {
+        let (l, k, s) = (self.l, self.k, out.len());
+        match self.separable_vertex_form() {
+            Some((table, finish)) => {
+                separable_sums_by_variable(zt, l, k, table, out);
+                out.iter_mut().for_each(|o| *o = finish.apply(*o));
+            }
+            None => {
+                let mut zi = vec![0u32; l];
+                for (i, o) in out.iter_mut().enumerate() {
+                    for (var, c) in zi.iter_mut().enumerate() {
+                        *c = zt[var * s + i];
+                    }
+                    *o = self.at_vertex(&zi);
+                }
+            }
+        }
+    }
+
     /// `out[c] = f(z with variable l set to c)` for every category `c` (K loss evaluations),
     /// bit for bit [`Objective::at_vertex`] of each. For a separable loss the terms of the
     /// other variables are summed once, in [`Objective::at_vertex`]'s order (the prefix before
@@ -370,6 +425,32 @@ impl Objective {
     }
 }
 
+/// The last step of a separable loss's vertex value from its sum of terms `t` (see
+/// [`Objective::separable_vertex_form`]).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum VertexFinish {
+    /// `t / count` (pnorm).
+    Mean(f64),
+    /// `base + t + gamma` (the quadratic losses).
+    Affine {
+        /// `alpha L`.
+        base: f64,
+        /// The constant.
+        gamma: f64,
+    },
+}
+
+impl VertexFinish {
+    /// The vertex value of the sum of terms `t`.
+    #[inline(always)]
+    pub fn apply(self, t: f64) -> f64 {
+        match self {
+            Self::Mean(count) => t / count,
+            Self::Affine { base, gamma } => base + t + gamma,
+        }
+    }
+}
+
 /// `|d|^p`.
 fn pnorm_term(d: f64, p: f64) -> f64 {
     if p == 2.0 {
@@ -409,6 +490,49 @@ fn separable_sums(z: &[u32], l: usize, k: usize, table: &[f64], out: &mut [f64])
             .enumerate()
             .map(|(var, &c)| table[var * k + c as usize])
             .sum();
+    }
+}
+
+/// `out[i] = sum_m table[m*K + zt[m*S + i]]` for S draws laid out variable-major
+/// (`S = out.len()`), each summed in variable order from the neutral element of an iterator's
+/// `sum`, as [`Objective::at_vertex`] sums its terms. Every category must be below K.
+///
+/// # Panics
+/// If `zt` holds fewer than `L * S` numbers or `table` fewer than `L * K`.
+#[inline(always)]
+pub(crate) fn separable_sums_by_variable(
+    zt: &[u32],
+    l: usize,
+    k: usize,
+    table: &[f64],
+    out: &mut [f64],
+) {
+    const B: usize = 8;
+    let zero: f64 = std::iter::empty::<f64>().sum();
+    let s = out.len();
+    let (table, zt) = (&table[..l * k], &zt[..l * s]);
+    // Eight draws at a time in registers: eight independent sums, each in variable order.
+    let mut first = 0;
+    while first + B <= s {
+        let mut acc = [zero; B];
+        for var in 0..l {
+            let t = &table[var * k..(var + 1) * k];
+            let z: &[u32; B] = zt[var * s + first..var * s + first + B]
+                .try_into()
+                .expect("eight draws");
+            for (a, &c) in acc.iter_mut().zip(z) {
+                *a += t[c as usize];
+            }
+        }
+        out[first..first + B].copy_from_slice(&acc);
+        first += B;
+    }
+    for (i, o) in out.iter_mut().enumerate().skip(first) {
+        let mut acc = zero;
+        for var in 0..l {
+            acc += table[var * k + zt[var * s + i] as usize];
+        }
+        *o = acc;
     }
 }
 
@@ -573,6 +697,16 @@ mod tests {
                     let obj = Objective::new(&p, loss);
                     let mut batch = vec![0.0; 37];
                     obj.at_vertices(&z, &mut batch);
+                    // The same draws variable-major give the same bits.
+                    let zt: Vec<u32> = (0..l * 37).map(|n| z[(n % 37) * l + n / 37]).collect();
+                    let mut by_variable = vec![0.0; 37];
+                    obj.at_vertices_by_variable(&zt, &mut by_variable);
+                    let mut portable = vec![0.0; 37];
+                    obj.at_vertices_by_variable_lanes(&zt, &mut portable);
+                    for (i, (a, b)) in by_variable.iter().zip(&portable).enumerate() {
+                        assert_eq!(a.to_bits(), batch[i].to_bits(), "{loss} draw {i}");
+                        assert_eq!(b.to_bits(), batch[i].to_bits(), "{loss} draw {i}");
+                    }
                     let mut scratch = vec![0u32; l];
                     let mut conditional = vec![0.0; k];
                     for (zi, &f) in z.chunks_exact(l).zip(&batch) {

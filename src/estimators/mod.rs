@@ -1516,6 +1516,176 @@ pub fn fill_joint_counts(ctx: &Context, z: &[u32], f: &[f64], buffer: &mut [f64]
     totals[1] = q_total;
 }
 
+/// Scratch of [`fill_joint_counts_by_variable`], kept across calls (one per worker).
+#[derive(Clone, Debug, Default)]
+pub struct JointScratch {
+    /// `f_i` and `q_i` of each draw (S numbers each), for a loss that is not separable.
+    f: Vec<f64>,
+    q: Vec<f64>,
+    /// Per bucket `(l, j)`: `[n, F, Q, unused]`, one 32-byte line each, so that one vector
+    /// addition of `[1, f_i, q_i, 0]` adds a draw to its bucket.
+    packed: Vec<Bucket>,
+}
+
+/// `[n, F, Q, unused]` of one bucket (see [`JointScratch`]).
+#[derive(Clone, Copy, Debug, Default)]
+#[repr(align(32))]
+struct Bucket([f64; 4]);
+
+/// [`fill_joint_counts`] from the S draws laid out variable-major (`zt[l * S + i]`, as
+/// [`crate::draws::draw_joint_categories_by_variable`] writes them), with their losses
+/// evaluated here: the same sums bit for bit. Each `f_i` is [`Objective::at_vertex`]'s value
+/// (for a separable loss its terms are summed in variable order, eight draws at a time in
+/// registers) and each `q_i` sums its terms in variable order; every bucket `(l, j)` adds its
+/// draws in draw order, a draw adding `[1, f_i, q_i, 0]` to each of its L buckets at once
+/// (element-wise additions, each the one the draw-major form makes); the totals add the
+/// draws in order.
+pub fn fill_joint_counts_by_variable(
+    ctx: &Context,
+    zt: &[u32],
+    s: usize,
+    scratch: &mut JointScratch,
+    buffer: &mut [f64],
+) {
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx2")]
+    fn avx2(ctx: &Context, zt: &[u32], s: usize, scratch: &mut JointScratch, buffer: &mut [f64]) {
+        fill_by_variable_lanes(ctx, zt, s, scratch, buffer);
+    }
+    #[cfg(target_arch = "x86_64")]
+    if crate::fastmath::has_avx2() {
+        // SAFETY: the CPU has AVX2, checked just above.
+        return unsafe { avx2(ctx, zt, s, scratch, buffer) };
+    }
+    fill_by_variable_lanes(ctx, zt, s, scratch, buffer);
+}
+
+/// Adds draw `i`'s `add = [1, f_i, q_i, 0]` to its L buckets.
+///
+/// # Safety
+/// `zt` holds `L * S` categories, each below K, and `packed` `L * K` buckets.
+#[inline(always)]
+unsafe fn add_draw(
+    packed: &mut [Bucket],
+    zt: &[u32],
+    (l, k, s): (usize, usize, usize),
+    i: usize,
+    add: [f64; 4],
+) {
+    for var in 0..l {
+        // SAFETY: `var * S + i < L * S` and the bucket is below L*K (the caller's promise).
+        let bucket = unsafe {
+            let c = *zt.get_unchecked(var * s + i) as usize;
+            packed.get_unchecked_mut(var * k + c)
+        };
+        for (a, v) in bucket.0.iter_mut().zip(add) {
+            *a += v;
+        }
+    }
+}
+
+#[inline(always)]
+fn fill_by_variable_lanes(
+    ctx: &Context,
+    zt: &[u32],
+    s: usize,
+    scratch: &mut JointScratch,
+    buffer: &mut [f64],
+) {
+    const B: usize = 8;
+    let (l, k) = (ctx.l, ctx.k);
+    let n = l * k;
+    let zt = &zt[..l * s];
+    buffer.iter_mut().for_each(|v| *v = 0.0);
+    if s == 0 {
+        return;
+    }
+    // Every bucket below is `var * K + c` with `var < L` and, checked here once, `c < K`.
+    let largest = zt.iter().fold(0u32, |m, &c| m.max(c));
+    assert!((largest as usize) < k, "a joint draws' category is past K");
+    let shape = (l, k, s);
+    let grad = ctx.mean_field.as_ref().map(|m| &m.grad[..n]);
+    let packed = &mut scratch.packed;
+    packed.clear();
+    packed.resize(n, Bucket::default());
+    let (mut f_total, mut q_total) = (0.0, 0.0);
+    match ctx.objective.separable_vertex_form() {
+        Some((table, finish)) => {
+            let table = &table[..n];
+            let zero: f64 = std::iter::empty::<f64>().sum();
+            let mut first = 0;
+            while first < s {
+                // Eight draws (or the last few): their terms summed in variable order, then
+                // added to the buckets draw by draw.
+                let nb = (s - first).min(B);
+                let (mut fa, mut qa) = ([zero; B], [zero; B]);
+                for var in 0..l {
+                    let row = &zt[var * s + first..var * s + first + nb];
+                    let t = &table[var * k..(var + 1) * k];
+                    if let Ok(row) = <&[u32; B]>::try_from(row) {
+                        // A whole block: eight independent sums with a fixed count.
+                        for (a, &c) in fa.iter_mut().zip(row) {
+                            *a += t[c as usize];
+                        }
+                        if let Some(g) = grad {
+                            let g = &g[var * k..(var + 1) * k];
+                            for (a, &c) in qa.iter_mut().zip(row) {
+                                *a += g[c as usize];
+                            }
+                        }
+                    } else {
+                        for (a, &c) in fa.iter_mut().zip(row) {
+                            *a += t[c as usize];
+                        }
+                        if let Some(g) = grad {
+                            let g = &g[var * k..(var + 1) * k];
+                            for (a, &c) in qa.iter_mut().zip(row) {
+                                *a += g[c as usize];
+                            }
+                        }
+                    }
+                }
+                for d in 0..nb {
+                    let fi = finish.apply(fa[d]);
+                    let qi = if grad.is_some() { qa[d] } else { 0.0 };
+                    f_total += fi;
+                    q_total += qi;
+                    // SAFETY: the shapes and categories checked above.
+                    unsafe { add_draw(packed, zt, shape, first + d, [1.0, fi, qi, 0.0]) };
+                }
+                first += B;
+            }
+        }
+        None => {
+            let (f, q) = (&mut scratch.f, &mut scratch.q);
+            f.resize(s, 0.0);
+            q.resize(s, 0.0);
+            ctx.objective.at_vertices_by_variable(zt, f);
+            match grad {
+                Some(g) => crate::objective::separable_sums_by_variable(zt, l, k, g, q),
+                None => q.iter_mut().for_each(|v| *v = 0.0),
+            }
+            for (i, (&fi, &qi)) in f.iter().zip(q.iter()).enumerate() {
+                f_total += fi;
+                q_total += qi;
+                // SAFETY: as above.
+                unsafe { add_draw(packed, zt, shape, i, [1.0, fi, qi, 0.0]) };
+            }
+        }
+    }
+    let (counts, rest) = buffer.split_at_mut(n);
+    let (fs, rest) = rest.split_at_mut(n);
+    let (qs, totals) = rest.split_at_mut(n);
+    for (b, bucket) in packed.iter().enumerate() {
+        counts[b] = bucket.0[0];
+        fs[b] = bucket.0[1];
+        qs[b] = bucket.0[2];
+    }
+    totals[0] = f_total;
+    // Without a mean field the total stays at the zero it starts from.
+    totals[1] = if grad.is_some() { q_total } else { 0.0 };
+}
+
 /// The joint-counts lowering: the S-draw estimate of a score-function-form estimator (its
 /// [`Lowering::ScoreFunction`]) from a repetition's [`JointCounts`] and the moving-average
 /// baseline, into `out`; returns the baseline signal (the mean signal) for a moving average.
@@ -1908,6 +2078,71 @@ mod tests {
             checked, 5,
             "reinforce, reinforce-ema, rloo, muprop, muprop-c"
         );
+    }
+
+    #[test]
+    fn joint_counts_by_variable_equal_the_draw_major_sums_bit_for_bit() {
+        // Every loss (separable or not, with a mean field and without), problems with K below
+        // and past the vector width, S with and without a remainder past blocks of eight.
+        let mut small =
+            Problem::free_logits(3, 5, (0..15).map(|i| (i as f64 * 0.7).sin()).collect());
+        small.t = (0..15).map(|i| (i as f64 * 0.3).cos()).collect();
+        small.b = vec![0.5, 2.5, 4.0];
+        small.table = (0..125).map(|i| (i as f64 * 0.61).sin() * 3.0).collect();
+        small.decoder = Some(crate::problem::Decoder {
+            h: 2,
+            v: (0..30).map(|i| (i as f64 * 0.23).cos()).collect(),
+            c: vec![0.1, -0.3],
+            target: vec![1.0, 0.0],
+        });
+        let indecater = (crate::problems::by_name("indecater-6x10").unwrap().build)(0);
+        let mut checked = 0;
+        for problem in [&small, &indecater] {
+            for loss in Loss::ALL {
+                if problem.check_loss(loss).is_err() {
+                    continue;
+                }
+                let ctx = Context::new(problem, loss, 1.0);
+                let (l, k) = (ctx.l, ctx.k);
+                let tables: Vec<_> = ctx
+                    .p
+                    .chunks(k)
+                    .map(crate::draws::CategoricalTable::new)
+                    .collect();
+                for s in [1usize, 7, 64, 101] {
+                    let mut z = vec![0u32; s * l];
+                    crate::draws::draw_joint_categories(&tables, [3, 1], 8, 0, s as u32, &mut z);
+                    let mut f = vec![0.0; s];
+                    ctx.objective.at_vertices(&z, &mut f);
+                    let mut want = vec![0.0; JointCounts::buffer_len(&ctx)];
+                    fill_joint_counts(&ctx, &z, &f, &mut want);
+                    let zt: Vec<u32> = (0..s * l).map(|n| z[(n % s) * l + n / s]).collect();
+                    let mut got = vec![f64::NAN; want.len()];
+                    fill_joint_counts_by_variable(
+                        &ctx,
+                        &zt,
+                        s,
+                        &mut JointScratch::default(),
+                        &mut got,
+                    );
+                    assert_eq!(bits(&got), bits(&want), "{loss} L = {l} S = {s}");
+                    let mut portable = vec![f64::NAN; want.len()];
+                    fill_by_variable_lanes(
+                        &ctx,
+                        &zt,
+                        s,
+                        &mut JointScratch::default(),
+                        &mut portable,
+                    );
+                    assert_eq!(bits(&portable), bits(&want), "portable {loss} S = {s}");
+                    if ctx.mean_field.is_some() {
+                        assert!(want[2 * l * k..3 * l * k].iter().any(|&q| q != 0.0));
+                    }
+                    checked += 1;
+                }
+            }
+        }
+        assert!(checked >= 20, "{checked}");
     }
 
     #[test]

@@ -70,6 +70,59 @@ pub(super) fn add_vertex_blocks(k: usize, table: &[f64], z: &[u32], acc: &mut [f
 
 #[inline(always)]
 fn add_vertex_blocks_lanes(k: usize, table: &[f64], z: &[u32], acc: &mut [f64]) {
+    match k {
+        2 => add_vertex_blocks_fixed::<2>(table, z, acc),
+        3 => add_vertex_blocks_fixed::<3>(table, z, acc),
+        4 => add_vertex_blocks_fixed::<4>(table, z, acc),
+        5 => add_vertex_blocks_fixed::<5>(table, z, acc),
+        8 => add_vertex_blocks_fixed::<8>(table, z, acc),
+        10 => add_vertex_blocks_fixed::<10>(table, z, acc),
+        16 => add_vertex_blocks_fixed::<16>(table, z, acc),
+        _ => add_vertex_blocks_by_draw(k, table, z, acc),
+    }
+}
+
+/// Variables handled together by [`add_vertex_blocks_fixed`].
+const VARIABLE_GROUP: usize = 4;
+
+/// [`add_vertex_blocks`] for K known at compile time: the sums of four variables at a time
+/// stay in registers (four independent chains of additions) over all the draws, instead of
+/// going through memory after every draw. Each coordinate still adds its numbers in draw
+/// order, from the value it starts at.
+#[inline(always)]
+fn add_vertex_blocks_fixed<const K: usize>(table: &[f64], z: &[u32], acc: &mut [f64]) {
+    let l = acc.len() / K;
+    if l == 0 {
+        return;
+    }
+    let table = &table[..l * K * K];
+    let mut first = 0;
+    while first < l {
+        let g = (l - first).min(VARIABLE_GROUP);
+        let mut sums = [[0.0f64; K]; VARIABLE_GROUP];
+        for (u, s) in sums.iter_mut().enumerate().take(g) {
+            s.copy_from_slice(&acc[(first + u) * K..(first + u + 1) * K]);
+        }
+        for zi in z.chunks_exact(l) {
+            for (u, s) in sums.iter_mut().enumerate().take(g) {
+                let var = first + u;
+                let start = (var * K + zi[var] as usize) * K;
+                let block: &[f64; K] = table[start..start + K].try_into().expect("K numbers");
+                for (x, &y) in s.iter_mut().zip(block) {
+                    *x += y;
+                }
+            }
+        }
+        for (u, s) in sums.iter().enumerate().take(g) {
+            acc[(first + u) * K..(first + u + 1) * K].copy_from_slice(s);
+        }
+        first += g;
+    }
+}
+
+/// [`add_vertex_blocks`] draw after draw, for any K.
+#[inline(always)]
+fn add_vertex_blocks_by_draw(k: usize, table: &[f64], z: &[u32], acc: &mut [f64]) {
     let l = acc.len() / k;
     for zi in z.chunks_exact(l) {
         for (var, (&c, a)) in zi.iter().zip(acc.chunks_exact_mut(k)).enumerate() {
@@ -121,10 +174,7 @@ impl TableCache {
         let hit = slot.as_ref().is_some_and(|c| {
             c.owner == owner
                 && c.key.len() == key.iter().map(|k| k.len()).sum::<usize>()
-                && c.key
-                    .iter()
-                    .zip(key.iter().flat_map(|k| k.iter()))
-                    .all(|(a, b)| *a == b.to_bits())
+                && same_bits(&c.key, key)
         });
         if !hit {
             *slot = Some(CachedTable {
@@ -138,6 +188,23 @@ impl TableCache {
         }
         slot.as_ref().expect("just set").table.clone()
     }
+}
+
+/// Whether `bits` holds the bits of the parts of `key` one after another (`bits` as long as
+/// they are together): part by part, without an early exit, so that the comparisons
+/// vectorise (the key of ReinMax's table is some 700 numbers, compared on every estimate).
+fn same_bits(bits: &[u64], key: &[&[f64]]) -> bool {
+    let mut offset = 0;
+    let mut same = true;
+    for part in key {
+        let stored = &bits[offset..offset + part.len()];
+        same &= stored
+            .iter()
+            .zip(part.iter())
+            .fold(true, |all, (a, b)| all & (*a == b.to_bits()));
+        offset += part.len();
+    }
+    same
 }
 
 /// `out = J(p_l) v_l` per variable.
@@ -461,6 +528,48 @@ pub(super) mod tests {
         ReinMax.estimate(&ctx, &d, 0.0, &mut after);
         crate::estimators::reinmax::per_draw_average(&ctx, &d, &mut want);
         assert_eq!(after, want);
+    }
+
+    #[test]
+    fn table_keys_match_only_on_every_bit_of_every_part() {
+        let parts: [Vec<f64>; 3] = [
+            vec![1.5],
+            vec![0.0, -2.0, 3.25],
+            (0..9).map(f64::from).collect(),
+        ];
+        let key: Vec<&[f64]> = parts.iter().map(|p| p.as_slice()).collect();
+        let bits: Vec<u64> = parts.iter().flatten().map(|v| v.to_bits()).collect();
+        assert!(same_bits(&bits, &key));
+        for at in 0..bits.len() {
+            let mut other = bits.clone();
+            other[at] ^= 1;
+            assert!(!same_bits(&other, &key), "bit 0 of number {at}");
+        }
+        // Signed zeros differ in their bits.
+        let mut negative = bits.clone();
+        negative[1] = (-0.0f64).to_bits();
+        assert!(!same_bits(&negative, &key));
+    }
+
+    #[test]
+    fn vertex_blocks_of_fixed_k_add_in_draw_order_bit_for_bit() {
+        // Every specialised K and one without, L below, at and past a group of four.
+        for k in [2usize, 3, 4, 5, 7, 8, 10, 16] {
+            for l in [1usize, 3, 4, 6, 9] {
+                let table: Vec<f64> = (0..l * k * k)
+                    .map(|i| (i as f64 * 0.37).sin() * 10f64.powi((i % 7) as i32 - 3))
+                    .collect();
+                let z: Vec<u32> = (0..45 * l).map(|i| ((i * 7 + i / 3) % k) as u32).collect();
+                let start: Vec<f64> = (0..l * k).map(|i| (i as f64 * 0.11).cos()).collect();
+                let (mut fast, mut plain, mut want) = (start.clone(), start.clone(), start);
+                add_vertex_blocks(k, &table, &z, &mut fast);
+                add_vertex_blocks_lanes(k, &table, &z, &mut plain);
+                add_vertex_blocks_by_draw(k, &table, &z, &mut want);
+                let bits = |v: &[f64]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+                assert_eq!(bits(&fast), bits(&want), "K = {k}, L = {l}");
+                assert_eq!(bits(&plain), bits(&want), "K = {k}, L = {l}");
+            }
+        }
     }
 
     #[test]
