@@ -497,7 +497,18 @@ pub(crate) fn cpu_point_cells(
             .filter(|&li| cells.iter().any(|c| c.loss_index == li && c.path == path))
             .collect()
     };
-    let generic_losses = losses_on(Path::Generic(Family::ScoreFunction));
+    // Only the losses that a generic cell reads per draw (`st` and `reinmax` read the hard
+    // draws alone).
+    let generic_losses: Vec<usize> = losses_on(Path::Generic(Family::ScoreFunction))
+        .into_iter()
+        .filter(|&li| {
+            cells.iter().any(|c| {
+                c.loss_index == li
+                    && c.path == Path::Generic(Family::ScoreFunction)
+                    && c.estimator.reads_draw_losses()
+            })
+        })
+        .collect();
     let joint_losses = losses_on(Path::JointCounts);
     let joint_on = !joint_losses.is_empty();
     let joint_len = JointCounts::buffer_len(&contexts[0]);
@@ -616,7 +627,10 @@ pub(crate) fn cpu_point_cells(
         let nl = generic_losses.len();
         let nj = joint_losses.len();
         let mut joint_z = vec![0u32; if generic_sf { nbu * su * l } else { 0 }];
-        let mut joint_f = vec![0f64; if generic_sf { nbu * su * nl } else { 0 }];
+        // At least one number per repetition (as `joint_sums` below), so that zipping the
+        // per-repetition chunks never stops early when no cell reads the losses.
+        let f_stride = (su * nl).max(1);
+        let mut joint_f = vec![0f64; if generic_sf { nbu * f_stride } else { 0 }];
         // At least one number per repetition, so that zipping the per-repetition chunks never
         // stops early when no joint-counts cell needs them.
         let mut joint_sums = vec![0f64; nbu * (nj * joint_len).max(1)];
@@ -624,7 +638,7 @@ pub(crate) fn cpu_point_cells(
             let t0 = Instant::now();
             let (zw, fw, jw) = (
                 if generic_sf { su * l } else { 0 },
-                if generic_sf { su * nl } else { 0 },
+                if generic_sf { f_stride } else { 0 },
                 (nj * joint_len).max(1),
             );
             for _ in 0..faults::repeat_pass("score-function") {
@@ -850,7 +864,11 @@ pub(crate) fn cpu_point_cells(
                             Family::ScoreFunction => JointDraws {
                                 s: su,
                                 z: &joint_z[r * su * l..(r + 1) * su * l],
-                                f: &joint_f[(r * nl + f_offset) * su..(r * nl + f_offset + 1) * su],
+                                f: if cell.estimator.reads_draw_losses() {
+                                    &joint_f[r * f_stride + f_offset * su..][..su]
+                                } else {
+                                    &[]
+                                },
                                 y: &[],
                                 perturbed: &[],
                                 noise,

@@ -1294,6 +1294,13 @@ pub trait Estimator: Send + Sync {
         1
     }
 
+    /// Whether [`Estimator::estimate`] reads the draws' losses `JointDraws::f` (score-function
+    /// family). The CPU's generic pass evaluates every draw's loss only for losses with a
+    /// cell that reads them; the others get an empty `f`.
+    fn reads_draw_losses(&self) -> bool {
+        true
+    }
+
     /// Whether it needs the loss defined off the vertices (MuProp's Taylor point, the relaxed
     /// family).
     fn needs_extension(&self) -> bool {

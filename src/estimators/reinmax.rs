@@ -94,6 +94,10 @@ impl Estimator for ReinMax {
     fn lowering(&self) -> Option<Lowering> {
         Some(Lowering::HardDraw)
     }
+    /// The hard draws alone: their losses are never read.
+    fn reads_draw_losses(&self) -> bool {
+        false
+    }
     fn exact_moments(&self, ctx: &Context, s: u32) -> Option<ExactMoments> {
         hard_draw_moments(ctx, &prepare(ctx), s, per_draw)
     }

@@ -402,6 +402,10 @@ impl Estimator for StraightThrough {
     fn lowering(&self) -> Option<Lowering> {
         Some(Lowering::HardDraw)
     }
+    /// The hard draws alone: their losses are never read.
+    fn reads_draw_losses(&self) -> bool {
+        false
+    }
     fn exact_moments(&self, ctx: &Context, s: u32) -> Option<ExactMoments> {
         hard_draw_moments(ctx, &[], s, per_draw)
     }

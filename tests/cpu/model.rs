@@ -650,3 +650,44 @@ fn single_variable_figures_are_unchanged() {
         }
     }
 }
+
+/// `st` and `reinmax` read the hard draws alone, so a generic pass of only them evaluates no
+/// loss per draw (`Estimator::reads_draw_losses`); their figures must be those of a generic
+/// pass that also evaluates the losses for `sum-and-sample` (which reads them; `reinforce`
+/// would take the joint-counts path instead), bit for bit, on a separable loss (the gradient-block
+/// tables) and on one that couples the variables (the per-draw gradients).
+#[test]
+fn hard_draw_estimators_alone_give_the_figures_of_a_pass_that_evaluates_the_losses() {
+    let cases = [
+        ("indecater-6x10", Loss::Pnorm),
+        ("vae-decoder", Loss::Decoder),
+    ];
+    for (name, loss) in cases {
+        let problem = (problems::by_name(name).unwrap().build)(0);
+        let alone = sweep(&problem, loss, &["st", "reinmax"], &[1, 4, 16], 300);
+        let ids = ["sum-and-sample", "st", "reinmax"];
+        let mixed = sweep(&problem, loss, &ids, &[1, 4, 16], 300);
+        let alone = serde_json::to_value(alone).unwrap();
+        let mixed = serde_json::to_value(mixed).unwrap();
+        let mixed: Vec<&serde_json::Value> = mixed
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|r| r["estimator"] != "sum-and-sample")
+            .collect();
+        let alone = alone.as_array().unwrap();
+        assert_eq!(alone.len(), mixed.len());
+        assert_eq!(alone.len(), 6, "{name}: two estimators at three S");
+        for (a, b) in alone.iter().zip(mixed) {
+            for (key, value) in a.as_object().unwrap() {
+                if key != "seconds" {
+                    assert_eq!(
+                        value, &b[key],
+                        "{name}: {} S={} {key}",
+                        a["estimator"], a["samples"]
+                    );
+                }
+            }
+        }
+    }
+}
