@@ -69,3 +69,22 @@ const PAIR_SECOND: u32 = 2u;
 fn flat_index(gid: vec3<u32>) -> u32 {
     return gid.y * params.row + gid.x;
 }
+
+// e^x - 1 with a relative error of a few ulp (the generic losses and the unordered-set terms):
+// a Taylor polynomial for |x| < 1/2 (the first omitted term is below 2^-30 of the value),
+// exp(x) - 1 beyond.
+fn expm1_accurate(x: f32) -> f32 {
+    if abs(x) >= 0.5 {
+        return exp(x) - 1.0;
+    }
+    var poly = 1.0 + x / 10.0;
+    poly = 1.0 + x / 9.0 * poly;
+    poly = 1.0 + x / 8.0 * poly;
+    poly = 1.0 + x / 7.0 * poly;
+    poly = 1.0 + x / 6.0 * poly;
+    poly = 1.0 + x / 5.0 * poly;
+    poly = 1.0 + x / 4.0 * poly;
+    poly = 1.0 + x / 3.0 * poly;
+    poly = 1.0 + x / 2.0 * poly;
+    return x * poly;
+}

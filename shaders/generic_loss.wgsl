@@ -31,24 +31,6 @@ fn log1p_accurate(x: f32) -> f32 {
     return accurate_log(u) * (x / (u - 1.0));
 }
 
-// e^x - 1 with a relative error of a few ulp: a Taylor polynomial for |x| < 1/2 (the first
-// omitted term is below 2^-30 of the value), exp(x) - 1 beyond.
-fn expm1_accurate(x: f32) -> f32 {
-    if abs(x) >= 0.5 {
-        return exp(x) - 1.0;
-    }
-    var poly = 1.0 + x / 10.0;
-    poly = 1.0 + x / 9.0 * poly;
-    poly = 1.0 + x / 8.0 * poly;
-    poly = 1.0 + x / 7.0 * poly;
-    poly = 1.0 + x / 6.0 * poly;
-    poly = 1.0 + x / 5.0 * poly;
-    poly = 1.0 + x / 4.0 * poly;
-    poly = 1.0 + x / 3.0 * poly;
-    poly = 1.0 + x / 2.0 * poly;
-    return x * poly;
-}
-
 // softplus(h_p + delta) - softplus(h_p) from delta and sigma = sigmoid(-|h_p|) <= 1/2:
 // log1p(sigma expm1(delta)) for h_p < 0, and delta + log1p(sigma expm1(-delta)) for
 // h_p >= 0 (softplus(h) = h + softplus(-h)), so the argument of log1p stays above -1/2 and the

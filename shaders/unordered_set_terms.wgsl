@@ -40,23 +40,10 @@ fn split(x: f32) -> Split {
     return Split(bitcast<f32>((bits & 0x807fffffu) | (126u << 23u)), i32((bits >> 23u) & 0xffu) - 126);
 }
 
-// 1 - e^{-t} for t >= 0 to a few ulp: a Taylor polynomial below 1/2 (the first omitted term
-// is below 2^-30 of the value).
+// 1 - e^{-t} for t >= 0 to a few ulp: -expm1(-t), the same bits as the polynomial written
+// out for 1 - e^{-t} (negating a rounded difference or product is exact).
 fn one_minus_exp_neg(t: f32) -> f32 {
-    if t >= 0.5 {
-        return 1.0 - exp(-t);
-    }
-    let x = -t;
-    var poly = 1.0 + x / 10.0;
-    poly = 1.0 + x / 9.0 * poly;
-    poly = 1.0 + x / 8.0 * poly;
-    poly = 1.0 + x / 7.0 * poly;
-    poly = 1.0 + x / 6.0 * poly;
-    poly = 1.0 + x / 5.0 * poly;
-    poly = 1.0 + x / 4.0 * poly;
-    poly = 1.0 + x / 3.0 * poly;
-    poly = 1.0 + x / 2.0 * poly;
-    return t * poly;
+    return -expm1_accurate(-t);
 }
 
 struct Kahan {
