@@ -780,11 +780,16 @@ pub(crate) fn cpu_point_cells(
                 .iter()
                 .position(|&li| li == cell.loss_index)
                 .unwrap_or(0);
-            // The counts lowering runs a batch of repetitions at a time (the same estimates).
-            let batched = cell.path == Path::Counts && !faulty;
             // An estimator that ignores its draws (`exact`) gives the same estimate every
             // repetition: its batches are pushed as repeats of it, with the same results.
-            let constant = batched && ignores_counts(cell.estimator);
+            let constant = !faulty
+                && match cell.path {
+                    Path::Counts => ignores_counts(cell.estimator),
+                    Path::JointCounts => joint_counts_constant(cell.estimator),
+                    _ => false,
+                };
+            // The counts lowering runs a batch of repetitions at a time (the same estimates).
+            let batched = (cell.path == Path::Counts && !faulty) || constant;
             let push = |sums: &mut MomentSums, batch: &[f64], n: usize| {
                 if constant {
                     sums.push_repeated(&ctx.grad[..dim], n, &ctx.grad);
@@ -957,6 +962,18 @@ fn ignores_counts(estimator: &dyn Estimator) -> bool {
     )
 }
 
+/// Whether `estimator`'s joint-counts lowering gives the exact gradient whatever the sums (as
+/// [`crate::estimators::estimate_from_joint_counts`] does for a constant `ExactGradient`).
+fn joint_counts_constant(estimator: &dyn Estimator) -> bool {
+    matches!(
+        estimator.lowering(),
+        Some(Lowering::ScoreFunction {
+            constant: Constant::ExactGradient,
+            ..
+        })
+    )
+}
+
 /// Repetitions whose estimates a cell stages before it writes them to its batch's columns.
 const STAGE: usize = 8;
 
@@ -1104,5 +1121,43 @@ mod stage_tests {
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod constant_tests {
+    use super::*;
+
+    /// `exact` on the joint-counts path is pushed as repeats of its one estimate: its moments
+    /// must be, bit for bit, those of R copies of the exact gradient pushed a batch of
+    /// [`PUSH_BATCH`] at a time (batches from multiples of it, moment blocks flushed at
+    /// multiples of [`REP_BLOCK`] and at the end), as the per-repetition path pushes them;
+    /// R past one moment block and not a multiple of a batch.
+    #[test]
+    fn joint_counts_exact_cells_are_pushed_as_repeats_bit_for_bit() {
+        let mut spec = SweepSpec::family_workload(Family::ScoreFunction, 4, REP_BLOCK + 777);
+        spec.problem = (crate::problems::by_name("indecater-6x10").unwrap().build)(0);
+        spec.losses = vec![Loss::Pnorm];
+        spec.estimators = vec![crate::estimators::by_id("exact").unwrap()];
+        let ctx = &spec.contexts()[0];
+        assert_eq!(path_of(spec.estimators[0], ctx), Path::JointCounts);
+        let point = cpu_point(&spec, 0, &|_| {});
+        let dim = spec.problem.dim();
+        let mut want = EstimateMoments::new(dim);
+        let mut batch = vec![0.0; dim * PUSH_BATCH];
+        for (j, &g) in ctx.grad.iter().enumerate() {
+            batch[j * PUSH_BATCH..(j + 1) * PUSH_BATCH].fill(g);
+        }
+        let reps = spec.reps as usize;
+        for block in (0..reps).step_by(REP_BLOCK as usize) {
+            let mut sums = MomentSums::new(&want);
+            let end = reps.min(block + REP_BLOCK as usize);
+            for first in (block..end).step_by(PUSH_BATCH) {
+                sums.push_batch(&batch, (end - first).min(PUSH_BATCH), &ctx.grad);
+            }
+            sums.flush_into(&mut want);
+        }
+        let got = &point.cells[0].moments;
+        assert_eq!(format!("{got:?}"), format!("{want:?}"));
     }
 }

@@ -68,7 +68,7 @@ pub use unordered_set::{set_block, set_integrals, SetIntegrals, UnorderedSet, QU
 
 use crate::error::{Error, Result};
 use crate::loss::{Loss, Quadratic};
-use crate::objective::Objective;
+use crate::objective::{Objective, VertexFinish};
 use crate::oracle::{self, ExactKind};
 use crate::problem::Problem;
 
@@ -1532,6 +1532,10 @@ pub struct JointScratch {
     /// Per bucket `(l, j)`: `[n, F, Q, unused]`, one 32-byte line each, so that one vector
     /// addition of `[1, f_i, q_i, 0]` adds a draw to its bucket.
     packed: Vec<Bucket>,
+    /// `[t_b, g_b]` per bucket b (a separable loss's term and MuProp's gradient).
+    pairs: Vec<[f64; 2]>,
+    /// The bucket `var * K + c` of every draw's variable, variable-major as the draws.
+    idx: Vec<u32>,
 }
 
 /// `[n, F, Q, unused]` of one bucket (see [`JointScratch`]).
@@ -1603,8 +1607,9 @@ fn fill_by_variable_lanes(
     let (l, k) = (ctx.l, ctx.k);
     let n = l * k;
     let zt = &zt[..l * s];
-    buffer.iter_mut().for_each(|v| *v = 0.0);
+    // (Every number of `buffer` is written at the end.)
     if s == 0 {
+        buffer.iter_mut().for_each(|v| *v = 0.0);
         return;
     }
     // Every bucket below is `var * K + c` with `var < L` and, checked here once, `c < K`.
@@ -1613,52 +1618,86 @@ fn fill_by_variable_lanes(
     let shape = (l, k, s);
     let grad = ctx.mean_field.as_ref().map(|m| &m.grad[..n]);
     let packed = &mut scratch.packed;
-    packed.clear();
     packed.resize(n, Bucket::default());
+    for bucket in packed.iter_mut() {
+        *bucket = Bucket::default();
+    }
     let (mut f_total, mut q_total) = (0.0, 0.0);
     match ctx.objective.separable_vertex_form() {
         Some((table, finish)) => {
-            let table = &table[..n];
+            // Each bucket's term and MuProp gradient side by side (`[t_b, g_b]`, g = 0
+            // without a mean field), so that one 16-byte addition adds both of a draw's
+            // terms; and every draw's bucket index `var * K + c`, read twice below.
+            let pairs = &mut scratch.pairs;
+            pairs.resize(n, [0.0; 2]);
+            for (b, (pair, &t)) in pairs.iter_mut().zip(&table[..n]).enumerate() {
+                *pair = [t, grad.map_or(0.0, |g| g[b])];
+            }
+            let idx = &mut scratch.idx;
+            idx.resize(l * s, 0);
+            for (var, (out, row)) in idx.chunks_exact_mut(s).zip(zt.chunks_exact(s)).enumerate() {
+                let base = (var * k) as u32;
+                for (o, &c) in out.iter_mut().zip(row) {
+                    *o = base + c;
+                }
+            }
+            let (pairs, idx) = (&pairs[..n], &idx[..l * s]);
             let zero: f64 = std::iter::empty::<f64>().sum();
             let mut first = 0;
             while first < s {
                 // Eight draws (or the last few): their terms summed in variable order, then
                 // added to the buckets draw by draw.
                 let nb = (s - first).min(B);
-                let (mut fa, mut qa) = ([zero; B], [zero; B]);
+                let mut acc = [[zero; 2]; B];
                 for var in 0..l {
-                    let row = &zt[var * s + first..var * s + first + nb];
-                    let t = &table[var * k..(var + 1) * k];
+                    let row = &idx[var * s + first..var * s + first + nb];
+                    // SAFETY (every `get_unchecked` below): a bucket index is below L*K, the
+                    // length of `pairs` and `packed` (the categories checked above).
                     if let Ok(row) = <&[u32; B]>::try_from(row) {
                         // A whole block: eight independent sums with a fixed count.
-                        for (a, &c) in fa.iter_mut().zip(row) {
-                            *a += t[c as usize];
-                        }
-                        if let Some(g) = grad {
-                            let g = &g[var * k..(var + 1) * k];
-                            for (a, &c) in qa.iter_mut().zip(row) {
-                                *a += g[c as usize];
-                            }
+                        for (a, &b) in acc.iter_mut().zip(row) {
+                            let t = unsafe { pairs.get_unchecked(b as usize) };
+                            a[0] += t[0];
+                            a[1] += t[1];
                         }
                     } else {
-                        for (a, &c) in fa.iter_mut().zip(row) {
-                            *a += t[c as usize];
+                        for (a, &b) in acc.iter_mut().zip(row) {
+                            let t = unsafe { pairs.get_unchecked(b as usize) };
+                            a[0] += t[0];
+                            a[1] += t[1];
                         }
-                        if let Some(g) = grad {
-                            let g = &g[var * k..(var + 1) * k];
-                            for (a, &c) in qa.iter_mut().zip(row) {
-                                *a += g[c as usize];
-                            }
+                    }
+                }
+                // The finish on eight sums at once (a division for pnorm: the same bits
+                // whether one or four at a time).
+                let mut fs = [0.0; B];
+                match finish {
+                    VertexFinish::Mean(_) => {
+                        for (f, a) in fs.iter_mut().zip(&acc) {
+                            *f = finish.apply(a[0]);
+                        }
+                    }
+                    VertexFinish::Affine { .. } => {
+                        for (f, a) in fs.iter_mut().zip(&acc) {
+                            *f = finish.apply(a[0]);
                         }
                     }
                 }
                 for d in 0..nb {
-                    let fi = finish.apply(fa[d]);
-                    let qi = if grad.is_some() { qa[d] } else { 0.0 };
+                    let fi = fs[d];
+                    let qi = if grad.is_some() { acc[d][1] } else { 0.0 };
                     f_total += fi;
                     q_total += qi;
-                    // SAFETY: the shapes and categories checked above.
-                    unsafe { add_draw(packed, zt, shape, first + d, [1.0, fi, qi, 0.0]) };
+                    let add = [1.0, fi, qi, 0.0];
+                    for var in 0..l {
+                        let bucket = unsafe {
+                            let b = *idx.get_unchecked(var * s + first + d) as usize;
+                            packed.get_unchecked_mut(b)
+                        };
+                        for (a, v) in bucket.0.iter_mut().zip(add) {
+                            *a += v;
+                        }
+                    }
                 }
                 first += B;
             }
@@ -1691,6 +1730,7 @@ fn fill_by_variable_lanes(
     totals[0] = f_total;
     // Without a mean field the total stays at the zero it starts from.
     totals[1] = if grad.is_some() { q_total } else { 0.0 };
+    totals[2..].iter_mut().for_each(|v| *v = 0.0);
 }
 
 /// The joint-counts lowering: the S-draw estimate of a score-function-form estimator (its
