@@ -699,7 +699,13 @@ mod joint_avx2 {
                 let n = (su - first).min(32);
                 match layout {
                     Layout::VariableMajor => {
-                        z[var * su + first..var * su + first + n].copy_from_slice(&cats[..n]);
+                        let row = &mut z[var * su + first..var * su + first + n];
+                        // A whole block as a fixed-size copy (vector moves, not a call).
+                        if let Ok(row) = <&mut [u32; 32]>::try_from(&mut *row) {
+                            *row = cats;
+                        } else {
+                            row.copy_from_slice(&cats[..n]);
+                        }
                     }
                     Layout::DrawMajor => {
                         for (j, &c) in cats[..n].iter().enumerate() {
