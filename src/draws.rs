@@ -623,14 +623,30 @@ mod joint_avx2 {
         table: &CategoricalTable,
         bounds: (__m256i, __m256i),
     ) -> [u32; 32] {
+        let mut out = [0u32; 32];
+        categories32_into(keys, b0, ctr, table, bounds, &mut out);
+        out
+    }
+
+    /// [`categories32`] stored straight into `out`.
+    ///
+    /// # Safety
+    /// AVX2 only.
+    #[inline(always)]
+    unsafe fn categories32_into(
+        keys: &x8::RoundKeys,
+        b0: u32,
+        ctr: [__m256i; 3],
+        table: &CategoricalTable,
+        bounds: (__m256i, __m256i),
+        out: &mut [u32; 32],
+    ) {
         let c0 = _mm256_add_epi32(
             _mm256_set1_epi32(b0 as i32),
             _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7),
         );
         let words = x8::philox(keys, [c0, ctr[0], ctr[1], ctr[2]]);
-        let mut out = [0u32; 32];
-        x8::store_block_major(classify(words, table, bounds), &mut out);
-        out
+        x8::store_block_major(classify(words, table, bounds), out);
     }
 
     /// The categories of the words in four registers under `table` (`bounds` its
@@ -695,17 +711,19 @@ mod joint_avx2 {
             );
             let mut first = 0usize;
             while first < su {
-                let cats = categories32(&keys, (first / 4) as u32, ctr, table, bounds);
                 let n = (su - first).min(32);
+                if layout == Layout::VariableMajor && n == 32 {
+                    // A whole block stored straight into its row (no copy, no memcpy call).
+                    let row = &mut z[var * su + first..var * su + first + 32];
+                    let row = <&mut [u32; 32]>::try_from(row).expect("32 draws");
+                    categories32_into(&keys, (first / 4) as u32, ctr, table, bounds, row);
+                    first += 32;
+                    continue;
+                }
+                let cats = categories32(&keys, (first / 4) as u32, ctr, table, bounds);
                 match layout {
                     Layout::VariableMajor => {
-                        let row = &mut z[var * su + first..var * su + first + n];
-                        // A whole block as a fixed-size copy (vector moves, not a call).
-                        if let Ok(row) = <&mut [u32; 32]>::try_from(&mut *row) {
-                            *row = cats;
-                        } else {
-                            row.copy_from_slice(&cats[..n]);
-                        }
+                        z[var * su + first..var * su + first + n].copy_from_slice(&cats[..n]);
                     }
                     Layout::DrawMajor => {
                         for (j, &c) in cats[..n].iter().enumerate() {
