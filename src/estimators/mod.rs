@@ -1630,8 +1630,17 @@ fn fill_by_variable_lanes(
             // terms; and every draw's bucket index `var * K + c`, read twice below.
             let pairs = &mut scratch.pairs;
             pairs.resize(n, [0.0; 2]);
-            for (b, (pair, &t)) in pairs.iter_mut().zip(&table[..n]).enumerate() {
-                *pair = [t, grad.map_or(0.0, |g| g[b])];
+            match grad {
+                Some(g) => {
+                    for (pair, (&t, &g)) in pairs.iter_mut().zip(table[..n].iter().zip(g)) {
+                        *pair = [t, g];
+                    }
+                }
+                None => {
+                    for (pair, &t) in pairs.iter_mut().zip(&table[..n]) {
+                        *pair = [t, 0.0];
+                    }
+                }
             }
             let idx = &mut scratch.idx;
             idx.resize(l * s, 0);
@@ -1722,10 +1731,24 @@ fn fill_by_variable_lanes(
     let (counts, rest) = buffer.split_at_mut(n);
     let (fs, rest) = rest.split_at_mut(n);
     let (qs, totals) = rest.split_at_mut(n);
-    for (b, bucket) in packed.iter().enumerate() {
-        counts[b] = bucket.0[0];
-        fs[b] = bucket.0[1];
-        qs[b] = bucket.0[2];
+    // Four buckets at a time (no bounds checks), then the rest.
+    let whole = n / 4 * 4;
+    for (((bk, c), f), q) in packed[..whole]
+        .chunks_exact(4)
+        .zip(counts[..whole].chunks_exact_mut(4))
+        .zip(fs[..whole].chunks_exact_mut(4))
+        .zip(qs[..whole].chunks_exact_mut(4))
+    {
+        for t in 0..4 {
+            c[t] = bk[t].0[0];
+            f[t] = bk[t].0[1];
+            q[t] = bk[t].0[2];
+        }
+    }
+    for b in whole..n {
+        counts[b] = packed[b].0[0];
+        fs[b] = packed[b].0[1];
+        qs[b] = packed[b].0[2];
     }
     totals[0] = f_total;
     // Without a mean field the total stays at the zero it starts from.
