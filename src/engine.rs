@@ -906,7 +906,7 @@ pub(crate) fn cpu_point_cells(
             }
             // The moment block ends at a multiple of REP_BLOCK repetitions or at the last.
             let done = block_start + nb;
-            if done % REP_BLOCK == 0 || done == spec.reps {
+            if done.is_multiple_of(REP_BLOCK) || done == spec.reps {
                 if in_batch > 0 {
                     push(block_sums, batch, in_batch);
                     in_batch = 0;
