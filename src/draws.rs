@@ -1126,7 +1126,9 @@ mod relaxed_avx2 {
     ) {
         let k = table.shifted_logits.len();
         assert!(k <= MAX_K && y.len() >= k * n && z.len() >= n && y_z.len() >= n);
-        let mut h = [_mm256_setzero_ps(); MAX_K];
+        // Left uninitialised (zeroing MAX_K registers' worth was a memset per batch): lane
+        // c is written for every c < K before it is read, and only those are read.
+        let mut h = [std::mem::MaybeUninit::<__m256>::uninit(); MAX_K];
         let inv_tau = _mm256_set1_ps(table.inv_tau);
         let lane_index = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
         let keys = RoundKeys::new(key);
@@ -1149,7 +1151,7 @@ mod relaxed_avx2 {
                 for (w, &word) in words.iter().enumerate().take(k - 4 * group) {
                     let c = 4 * group + w;
                     let v = _mm256_add_ps(_mm256_set1_ps(table.shifted_logits[c]), gumbel(word));
-                    h[c] = v;
+                    h[c].write(v);
                     let better = _mm256_cmp_ps::<_CMP_GT_OQ>(v, hmax);
                     hmax = _mm256_blendv_ps(hmax, v, better);
                     zl = _mm256_castps_si256(_mm256_blendv_ps(
@@ -1161,13 +1163,18 @@ mod relaxed_avx2 {
             }
             let mut sum = _mm256_setzero_ps();
             for hc in h[..k].iter_mut() {
-                *hc = exp_nonpositive(_mm256_mul_ps(_mm256_sub_ps(*hc, hmax), inv_tau));
-                sum = _mm256_add_ps(sum, *hc);
+                // Written above for every c < K.
+                let e = exp_nonpositive(_mm256_mul_ps(
+                    _mm256_sub_ps(hc.assume_init(), hmax),
+                    inv_tau,
+                ));
+                hc.write(e);
+                sum = _mm256_add_ps(sum, e);
             }
             let inv = _mm256_div_ps(_mm256_set1_ps(1.0), sum);
             let mut yz = _mm256_setzero_ps();
             for (c, hc) in h[..k].iter().enumerate() {
-                let yc = _mm256_mul_ps(*hc, inv);
+                let yc = _mm256_mul_ps(hc.assume_init(), inv);
                 store(&mut y[c * n + base..c * n + base + lanes], yc, lanes);
                 let hit = _mm256_castsi256_ps(_mm256_cmpeq_epi32(zl, _mm256_set1_epi32(c as i32)));
                 yz = _mm256_blendv_ps(yz, yc, hit);
@@ -1232,7 +1239,9 @@ mod relaxed_avx512 {
     ) {
         let k = table.shifted_logits.len();
         assert!(k <= MAX_K && y.len() >= k * n && z.len() >= n && y_z.len() >= n);
-        let mut h = [_mm512_setzero_ps(); MAX_K];
+        // Left uninitialised (zeroing MAX_K registers' worth was a memset per batch): lane
+        // c is written for every c < K before it is read, and only those are read.
+        let mut h = [std::mem::MaybeUninit::<__m512>::uninit(); MAX_K];
         let inv_tau = _mm512_set1_ps(table.inv_tau);
         let lane_index = _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
         let keys = RoundKeys::new(key);
@@ -1261,7 +1270,7 @@ mod relaxed_avx512 {
                 for (w, &word) in words.iter().enumerate().take(k - 4 * group) {
                     let c = 4 * group + w;
                     let v = _mm512_add_ps(_mm512_set1_ps(table.shifted_logits[c]), gumbel(word));
-                    h[c] = v;
+                    h[c].write(v);
                     let better = _mm512_cmp_ps_mask::<_CMP_GT_OQ>(v, hmax);
                     hmax = _mm512_mask_blend_ps(better, hmax, v);
                     zl = _mm512_mask_blend_epi32(better, zl, _mm512_set1_epi32(c as i32));
@@ -1269,13 +1278,18 @@ mod relaxed_avx512 {
             }
             let mut sum = _mm512_setzero_ps();
             for hc in h[..k].iter_mut() {
-                *hc = exp_nonpositive(_mm512_mul_ps(_mm512_sub_ps(*hc, hmax), inv_tau));
-                sum = _mm512_add_ps(sum, *hc);
+                // Written above for every c < K.
+                let e = exp_nonpositive(_mm512_mul_ps(
+                    _mm512_sub_ps(hc.assume_init(), hmax),
+                    inv_tau,
+                ));
+                hc.write(e);
+                sum = _mm512_add_ps(sum, e);
             }
             let inv = _mm512_div_ps(_mm512_set1_ps(1.0), sum);
             let mut yz = _mm512_setzero_ps();
             for (c, hc) in h[..k].iter().enumerate() {
-                let yc = _mm512_mul_ps(*hc, inv);
+                let yc = _mm512_mul_ps(hc.assume_init(), inv);
                 // In bounds: `c * n + base + lanes <= y.len()` (asserted above).
                 _mm512_mask_storeu_ps(y.as_mut_ptr().add(c * n + base), store_mask, yc);
                 let hit = _mm512_cmpeq_epi32_mask(zl, _mm512_set1_epi32(c as i32));
