@@ -826,6 +826,17 @@ fn biased_categories<const N: usize>(
     above
 }
 
+/// The ways [`RelaxedTable::draw_batch`] runs, all with the same bits (tested): sixteen draws
+/// a step in AVX-512F, eight in AVX2, or eight in portable code.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum BatchPath {
+    Lanes,
+    #[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
+    Avx2,
+    #[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
+    Avx512,
+}
+
 /// Gumbel-softmax inputs: `(a - max a)` in f32 and `1 / tau`.
 #[derive(Clone, Debug)]
 pub struct RelaxedTable {
@@ -926,6 +937,37 @@ impl RelaxedTable {
         z: &mut [u32],
         y_z: &mut [f32],
     ) {
+        self.draw_batch_on(self.batch_path(), key, rep, point, first, n, y, z, y_z);
+    }
+
+    /// The fastest of the (bit-identical) [`BatchPath`]s this CPU runs at this K.
+    fn batch_path(&self) -> BatchPath {
+        #[cfg(target_arch = "x86_64")]
+        if self.shifted_logits.len() <= relaxed_avx2::MAX_K {
+            if fastmath::has_avx512() {
+                return BatchPath::Avx512;
+            }
+            if fastmath::has_avx2() {
+                return BatchPath::Avx2;
+            }
+        }
+        BatchPath::Lanes
+    }
+
+    /// [`Self::draw_batch`] on a given path (one the CPU runs, see [`Self::batch_path`]).
+    #[allow(clippy::too_many_arguments)]
+    fn draw_batch_on(
+        &self,
+        path: BatchPath,
+        key: [u32; 2],
+        rep: u32,
+        point: u32,
+        first: u32,
+        n: usize,
+        y: &mut [f32],
+        z: &mut [u32],
+        y_z: &mut [f32],
+    ) {
         #[cfg(target_arch = "x86_64")]
         #[target_feature(enable = "avx2")]
         #[allow(clippy::too_many_arguments)]
@@ -944,11 +986,36 @@ impl RelaxedTable {
             unsafe { relaxed_avx2::draw_batch(table, key, rep, point, first, n, y, z, y_z) };
         }
         #[cfg(target_arch = "x86_64")]
-        if fastmath::has_avx2() && self.shifted_logits.len() <= relaxed_avx2::MAX_K {
-            // SAFETY: the CPU has AVX2, checked just above.
-            return unsafe { avx2(self, key, rep, point, first, n, y, z, y_z) };
+        #[target_feature(enable = "avx512f")]
+        #[allow(clippy::too_many_arguments)]
+        fn avx512(
+            table: &RelaxedTable,
+            key: [u32; 2],
+            rep: u32,
+            point: u32,
+            first: u32,
+            n: usize,
+            y: &mut [f32],
+            z: &mut [u32],
+            y_z: &mut [f32],
+        ) {
+            // SAFETY: compiled for AVX-512F, called only where the CPU has it; K <= MAX_K.
+            unsafe { relaxed_avx512::draw_batch(table, key, rep, point, first, n, y, z, y_z) };
         }
-        self.draw_batch_lanes(key, rep, point, first, n, y, z, y_z);
+        let k = self.shifted_logits.len();
+        match path {
+            #[cfg(target_arch = "x86_64")]
+            BatchPath::Avx512 if k <= relaxed_avx2::MAX_K && fastmath::has_avx512() => {
+                // SAFETY: the CPU has AVX-512F, checked just above.
+                unsafe { avx512(self, key, rep, point, first, n, y, z, y_z) }
+            }
+            #[cfg(target_arch = "x86_64")]
+            BatchPath::Avx2 if k <= relaxed_avx2::MAX_K && fastmath::has_avx2() => {
+                // SAFETY: the CPU has AVX2, checked just above.
+                unsafe { avx2(self, key, rep, point, first, n, y, z, y_z) }
+            }
+            _ => self.draw_batch_lanes(key, rep, point, first, n, y, z, y_z),
+        }
     }
 
     /// [`Self::draw_batch`] without intrinsics: the portable twin of the AVX2 path, and the
@@ -1083,7 +1150,9 @@ mod relaxed_avx2 {
     ) {
         let k = table.shifted_logits.len();
         assert!(k <= MAX_K && y.len() >= k * n && z.len() >= n && y_z.len() >= n);
-        let mut h = [_mm256_setzero_ps(); MAX_K];
+        // Left uninitialised (zeroing MAX_K registers' worth was a memset per batch): lane
+        // c is written for every c < K before it is read, and only those are read.
+        let mut h = [std::mem::MaybeUninit::<__m256>::uninit(); MAX_K];
         let inv_tau = _mm256_set1_ps(table.inv_tau);
         let lane_index = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
         let keys = RoundKeys::new(key);
@@ -1106,7 +1175,7 @@ mod relaxed_avx2 {
                 for (w, &word) in words.iter().enumerate().take(k - 4 * group) {
                     let c = 4 * group + w;
                     let v = _mm256_add_ps(_mm256_set1_ps(table.shifted_logits[c]), gumbel(word));
-                    h[c] = v;
+                    h[c].write(v);
                     let better = _mm256_cmp_ps::<_CMP_GT_OQ>(v, hmax);
                     hmax = _mm256_blendv_ps(hmax, v, better);
                     zl = _mm256_castps_si256(_mm256_blendv_ps(
@@ -1118,13 +1187,18 @@ mod relaxed_avx2 {
             }
             let mut sum = _mm256_setzero_ps();
             for hc in h[..k].iter_mut() {
-                *hc = exp_nonpositive(_mm256_mul_ps(_mm256_sub_ps(*hc, hmax), inv_tau));
-                sum = _mm256_add_ps(sum, *hc);
+                // Written above for every c < K.
+                let e = exp_nonpositive(_mm256_mul_ps(
+                    _mm256_sub_ps(hc.assume_init(), hmax),
+                    inv_tau,
+                ));
+                hc.write(e);
+                sum = _mm256_add_ps(sum, e);
             }
             let inv = _mm256_div_ps(_mm256_set1_ps(1.0), sum);
             let mut yz = _mm256_setzero_ps();
             for (c, hc) in h[..k].iter().enumerate() {
-                let yc = _mm256_mul_ps(*hc, inv);
+                let yc = _mm256_mul_ps(hc.assume_init(), inv);
                 store(&mut y[c * n + base..c * n + base + lanes], yc, lanes);
                 let hit = _mm256_castsi256_ps(_mm256_cmpeq_epi32(zl, _mm256_set1_epi32(c as i32)));
                 yz = _mm256_blendv_ps(yz, yc, hit);
@@ -1133,6 +1207,120 @@ mod relaxed_avx2 {
             let mut zs = [0u32; 8];
             _mm256_storeu_si256(zs.as_mut_ptr().cast(), zl);
             z[base..base + lanes].copy_from_slice(&zs[..lanes]);
+        }
+    }
+}
+
+/// [`RelaxedTable::draw_batch`] in AVX-512F intrinsics, sixteen draws a step: the steps of
+/// [`relaxed_avx2`] on [`crate::philox::x16`] and [`fastmath::avx512`], with mask registers
+/// for the comparisons, blends and the last step's partial stores. The operations and their
+/// order are those of `draw_batch_lanes`, so the bits are the same (tested).
+#[cfg(target_arch = "x86_64")]
+mod relaxed_avx512 {
+    use super::relaxed_avx2::MAX_K;
+    use super::RelaxedTable;
+    use crate::fastmath::avx512::{exp_nonpositive, ln};
+    use crate::philox::x16::{philox, RoundKeys};
+    use crate::philox::STREAM_GUMBEL;
+    use std::arch::x86_64::*;
+
+    /// `-ln(-ln u)` with `u = ((w >> 9) + 0.5) 2^-23`, as [`super::gumbel`].
+    #[inline(always)]
+    unsafe fn gumbel(words: __m512i) -> __m512 {
+        let u = _mm512_mul_ps(
+            _mm512_add_ps(
+                _mm512_cvtepi32_ps(_mm512_srli_epi32::<9>(words)),
+                _mm512_set1_ps(0.5),
+            ),
+            _mm512_set1_ps(1.0 / 8_388_608.0),
+        );
+        let sign = _mm512_castsi512_ps(_mm512_set1_epi32(i32::MIN));
+        let neg = |v: __m512| {
+            _mm512_castsi512_ps(_mm512_xor_si512(
+                _mm512_castps_si512(v),
+                _mm512_castps_si512(sign),
+            ))
+        };
+        neg(ln(neg(ln(u))))
+    }
+
+    /// See [`RelaxedTable::draw_batch`]; K at most [`MAX_K`].
+    ///
+    /// # Safety
+    /// The CPU must have AVX-512F.
+    #[inline(always)]
+    #[allow(clippy::too_many_arguments)]
+    pub(super) unsafe fn draw_batch(
+        table: &RelaxedTable,
+        key: [u32; 2],
+        rep: u32,
+        point: u32,
+        first: u32,
+        n: usize,
+        y: &mut [f32],
+        z: &mut [u32],
+        y_z: &mut [f32],
+    ) {
+        let k = table.shifted_logits.len();
+        assert!(k <= MAX_K && y.len() >= k * n && z.len() >= n && y_z.len() >= n);
+        // Left uninitialised (zeroing MAX_K registers' worth was a memset per batch): lane
+        // c is written for every c < K before it is read, and only those are read.
+        let mut h = [std::mem::MaybeUninit::<__m512>::uninit(); MAX_K];
+        let inv_tau = _mm512_set1_ps(table.inv_tau);
+        let lane_index = _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
+        let keys = RoundKeys::new(key);
+        for base in (0..n).step_by(16) {
+            let lanes = 16.min(n - base);
+            // The first `lanes` lanes: every store below writes only them (in bounds).
+            let store_mask: __mmask16 = if lanes == 16 {
+                0xffff
+            } else {
+                (1u16 << lanes) - 1
+            };
+            let draw0 = first.wrapping_add(base as u32);
+            let ctr0 = _mm512_add_epi32(_mm512_set1_epi32(draw0 as i32), lane_index);
+            let mut hmax = _mm512_set1_ps(f32::NEG_INFINITY);
+            let mut zl = _mm512_setzero_si512();
+            for group in 0..k.div_ceil(4) {
+                let words = philox(
+                    &keys,
+                    [
+                        ctr0,
+                        _mm512_set1_epi32(rep as i32),
+                        _mm512_set1_epi32(((STREAM_GUMBEL << 16) | group as u32) as i32),
+                        _mm512_set1_epi32(point as i32),
+                    ],
+                );
+                for (w, &word) in words.iter().enumerate().take(k - 4 * group) {
+                    let c = 4 * group + w;
+                    let v = _mm512_add_ps(_mm512_set1_ps(table.shifted_logits[c]), gumbel(word));
+                    h[c].write(v);
+                    let better = _mm512_cmp_ps_mask::<_CMP_GT_OQ>(v, hmax);
+                    hmax = _mm512_mask_blend_ps(better, hmax, v);
+                    zl = _mm512_mask_blend_epi32(better, zl, _mm512_set1_epi32(c as i32));
+                }
+            }
+            let mut sum = _mm512_setzero_ps();
+            for hc in h[..k].iter_mut() {
+                // Written above for every c < K.
+                let e = exp_nonpositive(_mm512_mul_ps(
+                    _mm512_sub_ps(hc.assume_init(), hmax),
+                    inv_tau,
+                ));
+                hc.write(e);
+                sum = _mm512_add_ps(sum, e);
+            }
+            let inv = _mm512_div_ps(_mm512_set1_ps(1.0), sum);
+            let mut yz = _mm512_setzero_ps();
+            for (c, hc) in h[..k].iter().enumerate() {
+                let yc = _mm512_mul_ps(hc.assume_init(), inv);
+                // In bounds: `c * n + base + lanes <= y.len()` (asserted above).
+                _mm512_mask_storeu_ps(y.as_mut_ptr().add(c * n + base), store_mask, yc);
+                let hit = _mm512_cmpeq_epi32_mask(zl, _mm512_set1_epi32(c as i32));
+                yz = _mm512_mask_blend_ps(hit, yz, yc);
+            }
+            _mm512_mask_storeu_ps(y_z.as_mut_ptr().add(base), store_mask, yz);
+            _mm512_mask_storeu_epi32(z.as_mut_ptr().add(base).cast(), store_mask, zl);
         }
     }
 }
@@ -1362,7 +1550,7 @@ mod tests {
     }
 
     #[test]
-    fn avx2_relaxed_draws_equal_the_portable_lanes_bit_for_bit() {
+    fn avx2_and_avx512_relaxed_draws_equal_the_portable_lanes_bit_for_bit() {
         #[cfg(target_arch = "x86_64")]
         if fastmath::has_avx2() {
             for k in [1usize, 2, 5, 8, 10, 13, 64] {
@@ -1383,14 +1571,25 @@ mod tests {
                             &mut want.1,
                             &mut want.2,
                         );
-                        // The AVX2 path (K <= MAX_K on a CPU with AVX2).
-                        table.draw_batch(
-                            key, rep, point, first, n, &mut got.0, &mut got.1, &mut got.2,
-                        );
                         let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
-                        assert_eq!(bits(&got.0), bits(&want.0), "K = {k}, tau = {tau}, n = {n}");
-                        assert_eq!(got.1, want.1, "K = {k}, tau = {tau}, n = {n}");
-                        assert_eq!(bits(&got.2), bits(&want.2), "K = {k}, tau = {tau}, n = {n}");
+                        // The AVX2 path, and the AVX-512 path where the CPU has it (K <=
+                        // MAX_K here), then the dispatched one.
+                        let mut paths = vec![Some(BatchPath::Avx2)];
+                        if fastmath::has_avx512() {
+                            paths.push(Some(BatchPath::Avx512));
+                        }
+                        paths.push(None);
+                        for path in paths {
+                            let path = path.unwrap_or(table.batch_path());
+                            table.draw_batch_on(
+                                path, key, rep, point, first, n, &mut got.0, &mut got.1, &mut got.2,
+                            );
+                            let at = format!("{path:?}, K = {k}, tau = {tau}, n = {n}");
+                            assert_eq!(bits(&got.0), bits(&want.0), "{at}");
+                            assert_eq!(got.1, want.1, "{at}");
+                            assert_eq!(bits(&got.2), bits(&want.2), "{at}");
+                            got = (vec![1f32; k * n], vec![1u32; n], vec![1f32; n]);
+                        }
                     }
                 }
             }

@@ -283,7 +283,12 @@ impl MomentSums {
         const B: usize = PUSH_BATCH;
         let n = if FULL { B } else { n };
         let dim = self.dim;
-        assert!((1..=B).contains(&n) && B % 8 == 0 && batch.len() >= dim * B && exact.len() >= dim);
+        assert!(
+            (1..=B).contains(&n)
+                && B.is_multiple_of(8)
+                && batch.len() >= dim * B
+                && exact.len() >= dim
+        );
         let (mut err, mut dot, mut nn) = ([0f64; B], [0f64; B], [0f64; B]);
         // ||g||^2, the same sum for every estimate.
         let mut ee = 0.0;

@@ -905,6 +905,59 @@ impl RelaxedMoments {
     /// halves receive the same additions, so they are equal bit for bit) row `c'` holds
     /// column `c'`, and the loop over c vectorises. `out` has K numbers.
     pub fn sum_yy_dot(&self, b: &[f64], out: &mut [f64]) {
+        #[cfg(target_arch = "x86_64")]
+        if self.k <= 16 && crate::fastmath::has_avx512() {
+            #[target_feature(enable = "avx512f")]
+            fn avx512(m: &RelaxedMoments, b: &[f64], out: &mut [f64]) {
+                // SAFETY: compiled for AVX-512F, called only where the CPU has it; K <= 16.
+                unsafe { m.sum_yy_dot_avx512(b, out) }
+            }
+            // SAFETY: the CPU has AVX-512F, checked just above.
+            return unsafe { avx512(self, b, out) };
+        }
+        self.sum_yy_dot_portable(b, out);
+    }
+
+    /// [`Self::sum_yy_dot`] for K <= 16 in AVX-512F: the K sums in two registers for the
+    /// whole loop over rows (masked loads of each row), the same additions in the same order
+    /// (no fused multiply-add), so the same bits as [`Self::sum_yy_dot_portable`] (tested).
+    ///
+    /// # Safety
+    /// The CPU must have AVX-512F, and K <= 16.
+    #[cfg(target_arch = "x86_64")]
+    #[inline(always)]
+    unsafe fn sum_yy_dot_avx512(&self, b: &[f64], out: &mut [f64]) {
+        use std::arch::x86_64::*;
+        let k = self.k;
+        assert!(k <= 16 && b.len() >= k && out.len() >= k && self.sum_yy.len() == k * k);
+        let lo_mask: __mmask8 = if k >= 8 { 0xff } else { (1u8 << k) - 1 };
+        let hi_mask: __mmask8 = if k >= 16 {
+            0xff
+        } else if k > 8 {
+            (1u8 << (k - 8)) - 1
+        } else {
+            0
+        };
+        let mut lo = _mm512_set1_pd(-0.0);
+        let mut hi = _mm512_set1_pd(-0.0);
+        let rows = self.sum_yy.as_ptr();
+        for (c2, &bc) in b[..k].iter().enumerate() {
+            let bv = _mm512_set1_pd(bc);
+            // In bounds: lanes past K are masked off (no access).
+            let r = rows.add(c2 * k);
+            let r_lo = _mm512_maskz_loadu_pd(lo_mask, r);
+            let r_hi = _mm512_maskz_loadu_pd(hi_mask, r.add(8.min(k)));
+            lo = _mm512_add_pd(lo, _mm512_mul_pd(r_lo, bv));
+            hi = _mm512_add_pd(hi, _mm512_mul_pd(r_hi, bv));
+        }
+        _mm512_mask_storeu_pd(out.as_mut_ptr(), lo_mask, lo);
+        _mm512_mask_storeu_pd(out.as_mut_ptr().add(8.min(k)), hi_mask, hi);
+    }
+
+    /// [`Self::sum_yy_dot`] in portable code (its reference, and the path of any K on any
+    /// CPU).
+    #[inline(always)]
+    fn sum_yy_dot_portable(&self, b: &[f64], out: &mut [f64]) {
         let k = self.k;
         let out = &mut out[..k];
         out.iter_mut().for_each(|o| *o = -0.0);
@@ -1974,7 +2027,7 @@ mod tests {
             let mut total = 0f32;
             for c in 0..k {
                 let w = crate::philox::philox4x32_10([d as u32, c as u32, seed, 7], [1, 2])[0];
-                let v = if w % 11 == 0 {
+                let v = if w.is_multiple_of(11) {
                     0.0
                 } else {
                     (w >> 8) as f32 / 16_777_216.0
@@ -2045,7 +2098,7 @@ mod tests {
 
     #[test]
     fn sum_yy_dot_is_each_rows_in_order_sum() {
-        for k in [1usize, 3, 10, 33] {
+        for k in [1usize, 3, 8, 9, 10, 15, 16, 17, 33] {
             let mut m = RelaxedMoments::new(k);
             let (y, z, y_z) = batch_data(k, 40, 5);
             m.add_batch(&RelaxedBatch {
@@ -2064,8 +2117,13 @@ mod tests {
                         .sum()
                 })
                 .collect();
+            // The dispatched path (AVX-512 up to K = 16 where the CPU has it) and the
+            // portable one.
             let got = with_sum_yy_dot(&m, &beta, |v| v.to_vec());
             assert_eq!(bits(&got), bits(&want), "K = {k}");
+            let mut portable = vec![0.0; k];
+            m.sum_yy_dot_portable(&beta, &mut portable);
+            assert_eq!(bits(&portable), bits(&want), "K = {k}, portable");
         }
         // Signed zeros: all products -0.0 sum to -0.0, as `Iterator::sum` gives.
         let m = RelaxedMoments::new(3);

@@ -98,7 +98,13 @@ impl Forward {
         d: usize,
         k: usize,
     ) -> Result<ForwardBatch> {
-        if d == 0 || k == 0 || k > MAX_K || x.len() % d != 0 || w.len() != d * k || x.is_empty() {
+        if d == 0
+            || k == 0
+            || k > MAX_K
+            || !x.len().is_multiple_of(d)
+            || w.len() != d * k
+            || x.is_empty()
+        {
             return Err(Error::InvalidArgument(format!(
                 "forward pass: x has {} numbers, w {}, D = {d}, K = {k} (need B x D, D x K, K <= {MAX_K})",
                 x.len(),

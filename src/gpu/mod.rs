@@ -1024,7 +1024,7 @@ impl GpuEngine {
         rep_begin: u32,
         reps: u32,
     ) -> Result<Vec<u32>> {
-        if k < 2 || p.is_empty() || p.len() % k != 0 {
+        if k < 2 || p.is_empty() || !p.len().is_multiple_of(k) {
             return Err(Error::InvalidArgument(format!(
                 "joint_categories: {} probabilities of K = {k}",
                 p.len()

@@ -509,7 +509,7 @@ impl StepSession {
     ) -> Result<ChunkResult> {
         let batch = self.spec.batch as usize;
         let steps = order.len() / batch;
-        if order.len() % batch != 0 || steps == 0 || steps > self.max_steps as usize {
+        if !order.len().is_multiple_of(batch) || steps == 0 || steps > self.max_steps as usize {
             return Err(Error::InvalidArgument(format!(
                 "training steps on the GPU: an order of {} indices is not 1 to {} steps of {batch}",
                 order.len(),

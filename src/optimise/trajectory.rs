@@ -136,7 +136,7 @@ impl StepTask for ProblemTask<'_> {
         let spec = self.spec;
         self.forward(w);
         self.ctx.set_logits(&self.logits, self.needs_truth);
-        if step % spec.eval_every == 0 {
+        if step.is_multiple_of(spec.eval_every) {
             // Refreshed once per evaluation period: only ARSM's count depends on the
             // parameters (a Monte Carlo expectation of its distinct swaps over 2048 draws,
             // too costly to recompute at every step).

@@ -314,7 +314,8 @@ pub(super) fn train_runs(
             order.next_batch(cfg.batch, &mut indices);
             chunk.extend_from_slice(&indices);
         }
-        let due = next == cfg.steps || (record == Record::Full && next % cfg.eval_every == 0);
+        let due =
+            next == cfg.steps || (record == Record::Full && next.is_multiple_of(cfg.eval_every));
         let t0 = std::time::Instant::now();
         let out = {
             let _turn = gpu.turn();
