@@ -744,6 +744,10 @@ fn a_pass_without_indecater_or_sets_allocates_no_buffers_for_them() {
     // (two-sided, about 7e-6 per coordinate, under 1.4e-3 over all 200).
     for (m, g) in cell.coords.iter().zip(&contexts[0].grad) {
         let se = (m.m2 / (m.n - 1.0) / m.n).sqrt();
-        assert!((m.mean - g).abs() <= 4.5 * se + 1e-12, "mean {} exact {g} se {se}", m.mean);
+        assert!(
+            (m.mean - g).abs() <= 4.5 * se + 1e-12,
+            "mean {} exact {g} se {se}",
+            m.mean
+        );
     }
 }

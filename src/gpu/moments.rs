@@ -4,8 +4,8 @@
 //! gradient and `1 - cos`, so the host shifts the means back.
 
 use crate::gpu::params::PartialMoments;
-use rayon::prelude::*;
 use crate::stats::{EstimateMoments, Moments};
+use rayon::prelude::*;
 
 fn widen(m: &PartialMoments) -> Moments {
     Moments {
