@@ -1099,15 +1099,19 @@ fn buffers(
         U::STORAGE | U::COPY_SRC,
     );
     let counts = ctx.buffer("generic counts", c * dim * 4, U::STORAGE | U::COPY_SRC);
-    let n_conditional = plan.conditional.len().max(1) as u64;
+    // The buffers of kernels the plan does not run keep their binding's 16 bytes: sized per
+    // repetition they would exceed the budget that `chunk_reps` keeps (it counts only the
+    // kernels that run).
+    let bytes = |len: u64| (len * 4).max(16);
+    let n_conditional = plan.conditional.len() as u64;
     let conditional = ctx.buffer(
         "conditional sums",
-        c * n_conditional * dim * 4,
+        bytes(c * n_conditional * dim),
         U::STORAGE | U::COPY_SRC,
     );
     let conditional_losses = ctx.buffer(
         "conditional losses",
-        c * n_conditional * s * dim * 4,
+        bytes(c * n_conditional * s * dim),
         U::STORAGE,
     );
     let conditional_groups = init(
@@ -1150,18 +1154,18 @@ fn buffers(
             &conditional_losses,
         ],
     );
-    let n_sets = plan.sets.len().max(1) as u64;
-    let set_size = plan.set_size.max(1) as u64;
+    let n_sets = plan.sets.len() as u64;
+    let set_size = if n_sets > 0 { plan.set_size as u64 } else { 0 };
     let set_groups = init("set groups", bytemuck::cast_slice(&plan.sets));
     let set_data = init("unordered-set data", bytemuck::cast_slice(&plan.set_data));
     let members = ctx.buffer(
         "unordered-set members",
-        c * l * set_size * 4,
+        bytes(c * l * set_size),
         U::STORAGE | U::COPY_SRC,
     );
     let set_losses = ctx.buffer(
         "unordered-set losses",
-        c * n_sets * l * set_size * 4,
+        bytes(c * n_sets * l * set_size),
         U::STORAGE | U::COPY_SRC,
     );
     let set_losses_staging = readback
@@ -1169,7 +1173,7 @@ fn buffers(
         .then(|| staging("unordered-set losses readback", &set_losses));
     let set_terms = ctx.buffer(
         "unordered-set terms",
-        c * n_sets * l * set_size * 4,
+        bytes(c * n_sets * l * set_size),
         U::STORAGE | U::COPY_SRC,
     );
     let members_staging = staging("unordered-set members readback", &members);

@@ -51,7 +51,7 @@ use crate::draws::RelaxedTable;
 use crate::engine::{path_of, BackendInfo, Cell, Engine, Path, PointMoments, SweepSpec};
 use crate::error::{Error, Result};
 use crate::estimators::{
-    warmed_baseline, warmed_counts_baselines, Context, Estimator, Family, MovingAverage,
+    warmed_counts_baselines, Baseline, Context, Estimator, Family, MovingAverage,
 };
 use crate::philox::key_of;
 use crate::stats::EstimateMoments;
@@ -966,14 +966,50 @@ impl GpuEngine {
             .collect();
         let plan = generic::GenericPlan::new(&spec.problem, contexts, &refs, samples)?;
         let dim = plan.dim();
-        // Moving-average baselines enter the measurement warmed up, as on the CPU engine.
-        let mut baselines: Vec<MovingAverage> = cells
+        // Moving-average baselines enter the measurement warmed up, as on the CPU engine
+        // (`warmed_baseline`): the repetitions after the measured ones, in order, run here as
+        // a short generic pass whose estimates advance the baselines and are dropped.
+        let mut baselines = vec![MovingAverage::default(); cells.len()];
+        let warmups: Vec<u32> = plan
+            .cells
             .iter()
-            .map(|&(li, e)| {
-                let ctx = &contexts[li];
-                warmed_baseline(e, ctx, key_of(spec.seed), point as u32, samples, spec.reps)
+            .map(|c| match c.baseline {
+                Baseline::MovingAverage => contexts[c.loss_index].settings.baseline_warmup,
+                _ => 0,
             })
             .collect();
+        let warmup = warmups.iter().copied().max().unwrap_or(0);
+        if warmup > 0 {
+            let Some(first) = spec.reps.checked_add(warmup).map(|_| spec.reps) else {
+                return Err(Error::InvalidArgument(format!(
+                    "{} repetitions and a baseline warm-up of {warmup} pass 2^32",
+                    spec.reps
+                )));
+            };
+            let mut scratch = vec![0.0; dim];
+            generic::run(
+                &self.ctx,
+                &self.generic,
+                &plan,
+                key_of(spec.seed),
+                point as u32,
+                samples,
+                first,
+                warmup,
+                self.limits.max_reps,
+                generic::Readback::default(),
+                &mut |chunk| {
+                    for (c, baseline) in baselines.iter_mut().enumerate() {
+                        let done = chunk.rep_begin - first;
+                        let take = warmups[c].saturating_sub(done).min(chunk.reps);
+                        for r in 0..take as usize {
+                            plan.finish(c, chunk, r, samples, baseline, &mut scratch);
+                        }
+                    }
+                    Ok(())
+                },
+            )?;
+        }
         generic::run(
             &self.ctx,
             &self.generic,

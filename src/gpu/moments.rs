@@ -5,6 +5,7 @@
 
 use crate::gpu::params::PartialMoments;
 use crate::stats::{EstimateMoments, Moments};
+use rayon::prelude::*;
 
 fn widen(m: &PartialMoments) -> Moments {
     Moments {
@@ -26,9 +27,11 @@ pub fn merge_partials(
     cells: &mut [&mut EstimateMoments],
 ) {
     let n_cells = cells.len();
-    for group in 0..groups {
-        for (c, cell) in cells.iter_mut().enumerate() {
-            let k = cell.coords.len();
+    // Cells are independent: merge them on rayon's threads, each in workgroup order (so the
+    // same bits as one thread).
+    cells.par_iter_mut().enumerate().for_each(|(c, cell)| {
+        let k = cell.coords.len();
+        for group in 0..groups {
             let base = (group * n_cells + c) * (k + 2);
             for q in 0..k {
                 let mut m = widen(&partials[base + q]);
@@ -44,7 +47,7 @@ pub fn merge_partials(
                 ..x
             });
         }
-    }
+    });
 }
 
 #[cfg(test)]
