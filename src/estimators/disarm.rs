@@ -349,12 +349,46 @@ mod tests {
     use crate::estimators::st::tests::{draws_of, joint};
     use crate::loss::Loss;
 
+    /// The estimate's bits as the paper's pairs are added one by one ([`add_pair`], the
+    /// uniforms one at a time, the loss of each partner by `at_vertex`).
+    fn pair_by_pair(ctx: &Context, z: &[u32], f: &[f64], d: &JointDraws<'_>) -> Vec<u64> {
+        let l = ctx.l;
+        let mut want = vec![0.0; ctx.dim()];
+        let mut anti = vec![0u32; l];
+        let mut uniforms = vec![0.0; l];
+        for (i, (b, &fb)) in z.chunks_exact(l).zip(f).enumerate() {
+            for (v, w) in uniforms.iter_mut().enumerate() {
+                *w = crate::estimators::conditional::uniform(&d.noise, i as u32, v);
+            }
+            for (v, ((&x, y), &w)) in b.iter().zip(anti.iter_mut()).zip(&uniforms).enumerate() {
+                let p1 = ctx.p[2 * v + 1];
+                let u = if x == 1 { p1 * w } else { p1 + (1.0 - p1) * w };
+                *y = u32::from(1.0 - u < p1);
+            }
+            if anti.as_slice() != b {
+                let fa = ctx.objective.at_vertex(&anti);
+                add_pair(ctx, b, &anti, fb, fa, &mut want);
+            }
+        }
+        want.iter_mut().for_each(|o| *o *= 1.0 / f.len() as f64);
+        want.iter().map(|x| x.to_bits()).collect()
+    }
+
     #[test]
     fn disarm_gives_the_same_bits_on_any_number_of_threads() {
-        // reinmax-poly (L = 128): S = 64 runs the partners in parallel tasks, S = 37 in tasks
-        // of uneven length; one thread, two and three give the same estimate.
-        let named = (crate::problems::by_name("reinmax-poly").unwrap().build)(0);
-        let ctx = Context::new(&named, Loss::Pnorm, 1.0);
+        // 96 variables of uneven probabilities (at p = 1/2, as in reinmax-poly, the partner is
+        // the complement whatever the uniforms): S = 64 runs the partners in parallel tasks,
+        // S = 37 in tasks of uneven length; one thread, two and three give the same estimate,
+        // that of the pairs added one by one.
+        let l = 96;
+        let mut problem = crate::problem::Problem::free_logits(
+            l,
+            2,
+            (0..2 * l).map(|i| (i as f64 * 0.9).sin()).collect(),
+        );
+        problem.b = (0..l).map(|i| (i as f64 * 0.3).cos().abs()).collect();
+        problem.exponent = 1.5;
+        let ctx = Context::new(&problem, Loss::Pnorm, 1.0);
         for (s, rep) in [(64u32, 3u32), (37, 4)] {
             let (z, f) = draws_of(&ctx, s, rep);
             let d = joint(&z, &f, rep);
@@ -373,6 +407,7 @@ mod tests {
             assert!(ctx.l * s as usize >= 2 * PAIR_TASK_NUMBERS);
             assert_eq!(runs[0], runs[1], "S = {s}");
             assert_eq!(runs[0], runs[2], "S = {s}");
+            assert_eq!(runs[0], pair_by_pair(&ctx, &z, &f, &d), "S = {s}");
         }
     }
 
@@ -437,28 +472,9 @@ mod tests {
                 let d = joint(&z, &f, rep);
                 let mut out = vec![0.0; ctx.dim()];
                 Disarm.estimate(ctx, &d, 0.0, &mut out);
-                let mut want = vec![0.0; ctx.dim()];
-                let mut anti = vec![0u32; l];
-                let mut uniforms = vec![0.0; l];
-                for (i, (b, &fb)) in z.chunks_exact(l).zip(&f).enumerate() {
-                    for (v, w) in uniforms.iter_mut().enumerate() {
-                        *w = crate::estimators::conditional::uniform(&d.noise, i as u32, v);
-                    }
-                    for (v, ((&x, y), &w)) in
-                        b.iter().zip(anti.iter_mut()).zip(&uniforms).enumerate()
-                    {
-                        let p1 = ctx.p[2 * v + 1];
-                        let u = if x == 1 { p1 * w } else { p1 + (1.0 - p1) * w };
-                        *y = u32::from(1.0 - u < p1);
-                    }
-                    if anti.as_slice() != b {
-                        let fa = ctx.objective.at_vertex(&anti);
-                        add_pair(ctx, b, &anti, fb, fa, &mut want);
-                    }
-                }
-                want.iter_mut().for_each(|o| *o *= 1.0 / f64::from(s));
                 let bits = |v: &[f64]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
-                assert_eq!(bits(&out), bits(&want), "{} L={l} S={s}", ctx.loss);
+                let want = pair_by_pair(ctx, &z, &f, &d);
+                assert_eq!(bits(&out), want, "{} L={l} S={s}", ctx.loss);
                 assert!(out.iter().any(|&g| g != 0.0) || s == 1);
             }
         }
