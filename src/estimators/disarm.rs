@@ -229,13 +229,9 @@ fn partners_and_losses(
     let l = ctx.l;
     let per_task = PAIR_TASK_NUMBERS.div_ceil(l).max(1);
     let task = |t: usize, a: &mut [u32], fa: &mut [f64]| {
-        let mut uniforms = vec![0.0; l];
         let first = t * per_task;
-        for (j, a) in a.chunks_exact_mut(l).enumerate() {
-            let i = first + j;
-            fill_uniforms(&d.noise, i as u32, &mut uniforms);
-            partners(&d.z[i * l..(i + 1) * l], &uniforms, p1, a);
-        }
+        let n = a.len() / l;
+        partners_of_draws(d, first, &d.z[first * l..(first + n) * l], p1, a);
         ctx.objective.at_vertices(a, fa);
     };
     if d.s * l >= 2 * PAIR_TASK_NUMBERS {
@@ -330,10 +326,42 @@ fn add_pairs_lanes(
     }
 }
 
+/// The partners `anti` of the draws `first ..` whose categories `z` holds (draw-major), each
+/// from its uniforms; the comparisons vectorise (AVX2 where present, the same bits).
+fn partners_of_draws(d: &JointDraws<'_>, first: usize, z: &[u32], p1: &[f64], anti: &mut [u32]) {
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx2")]
+    fn avx2(d: &JointDraws<'_>, first: usize, z: &[u32], p1: &[f64], anti: &mut [u32]) {
+        partners_of_draws_lanes(d, first, z, p1, anti);
+    }
+    #[cfg(target_arch = "x86_64")]
+    if crate::fastmath::has_avx2() {
+        // SAFETY: the CPU has AVX2, checked just above.
+        return unsafe { avx2(d, first, z, p1, anti) };
+    }
+    partners_of_draws_lanes(d, first, z, p1, anti);
+}
+
+#[inline(always)]
+fn partners_of_draws_lanes(
+    d: &JointDraws<'_>,
+    first: usize,
+    z: &[u32],
+    p1: &[f64],
+    anti: &mut [u32],
+) {
+    let l = p1.len();
+    let mut uniforms = vec![0.0; l];
+    for (j, (b, a)) in z.chunks_exact(l).zip(anti.chunks_exact_mut(l)).enumerate() {
+        fill_uniforms(&d.noise, (first + j) as u32, &mut uniforms);
+        partners(b, &uniforms, p1, a);
+    }
+}
+
 /// The antithetic partner `b~` of the draw `b` from the uniforms `v` (see the module doc),
 /// without branches: `u_l = p_l1 v_l` where `b_l = 1`, `p_l1 + (1 - p_l1) v_l` where it is 0,
 /// and `b~_l = 1[1 - u_l < p_l1]`.
-#[inline]
+#[inline(always)]
 fn partners(b: &[u32], v: &[f64], p1: &[f64], anti: &mut [u32]) {
     for (((y, &x), &w), &p) in anti.iter_mut().zip(b).zip(v).zip(p1) {
         let one = p * w;
@@ -348,6 +376,19 @@ mod tests {
     use super::*;
     use crate::estimators::st::tests::{draws_of, joint};
     use crate::loss::Loss;
+
+    /// L binary variables of uneven probabilities under a pnorm loss (at p = 1/2, as in
+    /// reinmax-poly, the partner is the complement whatever the uniforms).
+    fn uneven_context(l: usize) -> Context {
+        let mut problem = crate::problem::Problem::free_logits(
+            l,
+            2,
+            (0..2 * l).map(|i| (i as f64 * 0.9).sin()).collect(),
+        );
+        problem.b = (0..l).map(|i| (i as f64 * 0.3).cos().abs()).collect();
+        problem.exponent = 1.5;
+        Context::new(&problem, Loss::Pnorm, 1.0)
+    }
 
     /// The estimate's bits as the paper's pairs are added one by one ([`add_pair`], the
     /// uniforms one at a time, the loss of each partner by `at_vertex`).
@@ -376,19 +417,10 @@ mod tests {
 
     #[test]
     fn disarm_gives_the_same_bits_on_any_number_of_threads() {
-        // 96 variables of uneven probabilities (at p = 1/2, as in reinmax-poly, the partner is
-        // the complement whatever the uniforms): S = 64 runs the partners in parallel tasks,
+        // 96 variables of uneven probabilities: S = 64 runs the partners in parallel tasks,
         // S = 37 in tasks of uneven length; one thread, two and three give the same estimate,
         // that of the pairs added one by one.
-        let l = 96;
-        let mut problem = crate::problem::Problem::free_logits(
-            l,
-            2,
-            (0..2 * l).map(|i| (i as f64 * 0.9).sin()).collect(),
-        );
-        problem.b = (0..l).map(|i| (i as f64 * 0.3).cos().abs()).collect();
-        problem.exponent = 1.5;
-        let ctx = Context::new(&problem, Loss::Pnorm, 1.0);
+        let ctx = uneven_context(96);
         for (s, rep) in [(64u32, 3u32), (37, 4)] {
             let (z, f) = draws_of(&ctx, s, rep);
             let d = joint(&z, &f, rep);
@@ -413,8 +445,7 @@ mod tests {
 
     #[test]
     fn pair_terms_add_the_same_with_and_without_avx2() {
-        let named = (crate::problems::by_name("reinmax-poly").unwrap().build)(0);
-        let ctx = Context::new(&named, Loss::Pnorm, 1.0);
+        let ctx = uneven_context(70);
         let l = ctx.l;
         let (z, f) = draws_of(&ctx, 40, 6);
         let d = joint(&z, &f, 6);
@@ -440,6 +471,13 @@ mod tests {
         assert_eq!(bits(&up), bits(&up_plain));
         assert_eq!(bits(&down), bits(&down_plain));
         assert!(up.iter().any(|&g| g != 0.0));
+        // The partners too, from draw 3 on.
+        let mut plain = vec![0u32; 37 * l];
+        partners_of_draws_lanes(&d, 3, &z[3 * l..], &p1, &mut plain);
+        let mut fast = vec![0u32; 37 * l];
+        partners_of_draws(&d, 3, &z[3 * l..], &p1, &mut fast);
+        assert_eq!(fast, plain);
+        assert_eq!(fast, anti[3 * l..]);
     }
 
     #[test]
