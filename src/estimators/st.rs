@@ -155,9 +155,11 @@ fn add_vertex_blocks_by_draw(k: usize, table: &[f64], z: &[u32], acc: &mut [f64]
 
 /// A context's cache of one table that depends only on the context (ReinMax's per-(variable,
 /// category) blocks, built from `p`, the logits, `tau` and the loss's gradient blocks): built
-/// by the first estimate and reused by the next ones while those inputs are bit for bit the
-/// same (checked on every use, so a context moved to new logits, or whose fields were set by
-/// hand, never reads a stale table). A clone starts empty.
+/// by the first estimate and reused by the next ones while those inputs are the same (checked
+/// on every use: `p`, the logits and `tau` bit for bit, the gradient blocks, an allocation
+/// never changed once built and kept alive by the cache, by address; so a context moved to new
+/// logits, given a new loss, or whose fields were set by hand, never reads a stale table). A
+/// clone starts empty.
 #[derive(Default)]
 pub struct TableCache(std::sync::Mutex<Option<CachedTable>>);
 
