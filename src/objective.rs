@@ -37,7 +37,7 @@ pub const MAX_GRADIENT_BLOCKS: usize = 1 << 20;
 /// The lazily built table of [`Objective::vertex_gradient_blocks`]: a cache, so it takes no
 /// part in comparisons (it is a function of the rest of the objective).
 #[derive(Clone, Debug, Default)]
-struct GradientBlocks(std::sync::OnceLock<Option<Vec<f64>>>);
+struct GradientBlocks(std::sync::OnceLock<Option<std::sync::Arc<[f64]>>>);
 
 impl PartialEq for GradientBlocks {
     fn eq(&self, _: &Self) -> bool {
@@ -304,10 +304,17 @@ impl Objective {
     /// `None` for a loss that couples the variables or has no extension, or where the table
     /// would pass [`MAX_GRADIENT_BLOCKS`] numbers. Built once per objective, on first use.
     pub fn vertex_gradient_blocks(&self) -> Option<&[f64]> {
+        self.shared_vertex_gradient_blocks().map(|b| &b[..])
+    }
+
+    /// [`Objective::vertex_gradient_blocks`] as the shared allocation that holds them: never
+    /// changed once built, so a cache that keeps a clone can tell the same blocks by their
+    /// address ([`std::sync::Arc::ptr_eq`]) instead of comparing L*K*K numbers.
+    pub fn shared_vertex_gradient_blocks(&self) -> Option<&std::sync::Arc<[f64]>> {
         self.gradient_blocks
             .0
-            .get_or_init(|| self.build_gradient_blocks())
-            .as_deref()
+            .get_or_init(|| self.build_gradient_blocks().map(std::sync::Arc::from))
+            .as_ref()
     }
 
     fn build_gradient_blocks(&self) -> Option<Vec<f64>> {

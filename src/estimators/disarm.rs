@@ -20,6 +20,8 @@
 //! `Var g_hat_theta_l = sigma_l^2 P_l (Delta_l^2 + sum_{m != l} P_m Delta_m^2) / 4 - g_l^2`,
 //! divided by S for the S-draw average.
 
+use rayon::prelude::*;
+
 use super::conditional::fill_uniforms;
 use super::{Context, Estimator, ExactMoments, Family, JointDraws};
 use crate::error::{Error, Result};
@@ -192,52 +194,174 @@ impl Estimator for Disarm {
     }
     fn estimate(&self, ctx: &Context, d: &JointDraws<'_>, _: f64, out: &mut [f64]) -> Option<f64> {
         let l = ctx.l;
-        out.iter_mut().for_each(|o| *o = 0.0);
         // Per variable, contiguous: p_l1 and sigma(|theta_l|) = max(p_l0, p_l1).
         let p1: Vec<f64> = (0..l).map(|v| ctx.p[2 * v + 1]).collect();
         let sigma_abs: Vec<f64> = (0..l).map(|v| ctx.p[2 * v].max(ctx.p[2 * v + 1])).collect();
-        // Every draw's partner first (draw-major), then their losses in one pass.
+        // Every draw's partner and its loss first (draw-major), then the pairs' terms.
         let mut anti = vec![0u32; d.s * l];
-        let mut uniforms = vec![0.0; l];
-        for (i, (b, a)) in
-            d.z.chunks_exact(l)
-                .zip(anti.chunks_exact_mut(l))
-                .enumerate()
-        {
-            fill_uniforms(&d.noise, i as u32, &mut uniforms);
-            partners(b, &uniforms, &p1, a);
-        }
         let mut f_anti = vec![0.0; d.s];
-        ctx.objective.at_vertices(&anti, &mut f_anti);
-        let mut g = vec![0.0; l];
-        for ((b, a), (&f, &fa)) in
-            d.z.chunks_exact(l)
-                .zip(anti.chunks_exact(l))
-                .zip(d.f.iter().zip(&f_anti))
-        {
-            if a == b {
-                // Every indicator is 0: the pair adds nothing.
-                continue;
-            }
-            pair_terms(b, a, f, fa, &sigma_abs, &mut g);
-            for (o, &gv) in out.chunks_exact_mut(2).zip(&g) {
-                // `x + 0.0` and `x - 0.0` are `x` here: `out` starts at +0 and a sum from +0
-                // is never -0, so the variables outside the pair add nothing, as in
-                // [`add_pair`], which skips them.
-                o[1] += gv;
-                o[0] -= gv;
-            }
-        }
+        partners_and_losses(ctx, d, &p1, &mut anti, &mut f_anti);
+        let (mut up, mut down) = (vec![0.0; l], vec![0.0; l]);
+        add_pairs(l, d.z, &anti, d.f, &f_anti, &sigma_abs, &mut up, &mut down);
         let inv = 1.0 / d.s as f64;
-        out.iter_mut().for_each(|o| *o *= inv);
+        for (o, (&u, &w)) in out.chunks_exact_mut(2).zip(up.iter().zip(&down)) {
+            o[0] = w * inv;
+            o[1] = u * inv;
+        }
         None
+    }
+}
+
+/// Draw-major numbers (variables times draws) a task of [`partners_and_losses`] handles
+/// at least; below twice as many the pass runs on the calling thread.
+const PAIR_TASK_NUMBERS: usize = 1024;
+
+/// Every draw's antithetic partner (`anti`, draw-major like `d.z`) and its loss (`f_anti`):
+/// independent draw by draw, so in tasks of a fixed number of draws (the same partners and
+/// losses whatever the thread count), in parallel where the pass is large enough.
+fn partners_and_losses(
+    ctx: &Context,
+    d: &JointDraws<'_>,
+    p1: &[f64],
+    anti: &mut [u32],
+    f_anti: &mut [f64],
+) {
+    let l = ctx.l;
+    let per_task = PAIR_TASK_NUMBERS.div_ceil(l).max(1);
+    let task = |t: usize, a: &mut [u32], fa: &mut [f64]| {
+        let first = t * per_task;
+        let n = a.len() / l;
+        partners_of_draws(d, first, &d.z[first * l..(first + n) * l], p1, a);
+        ctx.objective.at_vertices(a, fa);
+    };
+    if d.s * l >= 2 * PAIR_TASK_NUMBERS {
+        anti.par_chunks_mut(per_task * l)
+            .zip(f_anti.par_chunks_mut(per_task))
+            .enumerate()
+            .for_each(|(t, (a, fa))| task(t, a, fa));
+    } else {
+        for (t, (a, fa)) in anti
+            .chunks_mut(per_task * l)
+            .zip(f_anti.chunks_mut(per_task))
+            .enumerate()
+        {
+            task(t, a, fa);
+        }
+    }
+}
+
+/// Adds every pair's `g_hat_theta_l` (0 where `b_l = b~_l`) to `up[l]` and subtracts it from
+/// `down[l]`, pair after pair: the numbers [`add_pair`] adds to coordinates `2l + 1` and `2l`,
+/// in the same order (a pair whose partner is the draw itself adds nothing and is skipped;
+/// the zero terms of the other variables change no sum, which starts at +0 and so is never
+/// -0). Contiguous per variable, so the terms vectorise (AVX2 where present, the same bits).
+#[allow(clippy::too_many_arguments)]
+fn add_pairs(
+    l: usize,
+    z: &[u32],
+    anti: &[u32],
+    f: &[f64],
+    f_anti: &[f64],
+    sigma_abs: &[f64],
+    up: &mut [f64],
+    down: &mut [f64],
+) {
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx2")]
+    #[allow(clippy::too_many_arguments)]
+    fn avx2(
+        l: usize,
+        z: &[u32],
+        anti: &[u32],
+        f: &[f64],
+        f_anti: &[f64],
+        sigma_abs: &[f64],
+        up: &mut [f64],
+        down: &mut [f64],
+    ) {
+        add_pairs_lanes(l, z, anti, f, f_anti, sigma_abs, up, down);
+    }
+    #[cfg(target_arch = "x86_64")]
+    if crate::fastmath::has_avx2() {
+        // SAFETY: the CPU has AVX2, checked just above.
+        return unsafe { avx2(l, z, anti, f, f_anti, sigma_abs, up, down) };
+    }
+    add_pairs_lanes(l, z, anti, f, f_anti, sigma_abs, up, down);
+}
+
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+fn add_pairs_lanes(
+    l: usize,
+    z: &[u32],
+    anti: &[u32],
+    f: &[f64],
+    f_anti: &[f64],
+    sigma_abs: &[f64],
+    up: &mut [f64],
+    down: &mut [f64],
+) {
+    let (up, down, sigma_abs) = (&mut up[..l], &mut down[..l], &sigma_abs[..l]);
+    for ((b, a), (&fb, &fa)) in z
+        .chunks_exact(l)
+        .zip(anti.chunks_exact(l))
+        .zip(f.iter().zip(f_anti))
+    {
+        if a == b {
+            continue;
+        }
+        let half = 0.5 * (fb - fa);
+        for ((((u, w), &x), &y), &s) in up
+            .iter_mut()
+            .zip(down.iter_mut())
+            .zip(b)
+            .zip(a)
+            .zip(sigma_abs)
+        {
+            let v = if y == 1 { -half } else { half } * s;
+            let g = if x != y { v } else { 0.0 };
+            *u += g;
+            *w -= g;
+        }
+    }
+}
+
+/// The partners `anti` of the draws `first ..` whose categories `z` holds (draw-major), each
+/// from its uniforms; the comparisons vectorise (AVX2 where present, the same bits).
+fn partners_of_draws(d: &JointDraws<'_>, first: usize, z: &[u32], p1: &[f64], anti: &mut [u32]) {
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx2")]
+    fn avx2(d: &JointDraws<'_>, first: usize, z: &[u32], p1: &[f64], anti: &mut [u32]) {
+        partners_of_draws_lanes(d, first, z, p1, anti);
+    }
+    #[cfg(target_arch = "x86_64")]
+    if crate::fastmath::has_avx2() {
+        // SAFETY: the CPU has AVX2, checked just above.
+        return unsafe { avx2(d, first, z, p1, anti) };
+    }
+    partners_of_draws_lanes(d, first, z, p1, anti);
+}
+
+#[inline(always)]
+fn partners_of_draws_lanes(
+    d: &JointDraws<'_>,
+    first: usize,
+    z: &[u32],
+    p1: &[f64],
+    anti: &mut [u32],
+) {
+    let l = p1.len();
+    let mut uniforms = vec![0.0; l];
+    for (j, (b, a)) in z.chunks_exact(l).zip(anti.chunks_exact_mut(l)).enumerate() {
+        fill_uniforms(&d.noise, (first + j) as u32, &mut uniforms);
+        partners(b, &uniforms, p1, a);
     }
 }
 
 /// The antithetic partner `b~` of the draw `b` from the uniforms `v` (see the module doc),
 /// without branches: `u_l = p_l1 v_l` where `b_l = 1`, `p_l1 + (1 - p_l1) v_l` where it is 0,
 /// and `b~_l = 1[1 - u_l < p_l1]`.
-#[inline]
+#[inline(always)]
 fn partners(b: &[u32], v: &[f64], p1: &[f64], anti: &mut [u32]) {
     for (((y, &x), &w), &p) in anti.iter_mut().zip(b).zip(v).zip(p1) {
         let one = p * w;
@@ -247,22 +371,114 @@ fn partners(b: &[u32], v: &[f64], p1: &[f64], anti: &mut [u32]) {
     }
 }
 
-/// One pair's `g_hat_theta_l` of every variable into `g` (0 where `b_l = b~_l`), the values
-/// [`add_pair`] adds, without branches.
-#[inline]
-fn pair_terms(b: &[u32], anti: &[u32], f: f64, f_anti: f64, sigma_abs: &[f64], g: &mut [f64]) {
-    let half = 0.5 * (f - f_anti);
-    for (((o, &x), &y), &s) in g.iter_mut().zip(b).zip(anti).zip(sigma_abs) {
-        let v = if y == 1 { -half } else { half } * s;
-        *o = if x != y { v } else { 0.0 };
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::estimators::st::tests::{draws_of, joint};
     use crate::loss::Loss;
+
+    /// L binary variables of uneven probabilities under a pnorm loss (at p = 1/2, as in
+    /// reinmax-poly, the partner is the complement whatever the uniforms).
+    fn uneven_context(l: usize) -> Context {
+        let mut problem = crate::problem::Problem::free_logits(
+            l,
+            2,
+            (0..2 * l).map(|i| (i as f64 * 0.9).sin()).collect(),
+        );
+        problem.b = (0..l).map(|i| (i as f64 * 0.3).cos().abs()).collect();
+        problem.exponent = 1.5;
+        Context::new(&problem, Loss::Pnorm, 1.0)
+    }
+
+    /// The estimate's bits as the paper's pairs are added one by one ([`add_pair`], the
+    /// uniforms one at a time, the loss of each partner by `at_vertex`).
+    fn pair_by_pair(ctx: &Context, z: &[u32], f: &[f64], d: &JointDraws<'_>) -> Vec<u64> {
+        let l = ctx.l;
+        let mut want = vec![0.0; ctx.dim()];
+        let mut anti = vec![0u32; l];
+        let mut uniforms = vec![0.0; l];
+        for (i, (b, &fb)) in z.chunks_exact(l).zip(f).enumerate() {
+            for (v, w) in uniforms.iter_mut().enumerate() {
+                *w = crate::estimators::conditional::uniform(&d.noise, i as u32, v);
+            }
+            for (v, ((&x, y), &w)) in b.iter().zip(anti.iter_mut()).zip(&uniforms).enumerate() {
+                let p1 = ctx.p[2 * v + 1];
+                let u = if x == 1 { p1 * w } else { p1 + (1.0 - p1) * w };
+                *y = u32::from(1.0 - u < p1);
+            }
+            if anti.as_slice() != b {
+                let fa = ctx.objective.at_vertex(&anti);
+                add_pair(ctx, b, &anti, fb, fa, &mut want);
+            }
+        }
+        want.iter_mut().for_each(|o| *o *= 1.0 / f.len() as f64);
+        want.iter().map(|x| x.to_bits()).collect()
+    }
+
+    #[test]
+    fn disarm_gives_the_same_bits_on_any_number_of_threads() {
+        // 96 variables of uneven probabilities: S = 64 runs the partners in parallel tasks,
+        // S = 37 in tasks of uneven length; one thread, two and three give the same estimate,
+        // that of the pairs added one by one.
+        let ctx = uneven_context(96);
+        for (s, rep) in [(64u32, 3u32), (37, 4)] {
+            let (z, f) = draws_of(&ctx, s, rep);
+            let d = joint(&z, &f, rep);
+            let runs: Vec<Vec<u64>> = [1, 2, 3]
+                .iter()
+                .map(|&threads| {
+                    let pool = rayon::ThreadPoolBuilder::new()
+                        .num_threads(threads)
+                        .build()
+                        .unwrap();
+                    let mut out = vec![0.0; ctx.dim()];
+                    pool.install(|| Disarm.estimate(&ctx, &d, 0.0, &mut out));
+                    out.iter().map(|x| x.to_bits()).collect()
+                })
+                .collect();
+            assert!(ctx.l * s as usize >= 2 * PAIR_TASK_NUMBERS);
+            assert_eq!(runs[0], runs[1], "S = {s}");
+            assert_eq!(runs[0], runs[2], "S = {s}");
+            assert_eq!(runs[0], pair_by_pair(&ctx, &z, &f, &d), "S = {s}");
+        }
+    }
+
+    #[test]
+    fn pair_terms_add_the_same_with_and_without_avx2() {
+        let ctx = uneven_context(70);
+        let l = ctx.l;
+        let (z, f) = draws_of(&ctx, 40, 6);
+        let d = joint(&z, &f, 6);
+        let p1: Vec<f64> = (0..l).map(|v| ctx.p[2 * v + 1]).collect();
+        let sigma_abs: Vec<f64> = (0..l).map(|v| ctx.p[2 * v].max(ctx.p[2 * v + 1])).collect();
+        let mut anti = vec![0u32; 40 * l];
+        let mut f_anti = vec![0.0; 40];
+        partners_and_losses(&ctx, &d, &p1, &mut anti, &mut f_anti);
+        let (mut up, mut down) = (vec![0.0; l], vec![0.0; l]);
+        add_pairs(l, &z, &anti, &f, &f_anti, &sigma_abs, &mut up, &mut down);
+        let (mut up_plain, mut down_plain) = (vec![0.0; l], vec![0.0; l]);
+        add_pairs_lanes(
+            l,
+            &z,
+            &anti,
+            &f,
+            &f_anti,
+            &sigma_abs,
+            &mut up_plain,
+            &mut down_plain,
+        );
+        let bits = |v: &[f64]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+        assert_eq!(bits(&up), bits(&up_plain));
+        assert_eq!(bits(&down), bits(&down_plain));
+        assert!(up.iter().any(|&g| g != 0.0));
+        // The partners too, from draw 3 on.
+        let mut plain = vec![0u32; 37 * l];
+        partners_of_draws_lanes(&d, 3, &z[3 * l..], &p1, &mut plain);
+        let mut fast = vec![0u32; 37 * l];
+        partners_of_draws(&d, 3, &z[3 * l..], &p1, &mut fast);
+        assert_eq!(fast, plain);
+        assert_eq!(fast, anti[3 * l..]);
+    }
 
     #[test]
     fn branch_free_pairs_give_the_per_pair_estimate_bit_for_bit() {
@@ -294,28 +510,9 @@ mod tests {
                 let d = joint(&z, &f, rep);
                 let mut out = vec![0.0; ctx.dim()];
                 Disarm.estimate(ctx, &d, 0.0, &mut out);
-                let mut want = vec![0.0; ctx.dim()];
-                let mut anti = vec![0u32; l];
-                let mut uniforms = vec![0.0; l];
-                for (i, (b, &fb)) in z.chunks_exact(l).zip(&f).enumerate() {
-                    for (v, w) in uniforms.iter_mut().enumerate() {
-                        *w = crate::estimators::conditional::uniform(&d.noise, i as u32, v);
-                    }
-                    for (v, ((&x, y), &w)) in
-                        b.iter().zip(anti.iter_mut()).zip(&uniforms).enumerate()
-                    {
-                        let p1 = ctx.p[2 * v + 1];
-                        let u = if x == 1 { p1 * w } else { p1 + (1.0 - p1) * w };
-                        *y = u32::from(1.0 - u < p1);
-                    }
-                    if anti.as_slice() != b {
-                        let fa = ctx.objective.at_vertex(&anti);
-                        add_pair(ctx, b, &anti, fb, fa, &mut want);
-                    }
-                }
-                want.iter_mut().for_each(|o| *o *= 1.0 / f64::from(s));
                 let bits = |v: &[f64]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
-                assert_eq!(bits(&out), bits(&want), "{} L={l} S={s}", ctx.loss);
+                let want = pair_by_pair(ctx, &z, &f, &d);
+                assert_eq!(bits(&out), want, "{} L={l} S={s}", ctx.loss);
                 assert!(out.iter().any(|&g| g != 0.0) || s == 1);
             }
         }

@@ -102,14 +102,17 @@ impl Estimator for ReinMax {
         hard_draw_moments(ctx, &prepare(ctx), s, per_draw)
     }
     fn estimate(&self, ctx: &Context, d: &JointDraws<'_>, _: f64, out: &mut [f64]) -> Option<f64> {
-        if let Some(grads) = ctx.objective.vertex_gradient_blocks() {
+        if let Some(grads) = ctx.objective.shared_vertex_gradient_blocks() {
             // The per-draw estimate's blocks read from a table (built once per context): the
-            // same numbers, added in the same order as [`average_over_draws`] adds them.
+            // same numbers, added in the same order as [`average_over_draws`] adds them. The
+            // table is a function of tau, the logits, `p` and the loss's gradient blocks: the
+            // first three are compared bit for bit on every estimate, the blocks (L*K*K
+            // numbers, never changed once built) by their address.
             let tau = [ctx.tau];
-            let key: [&[f64]; 4] = [&tau, &ctx.logits, &ctx.p, grads];
-            let table = ctx
-                .table_cache
-                .get_or_build(self.id(), &key, || draw_blocks(ctx, &prepare(ctx), grads));
+            let key: [&[f64]; 3] = [&tau, &ctx.logits, &ctx.p];
+            let table = ctx.table_cache.get_or_build(self.id(), &key, grads, || {
+                draw_blocks(ctx, &prepare(ctx), grads)
+            });
             out.iter_mut().for_each(|o| *o = 0.0);
             add_vertex_blocks(ctx.k, &table, d.z, out);
             let inv = 1.0 / d.s as f64;

@@ -85,39 +85,57 @@ fn add_vertex_blocks_lanes(k: usize, table: &[f64], z: &[u32], acc: &mut [f64]) 
 /// Variables handled together by [`add_vertex_blocks_fixed`].
 const VARIABLE_GROUP: usize = 4;
 
-/// [`add_vertex_blocks`] for K known at compile time: the sums of four variables at a time
-/// stay in registers (four independent chains of additions) over all the draws, instead of
+/// [`add_vertex_blocks`] for K known at compile time: the sums of up to four variables at a
+/// time stay in registers (independent chains of additions) over all the draws, instead of
 /// going through memory after every draw. Each coordinate still adds its numbers in draw
 /// order, from the value it starts at.
 #[inline(always)]
 fn add_vertex_blocks_fixed<const K: usize>(table: &[f64], z: &[u32], acc: &mut [f64]) {
     let l = acc.len() / K;
-    if l == 0 {
-        return;
-    }
-    let table = &table[..l * K * K];
     let mut first = 0;
     while first < l {
-        let g = (l - first).min(VARIABLE_GROUP);
-        let mut sums = [[0.0f64; K]; VARIABLE_GROUP];
-        for (u, s) in sums.iter_mut().enumerate().take(g) {
-            s.copy_from_slice(&acc[(first + u) * K..(first + u + 1) * K]);
-        }
-        for zi in z.chunks_exact(l) {
-            for (u, s) in sums.iter_mut().enumerate().take(g) {
-                let var = first + u;
-                let start = (var * K + zi[var] as usize) * K;
-                let block: &[f64; K] = table[start..start + K].try_into().expect("K numbers");
-                for (x, &y) in s.iter_mut().zip(block) {
-                    *x += y;
-                }
+        // The group size is a constant, so that the sums are registers and the loops unroll.
+        first += match l - first {
+            1 => add_variable_group::<K, 1>(table, z, l, first, acc),
+            2 => add_variable_group::<K, 2>(table, z, l, first, acc),
+            3 => add_variable_group::<K, 3>(table, z, l, first, acc),
+            _ => add_variable_group::<K, VARIABLE_GROUP>(table, z, l, first, acc),
+        };
+    }
+}
+
+/// [`add_vertex_blocks_fixed`] for the G variables `first .. first + G` (of L per draw);
+/// returns G. A category is below K (the draws' range); one past it reads category K - 1.
+#[inline(always)]
+fn add_variable_group<const K: usize, const G: usize>(
+    table: &[f64],
+    z: &[u32],
+    l: usize,
+    first: usize,
+    acc: &mut [f64],
+) -> usize {
+    let mut sums = [[0.0f64; K]; G];
+    for (u, s) in sums.iter_mut().enumerate() {
+        s.copy_from_slice(&acc[(first + u) * K..(first + u + 1) * K]);
+    }
+    // The group's blocks alone: every index below is in range by construction (no checks in
+    // the loop).
+    let blocks = &table[first * K * K..(first + G) * K * K];
+    for zi in z.chunks_exact(l) {
+        let group: &[u32; G] = zi[first..first + G].try_into().expect("G categories");
+        for (u, (s, &c)) in sums.iter_mut().zip(group).enumerate() {
+            debug_assert!((c as usize) < K, "category {c} of {K}");
+            let start = (u * K + (c as usize).min(K - 1)) * K;
+            let block: &[f64; K] = blocks[start..start + K].try_into().expect("K numbers");
+            for (x, &y) in s.iter_mut().zip(block) {
+                *x += y;
             }
         }
-        for (u, s) in sums.iter().enumerate().take(g) {
-            acc[(first + u) * K..(first + u + 1) * K].copy_from_slice(s);
-        }
-        first += g;
     }
+    for (u, s) in sums.iter().enumerate() {
+        acc[(first + u) * K..(first + u + 1) * K].copy_from_slice(s);
+    }
+    G
 }
 
 /// [`add_vertex_blocks`] draw after draw, for any K.
@@ -137,15 +155,18 @@ fn add_vertex_blocks_by_draw(k: usize, table: &[f64], z: &[u32], acc: &mut [f64]
 
 /// A context's cache of one table that depends only on the context (ReinMax's per-(variable,
 /// category) blocks, built from `p`, the logits, `tau` and the loss's gradient blocks): built
-/// by the first estimate and reused by the next ones while those inputs are bit for bit the
-/// same (checked on every use, so a context moved to new logits, or whose fields were set by
-/// hand, never reads a stale table). A clone starts empty.
+/// by the first estimate and reused by the next ones while those inputs are the same (checked
+/// on every use: `p`, the logits and `tau` bit for bit, the gradient blocks, an allocation
+/// never changed once built and kept alive by the cache, by address; so a context moved to new
+/// logits, given a new loss, or whose fields were set by hand, never reads a stale table). A
+/// clone starts empty.
 #[derive(Default)]
 pub struct TableCache(std::sync::Mutex<Option<CachedTable>>);
 
 struct CachedTable {
     owner: &'static str,
     key: Vec<u64>,
+    shared: std::sync::Arc<[f64]>,
     table: std::sync::Arc<Vec<f64>>,
 }
 
@@ -162,17 +183,21 @@ impl std::fmt::Debug for TableCache {
 }
 
 impl TableCache {
-    /// The table of `owner` for the inputs `key` (their bits are compared), built by `build`
+    /// The table of `owner` for the inputs `key` (their bits are compared) and `shared` (an
+    /// allocation never changed once built, told by its address: the cache keeps a clone, so
+    /// no other allocation can take that address while the cache holds it), built by `build`
     /// where the cache holds another.
     pub(super) fn get_or_build(
         &self,
         owner: &'static str,
         key: &[&[f64]],
+        shared: &std::sync::Arc<[f64]>,
         build: impl FnOnce() -> Vec<f64>,
     ) -> std::sync::Arc<Vec<f64>> {
         let mut slot = self.0.lock().unwrap_or_else(|e| e.into_inner());
         let hit = slot.as_ref().is_some_and(|c| {
             c.owner == owner
+                && std::sync::Arc::ptr_eq(&c.shared, shared)
                 && c.key.len() == key.iter().map(|k| k.len()).sum::<usize>()
                 && same_bits(&c.key, key)
         });
@@ -183,6 +208,7 @@ impl TableCache {
                     .iter()
                     .flat_map(|k| k.iter().map(|v| v.to_bits()))
                     .collect(),
+                shared: shared.clone(),
                 table: std::sync::Arc::new(build()),
             });
         }
@@ -192,7 +218,7 @@ impl TableCache {
 
 /// Whether `bits` holds the bits of the parts of `key` one after another (`bits` as long as
 /// they are together): part by part, without an early exit, so that the comparisons
-/// vectorise (the key of ReinMax's table is some 700 numbers, compared on every estimate).
+/// vectorise (the key of ReinMax's table is `2 L K + 1` numbers, compared on every estimate).
 fn same_bits(bits: &[u64], key: &[&[f64]]) -> bool {
     let mut offset = 0;
     let mut same = true;
@@ -218,6 +244,17 @@ fn jacobian(ctx: &Context, v: &[f64], out: &mut [f64]) {
         let pv: f64 = pl.iter().zip(vl).map(|(a, b)| a * b).sum();
         for ((o, pj), vj) in ol.iter_mut().zip(pl).zip(vl) {
             *o = pj * (vj - pv);
+        }
+    }
+}
+
+/// [`jacobian`] with `v` read from `out` and overwritten: the same numbers (each coordinate
+/// of a block is read before it is written, after the block's `p_l . v_l`).
+fn jacobian_in_place(ctx: &Context, out: &mut [f64]) {
+    for (pl, ol) in ctx.p.chunks_exact(ctx.k).zip(out.chunks_exact_mut(ctx.k)) {
+        let pv: f64 = pl.iter().zip(ol.iter()).map(|(a, b)| a * b).sum();
+        for (o, pj) in ol.iter_mut().zip(pl) {
+            *o = pj * (*o - pv);
         }
     }
 }
@@ -411,19 +448,22 @@ impl Estimator for StraightThrough {
     }
     fn estimate(&self, ctx: &Context, d: &JointDraws<'_>, _: f64, out: &mut [f64]) -> Option<f64> {
         // Linear in grad f(e_z): average the gradients, then one Jacobian product.
-        let n = ctx.dim();
-        let mut sum = vec![0.0; n];
+        let inv = 1.0 / d.s as f64;
         if let Some(blocks) = ctx.objective.vertex_gradient_blocks() {
             // A separable loss: block l of grad f(e_z) is the table's block (l, z_l), so each
             // coordinate adds the same numbers in the same (draw) order as
-            // `gradient_sum_per_draw`.
-            add_vertex_blocks(ctx.k, blocks, d.z, &mut sum);
+            // `gradient_sum_per_draw`; the sum and its Jacobian product in `out` (no
+            // allocation).
+            out.iter_mut().for_each(|o| *o = 0.0);
+            add_vertex_blocks(ctx.k, blocks, d.z, out);
+            out.iter_mut().for_each(|a| *a *= inv);
+            jacobian_in_place(ctx, out);
         } else {
+            let mut sum = vec![0.0; ctx.dim()];
             gradient_sum_per_draw(ctx, d, &mut sum);
+            sum.iter_mut().for_each(|a| *a *= inv);
+            jacobian(ctx, &sum, out);
         }
-        let inv = 1.0 / d.s as f64;
-        sum.iter_mut().for_each(|a| *a *= inv);
-        jacobian(ctx, &sum, out);
         None
     }
     fn estimate_from_counts(&self, ctx: &Context, counts: &[u32], s: u32, _: f64, out: &mut [f64]) {
@@ -532,6 +572,68 @@ pub(super) mod tests {
         ReinMax.estimate(&ctx, &d, 0.0, &mut after);
         crate::estimators::reinmax::per_draw_average(&ctx, &d, &mut want);
         assert_eq!(after, want);
+    }
+
+    #[test]
+    fn a_context_with_a_new_loss_or_new_probabilities_never_reads_a_stale_table() {
+        // The gradient blocks are told by their address: a context whose objective is
+        // replaced by one of the same shape (other targets `b`) builds a new table, and so
+        // does one whose `p` is set by hand.
+        let mut ctx = separable_contexts().remove(2);
+        let (z, f) = draws_of(&ctx, 24, 5);
+        let d = joint(&z, &f, 5);
+        let bits = |v: &[f64]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+        let mut first = vec![0.0; ctx.dim()];
+        ReinMax.estimate(&ctx, &d, 0.0, &mut first);
+        let (l, k) = (ctx.l, ctx.k);
+        let mut other =
+            Problem::free_logits(l, k, (0..l * k).map(|i| (i as f64 * 0.61).sin()).collect());
+        other.t = (0..l * k).map(|i| (i as f64 * 0.29).cos()).collect();
+        other.b = vec![4.0, 0.25, 2.0, 1.5];
+        other.exponent = 1.5;
+        // Several times: a freed allocation may come back at the same address.
+        for round in 0..4 {
+            ctx.objective = crate::objective::Objective::new(&other, Loss::Pnorm);
+            let mut after = vec![0.0; ctx.dim()];
+            ReinMax.estimate(&ctx, &d, 0.0, &mut after);
+            let mut want = vec![0.0; ctx.dim()];
+            crate::estimators::reinmax::per_draw_average(&ctx, &d, &mut want);
+            assert_eq!(bits(&after), bits(&want), "round {round}");
+            assert_ne!(bits(&after), bits(&first));
+        }
+        ctx.p
+            .iter_mut()
+            .for_each(|v| *v = (*v + 0.2) / (1.0 + 0.2 * k as f64));
+        let mut after = vec![0.0; ctx.dim()];
+        ReinMax.estimate(&ctx, &d, 0.0, &mut after);
+        let mut want = vec![0.0; ctx.dim()];
+        crate::estimators::reinmax::per_draw_average(&ctx, &d, &mut want);
+        assert_eq!(bits(&after), bits(&want));
+    }
+
+    #[test]
+    fn a_table_is_reused_for_the_same_inputs_and_rebuilt_for_other_blocks() {
+        let cache = TableCache::default();
+        let key = [1.5, -2.0];
+        let blocks: std::sync::Arc<[f64]> = vec![0.5; 8].into();
+        let built = std::sync::atomic::AtomicUsize::new(0);
+        let build = || {
+            built.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            vec![3.0; 4]
+        };
+        let a = cache.get_or_build("t", &[&key], &blocks, build);
+        let b = cache.get_or_build("t", &[&key], &blocks, build);
+        assert!(std::sync::Arc::ptr_eq(&a, &b));
+        assert_eq!(built.load(std::sync::atomic::Ordering::Relaxed), 1);
+        // The same numbers in another allocation: rebuilt (they are told by address alone).
+        let copy: std::sync::Arc<[f64]> = blocks.to_vec().into();
+        let c = cache.get_or_build("t", &[&key], &copy, build);
+        assert!(!std::sync::Arc::ptr_eq(&a, &c));
+        assert_eq!(built.load(std::sync::atomic::Ordering::Relaxed), 2);
+        // Another owner, or another key: rebuilt.
+        cache.get_or_build("u", &[&key], &copy, build);
+        cache.get_or_build("u", &[&key[..1]], &copy, build);
+        assert_eq!(built.load(std::sync::atomic::Ordering::Relaxed), 4);
     }
 
     #[test]
