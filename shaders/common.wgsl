@@ -64,8 +64,7 @@ struct PointTable {
     _pad2: u32,
 }
 
-// The central moments of one scalar over a workgroup, in f32 (moments.wgsl): the count, the
-// mean and the sums of the centred second, third and fourth powers.
+// Streaming central moments of one scalar, in f32 within a workgroup.
 struct PartialMoments {
     n: f32,
     mean: f32,
@@ -152,6 +151,35 @@ fn accurate_log(x: f32) -> f32 {
 // Gumbel noise -log(-log u) of one random word.
 fn gumbel(word: u32) -> f32 {
     return -accurate_log(-accurate_log(open_uniform(word)));
+}
+
+fn moments_of(x: f32, valid: bool) -> PartialMoments {
+    if valid {
+        return PartialMoments(1.0, x, 0.0, 0.0, 0.0);
+    }
+    return PartialMoments(0.0, 0.0, 0.0, 0.0, 0.0);
+}
+
+// Merges the moments of two sets of values (Chan et al.; Pebay 2008), as Moments::merge.
+fn moments_merge(a: PartialMoments, b: PartialMoments) -> PartialMoments {
+    if b.n == 0.0 {
+        return a;
+    }
+    if a.n == 0.0 {
+        return b;
+    }
+    let na = a.n;
+    let nb = b.n;
+    let n = na + nb;
+    let d = b.mean - a.mean;
+    let d2 = d * d;
+    let m2 = a.m2 + b.m2 + d2 * na * nb / n;
+    let m3 = a.m3 + b.m3 + d2 * d * na * nb * (na - nb) / (n * n)
+        + 3.0 * d * (na * b.m2 - nb * a.m2) / n;
+    let m4 = a.m4 + b.m4 + d2 * d2 * na * nb * (na * na - na * nb + nb * nb) / (n * n * n)
+        + 6.0 * d2 * (na * na * b.m2 + nb * nb * a.m2) / (n * n)
+        + 4.0 * d * (na * b.m3 - nb * a.m3) / n;
+    return PartialMoments(n, a.mean + d * nb / n, m2, m3, m4);
 }
 
 // One (loss, score-function estimator) (keep in sync with `ScoreCell` in src/gpu/params.rs).
