@@ -13,8 +13,8 @@ for f in .gl/*.deb; do dpkg -x $f /; done; ldconfig;
 #   3. the default `mcgrad run --backend gpu`, and `mcgrad train` on the CPU and the GPU (the
 #      whole step on the GPU, then the round-trip path, MCGRAD_TRAIN_ROUND_TRIP=1).
 # Everything goes under $OUT (at most 8 files): machine.txt, tests.txt, bench.txt (criterion's
-# raw output), criterion.tar.gz (criterion's estimates.json files), run.txt, run-summary.csv,
-# train.txt. Copy them into results/gpu/ (as h100-*.txt, ...) and the figures into
+# raw output), criterion.tar.gz (criterion's estimates.json files), bench-before.txt (an
+# earlier build's benches, where one was carried), run.txt, run-summary.csv, train.txt. Copy them into results/gpu/ (as h100-*.txt, ...) and the figures into
 # results/benchmarks.md. Steps run in order of importance within a budget of
 # MCGRAD_CHECK_BUDGET seconds (default 540, under the device's 600 s per command): a step that
 # would not fit is skipped and says so. Exits non-zero if a test or bench fails.
@@ -62,6 +62,12 @@ run_step tests.txt 120 .device/bin/gpu-generic-tests --test-threads=1 || status=
 export CRITERION_HOME=/tmp/criterion
 run_step bench.txt 200 .device/bin/gpu-bench --bench --warm-up-time 1 --measurement-time 3 --noplot || status=1
 (cd /tmp && tar czf "$OUT/criterion.tar.gz" --exclude='*.svg' criterion 2>/dev/null) || true
+
+# The same benches from an earlier build where one was carried (.device/bin/gpu-bench-before,
+# named in the closing note), on this very machine, to compare with.
+if [ -x .device/bin/gpu-bench-before ]; then
+    run_step bench-before.txt 90 .device/bin/gpu-bench-before --bench --warm-up-time 1 --measurement-time 3 --noplot 'gpu_sweep/|gpu_generic/' || true
+fi
 
 run_step tests.txt 90 .device/bin/train-gpu-tests --test-threads=1 || status=1
 run_step bench.txt 60 .device/bin/forward-bench --bench --warm-up-time 1 --measurement-time 2 --noplot || true
