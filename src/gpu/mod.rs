@@ -968,29 +968,33 @@ impl GpuEngine {
         let dim = plan.dim();
         // Moving-average baselines enter the measurement warmed up, as on the CPU engine
         // (`warmed_baseline`): the repetitions after the measured ones, in order, run here as
-        // a short generic pass whose estimates advance the baselines and are dropped.
+        // a short generic pass of those cells alone, whose estimates advance the baselines
+        // and are dropped.
         let mut baselines = vec![MovingAverage::default(); cells.len()];
-        let warmups: Vec<u32> = plan
+        let warm: Vec<(usize, u32)> = plan
             .cells
             .iter()
-            .map(|c| match c.baseline {
-                Baseline::MovingAverage => contexts[c.loss_index].settings.baseline_warmup,
-                _ => 0,
-            })
+            .enumerate()
+            .filter(|(_, c)| c.baseline == Baseline::MovingAverage)
+            .map(|(i, c)| (i, contexts[c.loss_index].settings.baseline_warmup))
+            .filter(|&(_, reps)| reps > 0)
             .collect();
-        let warmup = warmups.iter().copied().max().unwrap_or(0);
-        if warmup > 0 {
+        if let Some(warmup) = warm.iter().map(|&(_, reps)| reps).max() {
             let Some(first) = spec.reps.checked_add(warmup).map(|_| spec.reps) else {
                 return Err(Error::InvalidArgument(format!(
                     "{} repetitions and a baseline warm-up of {warmup} pass 2^32",
                     spec.reps
                 )));
             };
+            let warm_refs: Vec<(usize, &dyn Estimator)> =
+                warm.iter().map(|&(i, _)| refs[i]).collect();
+            let warm_plan =
+                generic::GenericPlan::new(&spec.problem, contexts, &warm_refs, samples)?;
             let mut scratch = vec![0.0; dim];
             generic::run(
                 &self.ctx,
                 &self.generic,
-                &plan,
+                &warm_plan,
                 key_of(spec.seed),
                 point as u32,
                 samples,
@@ -999,11 +1003,10 @@ impl GpuEngine {
                 self.limits.max_reps,
                 generic::Readback::default(),
                 &mut |chunk| {
-                    for (c, baseline) in baselines.iter_mut().enumerate() {
-                        let done = chunk.rep_begin - first;
-                        let take = warmups[c].saturating_sub(done).min(chunk.reps);
-                        for r in 0..take as usize {
-                            plan.finish(c, chunk, r, samples, baseline, &mut scratch);
+                    let done = chunk.rep_begin - first;
+                    for (w, &(c, reps)) in warm.iter().enumerate() {
+                        for r in 0..reps.saturating_sub(done).min(chunk.reps) as usize {
+                            warm_plan.finish(w, chunk, r, samples, &mut baselines[c], &mut scratch);
                         }
                     }
                     Ok(())
