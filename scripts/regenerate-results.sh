@@ -15,11 +15,15 @@ bin=target/release/mcgrad
 # S up to 256: gumbel-rao and arsm evaluate the loss many times per draw on 6 x 10 categories.
 "$bin" run --backend cpu --quiet --problem indecater-6x10 --samples 1,2,4,8,16,32,64,128,256 \
   --out results/indecater-6x10 >/dev/null
+# Issue 10's comparison at equal cost: every estimator's variance and MSE at 64 and 256 loss
+# evaluations per estimate, from that run.
+python3 scripts/equal-cost-table.py results/indecater-6x10/summary.json 64 256 \
+  >results/indecater-6x10-equal-cost.md
 # The baseline: removed first, so that `--update` writes the default configuration (with an
 # existing file it reruns that file's configuration).
 rm -f results/baseline.json
 "$bin" check --update --baseline results/baseline.json >/dev/null
-echo "regenerated results/reference, results/indecater-6x10 and results/baseline.json"
+echo "regenerated results/reference, results/indecater-6x10 (and its equal-cost table) and results/baseline.json"
 if [ "${REPRODUCE:-1}" != 0 ]; then
   # The published experiments, one folder each under results/papers/ (mcgrad reproduce --list).
   "$bin" reproduce --all --quiet >/dev/null
