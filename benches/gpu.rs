@@ -8,7 +8,10 @@
 //! `vae-decoder`; the `gpu_unordered_set` group times the unordered-set kernels alone on
 //! `indecater-6x10` (pnorm loss) at S = 4 and S = 10 (sets of 4 and of all K = 10
 //! categories); the `gpu_counts_wg` group sweeps the counts kernel's workgroup size at
-//! S = 4096 (to choose it per adapter).
+//! S = 4096 (to choose it per adapter); the `gpu_moments_reduction` group runs the
+//! score-function pass at S = 256 and the Gumbel pass at S = 64 (where the moments kernels
+//! weigh most) with each moments reduction the adapter has (`tree`, and `subgroup` where it
+//! has subgroups: `MCGRAD_MOMENTS_REDUCTION`).
 //!
 //! After each workload, one more run with timestamp queries on (where the adapter has them,
 //! `wgpu::Features::TIMESTAMP_QUERY`) prints every kernel's device time and the draws per
@@ -27,7 +30,7 @@ use std::time::{Duration, Instant};
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use mcgrad::engine::{Engine, SweepSpec};
 use mcgrad::estimators::{Estimator, Family, Lowering};
-use mcgrad::gpu::{GpuEngine, GpuPreference, KernelTime};
+use mcgrad::gpu::{GpuEngine, GpuPreference, KernelTime, MomentsReduction};
 use mcgrad::loss::Loss;
 
 fn quick() -> bool {
@@ -327,5 +330,67 @@ fn counts_workgroups(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, passes, generic, unordered_set, counts_workgroups);
+/// The score-function pass at S = 256 and the Gumbel pass at S = 64 with each moments
+/// reduction the adapter has: the measurement that chooses it per adapter
+/// (`MCGRAD_MOMENTS_REDUCTION`).
+fn moments_reductions(c: &mut Criterion) {
+    let Some(base) = engine() else { return };
+    let ctx = base.context();
+    let mut reductions = vec![MomentsReduction::WorkgroupTree];
+    reductions.extend(MomentsReduction::subgroup(ctx.features, &ctx.info));
+    drop(base);
+    let mut group = c.benchmark_group("gpu_moments_reduction");
+    configure(&mut group);
+    let workloads: &[(Family, &str, u32, u32)] = if quick() {
+        &[(Family::ScoreFunction, "score-function", 16, 512)]
+    } else {
+        &[
+            (Family::ScoreFunction, "score-function", 256, 1 << 18),
+            (Family::Relaxed, "gumbel", 64, 1 << 16),
+        ]
+    };
+    for reduction in reductions {
+        let Some(engine) = engine() else { return };
+        let engine = engine
+            .with_moments_reduction(reduction)
+            .expect("a reduction the adapter has");
+        for &(family, name, s, r) in workloads {
+            let spec = spec(family, s, r);
+            let id = format!("S={s}/R={r}/{}", reduction.name());
+            profile(
+                &engine,
+                &format!("{name} {id}"),
+                u64::from(s) * u64::from(r),
+                &|| {
+                    engine
+                        .run_point(&spec, 0, &|_| {})
+                        .expect("GPU sweep point");
+                },
+            );
+            group.throughput(Throughput::Elements(u64::from(s) * u64::from(r)));
+            group.bench_with_input(BenchmarkId::new(name, &id), &spec, |b, spec| {
+                b.iter_custom(|iters| {
+                    let mut total = Duration::ZERO;
+                    for _ in 0..iters {
+                        let t0 = Instant::now();
+                        let point = engine.run_point(spec, 0, &|_| {}).expect("GPU sweep point");
+                        total += t0.elapsed();
+                        std::hint::black_box(point);
+                    }
+                    total
+                })
+            });
+        }
+    }
+    group.finish();
+}
+
+criterion_group!(
+    benches,
+    passes,
+    generic,
+    unordered_set,
+    counts_workgroups,
+    moments_reductions
+);
 criterion_main!(benches);

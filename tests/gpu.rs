@@ -12,7 +12,7 @@ use mcgrad::engine::{run_sweep, CpuEngine, Engine, SweepSpec};
 use mcgrad::estimators::{self, RelaxedDraw};
 use mcgrad::gpu::{
     forward::forward_cpu, philox_kernel::philox_words, ChunkLimits, ChunkPlan, Forward, GpuEngine,
-    GpuPreference,
+    GpuPreference, MomentsReduction,
 };
 use mcgrad::loss::Loss;
 use mcgrad::philox::{self, key_of, philox4x32_10, PhiloxStream};
@@ -422,6 +422,48 @@ fn gpu_sweep_matches_cpu_sweep_on_the_same_seed() {
     assert!(info.graphics_backend.is_some() && info.driver.is_some());
     // The header's thread count is that of the CPU fallback (rayon's global pool), not 1.
     assert_eq!(info.threads, rayon::current_num_threads());
+}
+
+/// The subgroup variant of the moments kernels (`shaders/moments_subgroup.wgsl`) agrees
+/// with the CPU as the workgroup tree does, on both families and across chunk borders (the
+/// moving averages' windows), wherever the adapter has subgroups (lavapipe: 8 lanes; the
+/// H100: 32). An adapter without them (GL llvmpipe) refuses the variant with an error.
+#[test]
+fn the_subgroup_moments_reduction_matches_the_cpu_where_the_adapter_has_it() {
+    let Some(engine) = gpu() else { return };
+    let (features, info) = (engine.context().features, engine.context().info.clone());
+    assert_eq!(engine.moments_reduction(), MomentsReduction::WorkgroupTree);
+    let Some(subgroup) = MomentsReduction::subgroup(features, &info) else {
+        let refused = engine.with_moments_reduction(MomentsReduction::Subgroup(32));
+        assert!(matches!(refused, Err(Error::InvalidArgument(_))));
+        let _ = writeln!(std::io::stderr(), "no subgroup operations on {}", info.name);
+        return;
+    };
+    let MomentsReduction::Subgroup(size) = subgroup else {
+        unreachable!()
+    };
+    // Another size than the adapter's is refused.
+    let other = GpuEngine::new(&GpuPreference::Any)
+        .unwrap()
+        .with_moments_reduction(MomentsReduction::Subgroup(size * 2));
+    assert!(matches!(other, Err(Error::InvalidArgument(_))));
+    let engine = engine.with_moments_reduction(subgroup).unwrap();
+    assert_eq!(engine.moments_reduction(), subgroup);
+    let cpu = CpuEngine::new(2).unwrap();
+    for problem in [Problem::seeded(0, 784, 10), Problem::seeded(5, 8, 5)] {
+        let spec = spec(problem, vec![1, 3, 64], 600);
+        let want = records(&spec, &run_sweep(&spec, &cpu, &|_| {}).unwrap());
+        let got = records(&spec, &run_sweep(&spec, &engine, &|_| {}).unwrap());
+        assert_records_agree(&spec, &got, &want, 1e-5);
+    }
+    let chunked = engine.with_limits(ChunkLimits {
+        max_reps: 256,
+        max_draws: 256 * 8,
+    });
+    let spec = spec(Problem::seeded(6, 8, 5), vec![2, 41], 700);
+    let want = records(&spec, &run_sweep(&spec, &cpu, &|_| {}).unwrap());
+    let got = records(&spec, &run_sweep(&spec, &chunked, &|_| {}).unwrap());
+    assert_records_agree(&spec, &got, &want, 1e-5);
 }
 
 #[test]

@@ -169,6 +169,8 @@ pub struct GpuContext {
     pub info: wgpu::AdapterInfo,
     /// The device's limits (the adapter's own).
     pub limits: wgpu::Limits,
+    /// The optional features enabled on the device (timestamp queries, subgroups).
+    pub features: wgpu::Features,
     failure: FailureSlot,
     /// Timestamp queries, where the adapter has them ([`super::profile`]).
     pub(crate) profiler: Option<super::profile::Profiler>,
@@ -185,8 +187,10 @@ impl GpuContext {
         let adapter = choose_adapter(&instance, preference)?;
         let info = adapter.get_info();
         let limits = adapter.limits();
-        // Timestamp queries where the adapter has them (kernel profiling, off by default).
-        let features = adapter.features() & wgpu::Features::TIMESTAMP_QUERY;
+        // Timestamp queries where the adapter has them (kernel profiling, off by default), and
+        // subgroup operations (the moments kernels' subgroup reduction, gpu::moments).
+        let features =
+            adapter.features() & (wgpu::Features::TIMESTAMP_QUERY | wgpu::Features::SUBGROUP);
         let (device, queue) = pollster::block_on(adapter.request_device(&wgpu::DeviceDescriptor {
             label: Some("mcgrad"),
             required_features: features,
@@ -215,6 +219,7 @@ impl GpuContext {
             queue,
             info,
             limits,
+            features,
             failure,
             profiler,
         })

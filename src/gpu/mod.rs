@@ -45,6 +45,7 @@ pub use chunks::{ChunkLimits, ChunkPlan};
 pub use context::{adapter_list, AdapterSummary, GpuContext, GpuPreference};
 pub use forward::Forward;
 pub use mesa::quiet_mesa;
+pub use moments::MomentsReduction;
 pub use profile::KernelTime;
 
 use crate::draws::RelaxedTable;
@@ -68,6 +69,7 @@ pub struct GpuEngine {
     score: ScoreFunctionKernels,
     relaxed: RelaxedKernels,
     generic: generic::GenericKernels,
+    reduction: MomentsReduction,
     limits: ChunkLimits,
     resources: Mutex<Option<Resources>>,
 }
@@ -212,14 +214,16 @@ impl GpuEngine {
     /// # Errors
     /// [`Error::Gpu`] if a kernel does not build on the context's adapter.
     pub fn with_context(ctx: GpuContext) -> Result<Self> {
-        let score = ScoreFunctionKernels::new(&ctx)?;
-        let relaxed = RelaxedKernels::new(&ctx)?;
+        let reduction = MomentsReduction::for_adapter(ctx.features, &ctx.info);
+        let score = ScoreFunctionKernels::new(&ctx, reduction)?;
+        let relaxed = RelaxedKernels::new(&ctx, reduction)?;
         let generic = generic::GenericKernels::new(&ctx)?;
         Ok(Self {
             ctx,
             score,
             relaxed,
             generic,
+            reduction,
             limits: ChunkLimits::default(),
             resources: Mutex::new(None),
         })
@@ -232,9 +236,38 @@ impl GpuEngine {
     /// [`Error::InvalidArgument`] for a size that is not a power of two within the adapter's
     /// limit; [`Error::Gpu`] if the kernel does not build.
     pub fn with_counts_workgroup(mut self, threads: u32) -> Result<Self> {
-        self.score = ScoreFunctionKernels::with_workgroup(&self.ctx, threads)?;
+        self.score = ScoreFunctionKernels::with_workgroup(&self.ctx, threads, self.reduction)?;
         self.resources = Mutex::new(None);
         Ok(self)
+    }
+
+    /// The same engine with the moments kernels reduced by `reduction` (the GPU bench and
+    /// the tests run both on adapters that have subgroups).
+    ///
+    /// # Errors
+    /// [`Error::InvalidArgument`] for a subgroup reduction this adapter cannot run
+    /// ([`MomentsReduction::subgroup`] says which it can); [`Error::Gpu`] if a kernel does
+    /// not build.
+    pub fn with_moments_reduction(mut self, reduction: MomentsReduction) -> Result<Self> {
+        if let MomentsReduction::Subgroup(_) = reduction {
+            if MomentsReduction::subgroup(self.ctx.features, &self.ctx.info) != Some(reduction) {
+                return Err(Error::InvalidArgument(format!(
+                    "{reduction:?} moments reduction: {} has no subgroup operations of that one size",
+                    self.ctx.info.name
+                )));
+            }
+        }
+        self.score =
+            ScoreFunctionKernels::with_workgroup(&self.ctx, self.score.counts_wg, reduction)?;
+        self.relaxed = RelaxedKernels::new(&self.ctx, reduction)?;
+        self.reduction = reduction;
+        self.resources = Mutex::new(None);
+        Ok(self)
+    }
+
+    /// How the moments kernels reduce a workgroup.
+    pub fn moments_reduction(&self) -> MomentsReduction {
+        self.reduction
     }
 
     /// Threads per counts workgroup.

@@ -1,11 +1,77 @@
-//! Finishing the kernels' per-workgroup partial moments in f64 on the host (the Chan/Pebay
-//! merge of [`crate::stats::Moments`], in workgroup order): the host half of
-//! `shaders/moments.wgsl`. The kernels reduce the deviation `d = g_hat - g` from the exact
-//! gradient and `1 - cos`, so the host shifts the means back.
+//! The moments kernels' workgroup reduction, chosen per adapter ([`MomentsReduction`]), and
+//! finishing their per-workgroup partial moments in f64 on the host (the Chan/Pebay merge of
+//! [`crate::stats::Moments`], in workgroup order): the host half of `shaders/moments.wgsl`
+//! and `shaders/moments_subgroup.wgsl`. The kernels reduce the deviation `d = g_hat - g`
+//! from the exact gradient and `1 - cos`, so the host shifts the means back.
 
 use crate::gpu::params::PartialMoments;
 use crate::stats::{EstimateMoments, Moments};
 use rayon::prelude::*;
+
+/// How the two moments kernels reduce a workgroup's estimates to partial moments. Both give
+/// the same partials up to f32 rounding (the order of the merges differs).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum MomentsReduction {
+    /// A barrier tree per scalar in workgroup memory (`shaders/moments.wgsl`): every adapter.
+    WorkgroupTree,
+    /// Subgroup shuffles, then one merge per scalar across subgroups
+    /// (`shaders/moments_subgroup.wgsl`): two barriers per cell instead of a tree per scalar.
+    /// Only on adapters with subgroup operations of one fixed size (the value).
+    Subgroup(u32),
+}
+
+impl MomentsReduction {
+    /// The name `MCGRAD_MOMENTS_REDUCTION` and the GPU bench use.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::WorkgroupTree => "tree",
+            Self::Subgroup(_) => "subgroup",
+        }
+    }
+
+    /// The subgroup variant where the adapter allows it: subgroup operations enabled on the
+    /// device, one subgroup size (`min == max`) from 8 to 128 (so at most 32 subgroups of a
+    /// 256-thread workgroup, whose moments fit the 16 KiB of workgroup memory every adapter
+    /// has).
+    pub fn subgroup(features: wgpu::Features, info: &wgpu::AdapterInfo) -> Option<Self> {
+        let size = info.subgroup_min_size;
+        (features.contains(wgpu::Features::SUBGROUP)
+            && size == info.subgroup_max_size
+            && size.is_power_of_two()
+            && (8..=128).contains(&size))
+        .then_some(Self::Subgroup(size))
+    }
+
+    /// The reduction a new engine uses: `MCGRAD_MOMENTS_REDUCTION=subgroup` where the adapter
+    /// allows it ([`Self::subgroup`]), else the workgroup tree, the one the H100 figures were
+    /// measured with (the GPU bench's `gpu_moments_reduction` group measures both, to choose
+    /// per adapter).
+    pub fn for_adapter(features: wgpu::Features, info: &wgpu::AdapterInfo) -> Self {
+        let wanted = std::env::var("MCGRAD_MOMENTS_REDUCTION").ok();
+        match wanted.as_deref().map(str::trim) {
+            Some("subgroup") => Self::subgroup(features, info).unwrap_or(Self::WorkgroupTree),
+            _ => Self::WorkgroupTree,
+        }
+    }
+
+    /// The kernel source with this reduction: `tree` and `subgroup` are the two variants of
+    /// one kernel (`shaders::SCORE_FUNCTION_MOMENTS` and `..._SUBGROUP`, or the relaxed ones).
+    pub fn source(self, tree: &str, subgroup: &str) -> String {
+        match self {
+            Self::WorkgroupTree => tree.to_owned(),
+            Self::Subgroup(size) => {
+                debug_assert!(subgroup.contains(SUBGROUP_SIZE_LINE));
+                subgroup.replace(
+                    SUBGROUP_SIZE_LINE,
+                    &format!("const SUBGROUP_SIZE: u32 = {size}u;"),
+                )
+            }
+        }
+    }
+}
+
+/// The line of `shaders/moments_subgroup.wgsl` that sets the subgroup size.
+const SUBGROUP_SIZE_LINE: &str = "const SUBGROUP_SIZE: u32 = 32u;";
 
 fn widen(m: &PartialMoments) -> Moments {
     Moments {

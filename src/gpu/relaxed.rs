@@ -6,6 +6,7 @@
 use crate::error::Result;
 use crate::gpu::chunks::REP_ALIGN;
 use crate::gpu::context::{GpuContext, READ, READ_WRITE, UNIFORM};
+use crate::gpu::moments::MomentsReduction;
 use crate::gpu::params::{PartialMoments, PointTable, RelaxedCell, SweepParams};
 use crate::gpu::shaders;
 
@@ -25,11 +26,11 @@ pub struct RelaxedKernels {
 }
 
 impl RelaxedKernels {
-    /// Builds both pipelines.
+    /// Builds both pipelines, the moments kernel reduced by `reduction`.
     ///
     /// # Errors
     /// [`crate::Error::Gpu`] if a kernel does not build on this adapter.
-    pub fn new(ctx: &GpuContext) -> Result<Self> {
+    pub fn new(ctx: &GpuContext, reduction: MomentsReduction) -> Result<Self> {
         let params = std::mem::size_of::<SweepParams>() as u64;
         let cell = std::mem::size_of::<RelaxedCell>() as u64;
         let draws_layout = ctx.layout(
@@ -55,7 +56,7 @@ impl RelaxedKernels {
             draws_layout,
             moments: ctx.compute_pipeline(
                 "relaxed_moments",
-                shaders::RELAXED_MOMENTS,
+                &reduction.source(shaders::RELAXED_MOMENTS, shaders::RELAXED_MOMENTS_SUBGROUP),
                 &moments_layout,
             )?,
             moments_layout,

@@ -7,6 +7,7 @@
 use crate::error::Result;
 use crate::gpu::chunks::REP_ALIGN;
 use crate::gpu::context::{GpuContext, READ, READ_WRITE, UNIFORM};
+use crate::gpu::moments::MomentsReduction;
 use crate::gpu::params::{PartialMoments, PointTable, ScoreCell, SweepParams};
 use crate::gpu::shaders;
 
@@ -55,17 +56,21 @@ impl ScoreFunctionKernels {
     ///
     /// # Errors
     /// [`crate::Error::Gpu`] if a kernel does not build on this adapter.
-    pub fn new(ctx: &GpuContext) -> Result<Self> {
-        Self::with_workgroup(ctx, counts_workgroup(&ctx.limits))
+    pub fn new(ctx: &GpuContext, reduction: MomentsReduction) -> Result<Self> {
+        Self::with_workgroup(ctx, counts_workgroup(&ctx.limits), reduction)
     }
 
     /// Builds both pipelines with `counts_wg` threads per counts workgroup (a power of two
-    /// within the adapter's limit).
+    /// within the adapter's limit) and the moments kernel reduced by `reduction`.
     ///
     /// # Errors
     /// [`crate::Error::InvalidArgument`] for another size; [`crate::Error::Gpu`] if a kernel
     /// does not build on this adapter.
-    pub fn with_workgroup(ctx: &GpuContext, counts_wg: u32) -> Result<Self> {
+    pub fn with_workgroup(
+        ctx: &GpuContext,
+        counts_wg: u32,
+        reduction: MomentsReduction,
+    ) -> Result<Self> {
         let max = ctx
             .limits
             .max_compute_invocations_per_workgroup
@@ -103,7 +108,10 @@ impl ScoreFunctionKernels {
             counts_layout,
             moments: ctx.compute_pipeline(
                 "score_function_moments",
-                shaders::SCORE_FUNCTION_MOMENTS,
+                &reduction.source(
+                    shaders::SCORE_FUNCTION_MOMENTS,
+                    shaders::SCORE_FUNCTION_MOMENTS_SUBGROUP,
+                ),
                 &moments_layout,
             )?,
             moments_layout,

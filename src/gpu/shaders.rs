@@ -1,6 +1,7 @@
 //! The WGSL sources: one file per kernel under `shaders/`, each with `shaders/common.wgsl`
 //! (Philox, the shared structs, f32 moments) prepended, and `shaders/moments.wgsl` (the
-//! workgroup reduction) for the two moments kernels, `shaders/generic_common.wgsl` (the
+//! workgroup reduction, or `shaders/moments_subgroup.wgsl` for adapters with subgroups) for
+//! the two moments kernels, `shaders/generic_common.wgsl` (the
 //! generic path's structs) for the generic kernels, and `shaders/generic_loss.wgsl` (the
 //! generic losses) for the three that evaluate losses.
 
@@ -22,6 +23,11 @@ pub const SCORE_FUNCTION_MOMENTS: &str = kernel!("moments.wgsl", "score_function
 pub const RELAXED_DRAWS: &str = kernel!("relaxed_draws.wgsl");
 /// Relaxed estimates' partial moments.
 pub const RELAXED_MOMENTS: &str = kernel!("moments.wgsl", "relaxed_moments.wgsl");
+/// [`SCORE_FUNCTION_MOMENTS`] reduced with subgroup operations (`moments_subgroup.wgsl`).
+pub const SCORE_FUNCTION_MOMENTS_SUBGROUP: &str =
+    kernel!("moments_subgroup.wgsl", "score_function_moments.wgsl");
+/// [`RELAXED_MOMENTS`] reduced with subgroup operations (`moments_subgroup.wgsl`).
+pub const RELAXED_MOMENTS_SUBGROUP: &str = kernel!("moments_subgroup.wgsl", "relaxed_moments.wgsl");
 /// The categorical draws of a training step (per input, from the forward pass's probabilities).
 pub const TRAIN_CATEGORICAL: &str = kernel!("train_categorical.wgsl");
 /// The Gumbel draws of a training step (per input, from the forward pass's logits).

@@ -1,0 +1,103 @@
+// The subgroup variant of moments.wgsl, for adapters with subgroup operations of one fixed
+// size (src/gpu/moments.rs `MomentsReduction`): the same interface (`MOMENTS_WG`,
+// `reduce_cell`) and the same partial moments per workgroup, cell and scalar, reduced with
+// two workgroup barriers per cell instead of a barrier tree per scalar.
+//
+// Each subgroup merges its lanes' moments of every scalar in registers, by a butterfly of
+// `subgroupShuffleXor` (lane i and lane i ^ m both merge (lower lane, higher lane), so the
+// two get the same bits); its first lane writes the subgroup's K + 2 moments to workgroup
+// memory; after one barrier, thread q < K + 2 merges scalar q's subgroups in order and
+// writes it. Merges are Chan's f32 ones as in moments.wgsl, in another order, so the
+// partials agree with the tree's to f32 rounding. The CPU twin is the same as moments.wgsl's:
+// the host finishes the partials in f64 (src/gpu/moments.rs).
+//
+// SUBGROUP_SIZE is replaced by the adapter's subgroup size (8 to 128, dividing MOMENTS_WG);
+// lane = lid % SUBGROUP_SIZE assumes subgroups of consecutive local invocation indices, as
+// every Vulkan driver lays out a one-dimensional workgroup of full subgroups (the tests
+// compare this variant with the CPU on every adapter that has it).
+
+const MOMENTS_WG: u32 = 256u;
+const SUBGROUP_SIZE: u32 = 32u;
+const SUBGROUPS: u32 = MOMENTS_WG / SUBGROUP_SIZE;
+// Relative size below which an estimate counts as zero for its cosine (keep in sync with
+// `stats::ZERO_ESTIMATE`).
+const ZERO_ESTIMATE: f32 = 1e-5;
+
+// Subgroup s's moments of scalar q at [q * SUBGROUPS + s] (MAX_K + 2 scalars).
+var<workgroup> subgroup_n: array<f32, (MAX_K + 2u) * SUBGROUPS>;
+var<workgroup> subgroup_rest: array<vec4<f32>, (MAX_K + 2u) * SUBGROUPS>;
+
+// The moments of `x` over the subgroup's lanes where `valid`, in every lane.
+fn subgroup_moments(lane: u32, x: f32, valid: bool) -> PartialMoments {
+    var m = moments_of(x, valid);
+    for (var mask = 1u; mask < SUBGROUP_SIZE; mask <<= 1u) {
+        let other = PartialMoments(
+            subgroupShuffleXor(m.n, mask),
+            subgroupShuffleXor(m.mean, mask),
+            subgroupShuffleXor(m.m2, mask),
+            subgroupShuffleXor(m.m3, mask),
+            subgroupShuffleXor(m.m4, mask),
+        );
+        if (lane & mask) == 0u {
+            m = moments_merge(m, other);
+        } else {
+            m = moments_merge(other, m);
+        }
+    }
+    return m;
+}
+
+fn keep_subgroup_moments(lane: u32, subgroup: u32, q: u32, m: PartialMoments) {
+    if lane == 0u {
+        subgroup_n[q * SUBGROUPS + subgroup] = m.n;
+        subgroup_rest[q * SUBGROUPS + subgroup] = vec4<f32>(m.mean, m.m2, m.m3, m.m4);
+    }
+}
+
+// Reduces one cell's estimates (deviation `d` from the exact gradient `g`) over the
+// workgroup and writes its K + 2 partial moments, as moments.wgsl's `reduce_cell`.
+fn reduce_cell(lid: u32, group: u32, cell: u32, d: array<f32, 16>, g: array<f32, 16>, in_chunk: bool, cosine: bool) {
+    let k = params.k;
+    let lane = lid % SUBGROUP_SIZE;
+    let subgroup = lid / SUBGROUP_SIZE;
+    let base = (group * params.n_cells + cell) * (k + 2u);
+    var sq_error = 0.0;
+    var dot = 0.0;
+    var nn = 0.0;
+    var ee = 0.0;
+    var cross = 0.0;
+    for (var i = 0u; i < k; i++) {
+        let est = d[i] + g[i];
+        sq_error += d[i] * d[i];
+        dot += est * g[i];
+        nn += est * est;
+        ee += g[i] * g[i];
+        // Lagrange, as in moments.wgsl: no cancellation near cos = 1.
+        for (var j = i + 1u; j < k; j++) {
+            let t = d[i] * g[j] - d[j] * g[i];
+            cross += t * t;
+        }
+    }
+    let norm = sqrt(nn) * sqrt(ee);
+    var one_minus_cos = 1.0 - dot / norm;
+    if dot > 0.0 {
+        one_minus_cos = cross / (norm * (norm + dot));
+    }
+    for (var q = 0u; q < k; q++) {
+        keep_subgroup_moments(lane, subgroup, q, subgroup_moments(lane, d[q], in_chunk));
+    }
+    keep_subgroup_moments(lane, subgroup, k, subgroup_moments(lane, sq_error, in_chunk));
+    let has_direction = nn > ZERO_ESTIMATE * ZERO_ESTIMATE * (sq_error + ee);
+    let valid_cos = in_chunk && cosine && has_direction;
+    keep_subgroup_moments(lane, subgroup, k + 1u, subgroup_moments(lane, one_minus_cos, valid_cos));
+    workgroupBarrier();
+    if lid < k + 2u {
+        var m = PartialMoments(0.0, 0.0, 0.0, 0.0, 0.0);
+        for (var s = 0u; s < SUBGROUPS; s++) {
+            let r = subgroup_rest[lid * SUBGROUPS + s];
+            m = moments_merge(m, PartialMoments(subgroup_n[lid * SUBGROUPS + s], r.x, r.y, r.z, r.w));
+        }
+        partials[base + lid] = m;
+    }
+    workgroupBarrier();
+}
