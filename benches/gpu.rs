@@ -11,7 +11,10 @@
 //! S = 4096 (to choose it per adapter); the `gpu_moments_reduction` group runs the
 //! score-function pass at S = 256 and the Gumbel pass at S = 64 (where the moments kernels
 //! weigh most) with each moments reduction the adapter has (`tree`, and `subgroup` where it
-//! has subgroups: `MCGRAD_MOMENTS_REDUCTION`).
+//! has subgroups: `MCGRAD_MOMENTS_REDUCTION`); the `gpu_philox_multiply` group runs the
+//! score-function pass at S = 4096 and the Gumbel pass at S = 1024 (where the draws weigh
+//! most) with Philox's multiply in 16-bit limbs and, where the device has 64-bit integers, as
+//! one 64-bit product (`MCGRAD_PHILOX_MULTIPLY`).
 //!
 //! After each workload, one more run with timestamp queries on (where the adapter has them,
 //! `wgpu::Features::TIMESTAMP_QUERY`) prints every kernel's device time and the draws per
@@ -30,7 +33,9 @@ use std::time::{Duration, Instant};
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use mcgrad::engine::{Engine, SweepSpec};
 use mcgrad::estimators::{Estimator, Family, Lowering};
-use mcgrad::gpu::{GpuEngine, GpuPreference, KernelTime, MomentsReduction};
+use mcgrad::gpu::{
+    GpuContext, GpuEngine, GpuPreference, KernelTime, MomentsReduction, PhiloxMultiply,
+};
 use mcgrad::loss::Loss;
 
 fn quick() -> bool {
@@ -385,12 +390,67 @@ fn moments_reductions(c: &mut Criterion) {
     group.finish();
 }
 
+/// The score-function pass at S = 4096 and the Gumbel pass at S = 1024 with each form of
+/// Philox's multiply the device has: the measurement that chooses it per adapter
+/// (`MCGRAD_PHILOX_MULTIPLY`).
+fn philox_multiplies(c: &mut Criterion) {
+    let Some(base) = engine() else { return };
+    let mut forms = vec![PhiloxMultiply::Limbs];
+    forms.extend(Some(PhiloxMultiply::Int64).filter(|m| m.available(base.context().features)));
+    drop(base);
+    let mut group = c.benchmark_group("gpu_philox_multiply");
+    configure(&mut group);
+    let workloads: &[(Family, &str, u32, u32)] = if quick() {
+        &[(Family::ScoreFunction, "score-function", 64, 512)]
+    } else {
+        &[
+            (Family::ScoreFunction, "score-function", 4096, 1 << 16),
+            (Family::Relaxed, "gumbel", 1024, 1 << 15),
+        ]
+    };
+    for form in forms {
+        let ctx = GpuContext::new(&GpuPreference::Any)
+            .and_then(|ctx| ctx.with_philox_multiply(form))
+            .expect("a context with this form");
+        let engine = GpuEngine::with_context(ctx).expect("the GPU engine");
+        for &(family, name, s, r) in workloads {
+            let spec = spec(family, s, r);
+            let id = format!("S={s}/R={r}/{}", form.name());
+            profile(
+                &engine,
+                &format!("{name} {id}"),
+                u64::from(s) * u64::from(r),
+                &|| {
+                    engine
+                        .run_point(&spec, 0, &|_| {})
+                        .expect("GPU sweep point");
+                },
+            );
+            group.throughput(Throughput::Elements(u64::from(s) * u64::from(r)));
+            group.bench_with_input(BenchmarkId::new(name, &id), &spec, |b, spec| {
+                b.iter_custom(|iters| {
+                    let mut total = Duration::ZERO;
+                    for _ in 0..iters {
+                        let t0 = Instant::now();
+                        let point = engine.run_point(spec, 0, &|_| {}).expect("GPU sweep point");
+                        total += t0.elapsed();
+                        std::hint::black_box(point);
+                    }
+                    total
+                })
+            });
+        }
+    }
+    group.finish();
+}
+
 criterion_group!(
     benches,
     passes,
     generic,
     unordered_set,
     counts_workgroups,
-    moments_reductions
+    moments_reductions,
+    philox_multiplies
 );
 criterion_main!(benches);

@@ -11,8 +11,8 @@ use mcgrad::draws::{count_categories, CategoricalTable, RelaxedTable};
 use mcgrad::engine::{run_sweep, CpuEngine, Engine, SweepSpec};
 use mcgrad::estimators::{self, RelaxedDraw};
 use mcgrad::gpu::{
-    forward::forward_cpu, philox_kernel::philox_words, ChunkLimits, ChunkPlan, Forward, GpuEngine,
-    GpuPreference, MomentsReduction,
+    forward::forward_cpu, philox_kernel::philox_words, ChunkLimits, ChunkPlan, Forward, GpuContext,
+    GpuEngine, GpuPreference, MomentsReduction, PhiloxMultiply,
 };
 use mcgrad::loss::Loss;
 use mcgrad::philox::{self, key_of, philox4x32_10, PhiloxStream};
@@ -422,6 +422,59 @@ fn gpu_sweep_matches_cpu_sweep_on_the_same_seed() {
     assert!(info.graphics_backend.is_some() && info.driver.is_some());
     // The header's thread count is that of the CPU fallback (rayon's global pool), not 1.
     assert_eq!(info.threads, rayon::current_num_threads());
+}
+
+/// Philox's multiply as one 64-bit product (`MCGRAD_PHILOX_MULTIPLY=int64`) gives the same
+/// words as the CPU and the same records, bit for bit, as the 16-bit limbs, on both
+/// families, wherever the device has 64-bit integers (lavapipe; NVIDIA). A device without
+/// them (GL llvmpipe) refuses the form with an error.
+#[test]
+fn philox_with_64_bit_products_gives_the_limbs_bits_where_the_device_has_them() {
+    let Some(engine) = gpu() else { return };
+    assert_eq!(engine.context().philox_multiply(), PhiloxMultiply::Limbs);
+    let int64 = GpuContext::new(&GpuPreference::Any)
+        .unwrap()
+        .with_philox_multiply(PhiloxMultiply::Int64);
+    let ctx = match int64 {
+        Ok(ctx) => ctx,
+        Err(e) => {
+            assert!(!engine
+                .context()
+                .features
+                .contains(wgpu::Features::SHADER_INT64));
+            assert!(matches!(e, Error::InvalidArgument(_)), "{e}");
+            let _ = writeln!(std::io::stderr(), "no 64-bit integers: {e}");
+            return;
+        }
+    };
+    let mut rng = PhiloxStream::new(3, 1, 0);
+    let counters: Vec<[u32; 4]> = (0..4096)
+        .map(|i| match i {
+            0 => [0; 4],
+            1 => [u32::MAX; 4],
+            _ => [
+                rng.next_u32(),
+                rng.next_u32(),
+                rng.next_u32(),
+                rng.next_u32(),
+            ],
+        })
+        .collect();
+    let key = [rng.next_u32(), rng.next_u32()];
+    let got = philox_words(&ctx, &counters, key).unwrap();
+    for (c, g) in counters.iter().zip(&got) {
+        assert_eq!(*g, philox4x32_10(*c, key), "counter {c:x?}");
+    }
+    let wide = GpuEngine::with_context(ctx).unwrap();
+    let spec = spec(Problem::seeded(5, 8, 5), vec![1, 7, 64], 600);
+    let want = run_sweep(&spec, &engine, &|_| {}).unwrap();
+    let got = run_sweep(&spec, &wide, &|_| {}).unwrap();
+    let (want, got) = (records(&spec, &want), records(&spec, &got));
+    assert_eq!(want.len(), got.len());
+    for (w, g) in want.iter().zip(&got) {
+        assert_eq!(w.mean, g.mean, "{} {} S={}", w.loss, w.estimator, w.samples);
+        assert_eq!(w.var, g.var, "{} {} S={}", w.loss, w.estimator, w.samples);
+    }
 }
 
 /// The subgroup variant of the moments kernels (`shaders/moments_subgroup.wgsl`) agrees

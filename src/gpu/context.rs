@@ -7,6 +7,7 @@ use std::sync::{Arc, Mutex};
 
 use crate::engine::BackendInfo;
 use crate::error::{Error, Result};
+use crate::gpu::philox_kernel::PhiloxMultiply;
 
 /// Which adapter a GPU engine may use.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -169,8 +170,11 @@ pub struct GpuContext {
     pub info: wgpu::AdapterInfo,
     /// The device's limits (the adapter's own).
     pub limits: wgpu::Limits,
-    /// The optional features enabled on the device (timestamp queries, subgroups).
+    /// The optional features enabled on the device (timestamp queries, subgroups, 64-bit
+    /// integers).
     pub features: wgpu::Features,
+    /// How every kernel built on this context computes Philox's multiply.
+    philox: PhiloxMultiply,
     failure: FailureSlot,
     /// Timestamp queries, where the adapter has them ([`super::profile`]).
     pub(crate) profiler: Option<super::profile::Profiler>,
@@ -189,8 +193,11 @@ impl GpuContext {
         let limits = adapter.limits();
         // Timestamp queries where the adapter has them (kernel profiling, off by default), and
         // subgroup operations (the moments kernels' subgroup reduction, gpu::moments).
-        let features =
-            adapter.features() & (wgpu::Features::TIMESTAMP_QUERY | wgpu::Features::SUBGROUP);
+        // and 64-bit integers (Philox's multiply, gpu::philox_kernel::PhiloxMultiply).
+        let features = adapter.features()
+            & (wgpu::Features::TIMESTAMP_QUERY
+                | wgpu::Features::SUBGROUP
+                | wgpu::Features::SHADER_INT64);
         let (device, queue) = pollster::block_on(adapter.request_device(&wgpu::DeviceDescriptor {
             label: Some("mcgrad"),
             required_features: features,
@@ -220,9 +227,33 @@ impl GpuContext {
             info,
             limits,
             features,
+            philox: PhiloxMultiply::for_adapter(features),
             failure,
             profiler,
         })
+    }
+
+    /// The same context building its kernels with `philox`'s multiply (the GPU bench and the
+    /// tests run both forms where the device has 64-bit integers). Kernels built before keep
+    /// theirs: call this before building an engine on the context.
+    ///
+    /// # Errors
+    /// [`Error::InvalidArgument`] where the device cannot run that form.
+    pub fn with_philox_multiply(mut self, philox: PhiloxMultiply) -> Result<Self> {
+        if !philox.available(self.features) {
+            return Err(Error::InvalidArgument(format!(
+                "Philox multiply `{}`: {} has no 64-bit integers in shaders",
+                philox.name(),
+                self.info.name
+            )));
+        }
+        self.philox = philox;
+        Ok(self)
+    }
+
+    /// How the kernels built on this context compute Philox's multiply.
+    pub fn philox_multiply(&self) -> PhiloxMultiply {
+        self.philox
     }
 
     /// Where this context runs, as `summary.json` records it.
@@ -324,7 +355,7 @@ impl GpuContext {
             .device
             .create_shader_module(wgpu::ShaderModuleDescriptor {
                 label: Some(label),
-                source: wgpu::ShaderSource::Wgsl(source.into()),
+                source: wgpu::ShaderSource::Wgsl(self.philox.apply(source)),
             });
         let pipeline_layout = self
             .device

@@ -46,6 +46,7 @@ pub use context::{adapter_list, AdapterSummary, GpuContext, GpuPreference};
 pub use forward::Forward;
 pub use mesa::quiet_mesa;
 pub use moments::MomentsReduction;
+pub use philox_kernel::PhiloxMultiply;
 pub use profile::KernelTime;
 
 use crate::draws::RelaxedTable;
