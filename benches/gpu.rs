@@ -335,6 +335,57 @@ fn counts_workgroups(c: &mut Criterion) {
     group.finish();
 }
 
+/// One engine variant on a list of (family, name, S, R) workloads: each profiled once, then
+/// timed under the id `S=../R=../VARIANT` (the groups that choose a setting per adapter).
+fn bench_variant(
+    group: &mut criterion::BenchmarkGroup<'_, criterion::measurement::WallTime>,
+    engine: &GpuEngine,
+    variant: &str,
+    workloads: &[(Family, &str, u32, u32)],
+) {
+    for &(family, name, s, r) in workloads {
+        let spec = spec(family, s, r);
+        let draws = u64::from(s) * u64::from(r);
+        let id = format!("S={s}/R={r}/{variant}");
+        profile(engine, &format!("{name} {id}"), draws, &|| {
+            engine
+                .run_point(&spec, 0, &|_| {})
+                .expect("GPU sweep point");
+        });
+        group.throughput(Throughput::Elements(draws));
+        group.bench_with_input(BenchmarkId::new(name, &id), &spec, |b, spec| {
+            b.iter_custom(|iters| {
+                let mut total = Duration::ZERO;
+                for _ in 0..iters {
+                    let t0 = Instant::now();
+                    let point = engine.run_point(spec, 0, &|_| {}).expect("GPU sweep point");
+                    total += t0.elapsed();
+                    std::hint::black_box(point);
+                }
+                total
+            })
+        });
+    }
+}
+
+/// A group that times each engine variant of `variants` (name, engine) on the same
+/// workloads (`quick_workloads` under `MCGRAD_BENCH_QUICK`).
+fn variant_group(
+    c: &mut Criterion,
+    name: &str,
+    workloads: &[(Family, &str, u32, u32)],
+    quick_workloads: &[(Family, &str, u32, u32)],
+    variants: Vec<(&str, GpuEngine)>,
+) {
+    let mut group = c.benchmark_group(name);
+    configure(&mut group);
+    let workloads = if quick() { quick_workloads } else { workloads };
+    for (variant, engine) in &variants {
+        bench_variant(&mut group, engine, variant, workloads);
+    }
+    group.finish();
+}
+
 /// The score-function pass at S = 256 and the Gumbel pass at S = 64 with each moments
 /// reduction the adapter has: the measurement that chooses it per adapter
 /// (`MCGRAD_MOMENTS_REDUCTION`).
@@ -344,50 +395,26 @@ fn moments_reductions(c: &mut Criterion) {
     let mut reductions = vec![MomentsReduction::WorkgroupTree];
     reductions.extend(MomentsReduction::subgroup(ctx.features, &ctx.info));
     drop(base);
-    let mut group = c.benchmark_group("gpu_moments_reduction");
-    configure(&mut group);
-    let workloads: &[(Family, &str, u32, u32)] = if quick() {
-        &[(Family::ScoreFunction, "score-function", 16, 512)]
-    } else {
+    let variants = reductions
+        .into_iter()
+        .filter_map(|reduction| {
+            let engine = engine()?.with_moments_reduction(reduction);
+            Some((
+                reduction.name(),
+                engine.expect("a reduction the adapter has"),
+            ))
+        })
+        .collect();
+    variant_group(
+        c,
+        "gpu_moments_reduction",
         &[
             (Family::ScoreFunction, "score-function", 256, 1 << 18),
             (Family::Relaxed, "gumbel", 64, 1 << 16),
-        ]
-    };
-    for reduction in reductions {
-        let Some(engine) = engine() else { return };
-        let engine = engine
-            .with_moments_reduction(reduction)
-            .expect("a reduction the adapter has");
-        for &(family, name, s, r) in workloads {
-            let spec = spec(family, s, r);
-            let id = format!("S={s}/R={r}/{}", reduction.name());
-            profile(
-                &engine,
-                &format!("{name} {id}"),
-                u64::from(s) * u64::from(r),
-                &|| {
-                    engine
-                        .run_point(&spec, 0, &|_| {})
-                        .expect("GPU sweep point");
-                },
-            );
-            group.throughput(Throughput::Elements(u64::from(s) * u64::from(r)));
-            group.bench_with_input(BenchmarkId::new(name, &id), &spec, |b, spec| {
-                b.iter_custom(|iters| {
-                    let mut total = Duration::ZERO;
-                    for _ in 0..iters {
-                        let t0 = Instant::now();
-                        let point = engine.run_point(spec, 0, &|_| {}).expect("GPU sweep point");
-                        total += t0.elapsed();
-                        std::hint::black_box(point);
-                    }
-                    total
-                })
-            });
-        }
-    }
-    group.finish();
+        ],
+        &[(Family::ScoreFunction, "score-function", 16, 512)],
+        variants,
+    );
 }
 
 /// The score-function pass at S = 4096 and the Gumbel pass at S = 1024 with each form of
@@ -398,50 +425,28 @@ fn philox_multiplies(c: &mut Criterion) {
     let mut forms = vec![PhiloxMultiply::Limbs];
     forms.extend(Some(PhiloxMultiply::Int64).filter(|m| m.available(base.context().features)));
     drop(base);
-    let mut group = c.benchmark_group("gpu_philox_multiply");
-    configure(&mut group);
-    let workloads: &[(Family, &str, u32, u32)] = if quick() {
-        &[(Family::ScoreFunction, "score-function", 64, 512)]
-    } else {
+    let variants = forms
+        .into_iter()
+        .map(|form| {
+            let ctx = GpuContext::new(&GpuPreference::Any)
+                .and_then(|ctx| ctx.with_philox_multiply(form))
+                .expect("a context with this form");
+            (
+                form.name(),
+                GpuEngine::with_context(ctx).expect("the GPU engine"),
+            )
+        })
+        .collect();
+    variant_group(
+        c,
+        "gpu_philox_multiply",
         &[
             (Family::ScoreFunction, "score-function", 4096, 1 << 16),
             (Family::Relaxed, "gumbel", 1024, 1 << 15),
-        ]
-    };
-    for form in forms {
-        let ctx = GpuContext::new(&GpuPreference::Any)
-            .and_then(|ctx| ctx.with_philox_multiply(form))
-            .expect("a context with this form");
-        let engine = GpuEngine::with_context(ctx).expect("the GPU engine");
-        for &(family, name, s, r) in workloads {
-            let spec = spec(family, s, r);
-            let id = format!("S={s}/R={r}/{}", form.name());
-            profile(
-                &engine,
-                &format!("{name} {id}"),
-                u64::from(s) * u64::from(r),
-                &|| {
-                    engine
-                        .run_point(&spec, 0, &|_| {})
-                        .expect("GPU sweep point");
-                },
-            );
-            group.throughput(Throughput::Elements(u64::from(s) * u64::from(r)));
-            group.bench_with_input(BenchmarkId::new(name, &id), &spec, |b, spec| {
-                b.iter_custom(|iters| {
-                    let mut total = Duration::ZERO;
-                    for _ in 0..iters {
-                        let t0 = Instant::now();
-                        let point = engine.run_point(spec, 0, &|_| {}).expect("GPU sweep point");
-                        total += t0.elapsed();
-                        std::hint::black_box(point);
-                    }
-                    total
-                })
-            });
-        }
-    }
-    group.finish();
+        ],
+        &[(Family::ScoreFunction, "score-function", 64, 512)],
+        variants,
+    );
 }
 
 criterion_group!(

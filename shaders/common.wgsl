@@ -12,6 +12,9 @@ const STREAM_GUMBEL: u32 = 1u;
 
 // Largest K the kernels serve (per-thread arrays are this long).
 const MAX_K: u32 = 16u;
+// Relative size below which an estimate counts as zero for its cosine (keep in sync with
+// `stats::ZERO_ESTIMATE`).
+const ZERO_ESTIMATE: f32 = 1e-5;
 // A threshold no word passes: word > NEVER is false for every u32.
 const NEVER: u32 = 0xFFFFFFFFu;
 
@@ -158,6 +161,44 @@ fn moments_of(x: f32, valid: bool) -> PartialMoments {
         return PartialMoments(1.0, x, 0.0, 0.0, 0.0);
     }
     return PartialMoments(0.0, 0.0, 0.0, 0.0, 0.0);
+}
+
+// The scalars the moments kernels reduce besides the K coordinates of one estimate's
+// deviation d = g_hat - g from the exact gradient g (moments.wgsl, moments_subgroup.wgsl):
+// ||d||^2, 1 - cos(g_hat, g), and whether g_hat counts as nonzero for its cosine (as
+// EstimateMoments::push decides).
+struct EstimateScalars {
+    sq_error: f32,
+    one_minus_cos: f32,
+    has_direction: bool,
+}
+
+fn estimate_scalars(d: array<f32, 16>, g: array<f32, 16>, k: u32) -> EstimateScalars {
+    var sq_error = 0.0;
+    var dot = 0.0;
+    var nn = 0.0;
+    var ee = 0.0;
+    var cross = 0.0;
+    for (var i = 0u; i < k; i++) {
+        let est = d[i] + g[i];
+        sq_error += d[i] * d[i];
+        dot += est * g[i];
+        nn += est * est;
+        ee += g[i] * g[i];
+        // Lagrange: |e|^2 |g|^2 - (e.g)^2 = sum_{i<j} (e_i g_j - e_j g_i)^2, and with
+        // e = g + d each term is (d_i g_j - d_j g_i)^2: no cancellation near cos = 1.
+        for (var j = i + 1u; j < k; j++) {
+            let t = d[i] * g[j] - d[j] * g[i];
+            cross += t * t;
+        }
+    }
+    let norm = sqrt(nn) * sqrt(ee);
+    var one_minus_cos = 1.0 - dot / norm;
+    if dot > 0.0 {
+        one_minus_cos = cross / (norm * (norm + dot));
+    }
+    let has_direction = nn > ZERO_ESTIMATE * ZERO_ESTIMATE * (sq_error + ee);
+    return EstimateScalars(sq_error, one_minus_cos, has_direction);
 }
 
 // Merges the moments of two sets of values (Chan et al.; Pebay 2008), as Moments::merge.

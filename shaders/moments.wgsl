@@ -7,9 +7,6 @@
 // `partials: array<PartialMoments>` (read_write) in the including kernel.
 
 const MOMENTS_WG: u32 = 256u;
-// Relative size below which an estimate counts as zero for its cosine (keep in sync with
-// `stats::ZERO_ESTIMATE`).
-const ZERO_ESTIMATE: f32 = 1e-5;
 
 var<workgroup> reduce_n: array<f32, MOMENTS_WG>;
 var<workgroup> reduce_rest: array<vec4<f32>, MOMENTS_WG>;
@@ -45,38 +42,16 @@ fn workgroup_moments(lid: u32, x: f32, valid: bool) -> PartialMoments {
 fn reduce_cell(lid: u32, group: u32, cell: u32, d: array<f32, 16>, g: array<f32, 16>, in_chunk: bool, cosine: bool) {
     let k = params.k;
     let base = (group * params.n_cells + cell) * (k + 2u);
-    var sq_error = 0.0;
-    var dot = 0.0;
-    var nn = 0.0;
-    var ee = 0.0;
-    var cross = 0.0;
-    for (var i = 0u; i < k; i++) {
-        let est = d[i] + g[i];
-        sq_error += d[i] * d[i];
-        dot += est * g[i];
-        nn += est * est;
-        ee += g[i] * g[i];
-        // Lagrange: |e|^2 |g|^2 - (e.g)^2 = sum_{i<j} (e_i g_j - e_j g_i)^2, and with
-        // e = g + d each term is (d_i g_j - d_j g_i)^2: no cancellation near cos = 1.
-        for (var j = i + 1u; j < k; j++) {
-            let t = d[i] * g[j] - d[j] * g[i];
-            cross += t * t;
-        }
-    }
-    let norm = sqrt(nn) * sqrt(ee);
-    var one_minus_cos = 1.0 - dot / norm;
-    if dot > 0.0 {
-        one_minus_cos = cross / (norm * (norm + dot));
-    }
+    let scalars = estimate_scalars(d, g, k);
     for (var q = 0u; q < k; q++) {
         let m = workgroup_moments(lid, d[q], in_chunk);
         if lid == 0u {
             partials[base + q] = m;
         }
     }
-    let m_sq = workgroup_moments(lid, sq_error, in_chunk);
-    let has_direction = nn > ZERO_ESTIMATE * ZERO_ESTIMATE * (sq_error + ee);
-    let m_cos = workgroup_moments(lid, one_minus_cos, in_chunk && cosine && has_direction);
+    let m_sq = workgroup_moments(lid, scalars.sq_error, in_chunk);
+    let valid_cos = in_chunk && cosine && scalars.has_direction;
+    let m_cos = workgroup_moments(lid, scalars.one_minus_cos, valid_cos);
     if lid == 0u {
         partials[base + k] = m_sq;
         partials[base + k + 1u] = m_cos;

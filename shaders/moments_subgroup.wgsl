@@ -19,9 +19,6 @@
 const MOMENTS_WG: u32 = 256u;
 const SUBGROUP_SIZE: u32 = 32u;
 const SUBGROUPS: u32 = MOMENTS_WG / SUBGROUP_SIZE;
-// Relative size below which an estimate counts as zero for its cosine (keep in sync with
-// `stats::ZERO_ESTIMATE`).
-const ZERO_ESTIMATE: f32 = 1e-5;
 
 // Subgroup s's moments of scalar q at [q * SUBGROUPS + s] (MAX_K + 2 scalars).
 var<workgroup> subgroup_n: array<f32, (MAX_K + 2u) * SUBGROUPS>;
@@ -61,35 +58,14 @@ fn reduce_cell(lid: u32, group: u32, cell: u32, d: array<f32, 16>, g: array<f32,
     let lane = lid % SUBGROUP_SIZE;
     let subgroup = lid / SUBGROUP_SIZE;
     let base = (group * params.n_cells + cell) * (k + 2u);
-    var sq_error = 0.0;
-    var dot = 0.0;
-    var nn = 0.0;
-    var ee = 0.0;
-    var cross = 0.0;
-    for (var i = 0u; i < k; i++) {
-        let est = d[i] + g[i];
-        sq_error += d[i] * d[i];
-        dot += est * g[i];
-        nn += est * est;
-        ee += g[i] * g[i];
-        // Lagrange, as in moments.wgsl: no cancellation near cos = 1.
-        for (var j = i + 1u; j < k; j++) {
-            let t = d[i] * g[j] - d[j] * g[i];
-            cross += t * t;
-        }
-    }
-    let norm = sqrt(nn) * sqrt(ee);
-    var one_minus_cos = 1.0 - dot / norm;
-    if dot > 0.0 {
-        one_minus_cos = cross / (norm * (norm + dot));
-    }
+    let scalars = estimate_scalars(d, g, k);
     for (var q = 0u; q < k; q++) {
         keep_subgroup_moments(lane, subgroup, q, subgroup_moments(lane, d[q], in_chunk));
     }
-    keep_subgroup_moments(lane, subgroup, k, subgroup_moments(lane, sq_error, in_chunk));
-    let has_direction = nn > ZERO_ESTIMATE * ZERO_ESTIMATE * (sq_error + ee);
-    let valid_cos = in_chunk && cosine && has_direction;
-    keep_subgroup_moments(lane, subgroup, k + 1u, subgroup_moments(lane, one_minus_cos, valid_cos));
+    keep_subgroup_moments(lane, subgroup, k, subgroup_moments(lane, scalars.sq_error, in_chunk));
+    let valid_cos = in_chunk && cosine && scalars.has_direction;
+    let cos_moments = subgroup_moments(lane, scalars.one_minus_cos, valid_cos);
+    keep_subgroup_moments(lane, subgroup, k + 1u, cos_moments);
     workgroupBarrier();
     if lid < k + 2u {
         var m = PartialMoments(0.0, 0.0, 0.0, 0.0, 0.0);

@@ -114,7 +114,7 @@ pub fn variance_se(mu4: f64, var: f64, n: f64) -> f64 {
 }
 
 /// Relative size below which an estimate counts as zero for its cosine (see
-/// [`EstimateMoments::push`]; keep in sync with `ZERO_ESTIMATE` in shaders/moments.wgsl).
+/// [`EstimateMoments::push`]; keep in sync with `ZERO_ESTIMATE` in shaders/common.wgsl).
 pub const ZERO_ESTIMATE: f64 = 1e-5;
 
 /// The moments of one estimator's repeated S-draw estimates `g_hat_r` (K-vectors): per

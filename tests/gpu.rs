@@ -407,16 +407,22 @@ fn assert_records_agree(spec: &SweepSpec, gpu: &[Record], cpu: &[Record], rel: f
     );
 }
 
-#[test]
-fn gpu_sweep_matches_cpu_sweep_on_the_same_seed() {
-    let Some(engine) = gpu() else { return };
+/// Every record of `engine` agrees with the CPU engine's to 1e-5 relative on the seed
+/// problem (D = 784, K = 10) and a small one (D = 8, K = 5), at S = 1, 3 and 64.
+fn agrees_with_the_cpu_on_two_problems(engine: &GpuEngine) {
     let cpu = CpuEngine::new(2).unwrap();
     for problem in [Problem::seeded(0, 784, 10), Problem::seeded(5, 8, 5)] {
         let spec = spec(problem, vec![1, 3, 64], 600);
         let want = records(&spec, &run_sweep(&spec, &cpu, &|_| {}).unwrap());
-        let got = records(&spec, &run_sweep(&spec, &engine, &|_| {}).unwrap());
+        let got = records(&spec, &run_sweep(&spec, engine, &|_| {}).unwrap());
         assert_records_agree(&spec, &got, &want, 1e-5);
     }
+}
+
+#[test]
+fn gpu_sweep_matches_cpu_sweep_on_the_same_seed() {
+    let Some(engine) = gpu() else { return };
+    agrees_with_the_cpu_on_two_problems(&engine);
     let info = engine.backend_info();
     assert_eq!(info.engine, "gpu");
     assert!(info.graphics_backend.is_some() && info.driver.is_some());
@@ -502,18 +508,13 @@ fn the_subgroup_moments_reduction_matches_the_cpu_where_the_adapter_has_it() {
     assert!(matches!(other, Err(Error::InvalidArgument(_))));
     let engine = engine.with_moments_reduction(subgroup).unwrap();
     assert_eq!(engine.moments_reduction(), subgroup);
-    let cpu = CpuEngine::new(2).unwrap();
-    for problem in [Problem::seeded(0, 784, 10), Problem::seeded(5, 8, 5)] {
-        let spec = spec(problem, vec![1, 3, 64], 600);
-        let want = records(&spec, &run_sweep(&spec, &cpu, &|_| {}).unwrap());
-        let got = records(&spec, &run_sweep(&spec, &engine, &|_| {}).unwrap());
-        assert_records_agree(&spec, &got, &want, 1e-5);
-    }
+    agrees_with_the_cpu_on_two_problems(&engine);
     let chunked = engine.with_limits(ChunkLimits {
         max_reps: 256,
         max_draws: 256 * 8,
     });
     let spec = spec(Problem::seeded(6, 8, 5), vec![2, 41], 700);
+    let cpu = CpuEngine::new(2).unwrap();
     let want = records(&spec, &run_sweep(&spec, &cpu, &|_| {}).unwrap());
     let got = records(&spec, &run_sweep(&spec, &chunked, &|_| {}).unwrap());
     assert_records_agree(&spec, &got, &want, 1e-5);
