@@ -14,7 +14,9 @@
 //! has subgroups: `MCGRAD_MOMENTS_REDUCTION`); the `gpu_philox_multiply` group runs the
 //! score-function pass at S = 4096 and the Gumbel pass at S = 1024 (where the draws weigh
 //! most) with Philox's multiply in 16-bit limbs and, where the device has 64-bit integers, as
-//! one 64-bit product (`MCGRAD_PHILOX_MULTIPLY`).
+//! one 64-bit product (`MCGRAD_PHILOX_MULTIPLY`); the `gpu_relaxed_draws` group runs the
+//! Gumbel pass at S = 64 and 1024 with the relaxed draws kernel's loops to runtime and to
+//! constant bounds (`MCGRAD_RELAXED_DRAWS`).
 //!
 //! After each workload, one more run with timestamp queries on (where the adapter has them,
 //! `wgpu::Features::TIMESTAMP_QUERY`) prints every kernel's device time and the draws per
@@ -35,6 +37,7 @@ use mcgrad::engine::{Engine, SweepSpec};
 use mcgrad::estimators::{Estimator, Family, Lowering};
 use mcgrad::gpu::{
     GpuContext, GpuEngine, GpuPreference, KernelTime, MomentsReduction, PhiloxMultiply,
+    RelaxedDrawLoops,
 };
 use mcgrad::loss::Loss;
 
@@ -449,6 +452,32 @@ fn philox_multiplies(c: &mut Criterion) {
     );
 }
 
+/// The Gumbel pass at S = 64 and S = 1024 with the relaxed draws kernel's loops to the
+/// runtime bounds and to constant ones: the measurement that chooses them per adapter
+/// (`MCGRAD_RELAXED_DRAWS`).
+fn relaxed_draw_loops(c: &mut Criterion) {
+    let variants = [RelaxedDrawLoops::Runtime, RelaxedDrawLoops::Unrolled]
+        .into_iter()
+        .filter_map(|loops| {
+            let engine = engine()?.with_relaxed_draw_loops(loops);
+            Some((loops.name(), engine.expect("the relaxed kernels")))
+        })
+        .collect::<Vec<_>>();
+    if variants.is_empty() {
+        return;
+    }
+    variant_group(
+        c,
+        "gpu_relaxed_draws",
+        &[
+            (Family::Relaxed, "gumbel", 64, 1 << 16),
+            (Family::Relaxed, "gumbel", 1024, 1 << 15),
+        ],
+        &[(Family::Relaxed, "gumbel", 64, 1024)],
+        variants,
+    );
+}
+
 criterion_group!(
     benches,
     passes,
@@ -456,6 +485,7 @@ criterion_group!(
     unordered_set,
     counts_workgroups,
     moments_reductions,
-    philox_multiplies
+    philox_multiplies,
+    relaxed_draw_loops
 );
 criterion_main!(benches);

@@ -10,9 +10,10 @@ for f in .gl/*.deb; do dpkg -x $f /; done; ldconfig;
 #      the decoder loss's share of the FP32 peak (MCGRAD_FP32_PEAK, FLOP/s), each with its
 #      kernels' device times from timestamp queries, the counts kernel's workgroup sweep and
 #      the moments kernels' two reductions (gpu_moments_reduction: tree against subgroup)
-#      and Philox's two multiplies (gpu_philox_multiply: 16-bit limbs against int64), which
-#      decide MCGRAD_MOMENTS_REDUCTION's and MCGRAD_PHILOX_MULTIPLY's defaults; then the
-#      forward layer's bench;
+#      Philox's two multiplies (gpu_philox_multiply: 16-bit limbs against int64) and the
+#      relaxed draws kernel's two loop forms (gpu_relaxed_draws: runtime against unrolled),
+#      which decide the defaults of MCGRAD_MOMENTS_REDUCTION, MCGRAD_PHILOX_MULTIPLY and
+#      MCGRAD_RELAXED_DRAWS (README, "The GPU engine"); then the forward layer's bench;
 #   3. the default `mcgrad run --backend gpu`, and `mcgrad train` on the CPU and the GPU (the
 #      whole step on the GPU, then the round-trip path, MCGRAD_TRAIN_ROUND_TRIP=1).
 # Everything goes under $OUT (at most 8 files): machine.txt, tests.txt, bench.txt (criterion's
@@ -63,7 +64,9 @@ run_step tests.txt 120 .device/bin/gpu-tests --test-threads=1 || status=1
 run_step tests.txt 120 .device/bin/gpu-generic-tests --test-threads=1 || status=1
 
 export CRITERION_HOME=/tmp/criterion
-run_step bench.txt 260 .device/bin/gpu-bench --bench --warm-up-time 1 --measurement-time 3 --noplot || status=1
+# MCGRAD_BENCH_FILTER (a criterion filter, e.g. 'gpu_sweep|gpu_moments_reduction') runs
+# only those benches, where the budget is short.
+run_step bench.txt 300 .device/bin/gpu-bench --bench --warm-up-time 1 --measurement-time 3 --noplot ${MCGRAD_BENCH_FILTER:+"$MCGRAD_BENCH_FILTER"} || status=1
 (cd /tmp && tar czf "$OUT/criterion.tar.gz" --exclude='*.svg' criterion 2>/dev/null) || true
 
 # The same benches from an earlier build where one was carried (.device/bin/gpu-bench-before,

@@ -12,6 +12,11 @@
 //
 // threads_per_rep (T) threads share one repetition (draws lane, lane + T, ...); their
 // private sums are added in shared memory, cell by cell.
+//
+// The loops over categories and cells run to the runtime K and cell count; the unrolled
+// variant (src/gpu/relaxed.rs `RelaxedDrawLoops::Unrolled`) rewrites each to the constant
+// bound MAX_K or MAX_RELAXED_CELLS with a uniform `break` at the runtime one, so that a
+// compiler can unroll them and keep `acc`, `h`, `y` and `diff` in registers.
 
 @group(0) @binding(0) var<uniform> params: SweepParams;
 @group(0) @binding(1) var<storage, read> table: PointTable;
@@ -64,8 +69,13 @@ fn main(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: v
             }
             let inv = 1.0 / total;
             var y: array<f32, 16>;
+            // y_z kept aside, so that no array is indexed by the draw's category.
+            var y_z = 0.0;
             for (var c = 0u; c < k; c++) {
                 y[c] = h[c] * inv;
+                if c == z {
+                    y_z = y[c];
+                }
             }
             // v_j - y.v without cancellation where y_z ~ 1: with d_k = v_k - v_z,
             // v_j - y.v = d_j + v_z (1 - sum y) - sum_k y_k d_k, and 1 - y_z is exact.
@@ -75,7 +85,7 @@ fn main(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: v
                     others += y[c];
                 }
             }
-            let one_minus_total = (1.0 - y[z]) - others;
+            let one_minus_total = (1.0 - y_z) - others;
             for (var cell = 0u; cell < params.n_cells; cell++) {
                 let alpha2 = 2.0 * cells[cell].alpha;
                 let soft = cells[cell].kind == RELAXED_SOFT;
@@ -86,7 +96,7 @@ fn main(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: v
                     // The vertex part of v_j - v_z: 2 alpha (y_j - y_z), or 2 alpha (e_z,j - 1).
                     var vertex = -1.0;
                     if soft {
-                        vertex = y[j] - y[z];
+                        vertex = y[j] - y_z;
                     } else if j == z {
                         vertex = 0.0;
                     }
@@ -95,7 +105,7 @@ fn main(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: v
                 }
                 var vertex_z = 1.0;
                 if soft {
-                    vertex_z = y[z];
+                    vertex_z = y_z;
                 }
                 let v_z = alpha2 * vertex_z + beta_z;
                 let shift = v_z * one_minus_total - spread;

@@ -12,7 +12,7 @@ use mcgrad::engine::{run_sweep, CpuEngine, Engine, SweepSpec};
 use mcgrad::estimators::{self, RelaxedDraw};
 use mcgrad::gpu::{
     forward::forward_cpu, philox_kernel::philox_words, ChunkLimits, ChunkPlan, Forward, GpuContext,
-    GpuEngine, GpuPreference, MomentsReduction, PhiloxMultiply,
+    GpuEngine, GpuPreference, MomentsReduction, PhiloxMultiply, RelaxedDrawLoops,
 };
 use mcgrad::loss::Loss;
 use mcgrad::philox::{self, key_of, philox4x32_10, PhiloxStream};
@@ -245,6 +245,17 @@ fn counts_match_the_cpu_twin_including_draw_ranges_and_high_repetitions() {
 #[test]
 fn relaxed_estimates_match_the_cpu_twin() {
     let Some(engine) = gpu() else { return };
+    assert_eq!(engine.relaxed_draw_loops(), RelaxedDrawLoops::Runtime);
+    relaxed_estimates_match_the_cpu_twin_on(&engine);
+    // The draws kernel with loops to constant bounds (`MCGRAD_RELAXED_DRAWS=unrolled`).
+    let unrolled = engine
+        .with_relaxed_draw_loops(RelaxedDrawLoops::Unrolled)
+        .unwrap();
+    assert_eq!(unrolled.relaxed_draw_loops(), RelaxedDrawLoops::Unrolled);
+    relaxed_estimates_match_the_cpu_twin_on(&unrolled);
+}
+
+fn relaxed_estimates_match_the_cpu_twin_on(engine: &GpuEngine) {
     let mut spec = spec(Problem::seeded(4, 8, 6), vec![5, 40], 64);
     spec.estimators = estimators::REGISTRY
         .iter()

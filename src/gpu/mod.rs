@@ -48,6 +48,7 @@ pub use mesa::quiet_mesa;
 pub use moments::MomentsReduction;
 pub use philox_kernel::PhiloxMultiply;
 pub use profile::KernelTime;
+pub use relaxed::RelaxedDrawLoops;
 
 use crate::draws::RelaxedTable;
 use crate::engine::{path_of, BackendInfo, Cell, Engine, Path, PointMoments, SweepSpec};
@@ -217,7 +218,7 @@ impl GpuEngine {
     pub fn with_context(ctx: GpuContext) -> Result<Self> {
         let reduction = MomentsReduction::for_adapter(ctx.features, &ctx.info);
         let score = ScoreFunctionKernels::new(&ctx, reduction)?;
-        let relaxed = RelaxedKernels::new(&ctx, reduction)?;
+        let relaxed = RelaxedKernels::new(&ctx, RelaxedDrawLoops::from_env(), reduction)?;
         let generic = generic::GenericKernels::new(&ctx)?;
         Ok(Self {
             ctx,
@@ -260,10 +261,26 @@ impl GpuEngine {
         }
         self.score =
             ScoreFunctionKernels::with_workgroup(&self.ctx, self.score.counts_wg, reduction)?;
-        self.relaxed = RelaxedKernels::new(&self.ctx, reduction)?;
+        self.relaxed = RelaxedKernels::new(&self.ctx, self.relaxed.loops, reduction)?;
         self.reduction = reduction;
         self.resources = Mutex::new(None);
         Ok(self)
+    }
+
+    /// The same engine with the relaxed draws kernel's loops bounded as `loops` says (the GPU
+    /// bench and the tests run both).
+    ///
+    /// # Errors
+    /// [`Error::Gpu`] if a kernel does not build.
+    pub fn with_relaxed_draw_loops(mut self, loops: RelaxedDrawLoops) -> Result<Self> {
+        self.relaxed = RelaxedKernels::new(&self.ctx, loops, self.reduction)?;
+        self.resources = Mutex::new(None);
+        Ok(self)
+    }
+
+    /// How the relaxed draws kernel's loops are bounded.
+    pub fn relaxed_draw_loops(&self) -> RelaxedDrawLoops {
+        self.relaxed.loops
     }
 
     /// How the moments kernels reduce a workgroup.

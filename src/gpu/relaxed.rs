@@ -15,22 +15,96 @@ pub const RELAXED_WG: u32 = 128;
 /// Draws each relaxed thread should get at least.
 pub const DRAWS_PER_THREAD: u64 = 8;
 
+/// How the draws kernel's loops over categories and cells are bounded. Both compute the same
+/// arithmetic in the same order; which is faster depends on the adapter's compiler.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RelaxedDrawLoops {
+    /// To the runtime K and cell count (`shaders/relaxed_draws.wgsl` as written).
+    Runtime,
+    /// To the constants MAX_K and MAX_RELAXED_CELLS, each with a uniform `break` at the
+    /// runtime bound ([`RelaxedDrawLoops::source`]): loops a compiler can unroll, keeping the
+    /// per-thread arrays in registers.
+    Unrolled,
+}
+
+/// The loop headers of `shaders/relaxed_draws.wgsl` that the unrolled variant rewrites, and
+/// how many times each stands there.
+const RUNTIME_LOOPS: [(&str, &str, usize); 3] = [
+    (
+        "for (var c = 0u; c < k; c++) {",
+        "for (var c = 0u; c < MAX_K; c++) { if c >= k { break; }",
+        4,
+    ),
+    (
+        "for (var j = 0u; j < k; j++) {",
+        "for (var j = 0u; j < MAX_K; j++) { if j >= k { break; }",
+        5,
+    ),
+    (
+        "for (var cell = 0u; cell < params.n_cells; cell++) {",
+        "for (var cell = 0u; cell < MAX_RELAXED_CELLS; cell++) { if cell >= params.n_cells { break; }",
+        2,
+    ),
+];
+
+impl RelaxedDrawLoops {
+    /// The name `MCGRAD_RELAXED_DRAWS` and the GPU bench use.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Runtime => "runtime",
+            Self::Unrolled => "unrolled",
+        }
+    }
+
+    /// The variant a new engine uses: `MCGRAD_RELAXED_DRAWS=unrolled`, else the runtime
+    /// loops, with which the H100 figures were measured (the GPU bench's
+    /// `gpu_relaxed_draws` group measures both, to choose per adapter).
+    pub fn from_env() -> Self {
+        match std::env::var("MCGRAD_RELAXED_DRAWS")
+            .ok()
+            .as_deref()
+            .map(str::trim)
+        {
+            Some("unrolled") => Self::Unrolled,
+            _ => Self::Runtime,
+        }
+    }
+
+    /// The draws kernel's source with this variant's loops.
+    pub fn source(self) -> String {
+        let mut source = shaders::RELAXED_DRAWS.to_owned();
+        if self == Self::Unrolled {
+            for (runtime, unrolled, _) in RUNTIME_LOOPS {
+                source = source.replace(runtime, unrolled);
+            }
+        }
+        source
+    }
+}
+
 /// The two relaxed kernels.
 pub struct RelaxedKernels {
     /// Layout of the draws kernel: params, table, cells, sums.
     pub draws_layout: wgpu::BindGroupLayout,
     draws: wgpu::ComputePipeline,
+    /// How the draws kernel's loops are bounded.
+    pub loops: RelaxedDrawLoops,
     /// Layout of the moments kernel: params, cells, sums, partials.
     pub moments_layout: wgpu::BindGroupLayout,
     moments: wgpu::ComputePipeline,
 }
 
 impl RelaxedKernels {
-    /// Builds both pipelines, the moments kernel reduced by `reduction`.
+    /// Builds both pipelines, the draws kernel with `loops` and the moments kernel reduced by
+    /// `reduction`.
     ///
     /// # Errors
     /// [`crate::Error::Gpu`] if a kernel does not build on this adapter.
-    pub fn new(ctx: &GpuContext, reduction: MomentsReduction) -> Result<Self> {
+    pub fn new(
+        ctx: &GpuContext,
+        loops: RelaxedDrawLoops,
+        reduction: MomentsReduction,
+    ) -> Result<Self> {
         let params = std::mem::size_of::<SweepParams>() as u64;
         let cell = std::mem::size_of::<RelaxedCell>() as u64;
         let draws_layout = ctx.layout(
@@ -52,7 +126,8 @@ impl RelaxedKernels {
             ],
         );
         Ok(Self {
-            draws: ctx.compute_pipeline("relaxed_draws", shaders::RELAXED_DRAWS, &draws_layout)?,
+            draws: ctx.compute_pipeline("relaxed_draws", &loops.source(), &draws_layout)?,
+            loops,
             draws_layout,
             moments: ctx.compute_pipeline(
                 "relaxed_moments",
@@ -97,5 +172,29 @@ impl RelaxedKernels {
         pass.set_pipeline(&self.moments);
         pass.set_bind_group(0, bind_group, &[]);
         pass.dispatch_workgroups(reps.div_ceil(REP_ALIGN), 1, 1);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_unrolled_variant_rewrites_every_runtime_loop_of_the_draws_kernel() {
+        for (runtime, unrolled, count) in RUNTIME_LOOPS {
+            assert_eq!(
+                shaders::RELAXED_DRAWS.matches(runtime).count(),
+                count,
+                "{runtime}"
+            );
+            let source = RelaxedDrawLoops::Unrolled.source();
+            assert_eq!(source.matches(runtime).count(), 0);
+            assert_eq!(source.matches(unrolled).count(), count);
+        }
+        assert_eq!(RelaxedDrawLoops::Runtime.source(), shaders::RELAXED_DRAWS);
+        // No other loop of the kernel over K or the cells is left with a runtime bound.
+        let source = RelaxedDrawLoops::Unrolled.source();
+        let kernel = &source[source.find("fn main(").unwrap()..];
+        assert!(!kernel.contains("< k;") && !kernel.contains("< params.n_cells;"));
     }
 }
