@@ -16,7 +16,9 @@
 //! most) with Philox's multiply in 16-bit limbs and, where the device has 64-bit integers, as
 //! one 64-bit product (`MCGRAD_PHILOX_MULTIPLY`); the `gpu_relaxed_draws` group runs the
 //! Gumbel pass at S = 64 and 1024 with the relaxed draws kernel's loops to runtime and to
-//! constant bounds (`MCGRAD_RELAXED_DRAWS`).
+//! constant bounds (`MCGRAD_RELAXED_DRAWS`); the `gpu_chunk_reps` group runs the
+//! score-function pass at S = 256 and the Gumbel pass at S = 64 with 2^16 and 2^18
+//! repetitions per chunk (`MCGRAD_GPU_CHUNK_REPS`).
 //!
 //! After each workload, one more run with timestamp queries on (where the adapter has them,
 //! `wgpu::Features::TIMESTAMP_QUERY`) prints every kernel's device time and the draws per
@@ -36,8 +38,8 @@ use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Through
 use mcgrad::engine::{Engine, SweepSpec};
 use mcgrad::estimators::{Estimator, Family, Lowering};
 use mcgrad::gpu::{
-    GpuContext, GpuEngine, GpuPreference, KernelTime, MomentsReduction, PhiloxMultiply,
-    RelaxedDrawLoops,
+    ChunkLimits, GpuContext, GpuEngine, GpuPreference, KernelTime, MomentsReduction,
+    PhiloxMultiply, RelaxedDrawLoops,
 };
 use mcgrad::loss::Loss;
 
@@ -478,6 +480,36 @@ fn relaxed_draw_loops(c: &mut Criterion) {
     );
 }
 
+/// The score-function pass at S = 256 and the Gumbel pass at S = 64 with 2^16 (the default)
+/// and 2^18 repetitions per chunk: the measurement that chooses `MCGRAD_GPU_CHUNK_REPS` per
+/// adapter.
+fn chunk_reps(c: &mut Criterion) {
+    let variants = [("65536", 1u32 << 16), ("262144", 1 << 18)]
+        .into_iter()
+        .filter_map(|(name, reps)| {
+            let engine = engine()?;
+            let limits = ChunkLimits {
+                max_reps: reps,
+                ..engine.limits()
+            };
+            Some((name, engine.with_limits(limits)))
+        })
+        .collect::<Vec<_>>();
+    if variants.is_empty() {
+        return;
+    }
+    variant_group(
+        c,
+        "gpu_chunk_reps",
+        &[
+            (Family::ScoreFunction, "score-function", 256, 1 << 18),
+            (Family::Relaxed, "gumbel", 64, 1 << 16),
+        ],
+        &[(Family::ScoreFunction, "score-function", 16, 1024)],
+        variants,
+    );
+}
+
 criterion_group!(
     benches,
     passes,
@@ -486,6 +518,7 @@ criterion_group!(
     counts_workgroups,
     moments_reductions,
     philox_multiplies,
-    relaxed_draw_loops
+    relaxed_draw_loops,
+    chunk_reps
 );
 criterion_main!(benches);

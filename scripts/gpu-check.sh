@@ -11,9 +11,10 @@ for f in .gl/*.deb; do dpkg -x $f /; done; ldconfig;
 #      kernels' device times from timestamp queries, the counts kernel's workgroup sweep and
 #      the moments kernels' two reductions (gpu_moments_reduction: tree against subgroup)
 #      Philox's two multiplies (gpu_philox_multiply: 16-bit limbs against int64) and the
-#      relaxed draws kernel's two loop forms (gpu_relaxed_draws: runtime against unrolled),
-#      which decide the defaults of MCGRAD_MOMENTS_REDUCTION, MCGRAD_PHILOX_MULTIPLY and
-#      MCGRAD_RELAXED_DRAWS (README, "The GPU engine"); then the forward layer's bench;
+#      relaxed draws kernel's two loop forms (gpu_relaxed_draws: runtime against unrolled)
+#      and two chunk sizes (gpu_chunk_reps: 2^16 against 2^18 repetitions), which decide the
+#      defaults of MCGRAD_MOMENTS_REDUCTION, MCGRAD_PHILOX_MULTIPLY, MCGRAD_RELAXED_DRAWS and
+#      MCGRAD_GPU_CHUNK_REPS (README, "The GPU engine"); then the forward layer's bench;
 #   3. the default `mcgrad run --backend gpu`, and `mcgrad train` on the CPU and the GPU (the
 #      whole step on the GPU, then the round-trip path, MCGRAD_TRAIN_ROUND_TRIP=1).
 # Everything goes under $OUT (at most 8 files): machine.txt, tests.txt, bench.txt (criterion's

@@ -25,6 +25,25 @@ impl Default for ChunkLimits {
     }
 }
 
+impl ChunkLimits {
+    /// The limits a new engine uses: [`ChunkLimits::default`], with `MCGRAD_GPU_CHUNK_REPS`
+    /// repetitions per chunk where it is set to a power of two from 256 to 2^22 (more
+    /// repetitions per chunk give the moments kernels more workgroups per dispatch; the GPU
+    /// bench's `gpu_chunk_reps` group measures 2^16 against 2^18, to choose per adapter).
+    /// Each kernel's buffers still cap a chunk to what the adapter can bind.
+    pub fn from_env() -> Self {
+        let mut limits = Self::default();
+        if let Some(reps) = std::env::var("MCGRAD_GPU_CHUNK_REPS")
+            .ok()
+            .and_then(|v| v.trim().parse::<u32>().ok())
+            .filter(|&r| r.is_power_of_two() && (REP_ALIGN..=1 << 22).contains(&r))
+        {
+            limits.max_reps = reps;
+        }
+        limits
+    }
+}
+
 /// Repetitions per moments workgroup (keep in sync with `MOMENTS_WG` in shaders/moments.wgsl).
 pub const REP_ALIGN: u32 = 256;
 

@@ -226,7 +226,7 @@ impl GpuEngine {
             relaxed,
             generic,
             reduction,
-            limits: ChunkLimits::default(),
+            limits: ChunkLimits::from_env(),
             resources: Mutex::new(None),
         })
     }
