@@ -23,9 +23,9 @@ use crate::estimators::warmed_baseline;
 use crate::estimators::{
     estimate_counts_batch, estimate_one, fill_joint_counts, fill_joint_counts_by_variable,
     relaxed_moments, relaxed_sums_reps, transpose_counts_strided, uses_counts,
-    uses_hard_draw_counts, uses_joint_counts, uses_relaxed_sums, Constant, Context, DrawSource,
-    Estimator, Family, JointCounts, JointDraws, JointScratch, Lowering, MovingAverage, Noise,
-    RelaxedMoments, RelaxedReps, Settings, RELAXED_REPS,
+    uses_hard_draw_counts, uses_joint_counts, uses_relaxed_sums, with_scratch, Constant, Context,
+    DrawSource, Estimator, Family, JointCounts, JointDraws, JointScratch, Lowering, MovingAverage,
+    Noise, RelaxedMoments, RelaxedReps, Settings, RELAXED_REPS,
 };
 use crate::faults;
 use crate::loss::Loss;
@@ -618,15 +618,14 @@ pub(crate) fn cpu_point_cells(
                 .collect();
             for _ in 0..faults::repeat_pass("relaxed") {
                 if RelaxedReps::available() {
-                    // Eight repetitions at once (the same bits per repetition); a block's
-                    // last few one at a time.
+                    // Eight repetitions at once (the same bits per repetition), in each
+                    // worker's own scratch; a block's last few one at a time.
                     sums.par_chunks_mut(RELAXED_REPS * sums_width)
                         .enumerate()
-                        .for_each_init(
-                            || (RelaxedReps::new(k), RelaxedMoments::new(k)),
-                            |(reps, moments), (i, acc)| {
-                                let rep0 = block_start + (i * RELAXED_REPS) as u32;
-                                if acc.len() == RELAXED_REPS * sums_width {
+                        .for_each(|(i, acc)| {
+                            let rep0 = block_start + (i * RELAXED_REPS) as u32;
+                            if acc.len() == RELAXED_REPS * sums_width {
+                                with_scratch(k, |reps| {
                                     relaxed_sums_reps(
                                         &relaxed_table,
                                         &contexts,
@@ -637,24 +636,25 @@ pub(crate) fn cpu_point_cells(
                                         s,
                                         reps,
                                         acc,
-                                    );
-                                    return;
-                                }
-                                for (j, acc) in acc.chunks_mut(sums_width).enumerate() {
-                                    relaxed_repetition(
-                                        &relaxed_table,
-                                        &contexts,
-                                        &sum_cells,
-                                        key,
-                                        rep0 + j as u32,
-                                        point_id,
-                                        s,
-                                        moments,
-                                        acc,
-                                    );
-                                }
-                            },
-                        );
+                                    )
+                                });
+                                return;
+                            }
+                            let mut moments = RelaxedMoments::new(k);
+                            for (j, acc) in acc.chunks_mut(sums_width).enumerate() {
+                                relaxed_repetition(
+                                    &relaxed_table,
+                                    &contexts,
+                                    &sum_cells,
+                                    key,
+                                    rep0 + j as u32,
+                                    point_id,
+                                    s,
+                                    &mut moments,
+                                    acc,
+                                );
+                            }
+                        });
                     continue;
                 }
                 sums.par_chunks_mut(sums_width).enumerate().for_each_init(

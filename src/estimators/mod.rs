@@ -61,7 +61,7 @@ pub use reinforce::Reinforce;
 pub use reinforce_ema::ReinforceEma;
 pub use reinmax::ReinMax;
 pub use relax::Relax;
-pub use relaxed_reps::{relaxed_sums_reps, RelaxedReps, RELAXED_REPS};
+pub use relaxed_reps::{relaxed_sums_reps, with_scratch, RelaxedReps, RELAXED_REPS};
 pub use rloo::Rloo;
 pub use st::{StraightThrough, TableCache};
 pub use st_gumbel::StGumbel;
