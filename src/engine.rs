@@ -617,7 +617,7 @@ pub(crate) fn cpu_point_cells(
                 .map(|c| (c.loss_index, c.estimator))
                 .collect();
             for _ in 0..faults::repeat_pass("relaxed") {
-                if RelaxedReps::available() {
+                if RelaxedReps::serves(s) {
                     // Eight repetitions at once (the same bits per repetition), in each
                     // worker's own scratch; a block's last few one at a time.
                     sums.par_chunks_mut(RELAXED_REPS * sums_width)

@@ -7,8 +7,8 @@
 //! one-repetition path ([`super::apply::relaxed_moments`] then
 //! [`super::apply::estimate_one`]), so every estimate has the same bits (tested); the
 //! engine runs its relaxed-sums pass through [`relaxed_sums_reps`] where the CPU has
-//! AVX-512F and FMA, and the one-repetition path elsewhere and for a block's last
-//! repetitions.
+//! AVX-512F and FMA and S is at most [`RELAXED_REPS_MAX_S`], and the one-repetition path
+//! elsewhere and for a block's last repetitions.
 
 use super::{Context, Estimator, Lowering, RELAXED_BATCH};
 use crate::draws::RelaxedTable;
@@ -17,6 +17,14 @@ use crate::draws::RelaxedTable;
 pub const RELAXED_REPS: usize = 8;
 
 const B: usize = RELAXED_BATCH;
+
+/// Largest S for which the engine takes [`relaxed_sums_reps`] (the same bits either way):
+/// measured against the one-repetition path in one build on this 2-core Zen 4 machine (M
+/// draws per CPU-second, two runs each), it is faster at S = 16 (17.2-17.6 against
+/// 12.0-14.3) and S = 64 (23.4-24.5 against 19.5-22.8), even at S = 256 (24.1-25.9 against
+/// 22.9-26.8), and slower at S = 4096 (24.4-27.1 against 28.0-29.8), where the draws
+/// dominate and one repetition's batches of 64 draws already fill the registers.
+pub const RELAXED_REPS_MAX_S: u32 = 256;
 
 /// One relaxed-sums cell's parameters.
 struct Cell<'a> {
@@ -69,6 +77,12 @@ impl RelaxedReps {
             ydb: Vec::new(),
             ydb_done: Vec::new(),
         }
+    }
+
+    /// Whether the engine's relaxed-sums pass takes [`relaxed_sums_reps`] at S draws: where
+    /// the CPU runs it and S is at most [`RELAXED_REPS_MAX_S`].
+    pub fn serves(s: u32) -> bool {
+        s <= RELAXED_REPS_MAX_S && Self::available()
     }
 
     /// Whether this CPU runs [`relaxed_sums_reps`] (AVX-512F and FMA).
