@@ -22,10 +22,10 @@ use crate::error::{Error, Result};
 use crate::estimators::warmed_baseline;
 use crate::estimators::{
     estimate_counts_batch, estimate_one, fill_joint_counts, fill_joint_counts_by_variable,
-    relaxed_moments, transpose_counts_strided, uses_counts, uses_hard_draw_counts,
-    uses_joint_counts, uses_relaxed_sums, Constant, Context, DrawSource, Estimator, Family,
-    JointCounts, JointDraws, JointScratch, Lowering, MovingAverage, Noise, RelaxedMoments,
-    Settings,
+    relaxed_moments, relaxed_sums_reps, transpose_counts_strided, uses_counts,
+    uses_hard_draw_counts, uses_joint_counts, uses_relaxed_sums, with_scratch, Constant, Context,
+    DrawSource, Estimator, Family, JointCounts, JointDraws, JointScratch, Lowering, MovingAverage,
+    Noise, RelaxedMoments, RelaxedReps, Settings, RELAXED_REPS,
 };
 use crate::faults;
 use crate::loss::Loss;
@@ -617,6 +617,46 @@ pub(crate) fn cpu_point_cells(
                 .map(|c| (c.loss_index, c.estimator))
                 .collect();
             for _ in 0..faults::repeat_pass("relaxed") {
+                if RelaxedReps::serves(s) {
+                    // Eight repetitions at once (the same bits per repetition), in each
+                    // worker's own scratch; a block's last few one at a time.
+                    sums.par_chunks_mut(RELAXED_REPS * sums_width)
+                        .enumerate()
+                        .for_each(|(i, acc)| {
+                            let rep0 = block_start + (i * RELAXED_REPS) as u32;
+                            if acc.len() == RELAXED_REPS * sums_width {
+                                with_scratch(k, |reps| {
+                                    relaxed_sums_reps(
+                                        &relaxed_table,
+                                        &contexts,
+                                        &sum_cells,
+                                        key,
+                                        rep0,
+                                        point_id,
+                                        s,
+                                        reps,
+                                        acc,
+                                    )
+                                });
+                                return;
+                            }
+                            let mut moments = RelaxedMoments::new(k);
+                            for (j, acc) in acc.chunks_mut(sums_width).enumerate() {
+                                relaxed_repetition(
+                                    &relaxed_table,
+                                    &contexts,
+                                    &sum_cells,
+                                    key,
+                                    rep0 + j as u32,
+                                    point_id,
+                                    s,
+                                    &mut moments,
+                                    acc,
+                                );
+                            }
+                        });
+                    continue;
+                }
                 sums.par_chunks_mut(sums_width).enumerate().for_each_init(
                     || RelaxedMoments::new(k),
                     |moments, (i, acc)| {

@@ -5,8 +5,8 @@
 //! one f and one grad f per draw, K uniforms.
 
 use super::{
-    add_relaxed_jacobian, with_sum_yy_dot, Context, Estimator, Family, JointDraws, Lowering,
-    RelaxedMoments,
+    add_quadratic_relaxed_sum, add_relaxed_jacobian, Context, Estimator, Family, JointDraws,
+    Lowering, RelaxedMoments,
 };
 
 /// The Gumbel-softmax (relaxed) estimator at temperature tau.
@@ -52,15 +52,7 @@ impl Estimator for GumbelSoftmax {
             .quad
             .as_ref()
             .expect("the relaxed-sums lowering needs a quadratic loss");
-        let (k, alpha2, beta) = (ctx.k, 2.0 * quad.alpha, &quad.beta);
-        with_sum_yy_dot(m, beta, |y_dot_beta| {
-            for (c, a) in acc.iter_mut().enumerate() {
-                let diag = m.sum_yy[c * k + c];
-                *a += (alpha2 * diag + beta[c] * m.sum_y[c]
-                    - alpha2 * m.sum_y_norm_sq[c]
-                    - y_dot_beta[c])
-                    / ctx.tau;
-            }
-        });
+        let (alpha2, beta) = (2.0 * quad.alpha, &quad.beta);
+        add_quadratic_relaxed_sum(m, alpha2, beta, ctx.tau, false, acc);
     }
 }

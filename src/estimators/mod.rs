@@ -37,6 +37,7 @@ mod reinforce;
 mod reinforce_ema;
 mod reinmax;
 mod relax;
+mod relaxed_reps;
 mod rloo;
 mod st;
 mod st_gumbel;
@@ -60,6 +61,7 @@ pub use reinforce::Reinforce;
 pub use reinforce_ema::ReinforceEma;
 pub use reinmax::ReinMax;
 pub use relax::Relax;
+pub use relaxed_reps::{relaxed_sums_reps, with_scratch, RelaxedReps, RELAXED_REPS};
 pub use rloo::Rloo;
 pub use st::{StraightThrough, TableCache};
 pub use st_gumbel::StGumbel;
@@ -1205,6 +1207,131 @@ pub fn with_sum_yy_dot<R>(m: &RelaxedMoments, b: &[f64], f: impl FnOnce(&[f64]) 
     }
 }
 
+/// Adds the relaxed-sums lowering of the Gumbel estimators under a quadratic loss to `acc`:
+/// `acc[c] += (alpha2 X_c + beta_c sum y_c - alpha2 W_c - (sum_yy beta)_c) / tau`, with
+/// `X_c = sum y_c^2` (the diagonal of `sum_yy`) and `W_c = sum y_c ||y||^2` for
+/// `gumbel-softmax`, `X_c = sum_hit_c` and `W_c = sum y_c y_z` for `st-gumbel`
+/// (`straight_through`). Up to K = 16 in AVX-512F where the CPU has it, every coordinate at
+/// once; the same operations in the same order per coordinate as the portable loop, so the
+/// same bits (tested).
+pub fn add_quadratic_relaxed_sum(
+    m: &RelaxedMoments,
+    alpha2: f64,
+    beta: &[f64],
+    tau: f64,
+    straight_through: bool,
+    acc: &mut [f64],
+) {
+    let k = m.k;
+    assert!(beta.len() >= k && acc.len() >= k);
+    #[cfg(target_arch = "x86_64")]
+    if k <= 16 && crate::fastmath::has_avx512() {
+        #[target_feature(enable = "avx512f")]
+        fn avx512(
+            m: &RelaxedMoments,
+            alpha2: f64,
+            beta: &[f64],
+            tau: f64,
+            straight_through: bool,
+            acc: &mut [f64],
+        ) {
+            // SAFETY: compiled for AVX-512F, called only where the CPU has it; K <= 16 and
+            // the slices hold K numbers (asserted above).
+            unsafe { quadratic_relaxed_sum_avx512(m, alpha2, beta, tau, straight_through, acc) }
+        }
+        // SAFETY: the CPU has AVX-512F, checked just above.
+        return unsafe { avx512(m, alpha2, beta, tau, straight_through, acc) };
+    }
+    quadratic_relaxed_sum_portable(m, alpha2, beta, tau, straight_through, acc);
+}
+
+/// [`add_quadratic_relaxed_sum`] in portable code (its reference).
+fn quadratic_relaxed_sum_portable(
+    m: &RelaxedMoments,
+    alpha2: f64,
+    beta: &[f64],
+    tau: f64,
+    straight_through: bool,
+    acc: &mut [f64],
+) {
+    let k = m.k;
+    with_sum_yy_dot(m, beta, |y_dot_beta| {
+        for (c, a) in acc[..k].iter_mut().enumerate() {
+            let (x, w) = if straight_through {
+                (m.sum_hit[c], m.sum_y_yz[c])
+            } else {
+                (m.sum_yy[c * k + c], m.sum_y_norm_sq[c])
+            };
+            *a += (alpha2 * x + beta[c] * m.sum_y[c] - alpha2 * w - y_dot_beta[c]) / tau;
+        }
+    });
+}
+
+/// [`add_quadratic_relaxed_sum`] in AVX-512F: the K coordinates in two registers (masked
+/// past K), `sum_yy beta` as [`RelaxedMoments::sum_yy_dot`]'s AVX-512 path computes it.
+///
+/// # Safety
+/// The CPU must have AVX-512F; K <= 16; `beta` and `acc` hold at least K numbers.
+#[cfg(target_arch = "x86_64")]
+#[inline(always)]
+unsafe fn quadratic_relaxed_sum_avx512(
+    m: &RelaxedMoments,
+    alpha2: f64,
+    beta: &[f64],
+    tau: f64,
+    straight_through: bool,
+    acc: &mut [f64],
+) {
+    use std::arch::x86_64::*;
+    let k = m.k;
+    let mut ydb = [0f64; 16];
+    m.sum_yy_dot_avx512(beta, &mut ydb);
+    let mut x = [0f64; 16];
+    for (c, xc) in x[..k].iter_mut().enumerate() {
+        *xc = if straight_through {
+            m.sum_hit[c]
+        } else {
+            m.sum_yy[c * k + c]
+        };
+    }
+    let w = if straight_through {
+        &m.sum_y_yz
+    } else {
+        &m.sum_y_norm_sq
+    };
+    let (a2, t) = (_mm512_set1_pd(alpha2), _mm512_set1_pd(tau));
+    for half in 0..2 {
+        let at = 8 * half;
+        if at >= k {
+            break;
+        }
+        let mask: __mmask8 = if k - at >= 8 {
+            0xff
+        } else {
+            (1u8 << (k - at)) - 1
+        };
+        // In bounds: lanes at or past K are masked off (no access). A macro, not a closure
+        // (a closure would not inherit the caller's target features).
+        macro_rules! load {
+            ($p:expr) => {
+                _mm512_maskz_loadu_pd(mask, $p.add(at))
+            };
+        }
+        let term = _mm512_sub_pd(
+            _mm512_sub_pd(
+                _mm512_add_pd(
+                    _mm512_mul_pd(a2, load!(x.as_ptr())),
+                    _mm512_mul_pd(load!(beta.as_ptr()), load!(m.sum_y.as_ptr())),
+                ),
+                _mm512_mul_pd(a2, load!(w.as_ptr())),
+            ),
+            load!(ydb.as_ptr()),
+        );
+        let sum = _mm512_add_pd(load!(acc.as_ptr()), _mm512_div_pd(term, t));
+        _mm512_mask_storeu_pd(acc.as_mut_ptr().add(at), mask, sum);
+    }
+}
+
 /// Categories up to which [`RelaxedMoments::add_batch`] keeps the hit sums in registers.
 const HIT_LANES: usize = 16;
 
@@ -2054,7 +2181,30 @@ mod tests {
 
     #[test]
     fn simd_relaxed_moments_equal_the_portable_sums_bit_for_bit() {
-        for k in [1usize, 2, 3, 5, 10, 17, 20] {
+        // Each SIMD path the CPU runs, called by name (the dispatch picks only the widest).
+        #[cfg(target_arch = "x86_64")]
+        #[target_feature(enable = "avx2")]
+        fn tiled(m: &mut RelaxedMoments, batch: &RelaxedBatch<'_>) {
+            unsafe { m.add_batch_tiled(batch) }
+        }
+        type Add = fn(&mut RelaxedMoments, &RelaxedBatch<'_>);
+        let mut paths: Vec<(&str, Add)> = vec![("dispatched", |m, b| m.add_batch(b))];
+        #[cfg(target_arch = "x86_64")]
+        {
+            if crate::fastmath::has_avx2() {
+                paths.push(("avx2", |m, b| unsafe { tiled(m, b) }));
+            }
+        }
+        for (path, add) in paths {
+            simd_path_equals_the_portable_sums(path, add);
+        }
+    }
+
+    fn simd_path_equals_the_portable_sums(
+        path: &str,
+        add: fn(&mut RelaxedMoments, &RelaxedBatch<'_>),
+    ) {
+        for k in [1usize, 2, 3, 5, 8, 9, 10, 16, 17, 20] {
             let (mut fast, mut portable) = (RelaxedMoments::new(k), RelaxedMoments::new(k));
             // The hit sums by their definition, one draw after another in memory.
             let mut naive_hit = vec![0f64; k];
@@ -2068,7 +2218,7 @@ mod tests {
                     z: &z,
                     y_z: &y_z,
                 };
-                fast.add_batch(&batch);
+                add(&mut fast, &batch);
                 portable.add_batch_lanes(&batch);
                 for (&zd, &v) in z.iter().zip(&y_z) {
                     naive_hit[zd as usize] += f64::from(v);
@@ -2085,7 +2235,11 @@ mod tests {
                     ("sum_y_yz", &fast.sum_y_yz, &portable.sum_y_yz),
                     ("sum_hit", &fast.sum_hit, &portable.sum_hit),
                 ] {
-                    assert_eq!(bits(a), bits(b), "{name}, K = {k}, batch {i} of {n}");
+                    assert_eq!(
+                        bits(a),
+                        bits(b),
+                        "{path}: {name}, K = {k}, batch {i} of {n}"
+                    );
                 }
                 assert_eq!(fast.draws, portable.draws);
             }
@@ -2094,6 +2248,54 @@ mod tests {
                 "K = {k}: the test sums nothing"
             );
         }
+    }
+
+    #[test]
+    fn quadratic_relaxed_sums_equal_the_portable_loop_bit_for_bit() {
+        let mut checked = 0;
+        for k in [1usize, 2, 7, 8, 9, 10, 15, 16, 17, 24] {
+            let mut m = RelaxedMoments::new(k);
+            let (y, z, y_z) = batch_data(k, 48, 9);
+            m.add_batch(&RelaxedBatch {
+                n: 48,
+                y: &y,
+                z: &z,
+                y_z: &y_z,
+            });
+            let beta: Vec<f64> = (0..k).map(|c| (c as f64 * 1.7).cos() * 3.0).collect();
+            for straight_through in [false, true] {
+                for (alpha2, tau) in [(2.0, 1.0), (-0.7, 0.3), (1e-3, 7.0)] {
+                    let start: Vec<f64> = (0..k).map(|c| c as f64 * 0.25 - 1.0).collect();
+                    let (mut got, mut want) = (start.clone(), start);
+                    add_quadratic_relaxed_sum(&m, alpha2, &beta, tau, straight_through, &mut got);
+                    quadratic_relaxed_sum_portable(
+                        &m,
+                        alpha2,
+                        &beta,
+                        tau,
+                        straight_through,
+                        &mut want,
+                    );
+                    assert_eq!(bits(&got), bits(&want), "K = {k}, st {straight_through}");
+                    // The portable loop is the estimators' formula, term by term.
+                    for c in 0..k {
+                        let (x, w) = if straight_through {
+                            (m.sum_hit[c], m.sum_y_yz[c])
+                        } else {
+                            (m.sum_yy[c * k + c], m.sum_y_norm_sq[c])
+                        };
+                        let ydb: f64 = (0..k).map(|j| m.sum_yy[c * k + j] * beta[j]).sum();
+                        let term = (alpha2 * x + beta[c] * m.sum_y[c] - alpha2 * w - ydb) / tau;
+                        assert_eq!(got[c].to_bits(), (c as f64 * 0.25 - 1.0 + term).to_bits());
+                        checked += 1;
+                    }
+                }
+            }
+        }
+        assert_eq!(
+            checked,
+            2 * 3 * (1 + 2 + 7 + 8 + 9 + 10 + 15 + 16 + 17 + 24)
+        );
     }
 
     #[test]

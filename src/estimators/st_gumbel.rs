@@ -4,8 +4,8 @@
 //! and one grad f per draw, K uniforms.
 
 use super::{
-    add_relaxed_jacobian, with_sum_yy_dot, Context, Estimator, Family, JointDraws, Lowering,
-    RelaxedMoments,
+    add_quadratic_relaxed_sum, add_relaxed_jacobian, Context, Estimator, Family, JointDraws,
+    Lowering, RelaxedMoments,
 };
 
 /// Straight-through Gumbel-softmax at temperature tau.
@@ -55,13 +55,6 @@ impl Estimator for StGumbel {
             .as_ref()
             .expect("the relaxed-sums lowering needs a quadratic loss");
         let (alpha2, beta) = (2.0 * quad.alpha, &quad.beta);
-        with_sum_yy_dot(m, beta, |y_dot_beta| {
-            for (c, a) in acc.iter_mut().enumerate() {
-                *a += (alpha2 * m.sum_hit[c] + beta[c] * m.sum_y[c]
-                    - alpha2 * m.sum_y_yz[c]
-                    - y_dot_beta[c])
-                    / ctx.tau;
-            }
-        });
+        add_quadratic_relaxed_sum(m, alpha2, beta, ctx.tau, true, acc);
     }
 }

@@ -1,0 +1,644 @@
+//! The relaxed-sums lowering eight repetitions at a time: the sums of [`RelaxedMoments`] and
+//! the Gumbel estimators' estimates of eight repetitions in structure-of-arrays form, one
+//! repetition per f64 lane of an AVX-512 register, so that every per-repetition step (the
+//! moments of every pair of categories, their in-order lane sums, the hit sums, the cells'
+//! quadratic-loss formulas) runs eight repetitions per instruction with no transposes of
+//! the results. Each lane performs exactly the operations, in exactly the order, of the
+//! one-repetition path ([`super::apply::relaxed_moments`] then
+//! [`super::apply::estimate_one`]), so every estimate has the same bits (tested); the
+//! engine runs its relaxed-sums pass through [`relaxed_sums_reps`] where the CPU has
+//! AVX-512F and FMA and S is at most [`RELAXED_REPS_MAX_S`], and the one-repetition path
+//! elsewhere and for a block's last repetitions.
+
+use super::{Context, Estimator, Lowering, RELAXED_BATCH};
+use crate::draws::RelaxedTable;
+
+/// Repetitions [`relaxed_sums_reps`] handles at once (one f64 lane each).
+pub const RELAXED_REPS: usize = 8;
+
+const B: usize = RELAXED_BATCH;
+
+/// Largest S for which the engine takes [`relaxed_sums_reps`] (the same bits either way):
+/// measured against the one-repetition path in one build on this 2-core Zen 4 machine (M
+/// draws per CPU-second, two runs each), it is faster at S = 16 (17.2-17.6 against
+/// 12.0-14.3) and S = 64 (23.4-24.5 against 19.5-22.8), even at S = 256 (24.1-25.9 against
+/// 22.9-26.8), and slower at S = 4096 (24.4-27.1 against 28.0-29.8), where the draws
+/// dominate and one repetition's batches of 64 draws already fill the registers.
+pub const RELAXED_REPS_MAX_S: u32 = 256;
+
+/// One relaxed-sums cell's parameters.
+struct Cell<'a> {
+    alpha2: f64,
+    beta: &'a [f64],
+    tau: f64,
+    straight_through: bool,
+    /// `1 / S`, as [`super::apply::estimate_one`] scales.
+    inv: f64,
+    /// Its loss's index (which `sum_yy beta` it reads).
+    loss: usize,
+}
+
+/// Scratch of [`relaxed_sums_reps`] for K categories, kept between calls (one per worker).
+#[derive(Clone, Debug)]
+pub struct RelaxedReps {
+    k: usize,
+    /// One batch of draws per repetition: `y` (category-major, K*n at `r * K * B`), `z` and
+    /// `y_z` (at `r * B`).
+    draw_y: Vec<f32>,
+    draw_z: Vec<u32>,
+    draw_y_z: Vec<f32>,
+    /// The batch in f64, repetition-minor: row j (0..K: `y_j`; K: `||y||^2`; K + 1: `y_z`),
+    /// draw d, repetition r at `(j * B + d) * 8 + r`.
+    rows: Vec<f64>,
+    /// The categories, repetition-minor: draw d, repetition r at `d * 8 + r`.
+    z: Vec<i64>,
+    /// The sums, 8 lanes each: `sum_y` (K), `sum_yy` (K*K), `sum_y_norm_sq` (K),
+    /// `sum_y_yz` (K), `sum_hit` (K).
+    sums: Vec<f64>,
+    /// One cell's estimates, category-major (`c * 8 + r`).
+    out: Vec<f64>,
+    /// `sum_yy beta` of each loss (`(loss * K + c) * 8 + r`), and whether it is computed.
+    ydb: Vec<f64>,
+    ydb_done: Vec<bool>,
+}
+
+impl RelaxedReps {
+    /// Scratch for K categories.
+    pub fn new(k: usize) -> Self {
+        Self {
+            k,
+            draw_y: vec![0.0; RELAXED_REPS * k * B],
+            draw_z: vec![0; RELAXED_REPS * B],
+            draw_y_z: vec![0.0; RELAXED_REPS * B],
+            rows: vec![0.0; (k + 2) * B * RELAXED_REPS],
+            z: vec![0; B * RELAXED_REPS],
+            sums: vec![0.0; (k * k + 4 * k) * RELAXED_REPS],
+            out: vec![0.0; k * RELAXED_REPS],
+            ydb: Vec::new(),
+            ydb_done: Vec::new(),
+        }
+    }
+
+    /// Whether the engine's relaxed-sums pass takes [`relaxed_sums_reps`] at S draws: where
+    /// the CPU runs it and S is at most [`RELAXED_REPS_MAX_S`].
+    pub fn serves(s: u32) -> bool {
+        s <= RELAXED_REPS_MAX_S && Self::available()
+    }
+
+    /// Whether this CPU runs [`relaxed_sums_reps`] (AVX-512F and FMA).
+    pub fn available() -> bool {
+        #[cfg(target_arch = "x86_64")]
+        {
+            crate::fastmath::has_avx512() && std::is_x86_feature_detected!("fma")
+        }
+        #[cfg(not(target_arch = "x86_64"))]
+        {
+            false
+        }
+    }
+}
+
+thread_local! {
+    /// Each worker thread's [`RelaxedReps`], kept across calls, blocks and sweeps (scratch
+    /// made per rayon task was a tenth of a megabyte zeroed per split: 4% of the S = 16
+    /// bench).
+    static SCRATCH: std::cell::RefCell<Option<RelaxedReps>> =
+        const { std::cell::RefCell::new(None) };
+}
+
+/// Calls `f` with this thread's [`RelaxedReps`] for K categories (made on first use, or
+/// when K changes).
+pub fn with_scratch<R>(k: usize, f: impl FnOnce(&mut RelaxedReps) -> R) -> R {
+    SCRATCH.with(|cell| {
+        let mut slot = cell.borrow_mut();
+        if slot.as_ref().is_none_or(|sc| sc.k != k) {
+            *slot = Some(RelaxedReps::new(k));
+        }
+        f(slot.as_mut().expect("made just above"))
+    })
+}
+
+/// The relaxed-sums estimates of repetitions `rep0 .. rep0 + 8` at sweep point `point`, S
+/// draws each: for every cell `(loss index, estimator)` of `cells` (relaxed lowerings only),
+/// `acc[r * W + i * K ..][..K]` (W = K times the number of cells) receives repetition
+/// `rep0 + r`'s estimate of cell i, bit for bit what
+/// [`super::apply::relaxed_moments`] and [`super::apply::estimate_one`] give for that
+/// repetition.
+///
+/// # Panics
+/// If the CPU lacks AVX-512F or FMA ([`RelaxedReps::available`]), if `acc` does not hold 8 W
+/// numbers, or if a cell's estimator has no relaxed lowering or its context no quadratic
+/// loss.
+#[allow(clippy::too_many_arguments)]
+pub fn relaxed_sums_reps(
+    table: &RelaxedTable,
+    contexts: &[Context],
+    cells: &[(usize, &'static dyn Estimator)],
+    key: [u32; 2],
+    rep0: u32,
+    point: u32,
+    s: u32,
+    scratch: &mut RelaxedReps,
+    acc: &mut [f64],
+) {
+    let k = scratch.k;
+    assert!(table.shifted_logits().len() == k && acc.len() == RELAXED_REPS * cells.len() * k);
+    assert!(
+        RelaxedReps::available(),
+        "relaxed_sums_reps needs AVX-512F and FMA"
+    );
+    let sc = scratch;
+    sc.sums.iter_mut().for_each(|v| *v = 0.0);
+    let mut first = 0u32;
+    while first < s {
+        let n = (s - first).min(B as u32) as usize;
+        for r in 0..RELAXED_REPS {
+            table.draw_batch(
+                key,
+                rep0.wrapping_add(r as u32),
+                point,
+                first,
+                n,
+                &mut sc.draw_y[r * k * B..r * k * B + k * n],
+                &mut sc.draw_z[r * B..r * B + n],
+                &mut sc.draw_y_z[r * B..r * B + n],
+            );
+        }
+        #[cfg(target_arch = "x86_64")]
+        {
+            #[target_feature(enable = "avx512f,fma")]
+            fn add(sc: &mut RelaxedReps, n: usize) {
+                // SAFETY: compiled for AVX-512F and FMA, called only where the CPU has them
+                // (asserted above).
+                unsafe { avx512::add_batch(sc, n) }
+            }
+            // SAFETY: the CPU has AVX-512F and FMA (asserted above).
+            unsafe { add(sc, n) };
+        }
+        first += n as u32;
+    }
+    let width = cells.len() * k;
+    // `sum_yy beta` of each loss, computed for its first cell and shared by the others (the
+    // same numbers, so the same bits).
+    sc.ydb.resize(contexts.len() * k * RELAXED_REPS, 0.0);
+    sc.ydb_done.clear();
+    sc.ydb_done.resize(contexts.len(), false);
+    for (i, &(li, est)) in cells.iter().enumerate() {
+        let ctx = &contexts[li];
+        let quad = ctx
+            .quad
+            .as_ref()
+            .expect("the relaxed-sums lowering needs a quadratic loss");
+        let Some(Lowering::Relaxed { straight_through }) = est.lowering() else {
+            panic!("{} has no relaxed-sums lowering", est.id());
+        };
+        let cell = Cell {
+            alpha2: 2.0 * quad.alpha,
+            beta: &quad.beta[..k],
+            tau: ctx.tau,
+            straight_through,
+            inv: 1.0 / f64::from(s),
+            loss: li,
+        };
+        #[cfg(target_arch = "x86_64")]
+        {
+            #[target_feature(enable = "avx512f")]
+            fn estimate(
+                sc: &mut RelaxedReps,
+                cell: &Cell<'_>,
+                acc: &mut [f64],
+                at: usize,
+                width: usize,
+            ) {
+                // SAFETY: compiled for AVX-512F, called only where the CPU has it.
+                unsafe {
+                    avx512::estimate(sc, cell);
+                    avx512::store(sc, acc, at, width);
+                }
+            }
+            // SAFETY: the CPU has AVX-512F (asserted above).
+            unsafe { estimate(sc, &cell, acc, i * k, width) };
+        }
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+mod avx512 {
+    use super::{Cell, RelaxedReps, B, RELAXED_REPS};
+    use std::arch::x86_64::*;
+
+    /// `r[i]` lane j to `t[j]` lane i.
+    #[inline(always)]
+    unsafe fn transpose(r: [__m512d; 8]) -> [__m512d; 8] {
+        let a = [
+            _mm512_unpacklo_pd(r[0], r[1]),
+            _mm512_unpackhi_pd(r[0], r[1]),
+            _mm512_unpacklo_pd(r[2], r[3]),
+            _mm512_unpackhi_pd(r[2], r[3]),
+            _mm512_unpacklo_pd(r[4], r[5]),
+            _mm512_unpackhi_pd(r[4], r[5]),
+            _mm512_unpacklo_pd(r[6], r[7]),
+            _mm512_unpackhi_pd(r[6], r[7]),
+        ];
+        let lo4 = _mm512_setr_epi64(0, 1, 8, 9, 4, 5, 12, 13);
+        let hi4 = _mm512_setr_epi64(2, 3, 10, 11, 6, 7, 14, 15);
+        let b = [
+            _mm512_permutex2var_pd(a[0], lo4, a[2]),
+            _mm512_permutex2var_pd(a[0], hi4, a[2]),
+            _mm512_permutex2var_pd(a[1], lo4, a[3]),
+            _mm512_permutex2var_pd(a[1], hi4, a[3]),
+            _mm512_permutex2var_pd(a[4], lo4, a[6]),
+            _mm512_permutex2var_pd(a[4], hi4, a[6]),
+            _mm512_permutex2var_pd(a[5], lo4, a[7]),
+            _mm512_permutex2var_pd(a[5], hi4, a[7]),
+        ];
+        const LO: i32 = 0b01_00_01_00;
+        const HI: i32 = 0b11_10_11_10;
+        [
+            _mm512_shuffle_f64x2::<LO>(b[0], b[4]),
+            _mm512_shuffle_f64x2::<LO>(b[2], b[6]),
+            _mm512_shuffle_f64x2::<LO>(b[1], b[5]),
+            _mm512_shuffle_f64x2::<LO>(b[3], b[7]),
+            _mm512_shuffle_f64x2::<HI>(b[0], b[4]),
+            _mm512_shuffle_f64x2::<HI>(b[2], b[6]),
+            _mm512_shuffle_f64x2::<HI>(b[1], b[5]),
+            _mm512_shuffle_f64x2::<HI>(b[3], b[7]),
+        ]
+    }
+
+    /// Adds the batch of n draws in `sc.draw_*` to `sc.sums`: per lane, the arithmetic of
+    /// [`crate::estimators::RelaxedMoments::add_batch_lanes`] (products of two f32 numbers
+    /// are exact in f64, so a fused multiply-add of two f32 factors rounds as its separate
+    /// multiply and add; the partner `||y||^2` keeps them separate).
+    ///
+    /// # Safety
+    /// The CPU must have AVX-512F and FMA; n <= B.
+    #[inline(always)]
+    pub(super) unsafe fn add_batch(sc: &mut RelaxedReps, n: usize) {
+        let k = sc.k;
+        assert!(n <= B && sc.rows.len() >= (k + 2) * B * 8 && sc.z.len() >= B * 8);
+        assert!(sc.draw_y.len() >= 8 * k * B && sc.draw_y_z.len() >= 8 * B);
+        assert!(sc.draw_z.len() >= 8 * B && sc.sums.len() >= (k * k + 4 * k) * 8);
+        let chunks = n / 8;
+        let full = 8 * chunks;
+        let rows = sc.rows.as_mut_ptr();
+        // In bounds: row j < K + 2, draw d < n <= B.
+        let at = |j: usize, d: usize| (j * B + d) * RELAXED_REPS;
+        // y_c (rows 0..K) and y_z (row K + 1), repetition-minor.
+        for j in 0..=k {
+            let (src, stride, dst) = if j < k {
+                (sc.draw_y.as_ptr().add(j * n), k * B, j)
+            } else {
+                (sc.draw_y_z.as_ptr(), B, k + 1)
+            };
+            for i in 0..chunks {
+                let mut r = [_mm512_setzero_pd(); 8];
+                for (rep, v) in r.iter_mut().enumerate() {
+                    *v = _mm512_cvtps_pd(_mm256_loadu_ps(src.add(rep * stride + 8 * i)));
+                }
+                let t = transpose(r);
+                for (l, v) in t.iter().enumerate() {
+                    _mm512_storeu_pd(rows.add(at(dst, 8 * i + l)), *v);
+                }
+            }
+            for d in full..n {
+                let mut lanes = [0f64; 8];
+                for (rep, v) in lanes.iter_mut().enumerate() {
+                    *v = f64::from(*src.add(rep * stride + d));
+                }
+                _mm512_storeu_pd(rows.add(at(dst, d)), _mm512_loadu_pd(lanes.as_ptr()));
+            }
+        }
+        // ||y||^2 (row K): sum over c in order from +0.0 of the exact squares.
+        for d in 0..n {
+            let mut q = _mm512_setzero_pd();
+            for c in 0..k {
+                let v = _mm512_loadu_pd(rows.add(at(c, d)));
+                q = _mm512_fmadd_pd(v, v, q);
+            }
+            _mm512_storeu_pd(rows.add(at(k, d)), q);
+        }
+        let rows = sc.rows.as_ptr();
+        let sums = sc.sums.as_mut_ptr();
+        let (sy, shit) = (0, 3 * k + k * k);
+        // sum_y: `lane_sum` of each row: lane l over the chunks from +0.0, the lanes in
+        // order, then the remainder one term at a time.
+        for c in 0..k {
+            let mut tot = _mm512_setzero_pd();
+            for l in 0..8 {
+                let mut lane = _mm512_setzero_pd();
+                for i in 0..chunks {
+                    lane = _mm512_add_pd(lane, _mm512_loadu_pd(rows.add(at(c, 8 * i + l))));
+                }
+                tot = if l == 0 {
+                    lane
+                } else {
+                    _mm512_add_pd(tot, lane)
+                };
+            }
+            for d in full..n {
+                tot = _mm512_add_pd(tot, _mm512_loadu_pd(rows.add(at(c, d))));
+            }
+            let p = sums.add((sy + c) * 8);
+            _mm512_storeu_pd(p, _mm512_add_pd(_mm512_loadu_pd(p), tot));
+        }
+        // Every `dot` of row c with its partners c..K + 2 (K: ||y||^2, K + 1: y_z), up to
+        // eight partners a step (8, 4, 2 or 1: no partner computed twice).
+        for c in 0..k {
+            let mut p = c;
+            while p < k + 2 {
+                let left = k + 2 - p;
+                let geo = Tile {
+                    rows,
+                    sums,
+                    k,
+                    c,
+                    p,
+                    n,
+                };
+                p += if left >= 8 {
+                    tile::<8>(&geo)
+                } else if left >= 4 {
+                    tile::<4>(&geo)
+                } else if left >= 2 {
+                    tile::<2>(&geo)
+                } else {
+                    tile::<1>(&geo)
+                };
+            }
+        }
+        // sum_hit: per category, the y_z of the draws that landed there, in draw order.
+        let z = sc.z.as_mut_ptr();
+        for d in 0..n {
+            let mut lanes = [0i64; 8];
+            for (rep, v) in lanes.iter_mut().enumerate() {
+                *v = i64::from(sc.draw_z[rep * B + d]);
+            }
+            _mm512_storeu_si512(
+                z.add(d * 8).cast(),
+                _mm512_loadu_si512(lanes.as_ptr().cast()),
+            );
+        }
+        for c in 0..k {
+            let q = sums.add((shit + c) * 8);
+            let mut h = _mm512_loadu_pd(q);
+            let cv = _mm512_set1_epi64(c as i64);
+            for d in 0..n {
+                let hit = _mm512_cmpeq_epi64_mask(_mm512_loadu_si512(z.add(d * 8).cast()), cv);
+                h = _mm512_mask_add_pd(h, hit, h, _mm512_loadu_pd(rows.add(at(k + 1, d))));
+            }
+            _mm512_storeu_pd(q, h);
+        }
+    }
+
+    /// Where [`tile`] reads and writes: the rows and sums of [`add_batch`], row `c` and its
+    /// partners `p..`, a batch of n draws.
+    struct Tile {
+        rows: *const f64,
+        sums: *mut f64,
+        k: usize,
+        c: usize,
+        p: usize,
+        n: usize,
+    }
+
+    /// The `dot`s of row c with its W partners `p..p + W` (in bounds: p + W <= K + 2),
+    /// added to their sums; returns W. Per lane, the arithmetic of `dot`: lane l (the draws
+    /// `8 i + l`) over the chunks from +0.0, the lanes summed in order, then the remainder's
+    /// sum (from -0.0) added where there is one.
+    ///
+    /// # Safety
+    /// The CPU must have AVX-512F and FMA; the pointers as in [`add_batch`].
+    #[inline(always)]
+    unsafe fn tile<const W: usize>(g: &Tile) -> usize {
+        let Tile {
+            rows,
+            sums,
+            k,
+            c,
+            p,
+            n,
+        } = *g;
+        let chunks = n / 8;
+        let full = 8 * chunks;
+        let at = |j: usize, d: usize| (j * B + d) * RELAXED_REPS;
+        let norm_slot = if (p..p + W).contains(&k) { k - p } else { W };
+        let mut tot = [_mm512_setzero_pd(); W];
+        for l in 0..8 {
+            let mut lane = [_mm512_setzero_pd(); W];
+            for i in 0..chunks {
+                let a = _mm512_loadu_pd(rows.add(at(c, 8 * i + l)));
+                for (t, v) in lane.iter_mut().enumerate() {
+                    let b = _mm512_loadu_pd(rows.add(at(p + t, 8 * i + l)));
+                    *v = _mm512_fmadd_pd(a, b, *v);
+                }
+            }
+            if norm_slot < W {
+                // The partner ||y||^2 is no f32 number: done again with a separate
+                // multiply and add (no branch in the loop above).
+                let mut v = _mm512_setzero_pd();
+                for i in 0..chunks {
+                    let a = _mm512_loadu_pd(rows.add(at(c, 8 * i + l)));
+                    let b = _mm512_loadu_pd(rows.add(at(k, 8 * i + l)));
+                    v = _mm512_add_pd(v, _mm512_mul_pd(a, b));
+                }
+                lane[norm_slot] = v;
+            }
+            for (t, v) in tot.iter_mut().enumerate() {
+                *v = if l == 0 {
+                    lane[t]
+                } else {
+                    _mm512_add_pd(*v, lane[t])
+                };
+            }
+        }
+        if full < n {
+            for (t, v) in tot.iter_mut().enumerate() {
+                let mut rest = _mm512_set1_pd(-0.0);
+                for d in full..n {
+                    let a = _mm512_loadu_pd(rows.add(at(c, d)));
+                    let b = _mm512_loadu_pd(rows.add(at(p + t, d)));
+                    rest = _mm512_add_pd(rest, _mm512_mul_pd(a, b));
+                }
+                *v = _mm512_add_pd(*v, rest);
+            }
+        }
+        let (syy, snorm, syz) = (k, k + k * k, 2 * k + k * k);
+        for (t, v) in tot.iter().enumerate() {
+            let c2 = p + t;
+            // A macro, not a closure (which would not inherit the target features).
+            macro_rules! add_to {
+                ($slot:expr) => {{
+                    let q = sums.add($slot * 8);
+                    _mm512_storeu_pd(q, _mm512_add_pd(_mm512_loadu_pd(q), *v));
+                }};
+            }
+            if c2 < k {
+                add_to!(syy + c * k + c2);
+                if c2 != c {
+                    add_to!(syy + c2 * k + c);
+                }
+            } else if c2 == k {
+                add_to!(snorm + c);
+            } else {
+                add_to!(syz + c);
+            }
+        }
+        W
+    }
+
+    /// One cell's estimates of the eight repetitions into `sc.out`: per lane,
+    /// [`crate::estimators::add_quadratic_relaxed_sum`] into zeros, then the scaling by
+    /// `1 / S` of `estimate_one`.
+    ///
+    /// # Safety
+    /// The CPU must have AVX-512F.
+    #[inline(always)]
+    pub(super) unsafe fn estimate(sc: &mut RelaxedReps, cell: &Cell<'_>) {
+        let k = sc.k;
+        assert!(cell.beta.len() == k && sc.out.len() >= k * 8);
+        assert!(sc.sums.len() >= (k * k + 4 * k) * 8);
+        let s = sc.sums.as_ptr();
+        let (sy, syy) = (0, k);
+        let (snorm, syz, shit) = (k + k * k, 2 * k + k * k, 3 * k + k * k);
+        let a2 = _mm512_set1_pd(cell.alpha2);
+        let (tau, inv) = (_mm512_set1_pd(cell.tau), _mm512_set1_pd(cell.inv));
+        assert!(sc.ydb.len() >= (cell.loss + 1) * k * 8 && sc.ydb_done.len() > cell.loss);
+        let ydbs = sc.ydb.as_mut_ptr().add(cell.loss * k * 8);
+        if !sc.ydb_done[cell.loss] {
+            for c in 0..k {
+                // `sum_yy_dot`: sum over c' in order from -0.0 of sum_yy[c'][c] beta[c'].
+                let mut ydb = _mm512_set1_pd(-0.0);
+                for (c2, &b) in cell.beta.iter().enumerate() {
+                    let v = _mm512_loadu_pd(s.add((syy + c2 * k + c) * 8));
+                    ydb = _mm512_add_pd(ydb, _mm512_mul_pd(v, _mm512_set1_pd(b)));
+                }
+                _mm512_storeu_pd(ydbs.add(c * 8), ydb);
+            }
+            sc.ydb_done[cell.loss] = true;
+        }
+        for c in 0..k {
+            let ydb = _mm512_loadu_pd(ydbs.add(c * 8));
+            let (x, w) = if cell.straight_through {
+                (shit + c, syz + c)
+            } else {
+                (syy + c * k + c, snorm + c)
+            };
+            let term = _mm512_sub_pd(
+                _mm512_sub_pd(
+                    _mm512_add_pd(
+                        _mm512_mul_pd(a2, _mm512_loadu_pd(s.add(x * 8))),
+                        _mm512_mul_pd(
+                            _mm512_set1_pd(cell.beta[c]),
+                            _mm512_loadu_pd(s.add((sy + c) * 8)),
+                        ),
+                    ),
+                    _mm512_mul_pd(a2, _mm512_loadu_pd(s.add(w * 8))),
+                ),
+                ydb,
+            );
+            let v = _mm512_add_pd(_mm512_setzero_pd(), _mm512_div_pd(term, tau));
+            _mm512_storeu_pd(sc.out.as_mut_ptr().add(c * 8), _mm512_mul_pd(v, inv));
+        }
+    }
+
+    /// `sc.out` (category-major) into `acc[r * width + at ..][..K]` for every repetition r,
+    /// eight categories at a time through a transpose.
+    ///
+    /// # Safety
+    /// The CPU must have AVX-512F.
+    #[inline(always)]
+    pub(super) unsafe fn store(sc: &RelaxedReps, acc: &mut [f64], at: usize, width: usize) {
+        let k = sc.k;
+        assert!(at + k <= width && acc.len() >= RELAXED_REPS * width && sc.out.len() >= 8 * k);
+        let out = sc.out.as_ptr();
+        for c0 in (0..k).step_by(8) {
+            let mut r = [_mm512_setzero_pd(); 8];
+            for (j, v) in r.iter_mut().enumerate() {
+                *v = _mm512_loadu_pd(out.add((c0 + j).min(k - 1) * 8));
+            }
+            let t = transpose(r);
+            let m = (k - c0).min(8);
+            let mask: __mmask8 = if m == 8 { 0xff } else { (1u8 << m) - 1 };
+            for (rep, v) in t.iter().enumerate() {
+                // In bounds: rep * width + at + c0 + m <= 8 width (asserted above).
+                _mm512_mask_storeu_pd(acc.as_mut_ptr().add(rep * width + at + c0), mask, *v);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::estimators::apply::{estimate_one, relaxed_moments};
+    use crate::estimators::{by_id, DrawSource, RelaxedMoments};
+    use crate::loss::Loss;
+
+    #[test]
+    fn eight_repetitions_at_once_give_each_repetitions_bits() {
+        if !RelaxedReps::available() {
+            return;
+        }
+        let ests: Vec<&'static dyn Estimator> = vec![
+            by_id("gumbel-softmax").unwrap(),
+            by_id("st-gumbel").unwrap(),
+        ];
+        let mut checked = 0;
+        for (k, tau) in [(1usize, 1.0), (3, 0.5), (10, 1.0), (10, 0.3), (17, 2.0)] {
+            let a: Vec<f64> = (0..k).map(|c| (c as f64 * 0.7).sin() * 2.0).collect();
+            let t: Vec<f64> = (0..k).map(|c| if c == k / 2 { 1.0 } else { 0.0 }).collect();
+            let contexts: Vec<Context> = Loss::QUADRATIC
+                .iter()
+                .map(|&loss| Context::from_logits(&a, &t, loss, tau))
+                .collect();
+            let cells: Vec<(usize, &'static dyn Estimator)> = (0..contexts.len())
+                .flat_map(|li| ests.iter().map(move |&e| (li, e)))
+                .collect();
+            let table = RelaxedTable::new(&a, tau);
+            let width = cells.len() * k;
+            let mut sc = RelaxedReps::new(k);
+            let mut m = RelaxedMoments::new(k);
+            for s in [1u32, 5, 8, 16, 23, 64, 100, 136] {
+                for rep0 in [0u32, 8, 4_000_000_000] {
+                    let mut got = vec![f64::NAN; RELAXED_REPS * width];
+                    relaxed_sums_reps(
+                        &table,
+                        &contexts,
+                        &cells,
+                        [3, 4],
+                        rep0,
+                        2,
+                        s,
+                        &mut sc,
+                        &mut got,
+                    );
+                    for r in 0..RELAXED_REPS {
+                        let rep = rep0.wrapping_add(r as u32);
+                        relaxed_moments(&table, [3, 4], rep, 2, s, &mut m);
+                        for (i, &(li, est)) in cells.iter().enumerate() {
+                            let mut want = vec![0.0; k];
+                            estimate_one(
+                                est,
+                                &contexts[li],
+                                DrawSource::RelaxedSums(&m),
+                                0.0,
+                                &mut want,
+                            );
+                            let at = r * width + i * k;
+                            for c in 0..k {
+                                assert_eq!(
+                                    got[at + c].to_bits(),
+                                    want[c].to_bits(),
+                                    "K {k}, S {s}, rep {rep}, cell {i}, c {c}"
+                                );
+                                checked += 1;
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        assert_eq!(checked, (1 + 3 + 10 + 10 + 17) * 6 * 8 * 3 * 8);
+    }
+}
