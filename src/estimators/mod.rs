@@ -1416,6 +1416,20 @@ pub trait Estimator: Send + Sync {
         None
     }
 
+    /// Whether it may keep a moving-average baseline, the one state carried from a
+    /// repetition to the next: its lowering says so, and an estimator without a lowering may
+    /// (its [`Estimator::estimate`] returns the value it feeds) unless it says otherwise.
+    /// Where it keeps none, the CPU's generic path computes a block's repetitions in
+    /// parallel (each estimate then depends on its own repetition's draws alone, so the bits
+    /// are the same as one after another).
+    fn keeps_moving_average(&self) -> bool {
+        match self.lowering() {
+            Some(Lowering::ScoreFunction { baseline, .. }) => baseline == Baseline::MovingAverage,
+            Some(_) => false,
+            None => true,
+        }
+    }
+
     /// The per-variable conditional form of its generic estimate, if it has one (a GPU kernel
     /// of the generic path; see [`Conditional`]).
     fn conditional(&self) -> Option<Conditional> {
