@@ -835,33 +835,44 @@ pub(crate) fn cpu_point_cells(
                     },
                 }
             };
-            // A generic cell without a moving average (no state from one repetition to the
+            // A generic or joint-counts cell without a moving average (no state from one repetition to the
             // next): the block's estimates in parallel, in tasks of a fixed number of
             // repetitions, each estimate from its own repetition alone (so the same bits on
             // any number of threads), then pushed below in repetition order.
-            let parallel = match cell.path {
-                Path::Generic(family) if !faulty && !cell.estimator.keeps_moving_average() => {
-                    Some(family)
-                }
-                _ => None,
-            };
-            if let Some(family) = parallel {
+            let parallel = !faulty
+                && !batched
+                && matches!(cell.path, Path::Generic(_) | Path::JointCounts)
+                && !cell.estimator.keeps_moving_average();
+            if parallel {
                 let b = cell.baseline.value();
                 let estimator = cell.estimator;
+                let path = cell.path;
+                // A joint-counts estimate is a few numbers per coordinate: larger tasks.
+                let task = match path {
+                    Path::JointCounts => PARALLEL_JOINT_COUNTS_TASK,
+                    _ => PARALLEL_REPS_TASK,
+                };
                 cell.estimates.resize(nbu * dim, 0.0);
                 cell.estimates[..nbu * dim]
-                    .par_chunks_mut(dim * PARALLEL_REPS_TASK)
+                    .par_chunks_mut(dim * task)
                     .enumerate()
                     .for_each(|(t, chunk)| {
                         for (j, estimate) in chunk.chunks_exact_mut(dim).enumerate() {
-                            let draws = joint_draws(family, t * PARALLEL_REPS_TASK + j);
-                            let signal = estimate_one(
-                                estimator,
-                                ctx,
-                                DrawSource::Joint(&draws),
-                                b,
-                                estimate,
-                            );
+                            let r = t * task + j;
+                            let signal = match path {
+                                Path::Generic(family) => {
+                                    let draws = joint_draws(family, r);
+                                    let draws = DrawSource::Joint(&draws);
+                                    estimate_one(estimator, ctx, draws, b, estimate)
+                                }
+                                _ => {
+                                    let off = (r * nj + ji) * joint_len;
+                                    let sums = &joint_sums[off..off + joint_len];
+                                    let view = JointCounts::view(ctx, su, sums);
+                                    let draws = DrawSource::JointCounts(&view);
+                                    estimate_one(estimator, ctx, draws, b, estimate)
+                                }
+                            };
                             assert!(
                                 signal.is_none(),
                                 "{} fed a moving average it says it does not keep",
@@ -909,6 +920,10 @@ pub(crate) fn cpu_point_cells(
             for r in 0..if batched { 0 } else { nbu } {
                 let estimate = &mut stage[staged * dim..(staged + 1) * dim];
                 match cell.path {
+                    // Computed above, in parallel.
+                    Path::Generic(_) | Path::JointCounts if parallel => {
+                        estimate.copy_from_slice(&cell.estimates[r * dim..(r + 1) * dim]);
+                    }
                     Path::Counts | Path::HardDrawCounts => {
                         let c = &counts[r * k..(r + 1) * k];
                         let b = cell.baseline.value();
@@ -938,9 +953,6 @@ pub(crate) fn cpu_point_cells(
                         ) {
                             cell.baseline.push(signal);
                         }
-                    }
-                    Path::Generic(_) if parallel.is_some() => {
-                        estimate.copy_from_slice(&cell.estimates[r * dim..(r + 1) * dim]);
                     }
                     Path::Generic(family) => {
                         let draws = joint_draws(family, r);
@@ -1037,6 +1049,10 @@ const STAGE: usize = 8;
 /// Repetitions per parallel task where a generic cell computes a block's estimates in
 /// parallel (fixed, so that the tasks do not depend on the thread count).
 const PARALLEL_REPS_TASK: usize = 4;
+
+/// [`PARALLEL_REPS_TASK`] for a joint-counts cell (an estimate of a few numbers per
+/// coordinate from its repetition's sums).
+const PARALLEL_JOINT_COUNTS_TASK: usize = 64;
 
 /// Writes the `staged` estimates of `stage` (repetition-major, `dim` each) to the first
 /// `staged` columns of `batch` (coordinate-major, rows of [`PUSH_BATCH`]): a full stage
@@ -1278,14 +1294,17 @@ mod parallel_tests {
         }
     }
 
-    /// The generic cells without a moving average (`st`, `reinmax`, `indecater` on
-    /// `indecater-6x10`, `disarm` on `reinmax-poly`) compute a block's repetitions in
-    /// parallel: their moments must be, bit for bit, those of the repetitions one after
+    /// The generic and joint-counts cells without a moving average (`st`, `reinmax`,
+    /// `indecater`, `reinforce`, `rloo`, `muprop` on `indecater-6x10`, `disarm` on
+    /// `reinmax-poly`) compute a block's repetitions in parallel: their moments must be, bit for bit, those of the repetitions one after
     /// another, on one thread and on three; R spans two draw blocks and ends mid-task.
     #[test]
     fn parallel_repetitions_give_the_bits_of_one_after_another() {
         for (problem, ids) in [
-            ("indecater-6x10", &["st", "reinmax", "indecater"][..]),
+            (
+                "indecater-6x10",
+                &["st", "reinmax", "indecater", "reinforce", "rloo", "muprop"][..],
+            ),
             ("reinmax-poly", &["disarm"][..]),
         ] {
             let mut spec = SweepSpec::family_workload(Family::ScoreFunction, 4, 4096 + 1003);
@@ -1298,7 +1317,11 @@ mod parallel_tests {
             let ctx = &spec.contexts()[0];
             for &e in &fast {
                 assert!(!e.keeps_moving_average(), "{}", e.id());
-                assert!(matches!(path_of(e, ctx), Path::Generic(_)), "{}", e.id());
+                assert!(
+                    matches!(path_of(e, ctx), Path::Generic(_) | Path::JointCounts),
+                    "{}",
+                    e.id()
+                );
             }
             spec.estimators = fast
                 .iter()
