@@ -920,10 +920,8 @@ pub(crate) fn cpu_point_cells(
             for r in 0..if batched { 0 } else { nbu } {
                 let estimate = &mut stage[staged * dim..(staged + 1) * dim];
                 match cell.path {
-                    // Computed above, in parallel.
-                    Path::Generic(_) | Path::JointCounts if parallel => {
-                        estimate.copy_from_slice(&cell.estimates[r * dim..(r + 1) * dim]);
-                    }
+                    // Computed above, in parallel: unstaged from there.
+                    Path::Generic(_) | Path::JointCounts if parallel => {}
                     Path::Counts | Path::HardDrawCounts => {
                         let c = &counts[r * k..(r + 1) * k];
                         let b = cell.baseline.value();
@@ -970,7 +968,18 @@ pub(crate) fn cpu_point_cells(
                 staged += 1;
                 in_batch += 1;
                 if staged == STAGE || in_batch == PUSH_BATCH || r + 1 == nbu {
-                    unstage(&stage, staged, dim, &mut batch[in_batch - staged..]);
+                    // The staged repetitions r + 1 - staged ..= r, repetition-major either way.
+                    let staged_estimates = if parallel {
+                        &cell.estimates[(r + 1 - staged) * dim..(r + 1) * dim]
+                    } else {
+                        &stage[..]
+                    };
+                    unstage(
+                        staged_estimates,
+                        staged,
+                        dim,
+                        &mut batch[in_batch - staged..],
+                    );
                     staged = 0;
                 }
                 if in_batch == PUSH_BATCH {
