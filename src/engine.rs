@@ -835,23 +835,20 @@ pub(crate) fn cpu_point_cells(
                     },
                 }
             };
-            // A generic or joint-counts cell without a moving average (no state from one repetition to the
+            // A generic cell without a moving average (no state from one repetition to the
             // next): the block's estimates in parallel, in tasks of a fixed number of
             // repetitions, each estimate from its own repetition alone (so the same bits on
             // any number of threads), then pushed below in repetition order.
-            let parallel = !faulty
-                && !batched
-                && matches!(cell.path, Path::Generic(_) | Path::JointCounts)
-                && !cell.estimator.keeps_moving_average();
-            if parallel {
+            let parallel = match cell.path {
+                Path::Generic(family) if !faulty && !cell.estimator.keeps_moving_average() => {
+                    Some(family)
+                }
+                _ => None,
+            };
+            if let Some(family) = parallel {
                 let b = cell.baseline.value();
                 let estimator = cell.estimator;
-                let path = cell.path;
-                // A joint-counts estimate is a few numbers per coordinate: larger tasks.
-                let task = match path {
-                    Path::JointCounts => PARALLEL_JOINT_COUNTS_TASK,
-                    _ => PARALLEL_REPS_TASK,
-                };
+                let task = PARALLEL_REPS_TASK;
                 cell.estimates.resize(nbu * dim, 0.0);
                 cell.estimates[..nbu * dim]
                     .par_chunks_mut(dim * task)
@@ -859,20 +856,9 @@ pub(crate) fn cpu_point_cells(
                     .for_each(|(t, chunk)| {
                         for (j, estimate) in chunk.chunks_exact_mut(dim).enumerate() {
                             let r = t * task + j;
-                            let signal = match path {
-                                Path::Generic(family) => {
-                                    let draws = joint_draws(family, r);
-                                    let draws = DrawSource::Joint(&draws);
-                                    estimate_one(estimator, ctx, draws, b, estimate)
-                                }
-                                _ => {
-                                    let off = (r * nj + ji) * joint_len;
-                                    let sums = &joint_sums[off..off + joint_len];
-                                    let view = JointCounts::view(ctx, su, sums);
-                                    let draws = DrawSource::JointCounts(&view);
-                                    estimate_one(estimator, ctx, draws, b, estimate)
-                                }
-                            };
+                            let draws = joint_draws(family, r);
+                            let draws = DrawSource::Joint(&draws);
+                            let signal = estimate_one(estimator, ctx, draws, b, estimate);
                             assert!(
                                 signal.is_none(),
                                 "{} fed a moving average it says it does not keep",
@@ -921,7 +907,7 @@ pub(crate) fn cpu_point_cells(
                 let estimate = &mut stage[staged * dim..(staged + 1) * dim];
                 match cell.path {
                     // Computed above, in parallel: unstaged from there.
-                    Path::Generic(_) | Path::JointCounts if parallel => {}
+                    Path::Generic(_) if parallel.is_some() => {}
                     Path::Counts | Path::HardDrawCounts => {
                         let c = &counts[r * k..(r + 1) * k];
                         let b = cell.baseline.value();
@@ -969,7 +955,7 @@ pub(crate) fn cpu_point_cells(
                 in_batch += 1;
                 if staged == STAGE || in_batch == PUSH_BATCH || r + 1 == nbu {
                     // The staged repetitions r + 1 - staged ..= r, repetition-major either way.
-                    let staged_estimates = if parallel {
+                    let staged_estimates = if parallel.is_some() {
                         &cell.estimates[(r + 1 - staged) * dim..(r + 1) * dim]
                     } else {
                         &stage[..]
@@ -1058,10 +1044,6 @@ const STAGE: usize = 8;
 /// Repetitions per parallel task where a generic cell computes a block's estimates in
 /// parallel (fixed, so that the tasks do not depend on the thread count).
 const PARALLEL_REPS_TASK: usize = 4;
-
-/// [`PARALLEL_REPS_TASK`] for a joint-counts cell (an estimate of a few numbers per
-/// coordinate from its repetition's sums).
-const PARALLEL_JOINT_COUNTS_TASK: usize = 64;
 
 /// Writes the `staged` estimates of `stage` (repetition-major, `dim` each) to the first
 /// `staged` columns of `batch` (coordinate-major, rows of [`PUSH_BATCH`]): a full stage
@@ -1303,17 +1285,14 @@ mod parallel_tests {
         }
     }
 
-    /// The generic and joint-counts cells without a moving average (`st`, `reinmax`,
-    /// `indecater`, `reinforce`, `rloo`, `muprop` on `indecater-6x10`, `disarm` on
-    /// `reinmax-poly`) compute a block's repetitions in parallel: their moments must be, bit for bit, those of the repetitions one after
+    /// The generic cells without a moving average (`st`, `reinmax`, `indecater` on
+    /// `indecater-6x10`, `disarm` on `reinmax-poly`) compute a block's repetitions in
+    /// parallel: their moments must be, bit for bit, those of the repetitions one after
     /// another, on one thread and on three; R spans two draw blocks and ends mid-task.
     #[test]
     fn parallel_repetitions_give_the_bits_of_one_after_another() {
         for (problem, ids) in [
-            (
-                "indecater-6x10",
-                &["st", "reinmax", "indecater", "reinforce", "rloo", "muprop"][..],
-            ),
+            ("indecater-6x10", &["st", "reinmax", "indecater"][..]),
             ("reinmax-poly", &["disarm"][..]),
         ] {
             let mut spec = SweepSpec::family_workload(Family::ScoreFunction, 4, 4096 + 1003);
@@ -1326,11 +1305,7 @@ mod parallel_tests {
             let ctx = &spec.contexts()[0];
             for &e in &fast {
                 assert!(!e.keeps_moving_average(), "{}", e.id());
-                assert!(
-                    matches!(path_of(e, ctx), Path::Generic(_) | Path::JointCounts),
-                    "{}",
-                    e.id()
-                );
+                assert!(matches!(path_of(e, ctx), Path::Generic(_)), "{}", e.id());
             }
             spec.estimators = fast
                 .iter()
