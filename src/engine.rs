@@ -412,6 +412,9 @@ struct CellState {
     /// the batches start at multiples of PUSH_BATCH repetitions whatever the draw block.
     batch: Vec<f64>,
     in_batch: usize,
+    /// A block's estimates, repetition-major, where they are computed in parallel (a
+    /// generic cell that keeps no moving average); kept across blocks.
+    estimates: Vec<f64>,
 }
 
 /// Runs the cells of `spec` at point `point` that `select(context, estimator)` keeps (all of
@@ -457,6 +460,7 @@ pub(crate) fn cpu_point_cells(
                 sums: None,
                 batch: vec![0.0; dim * PUSH_BATCH],
                 in_batch: 0,
+                estimates: Vec::new(),
             });
         }
     }
@@ -841,6 +845,68 @@ pub(crate) fn cpu_point_cells(
                 };
             // The counts lowering runs a batch of repetitions at a time (the same estimates).
             let batched = (cell.path == Path::Counts && !faulty) || constant;
+            // The joint draws of repetition `r` of the block, as the generic path reads them.
+            let joint_draws = |family: Family, r: usize| {
+                let noise = Noise {
+                    key,
+                    rep: block_start + r as u32,
+                    point: point_id,
+                };
+                match family {
+                    Family::ScoreFunction => JointDraws {
+                        s: su,
+                        z: &joint_z[r * su * l..(r + 1) * su * l],
+                        f: if cell.estimator.reads_draw_losses() {
+                            &joint_f[r * f_stride + f_offset * su..][..su]
+                        } else {
+                            &[]
+                        },
+                        y: &[],
+                        perturbed: &[],
+                        noise,
+                    },
+                    Family::Relaxed => JointDraws {
+                        s: su,
+                        z: &rel_z[r * su * l..(r + 1) * su * l],
+                        f: &[],
+                        y: &rel_y[r * su * dim..(r + 1) * su * dim],
+                        perturbed: &rel_g[r * su * dim..(r + 1) * su * dim],
+                        noise,
+                    },
+                }
+            };
+            // A generic cell without a moving average (no state from one repetition to the
+            // next): the block's estimates in parallel, in tasks of a fixed number of
+            // repetitions, each estimate from its own repetition alone (so the same bits on
+            // any number of threads), then pushed below in repetition order.
+            let parallel = match cell.path {
+                Path::Generic(family) if !faulty && !cell.estimator.keeps_moving_average() => {
+                    Some(family)
+                }
+                _ => None,
+            };
+            if let Some(family) = parallel {
+                let b = cell.baseline.value();
+                let estimator = cell.estimator;
+                let task = PARALLEL_REPS_TASK;
+                cell.estimates.resize(nbu * dim, 0.0);
+                cell.estimates[..nbu * dim]
+                    .par_chunks_mut(dim * task)
+                    .enumerate()
+                    .for_each(|(t, chunk)| {
+                        for (j, estimate) in chunk.chunks_exact_mut(dim).enumerate() {
+                            let r = t * task + j;
+                            let draws = joint_draws(family, r);
+                            let draws = DrawSource::Joint(&draws);
+                            let signal = estimate_one(estimator, ctx, draws, b, estimate);
+                            assert!(
+                                signal.is_none(),
+                                "{} fed a moving average it says it does not keep",
+                                estimator.id()
+                            );
+                        }
+                    });
+            }
             let push = |sums: &mut MomentSums, batch: &[f64], n: usize| {
                 if constant {
                     sums.push_repeated(&ctx.grad[..dim], n, &ctx.grad);
@@ -880,6 +946,8 @@ pub(crate) fn cpu_point_cells(
             for r in 0..if batched { 0 } else { nbu } {
                 let estimate = &mut stage[staged * dim..(staged + 1) * dim];
                 match cell.path {
+                    // Computed above, in parallel: unstaged from there.
+                    Path::Generic(_) if parallel.is_some() => {}
                     Path::Counts | Path::HardDrawCounts => {
                         let c = &counts[r * k..(r + 1) * k];
                         let b = cell.baseline.value();
@@ -911,33 +979,7 @@ pub(crate) fn cpu_point_cells(
                         }
                     }
                     Path::Generic(family) => {
-                        let noise = Noise {
-                            key,
-                            rep: block_start + r as u32,
-                            point: point_id,
-                        };
-                        let draws = match family {
-                            Family::ScoreFunction => JointDraws {
-                                s: su,
-                                z: &joint_z[r * su * l..(r + 1) * su * l],
-                                f: if cell.estimator.reads_draw_losses() {
-                                    &joint_f[r * f_stride + f_offset * su..][..su]
-                                } else {
-                                    &[]
-                                },
-                                y: &[],
-                                perturbed: &[],
-                                noise,
-                            },
-                            Family::Relaxed => JointDraws {
-                                s: su,
-                                z: &rel_z[r * su * l..(r + 1) * su * l],
-                                f: &[],
-                                y: &rel_y[r * su * dim..(r + 1) * su * dim],
-                                perturbed: &rel_g[r * su * dim..(r + 1) * su * dim],
-                                noise,
-                            },
-                        };
+                        let draws = joint_draws(family, r);
                         let b = cell.baseline.value();
                         let draws = DrawSource::Joint(&draws);
                         if let Some(signal) = estimate_one(cell.estimator, ctx, draws, b, estimate)
@@ -952,7 +994,18 @@ pub(crate) fn cpu_point_cells(
                 staged += 1;
                 in_batch += 1;
                 if staged == STAGE || in_batch == PUSH_BATCH || r + 1 == nbu {
-                    unstage(&stage, staged, dim, &mut batch[in_batch - staged..]);
+                    // The staged repetitions r + 1 - staged ..= r, repetition-major either way.
+                    let staged_estimates = if parallel.is_some() {
+                        &cell.estimates[(r + 1 - staged) * dim..(r + 1) * dim]
+                    } else {
+                        &stage[..]
+                    };
+                    unstage(
+                        staged_estimates,
+                        staged,
+                        dim,
+                        &mut batch[in_batch - staged..],
+                    );
                     staged = 0;
                 }
                 if in_batch == PUSH_BATCH {
@@ -1027,6 +1080,10 @@ fn joint_counts_constant(estimator: &dyn Estimator) -> bool {
 
 /// Repetitions whose estimates a cell stages before it writes them to its batch's columns.
 const STAGE: usize = 8;
+
+/// Repetitions per parallel task where a generic cell computes a block's estimates in
+/// parallel (fixed, so that the tasks do not depend on the thread count).
+const PARALLEL_REPS_TASK: usize = 4;
 
 /// Writes the `staged` estimates of `stage` (repetition-major, `dim` each) to the first
 /// `staged` columns of `batch` (coordinate-major, rows of [`PUSH_BATCH`]): a full stage
@@ -1210,5 +1267,108 @@ mod constant_tests {
         }
         let got = &point.cells[0].moments;
         assert_eq!(format!("{got:?}"), format!("{want:?}"));
+    }
+}
+
+#[cfg(test)]
+mod parallel_tests {
+    use super::*;
+    use crate::error::Result;
+    use crate::estimators::ExactMoments;
+
+    /// An estimator as another, except that it says it may keep a moving average: the
+    /// generic path then runs its repetitions one after another (the reference).
+    struct OneAfterAnother(&'static dyn Estimator);
+
+    impl Estimator for OneAfterAnother {
+        fn id(&self) -> &'static str {
+            self.0.id()
+        }
+        fn family(&self) -> Family {
+            self.0.family()
+        }
+        fn is_unbiased(&self) -> bool {
+            self.0.is_unbiased()
+        }
+        fn min_samples(&self) -> u32 {
+            self.0.min_samples()
+        }
+        fn reads_draw_losses(&self) -> bool {
+            self.0.reads_draw_losses()
+        }
+        fn needs_extension(&self) -> bool {
+            self.0.needs_extension()
+        }
+        fn check(&self, ctx: &Context) -> Result<()> {
+            self.0.check(ctx)
+        }
+        fn loss_evaluations(&self, ctx: &Context, s: u32) -> f64 {
+            self.0.loss_evaluations(ctx, s)
+        }
+        fn estimate(
+            &self,
+            ctx: &Context,
+            draws: &JointDraws<'_>,
+            baseline: f64,
+            out: &mut [f64],
+        ) -> Option<f64> {
+            self.0.estimate(ctx, draws, baseline, out)
+        }
+        fn lowering(&self) -> Option<Lowering> {
+            self.0.lowering()
+        }
+        fn keeps_moving_average(&self) -> bool {
+            true
+        }
+        fn exact_moments(&self, ctx: &Context, s: u32) -> Option<ExactMoments> {
+            self.0.exact_moments(ctx, s)
+        }
+    }
+
+    /// The generic cells without a moving average (`st`, `reinmax`, `indecater` on
+    /// `indecater-6x10`, `disarm` on `reinmax-poly`) compute a block's repetitions in
+    /// parallel: their moments must be, bit for bit, those of the repetitions one after
+    /// another, on one thread and on three; R spans two draw blocks and ends mid-task.
+    #[test]
+    fn parallel_repetitions_give_the_bits_of_one_after_another() {
+        for (problem, ids) in [
+            ("indecater-6x10", &["st", "reinmax", "indecater"][..]),
+            ("reinmax-poly", &["disarm"][..]),
+        ] {
+            let mut spec = SweepSpec::family_workload(Family::ScoreFunction, 4, 4096 + 1003);
+            spec.problem = (crate::problems::by_name(problem).unwrap().build)(0);
+            spec.losses = vec![Loss::Pnorm];
+            let fast: Vec<&'static dyn Estimator> = ids
+                .iter()
+                .map(|id| crate::estimators::by_id(id).unwrap())
+                .collect();
+            let ctx = &spec.contexts()[0];
+            for &e in &fast {
+                assert!(!e.keeps_moving_average(), "{}", e.id());
+                assert!(matches!(path_of(e, ctx), Path::Generic(_)), "{}", e.id());
+            }
+            spec.estimators = fast
+                .iter()
+                .map(|&e| &*Box::leak(Box::new(OneAfterAnother(e))) as &'static dyn Estimator)
+                .collect();
+            let want = CpuEngine::new(2)
+                .unwrap()
+                .install(|| cpu_point(&spec, 0, &|_| {}));
+            spec.estimators = fast;
+            for threads in [1, 3] {
+                let got = CpuEngine::new(threads)
+                    .unwrap()
+                    .install(|| cpu_point(&spec, 0, &|_| {}));
+                for (g, w) in got.cells.iter().zip(&want.cells) {
+                    assert_eq!(g.estimator.id(), w.estimator.id());
+                    assert_eq!(
+                        format!("{:?}", g.moments),
+                        format!("{:?}", w.moments),
+                        "{} on {threads} threads",
+                        g.estimator.id()
+                    );
+                }
+            }
+        }
     }
 }

@@ -16,9 +16,8 @@ use crate::draws::{
 use crate::engine::{path_of, Path};
 
 use super::{
-    estimate_from_joint_counts, fill_joint_counts, Baseline, Context, Estimator, Family,
-    JointCounts, JointDraws, Lowering, MovingAverage, Noise, RelaxedBatch, RelaxedMoments,
-    RELAXED_BATCH,
+    estimate_from_joint_counts, fill_joint_counts, Context, Estimator, Family, JointCounts,
+    JointDraws, Lowering, MovingAverage, Noise, RelaxedBatch, RelaxedMoments, RELAXED_BATCH,
 };
 
 /// One repetition's draws, in the form an estimator's path reads.
@@ -296,7 +295,7 @@ pub fn warmed_baseline(
     first_rep: u32,
 ) -> MovingAverage {
     let mut baseline = MovingAverage::default();
-    if !keeps_moving_average(est) {
+    if !est.keeps_moving_average() {
         return baseline;
     }
     let mut out = vec![0.0; ctx.dim()];
@@ -309,16 +308,6 @@ pub fn warmed_baseline(
         }
     }
     baseline
-}
-
-/// Whether `est` may keep a moving-average baseline: its lowering says so, and an estimator
-/// without a lowering may (its [`Estimator::estimate`] returns the value it feeds).
-fn keeps_moving_average(est: &dyn Estimator) -> bool {
-    match est.lowering() {
-        Some(Lowering::ScoreFunction { baseline, .. }) => baseline == Baseline::MovingAverage,
-        Some(_) => false,
-        None => true,
-    }
 }
 
 /// [`warmed_baseline`] of several one-variable counts-path cells at once (the GPU engine's
@@ -335,7 +324,7 @@ pub fn warmed_counts_baselines(
     use rayon::prelude::*;
     let mut baselines = vec![MovingAverage::default(); cells.len()];
     let warm: Vec<usize> = (0..cells.len())
-        .filter(|&c| keeps_moving_average(cells[c].0))
+        .filter(|&c| cells[c].0.keeps_moving_average())
         .collect();
     let Some(&first) = warm.first() else {
         return baselines;

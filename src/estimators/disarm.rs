@@ -22,7 +22,6 @@
 
 use rayon::prelude::*;
 
-use super::conditional::fill_uniforms;
 use super::{Context, Estimator, ExactMoments, Family, JointDraws};
 use crate::error::{Error, Result};
 use crate::oracle::{self, Method};
@@ -180,6 +179,10 @@ impl Estimator for Disarm {
         }
         Ok(())
     }
+    /// No baseline: every estimate reads its own repetition alone.
+    fn keeps_moving_average(&self) -> bool {
+        false
+    }
     fn loss_evaluations(&self, _ctx: &Context, s: u32) -> f64 {
         2.0 * f64::from(s)
     }
@@ -194,13 +197,21 @@ impl Estimator for Disarm {
     }
     fn estimate(&self, ctx: &Context, d: &JointDraws<'_>, _: f64, out: &mut [f64]) -> Option<f64> {
         let l = ctx.l;
-        // Per variable, contiguous: p_l1 and sigma(|theta_l|) = max(p_l0, p_l1).
-        let p1: Vec<f64> = (0..l).map(|v| ctx.p[2 * v + 1]).collect();
+        // Per variable, contiguous: sigma(|theta_l|) = max(p_l0, p_l1), and the partner's
+        // thresholds on the uniforms' random bits (a function of `p` alone, built once per
+        // context).
         let sigma_abs: Vec<f64> = (0..l).map(|v| ctx.p[2 * v].max(ctx.p[2 * v + 1])).collect();
+        let table = ctx
+            .table_cache
+            .get_or_build(self.id(), &[&ctx.p], None, || {
+                let p1: Vec<f64> = (0..l).map(|v| ctx.p[2 * v + 1]).collect();
+                partner_thresholds(&p1).into_iter().map(f64::from).collect()
+            });
+        let thresholds: Vec<u32> = table.iter().map(|&t| t as u32).collect();
         // Every draw's partner and its loss first (draw-major), then the pairs' terms.
         let mut anti = vec![0u32; d.s * l];
         let mut f_anti = vec![0.0; d.s];
-        partners_and_losses(ctx, d, &p1, &mut anti, &mut f_anti);
+        partners_and_losses(ctx, d, &thresholds, &mut anti, &mut f_anti);
         let (mut up, mut down) = (vec![0.0; l], vec![0.0; l]);
         add_pairs(l, d.z, &anti, d.f, &f_anti, &sigma_abs, &mut up, &mut down);
         let inv = 1.0 / d.s as f64;
@@ -222,7 +233,7 @@ const PAIR_TASK_NUMBERS: usize = 1024;
 fn partners_and_losses(
     ctx: &Context,
     d: &JointDraws<'_>,
-    p1: &[f64],
+    thresholds: &[u32],
     anti: &mut [u32],
     f_anti: &mut [f64],
 ) {
@@ -231,7 +242,7 @@ fn partners_and_losses(
     let task = |t: usize, a: &mut [u32], fa: &mut [f64]| {
         let first = t * per_task;
         let n = a.len() / l;
-        partners_of_draws(d, first, &d.z[first * l..(first + n) * l], p1, a);
+        partners_of_draws(d, first, &d.z[first * l..(first + n) * l], thresholds, a);
         ctx.objective.at_vertices(a, fa);
     };
     if d.s * l >= 2 * PAIR_TASK_NUMBERS {
@@ -326,35 +337,211 @@ fn add_pairs_lanes(
     }
 }
 
-/// The partners `anti` of the draws `first ..` whose categories `z` holds (draw-major), each
-/// from its uniforms; the comparisons vectorise (AVX2 where present, the same bits).
-fn partners_of_draws(d: &JointDraws<'_>, first: usize, z: &[u32], p1: &[f64], anti: &mut [u32]) {
+/// The random bits of the uniform of variable `v` of draw `i` that decide its partner: the
+/// top 23 bits `m` of its word (the uniform is `open_uniform_f32` of the word, `(m + 1/2)
+/// 2^-23`, as [`super::conditional::uniform`] gives it).
+const UNIFORM_SHIFT: u32 = 9;
+
+/// Where a variable's partner switches: per variable `v`, the least `m` (the 23 random bits
+/// of its uniform, see [`UNIFORM_SHIFT`]) from which [`partners`] gives `b~_v = 1`, given
+/// `b_v = 0` (`out[v]`) and given `b_v = 1` (`out[L + v]`); 2^23 where it never does.
+/// `partners` is monotone in the uniform (`u` grows with it, since every rounded step does,
+/// so `1 - u < p_v1` turns from false to true once), so a binary search over the 2^23
+/// values finds that index, and `b~_v = 1[m >= threshold]` is `partners`' value bit for bit
+/// (test `partner_thresholds_split_every_uniform_as_the_partner_does`).
+fn partner_thresholds(p1: &[f64]) -> Vec<u32> {
+    let l = p1.len();
+    let mut out = vec![0u32; 2 * l];
+    for (v, &p) in p1.iter().enumerate() {
+        for b in 0..2u32 {
+            let partner = |m: u32| {
+                let u = [f64::from(crate::philox::open_uniform_f32(
+                    m << UNIFORM_SHIFT,
+                ))];
+                let mut a = [0u32];
+                partners(&[b], &u, &[p], &mut a);
+                a[0] == 1
+            };
+            let (mut lo, mut hi) = (0u32, 1u32 << (32 - UNIFORM_SHIFT));
+            while lo < hi {
+                let mid = lo + (hi - lo) / 2;
+                if partner(mid) {
+                    hi = mid;
+                } else {
+                    lo = mid + 1;
+                }
+            }
+            out[b as usize * l + v] = lo;
+        }
+    }
+    out
+}
+
+/// The partners `anti` of the draws `first ..` whose categories `z` holds (draw-major),
+/// each straight from its uniforms' random words and the [`partner_thresholds`] (the
+/// partners [`partners`] gives from the uniforms, bit for bit): the Philox blocks eight at a
+/// time in AVX2 registers where the CPU has AVX2, the same words either way.
+fn partners_of_draws(
+    d: &JointDraws<'_>,
+    first: usize,
+    z: &[u32],
+    thresholds: &[u32],
+    anti: &mut [u32],
+) {
     #[cfg(target_arch = "x86_64")]
     #[target_feature(enable = "avx2")]
-    fn avx2(d: &JointDraws<'_>, first: usize, z: &[u32], p1: &[f64], anti: &mut [u32]) {
-        partners_of_draws_lanes(d, first, z, p1, anti);
+    fn avx2(d: &JointDraws<'_>, first: usize, z: &[u32], thresholds: &[u32], anti: &mut [u32]) {
+        partners_of_draws_lanes::<true>(d, first, z, thresholds, anti);
     }
     #[cfg(target_arch = "x86_64")]
     if crate::fastmath::has_avx2() {
         // SAFETY: the CPU has AVX2, checked just above.
-        return unsafe { avx2(d, first, z, p1, anti) };
+        return unsafe { avx2(d, first, z, thresholds, anti) };
     }
-    partners_of_draws_lanes(d, first, z, p1, anti);
+    partners_of_draws_lanes::<false>(d, first, z, thresholds, anti);
 }
 
+/// [`partners_of_draws`]; `X8`: the Philox blocks eight at a time in AVX2 registers (only
+/// from a function compiled with AVX2, on a CPU that has it), else one at a time.
 #[inline(always)]
-fn partners_of_draws_lanes(
+fn partners_of_draws_lanes<const X8: bool>(
     d: &JointDraws<'_>,
     first: usize,
     z: &[u32],
-    p1: &[f64],
+    thresholds: &[u32],
     anti: &mut [u32],
 ) {
-    let l = p1.len();
-    let mut uniforms = vec![0.0; l];
+    let l = thresholds.len() / 2;
+    let (t0, t1) = thresholds.split_at(l);
+    let blocks = l.div_ceil(4);
+    // The 23 random bits of every variable's uniform, in variable order (whole blocks).
+    let mut bits = vec![0u32; blocks * 4];
+    #[cfg(target_arch = "x86_64")]
+    let keys = crate::philox::x8::RoundKeys::new(d.noise.key);
     for (j, (b, a)) in z.chunks_exact(l).zip(anti.chunks_exact_mut(l)).enumerate() {
-        fill_uniforms(&d.noise, (first + j) as u32, &mut uniforms);
-        partners(b, &uniforms, p1, a);
+        let draw = (first + j) as u32;
+        #[allow(unused_mut)]
+        let mut done = 0;
+        #[cfg(target_arch = "x86_64")]
+        if X8 {
+            // SAFETY: X8 only from a function compiled with AVX2 (see above).
+            done = unsafe { uniform_bits_x8(&keys, &d.noise, draw, &mut bits) };
+        }
+        for block in done..blocks {
+            let words = d.noise.words(draw, block as u32);
+            for (o, w) in bits[block * 4..block * 4 + 4].iter_mut().zip(words) {
+                *o = w >> UNIFORM_SHIFT;
+            }
+        }
+        #[allow(unused_mut)]
+        let mut from = 0;
+        #[cfg(target_arch = "x86_64")]
+        if X8 {
+            // SAFETY: as above.
+            from = unsafe { select_partners_x8(b, &bits, t0, t1, a) };
+        }
+        for ((((y, &x), &m), &lo), &hi) in a[from..]
+            .iter_mut()
+            .zip(&b[from..])
+            .zip(&bits[from..])
+            .zip(&t0[from..])
+            .zip(&t1[from..])
+        {
+            let t = if x == 1 { hi } else { lo };
+            *y = u32::from(m >= t);
+        }
+    }
+}
+
+/// `a[v] = 1[bits[v] >= (b[v] == 1 ? t1[v] : t0[v])]` for the whole groups of eight
+/// variables, in AVX2 registers (every number below 2^31, so the signed comparison is the
+/// unsigned one); returns the variables done.
+///
+/// # Safety
+/// Only from a function compiled with AVX2, on a CPU that has it.
+#[cfg(target_arch = "x86_64")]
+#[inline(always)]
+unsafe fn select_partners_x8(
+    b: &[u32],
+    bits: &[u32],
+    t0: &[u32],
+    t1: &[u32],
+    a: &mut [u32],
+) -> usize {
+    use std::arch::x86_64::*;
+    let whole = a.len() / 8 * 8;
+    let (b, bits, t0, t1) = (&b[..whole], &bits[..whole], &t0[..whole], &t1[..whole]);
+    // SAFETY (every intrinsic): AVX2, the caller's promise; every load and store reads or
+    // writes eight numbers of a slice of `whole` numbers, from a multiple of eight below it.
+    unsafe {
+        let one = _mm256_set1_epi32(1);
+        for v in (0..whole).step_by(8) {
+            // (No closure: a closure is not compiled with the caller's target features.)
+            let (x, lo, hi, m) = (
+                _mm256_loadu_si256(b.as_ptr().add(v).cast()),
+                _mm256_loadu_si256(t0.as_ptr().add(v).cast()),
+                _mm256_loadu_si256(t1.as_ptr().add(v).cast()),
+                _mm256_loadu_si256(bits.as_ptr().add(v).cast()),
+            );
+            let is_one = _mm256_cmpeq_epi32(x, one);
+            let t = _mm256_blendv_epi8(lo, hi, is_one);
+            let below = _mm256_cmpgt_epi32(t, m);
+            _mm256_storeu_si256(
+                a.as_mut_ptr().add(v).cast(),
+                _mm256_andnot_si256(below, one),
+            );
+        }
+    }
+    whole
+}
+
+/// The random bits ([`UNIFORM_SHIFT`]) of the uniforms of draw `draw`'s whole groups of
+/// eight Philox blocks into `bits` (variable order, four per block); returns the blocks done.
+///
+/// # Safety
+/// Only from a function compiled with AVX2, on a CPU that has it.
+#[cfg(target_arch = "x86_64")]
+#[inline(always)]
+unsafe fn uniform_bits_x8(
+    keys: &crate::philox::x8::RoundKeys,
+    noise: &super::Noise,
+    draw: u32,
+    bits: &mut [u32],
+) -> usize {
+    use crate::philox::{x8, STREAM_AUX};
+    use std::arch::x86_64::*;
+    let blocks = bits.len() / 4;
+    // SAFETY (every intrinsic): AVX2, the caller's promise.
+    unsafe {
+        let lane = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
+        let stream = _mm256_set1_epi32((STREAM_AUX << 16) as i32);
+        let (c0, c1, c3) = (
+            _mm256_set1_epi32(draw as i32),
+            _mm256_set1_epi32(noise.rep as i32),
+            _mm256_set1_epi32(noise.point as i32),
+        );
+        let mut first = 0;
+        while blocks - first >= 8 {
+            // Counter word 2 is `(STREAM_AUX << 16) | block`, as `Noise::words` has it.
+            let c2 = _mm256_or_si256(
+                stream,
+                _mm256_add_epi32(_mm256_set1_epi32(first as i32), lane),
+            );
+            let words = x8::philox(keys, [c0, c1, c2, c3]);
+            const SHIFT: i32 = UNIFORM_SHIFT as i32;
+            let words = [
+                _mm256_srli_epi32::<SHIFT>(words[0]),
+                _mm256_srli_epi32::<SHIFT>(words[1]),
+                _mm256_srli_epi32::<SHIFT>(words[2]),
+                _mm256_srli_epi32::<SHIFT>(words[3]),
+            ];
+            let out: &mut [u32; 32] = (&mut bits[first * 4..first * 4 + 32])
+                .try_into()
+                .expect("32 words");
+            x8::store_block_major(words, out);
+            first += 8;
+        }
+        first
     }
 }
 
@@ -450,10 +637,11 @@ mod tests {
         let (z, f) = draws_of(&ctx, 40, 6);
         let d = joint(&z, &f, 6);
         let p1: Vec<f64> = (0..l).map(|v| ctx.p[2 * v + 1]).collect();
+        let thresholds = partner_thresholds(&p1);
         let sigma_abs: Vec<f64> = (0..l).map(|v| ctx.p[2 * v].max(ctx.p[2 * v + 1])).collect();
         let mut anti = vec![0u32; 40 * l];
         let mut f_anti = vec![0.0; 40];
-        partners_and_losses(&ctx, &d, &p1, &mut anti, &mut f_anti);
+        partners_and_losses(&ctx, &d, &thresholds, &mut anti, &mut f_anti);
         let (mut up, mut down) = (vec![0.0; l], vec![0.0; l]);
         add_pairs(l, &z, &anti, &f, &f_anti, &sigma_abs, &mut up, &mut down);
         let (mut up_plain, mut down_plain) = (vec![0.0; l], vec![0.0; l]);
@@ -471,13 +659,61 @@ mod tests {
         assert_eq!(bits(&up), bits(&up_plain));
         assert_eq!(bits(&down), bits(&down_plain));
         assert!(up.iter().any(|&g| g != 0.0));
-        // The partners too, from draw 3 on.
+        // The partners too, from draw 3 on (70 variables: two groups of eight Philox blocks
+        // and two blocks one at a time, the last one partial), and the partners of the
+        // uniforms one at a time.
         let mut plain = vec![0u32; 37 * l];
-        partners_of_draws_lanes(&d, 3, &z[3 * l..], &p1, &mut plain);
+        partners_of_draws_lanes::<false>(&d, 3, &z[3 * l..], &thresholds, &mut plain);
         let mut fast = vec![0u32; 37 * l];
-        partners_of_draws(&d, 3, &z[3 * l..], &p1, &mut fast);
+        partners_of_draws(&d, 3, &z[3 * l..], &thresholds, &mut fast);
         assert_eq!(fast, plain);
         assert_eq!(fast, anti[3 * l..]);
+        let mut from_uniforms = vec![0u32; 37 * l];
+        let mut uniforms = vec![0.0; l];
+        for (j, (b, a)) in z[3 * l..]
+            .chunks_exact(l)
+            .zip(from_uniforms.chunks_exact_mut(l))
+            .enumerate()
+        {
+            for (v, u) in uniforms.iter_mut().enumerate() {
+                *u = crate::estimators::conditional::uniform(&d.noise, 3 + j as u32, v);
+            }
+            partners(b, &uniforms, &p1, a);
+        }
+        assert_eq!(fast, from_uniforms);
+        assert!(fast.iter().zip(&z[3 * l..]).any(|(a, b)| a == b));
+        assert!(fast.iter().zip(&z[3 * l..]).any(|(a, b)| a != b));
+    }
+
+    #[test]
+    fn partner_thresholds_split_every_uniform_as_the_partner_does() {
+        // Every one of the 2^23 uniforms, for probabilities at 1/2, near 0 and 1, and uneven:
+        // the partner from the uniform is 1 exactly from the threshold on, given either draw.
+        let p1 = [0.5, 0.3, 0.7, 1e-9, 1.0 - 1e-9, 0.123_456_789, 0.0, 1.0];
+        let thresholds = partner_thresholds(&p1);
+        let l = p1.len();
+        for (v, &p) in p1.iter().enumerate() {
+            for b in 0..2u32 {
+                let t = thresholds[b as usize * l + v];
+                for m in 0..1u32 << (32 - UNIFORM_SHIFT) {
+                    let u = [f64::from(crate::philox::open_uniform_f32(
+                        m << UNIFORM_SHIFT,
+                    ))];
+                    let mut a = [0u32];
+                    partners(&[b], &u, &[p], &mut a);
+                    assert_eq!(a[0], u32::from(m >= t), "p1 = {p}, b = {b}, m = {m}");
+                }
+            }
+            // Away from 0, 1/2 and 1 (beyond the 23 bits' resolution), the partner of one of
+            // the two draws depends on the uniform: a threshold inside the range.
+            if (0.01..0.99).contains(&p) && p != 0.5 {
+                let inside = |t: u32| t > 0 && t < 1 << (32 - UNIFORM_SHIFT);
+                assert!(
+                    inside(thresholds[v]) || inside(thresholds[l + v]),
+                    "p1 = {p}"
+                );
+            }
+        }
     }
 
     #[test]

@@ -49,6 +49,10 @@ impl Estimator for Indecater {
     fn loss_evaluations(&self, ctx: &Context, s: u32) -> f64 {
         f64::from(s) * (ctx.l * ctx.k) as f64
     }
+    /// No baseline: every estimate reads its own repetition alone.
+    fn keeps_moving_average(&self) -> bool {
+        false
+    }
     fn conditional(&self) -> Option<Conditional> {
         Some(Conditional::EveryCategory)
     }

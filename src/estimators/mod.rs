@@ -1543,6 +1543,20 @@ pub trait Estimator: Send + Sync {
         None
     }
 
+    /// Whether it may keep a moving-average baseline, the one state carried from a
+    /// repetition to the next: its lowering says so, and an estimator without a lowering may
+    /// (its [`Estimator::estimate`] returns the value it feeds) unless it says otherwise.
+    /// Where it keeps none, the CPU's generic path computes a block's repetitions in
+    /// parallel (each estimate then depends on its own repetition's draws alone, so the bits
+    /// are the same as one after another).
+    fn keeps_moving_average(&self) -> bool {
+        match self.lowering() {
+            Some(Lowering::ScoreFunction { baseline, .. }) => baseline == Baseline::MovingAverage,
+            Some(_) => false,
+            None => true,
+        }
+    }
+
     /// The per-variable conditional form of its generic estimate, if it has one (a GPU kernel
     /// of the generic path; see [`Conditional`]).
     fn conditional(&self) -> Option<Conditional> {
@@ -1751,6 +1765,83 @@ pub fn fill_joint_counts_by_variable(
     fill_by_variable_lanes(ctx, zt, s, scratch, buffer);
 }
 
+/// Copies the buckets' `[n, F, Q, _]` into `counts`, `fs` and `qs` (as long as `packed`):
+/// four buckets at a time through a 4x4 transpose in AVX2 registers where the CPU has AVX2,
+/// else number by number (the same numbers moved).
+fn unpack_buckets(packed: &[Bucket], counts: &mut [f64], fs: &mut [f64], qs: &mut [f64]) {
+    let n = packed.len();
+    let (counts, fs, qs) = (&mut counts[..n], &mut fs[..n], &mut qs[..n]);
+    #[allow(unused_mut)]
+    let mut whole = 0;
+    #[cfg(target_arch = "x86_64")]
+    if crate::fastmath::has_avx2() {
+        // SAFETY: the CPU has AVX2, checked just above.
+        whole = unsafe { unpack_buckets_avx2(packed, counts, fs, qs) };
+    }
+    unpack_buckets_scalar(
+        &packed[whole..],
+        &mut counts[whole..],
+        &mut fs[whole..],
+        &mut qs[whole..],
+    );
+}
+
+fn unpack_buckets_scalar(packed: &[Bucket], counts: &mut [f64], fs: &mut [f64], qs: &mut [f64]) {
+    for (((bk, c), f), q) in packed.iter().zip(counts).zip(fs).zip(qs) {
+        *c = bk.0[0];
+        *f = bk.0[1];
+        *q = bk.0[2];
+    }
+}
+
+/// [`unpack_buckets`]' whole groups of four buckets; returns the buckets done.
+///
+/// # Safety
+/// The CPU has AVX2; `counts`, `fs` and `qs` are as long as `packed`.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+unsafe fn unpack_buckets_avx2(
+    packed: &[Bucket],
+    counts: &mut [f64],
+    fs: &mut [f64],
+    qs: &mut [f64],
+) -> usize {
+    use std::arch::x86_64::*;
+    let whole = packed.len() / 4 * 4;
+    assert!(counts.len() >= whole && fs.len() >= whole && qs.len() >= whole);
+    // SAFETY (every load and store): four buckets (aligned to 32 bytes) from a multiple of
+    // four below `whole`, and four numbers of each output from the same index.
+    unsafe {
+        for i in (0..whole).step_by(4) {
+            let b = packed.as_ptr().add(i).cast::<f64>();
+            let (b0, b1, b2, b3) = (
+                _mm256_load_pd(b),
+                _mm256_load_pd(b.add(4)),
+                _mm256_load_pd(b.add(8)),
+                _mm256_load_pd(b.add(12)),
+            );
+            // [n0 n1 Q0 Q1], [F0 F1 _ _], [n2 n3 Q2 Q3], [F2 F3 _ _].
+            let lo01 = _mm256_unpacklo_pd(b0, b1);
+            let hi01 = _mm256_unpackhi_pd(b0, b1);
+            let lo23 = _mm256_unpacklo_pd(b2, b3);
+            let hi23 = _mm256_unpackhi_pd(b2, b3);
+            _mm256_storeu_pd(
+                counts.as_mut_ptr().add(i),
+                _mm256_permute2f128_pd::<0x20>(lo01, lo23),
+            );
+            _mm256_storeu_pd(
+                fs.as_mut_ptr().add(i),
+                _mm256_permute2f128_pd::<0x20>(hi01, hi23),
+            );
+            _mm256_storeu_pd(
+                qs.as_mut_ptr().add(i),
+                _mm256_permute2f128_pd::<0x31>(lo01, lo23),
+            );
+        }
+    }
+    whole
+}
+
 /// Adds draw `i`'s `add = [1, f_i, q_i, 0]` to its L buckets.
 ///
 /// # Safety
@@ -1911,25 +2002,7 @@ fn fill_by_variable_lanes(
     let (counts, rest) = buffer.split_at_mut(n);
     let (fs, rest) = rest.split_at_mut(n);
     let (qs, totals) = rest.split_at_mut(n);
-    // Four buckets at a time (no bounds checks), then the rest.
-    let whole = n / 4 * 4;
-    for (((bk, c), f), q) in packed[..whole]
-        .chunks_exact(4)
-        .zip(counts[..whole].chunks_exact_mut(4))
-        .zip(fs[..whole].chunks_exact_mut(4))
-        .zip(qs[..whole].chunks_exact_mut(4))
-    {
-        for t in 0..4 {
-            c[t] = bk[t].0[0];
-            f[t] = bk[t].0[1];
-            q[t] = bk[t].0[2];
-        }
-    }
-    for b in whole..n {
-        counts[b] = packed[b].0[0];
-        fs[b] = packed[b].0[1];
-        qs[b] = packed[b].0[2];
-    }
+    unpack_buckets(&packed[..n], counts, fs, qs);
     totals[0] = f_total;
     // Without a mean field the total stays at the zero it starts from.
     totals[1] = if grad.is_some() { q_total } else { 0.0 };
@@ -2408,6 +2481,38 @@ mod tests {
             checked, 5,
             "reinforce, reinforce-ema, rloo, muprop, muprop-c"
         );
+    }
+
+    #[test]
+    fn buckets_unpack_the_same_with_and_without_avx2() {
+        // Bucket counts below, at and past groups of four, with signed zeros and odd bits.
+        for n in [1usize, 3, 4, 7, 8, 60, 61] {
+            let packed: Vec<Bucket> = (0..n)
+                .map(|i| {
+                    let x = i as f64;
+                    Bucket([x, (x * 0.37).sin() * 1e3, -(x * 0.11).cos() / 7.0, -0.0])
+                })
+                .collect();
+            let mut fast = vec![vec![f64::NAN; n]; 3];
+            let mut plain = fast.clone();
+            let [c, f, q] = &mut fast[..] else {
+                unreachable!()
+            };
+            unpack_buckets(&packed, c, f, q);
+            let [c, f, q] = &mut plain[..] else {
+                unreachable!()
+            };
+            unpack_buckets_scalar(&packed, c, f, q);
+            let bits =
+                |v: &[Vec<f64>]| -> Vec<u64> { v.iter().flatten().map(|x| x.to_bits()).collect() };
+            assert_eq!(bits(&fast), bits(&plain), "{n} buckets");
+            for (i, b) in packed.iter().enumerate() {
+                assert_eq!(
+                    [fast[0][i], fast[1][i], fast[2][i]].map(f64::to_bits),
+                    [b.0[0], b.0[1], b.0[2]].map(f64::to_bits)
+                );
+            }
+        }
     }
 
     #[test]

@@ -110,9 +110,11 @@ impl Estimator for ReinMax {
             // numbers, never changed once built) by their address.
             let tau = [ctx.tau];
             let key: [&[f64]; 3] = [&tau, &ctx.logits, &ctx.p];
-            let table = ctx.table_cache.get_or_build(self.id(), &key, grads, || {
-                draw_blocks(ctx, &prepare(ctx), grads)
-            });
+            let table = ctx
+                .table_cache
+                .get_or_build(self.id(), &key, Some(grads), || {
+                    draw_blocks(ctx, &prepare(ctx), grads)
+                });
             out.iter_mut().for_each(|o| *o = 0.0);
             add_vertex_blocks(ctx.k, &table, d.z, out);
             let inv = 1.0 / d.s as f64;

@@ -153,20 +153,20 @@ fn add_vertex_blocks_by_draw(k: usize, table: &[f64], z: &[u32], acc: &mut [f64]
     }
 }
 
-/// A context's cache of one table that depends only on the context (ReinMax's per-(variable,
-/// category) blocks, built from `p`, the logits, `tau` and the loss's gradient blocks): built
-/// by the first estimate and reused by the next ones while those inputs are the same (checked
-/// on every use: `p`, the logits and `tau` bit for bit, the gradient blocks, an allocation
-/// never changed once built and kept alive by the cache, by address; so a context moved to new
-/// logits, given a new loss, or whose fields were set by hand, never reads a stale table). A
-/// clone starts empty.
+/// A context's cache of tables that depend only on the context, one per owner (ReinMax's
+/// per-(variable, category) blocks, built from `p`, the logits, `tau` and the loss's gradient
+/// blocks; DisARM's partner thresholds, from `p`): built by the first estimate and reused by
+/// the next ones while those inputs are the same (checked on every use: the numbers of the
+/// key bit for bit, and a shared allocation, never changed once built and kept alive by the
+/// cache, by address; so a context moved to new logits, given a new loss, or whose fields
+/// were set by hand, never reads a stale table). A clone starts empty.
 #[derive(Default)]
-pub struct TableCache(std::sync::Mutex<Option<CachedTable>>);
+pub struct TableCache(std::sync::Mutex<Vec<CachedTable>>);
 
 struct CachedTable {
     owner: &'static str,
     key: Vec<u64>,
-    shared: std::sync::Arc<[f64]>,
+    shared: Option<std::sync::Arc<[f64]>>,
     table: std::sync::Arc<Vec<f64>>,
 }
 
@@ -183,36 +183,52 @@ impl std::fmt::Debug for TableCache {
 }
 
 impl TableCache {
-    /// The table of `owner` for the inputs `key` (their bits are compared) and `shared` (an
-    /// allocation never changed once built, told by its address: the cache keeps a clone, so
-    /// no other allocation can take that address while the cache holds it), built by `build`
-    /// where the cache holds another.
+    /// The table of `owner` for the inputs `key` (their bits are compared) and `shared`, if
+    /// any (an allocation never changed once built, told by its address: the cache keeps a
+    /// clone, so no other allocation can take that address while the cache holds it), built
+    /// by `build` where the cache holds another table for `owner`.
     pub(super) fn get_or_build(
         &self,
         owner: &'static str,
         key: &[&[f64]],
-        shared: &std::sync::Arc<[f64]>,
+        shared: Option<&std::sync::Arc<[f64]>>,
         build: impl FnOnce() -> Vec<f64>,
     ) -> std::sync::Arc<Vec<f64>> {
-        let mut slot = self.0.lock().unwrap_or_else(|e| e.into_inner());
-        let hit = slot.as_ref().is_some_and(|c| {
-            c.owner == owner
-                && std::sync::Arc::ptr_eq(&c.shared, shared)
-                && c.key.len() == key.iter().map(|k| k.len()).sum::<usize>()
-                && same_bits(&c.key, key)
-        });
+        let mut tables = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        let index = match tables.iter().position(|c| c.owner == owner) {
+            Some(i) => i,
+            None => {
+                tables.push(CachedTable {
+                    owner,
+                    key: Vec::new(),
+                    shared: None,
+                    table: std::sync::Arc::new(Vec::new()),
+                });
+                tables.len() - 1
+            }
+        };
+        let slot = &mut tables[index];
+        let same_shared = match (&slot.shared, shared) {
+            (Some(a), Some(b)) => std::sync::Arc::ptr_eq(a, b),
+            (None, None) => true,
+            _ => false,
+        };
+        let hit = !slot.key.is_empty()
+            && same_shared
+            && slot.key.len() == key.iter().map(|k| k.len()).sum::<usize>()
+            && same_bits(&slot.key, key);
         if !hit {
-            *slot = Some(CachedTable {
+            *slot = CachedTable {
                 owner,
                 key: key
                     .iter()
                     .flat_map(|k| k.iter().map(|v| v.to_bits()))
                     .collect(),
-                shared: shared.clone(),
+                shared: shared.cloned(),
                 table: std::sync::Arc::new(build()),
-            });
+            };
         }
-        slot.as_ref().expect("just set").table.clone()
+        slot.table.clone()
     }
 }
 
@@ -621,19 +637,28 @@ pub(super) mod tests {
             built.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             vec![3.0; 4]
         };
-        let a = cache.get_or_build("t", &[&key], &blocks, build);
-        let b = cache.get_or_build("t", &[&key], &blocks, build);
+        let a = cache.get_or_build("t", &[&key], Some(&blocks), build);
+        let b = cache.get_or_build("t", &[&key], Some(&blocks), build);
         assert!(std::sync::Arc::ptr_eq(&a, &b));
         assert_eq!(built.load(std::sync::atomic::Ordering::Relaxed), 1);
         // The same numbers in another allocation: rebuilt (they are told by address alone).
         let copy: std::sync::Arc<[f64]> = blocks.to_vec().into();
-        let c = cache.get_or_build("t", &[&key], &copy, build);
+        let c = cache.get_or_build("t", &[&key], Some(&copy), build);
         assert!(!std::sync::Arc::ptr_eq(&a, &c));
         assert_eq!(built.load(std::sync::atomic::Ordering::Relaxed), 2);
         // Another owner, or another key: rebuilt.
-        cache.get_or_build("u", &[&key], &copy, build);
-        cache.get_or_build("u", &[&key[..1]], &copy, build);
+        cache.get_or_build("u", &[&key], Some(&copy), build);
+        cache.get_or_build("u", &[&key[..1]], Some(&copy), build);
         assert_eq!(built.load(std::sync::atomic::Ordering::Relaxed), 4);
+        // Each owner keeps its own table: "t"'s is still there, and one without a shared
+        // allocation is told by its key alone.
+        let d = cache.get_or_build("t", &[&key], Some(&copy), build);
+        assert!(std::sync::Arc::ptr_eq(&c, &d));
+        cache.get_or_build("v", &[&key], None, build);
+        cache.get_or_build("v", &[&key], None, build);
+        assert_eq!(built.load(std::sync::atomic::Ordering::Relaxed), 5);
+        cache.get_or_build("v", &[&key], Some(&copy), build);
+        assert_eq!(built.load(std::sync::atomic::Ordering::Relaxed), 6);
     }
 
     #[test]
