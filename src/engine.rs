@@ -21,11 +21,11 @@ use crate::draws::{
 use crate::error::{Error, Result};
 use crate::estimators::warmed_baseline;
 use crate::estimators::{
-    estimate_counts_batch, estimate_one, fill_joint_counts, fill_joint_counts_by_variable,
-    relaxed_moments, relaxed_sums_reps, transpose_counts_strided, uses_counts,
-    uses_hard_draw_counts, uses_joint_counts, uses_relaxed_sums, with_scratch, Constant, Context,
-    DrawSource, Estimator, Family, JointCounts, JointDraws, JointScratch, Lowering, MovingAverage,
-    Noise, RelaxedMoments, RelaxedReps, Settings, RELAXED_REPS,
+    average_with_table, estimate_counts_batch, estimate_one, fill_joint_counts,
+    fill_joint_counts_by_variable, relaxed_moments, relaxed_sums_reps, transpose_counts_strided,
+    uses_counts, uses_hard_draw_counts, uses_joint_counts, uses_relaxed_sums, with_scratch,
+    Constant, Context, DrawSource, Estimator, Family, JointCounts, JointDraws, JointScratch,
+    Lowering, MovingAverage, Noise, RelaxedMoments, RelaxedReps, Settings, RELAXED_REPS,
 };
 use crate::faults;
 use crate::loss::Loss;
@@ -943,11 +943,25 @@ pub(crate) fn cpu_point_cells(
                     r0 += n;
                 }
             }
+            // A hard-draw cell's per-category estimates, built once for the block (the same
+            // bits as its `estimate_from_counts`, which would rebuild them every repetition).
+            let hard_table = match cell.path {
+                Path::HardDrawCounts if !batched => cell.estimator.counts_table(ctx),
+                _ => None,
+            };
             for r in 0..if batched { 0 } else { nbu } {
                 let estimate = &mut stage[staged * dim..(staged + 1) * dim];
                 match cell.path {
                     // Computed above, in parallel: unstaged from there.
                     Path::Generic(_) if parallel.is_some() => {}
+                    Path::HardDrawCounts if hard_table.is_some() => {
+                        let c = &counts[r * k..(r + 1) * k];
+                        let table = hard_table.as_deref().unwrap_or_default();
+                        average_with_table(table, c, s, estimate);
+                        if let Some(signal) = cell.estimator.baseline_signal(ctx, c, s) {
+                            cell.baseline.push(signal);
+                        }
+                    }
                     Path::Counts | Path::HardDrawCounts => {
                         let c = &counts[r * k..(r + 1) * k];
                         let b = cell.baseline.value();

@@ -12,7 +12,8 @@
 //! counts lowering with one variable (see [`super::st`]).
 
 use super::st::{
-    add_vertex_blocks, average_over_counts, average_over_draws, grad_at_vertex, hard_draw_moments,
+    add_vertex_blocks, average_over_counts, average_over_draws, category_table, grad_at_vertex,
+    hard_draw_moments,
 };
 use super::{Context, Estimator, ExactMoments, Family, JointDraws, Lowering};
 use crate::problem::softmax;
@@ -126,6 +127,9 @@ impl Estimator for ReinMax {
     }
     fn estimate_from_counts(&self, ctx: &Context, counts: &[u32], s: u32, _: f64, out: &mut [f64]) {
         average_over_counts(ctx, &prepare(ctx), counts, s, per_draw, out);
+    }
+    fn counts_table(&self, ctx: &Context) -> Option<Vec<f64>> {
+        Some(category_table(ctx, &prepare(ctx), per_draw))
     }
 }
 

@@ -295,6 +295,30 @@ pub(super) fn average_over_draws(
     out.iter_mut().for_each(|o| *o *= inv);
 }
 
+/// The per-category estimates `g(e_c)` of a hard-draw estimator with one variable, row c
+/// (K numbers) for every category c, computed as [`average_over_counts`] computes them.
+pub(super) fn category_table(ctx: &Context, pre: &[f64], f: PerDraw) -> Vec<f64> {
+    let k = ctx.k;
+    let mut scratch = vec![0.0; 2 * k];
+    let mut table = vec![0.0; k * k];
+    for (c, row) in table.chunks_exact_mut(k).enumerate() {
+        f(ctx, pre, &[c as u32], &mut scratch, row);
+    }
+    table
+}
+
+/// [`average_over_counts`] from the rows of [`category_table`]: the same operations in the
+/// same order, so the same bits (tested), without recomputing `g(e_c)` or allocating.
+pub fn average_with_table(table: &[f64], counts: &[u32], s: u32, out: &mut [f64]) {
+    let k = out.len();
+    out.iter_mut().for_each(|o| *o = 0.0);
+    for (c, &n) in counts.iter().enumerate().filter(|(_, &n)| n > 0) {
+        let w = f64::from(n) / f64::from(s);
+        let row = &table[c * k..(c + 1) * k];
+        out.iter_mut().zip(row).for_each(|(o, g)| *o += w * g);
+    }
+}
+
 /// The S-draw average of a hard-draw estimator from one variable's category counts:
 /// `sum_k (n_k / S) g(e_k)`.
 pub(super) fn average_over_counts(
@@ -485,6 +509,9 @@ impl Estimator for StraightThrough {
     fn estimate_from_counts(&self, ctx: &Context, counts: &[u32], s: u32, _: f64, out: &mut [f64]) {
         average_over_counts(ctx, &[], counts, s, per_draw, out);
     }
+    fn counts_table(&self, ctx: &Context) -> Option<Vec<f64>> {
+        Some(category_table(ctx, &[], per_draw))
+    }
 }
 
 #[cfg(test)]
@@ -494,6 +521,42 @@ pub(super) mod tests {
     use crate::estimators::{Noise, ReinMax};
     use crate::loss::Loss;
     use crate::problem::Problem;
+
+    /// The engine's counts path for `st` and `reinmax` (one variable): the table of
+    /// per-category estimates built once, then averaged per repetition, gives the bits of
+    /// `estimate_from_counts` for any counts, on every quadratic loss and two temperatures.
+    #[test]
+    fn counts_tables_give_the_bits_of_estimate_from_counts() {
+        let problem = Problem::seeded(3, 8, 7);
+        let k = problem.k;
+        let mut x = 0x2545_f491_u32;
+        for loss in Loss::QUADRATIC {
+            for tau in [0.5, 2.0] {
+                let ctx = Context::new(&problem, loss, tau);
+                for est in [&StraightThrough as &dyn Estimator, &ReinMax] {
+                    let table = est.counts_table(&ctx).expect("a counts table");
+                    for s in [1u32, 5, 64, 1000] {
+                        for _ in 0..50 {
+                            // Random counts summing to s (some categories left at zero).
+                            let mut counts = vec![0u32; k];
+                            for _ in 0..s {
+                                x ^= x << 13;
+                                x ^= x >> 17;
+                                x ^= x << 5;
+                                counts[(x % 3 + x % k as u32 / 2) as usize % k] += 1;
+                            }
+                            let (mut want, mut got) = (vec![0.0; k], vec![1.0; k]);
+                            est.estimate_from_counts(&ctx, &counts, s, 0.0, &mut want);
+                            average_with_table(&table, &counts, s, &mut got);
+                            let bits =
+                                |v: &[f64]| v.iter().map(|g| g.to_bits()).collect::<Vec<_>>();
+                            assert_eq!(bits(&got), bits(&want), "{} {loss:?} {counts:?}", est.id());
+                        }
+                    }
+                }
+            }
+        }
+    }
 
     /// Contexts with several variables under separable losses (the tables' case):
     /// `indecater-6x10` (pnorm, p = 1), and 4 variables of 5 categories under squared and
