@@ -45,11 +45,13 @@ def main():
         with open(sys.argv[1]) as f:
             summary = json.load(f)
         budgets = [float(b) for b in sys.argv[2:]] or [64.0, 256.0]
-    except (OSError, ValueError) as e:
-        sys.exit(f"equal-cost-table: {e}")
-    records = summary["records"]
-    problem = summary["config"]["problem"]
-    reps = summary["config"]["reps"]
+        records = summary["records"]
+        problem = summary["config"]["problem"]
+        reps = summary["config"]["reps"]
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        sys.exit(f"equal-cost-table: {sys.argv[1]}: not a readable mcgrad summary.json ({e!r})")
+    if not all(math.isfinite(b) and b > 0 for b in budgets):
+        sys.exit("equal-cost-table: budgets must be positive numbers of loss evaluations")
     print(
         f"Variance and MSE at equal loss evaluations per estimate "
         f"(problem {problem}, {reps} repetitions per point, seed {summary['seed']}, "
