@@ -21,7 +21,7 @@ use crate::draws::{
 use crate::error::{Error, Result};
 use crate::estimators::warmed_baseline;
 use crate::estimators::{
-    average_with_table, estimate_counts_batch, estimate_one, fill_joint_counts,
+    average_with_table_batch, estimate_counts_batch, estimate_one, fill_joint_counts,
     fill_joint_counts_by_variable, relaxed_moments, relaxed_sums_reps, transpose_counts_strided,
     uses_counts, uses_hard_draw_counts, uses_joint_counts, uses_relaxed_sums, with_scratch,
     Constant, Context, DrawSource, Estimator, Family, JointCounts, JointDraws, JointScratch,
@@ -485,7 +485,9 @@ pub(crate) fn cpu_point_cells(
     let has = |p: Path| cells.iter().any(|c| c.path == p);
     let counts_paths = u64::from(has(Path::Counts)) + u64::from(has(Path::HardDrawCounts));
     let counts_on = counts_paths > 0;
-    let lowered_counts_on = has(Path::Counts);
+    // The batched lowerings read the counts in f64 (score-function cells, and hard-draw
+    // cells through their tables of per-category estimates).
+    let lowered_counts_on = has(Path::Counts) || has(Path::HardDrawCounts);
     let sums_on = has(Path::RelaxedSums);
     let generic_sf = has(Path::Generic(Family::ScoreFunction));
     let generic_rel = has(Path::Generic(Family::Relaxed));
@@ -843,8 +845,19 @@ pub(crate) fn cpu_point_cells(
                     Path::JointCounts => joint_counts_constant(cell.estimator),
                     _ => false,
                 };
-            // The counts lowering runs a batch of repetitions at a time (the same estimates).
-            let batched = (cell.path == Path::Counts && !faulty) || constant;
+            // A hard-draw cell's per-category estimates, built once for the block (the same
+            // bits as its `estimate_from_counts`, which would rebuild them every repetition);
+            // none for one that feeds a moving average (the batch feeds none).
+            let hard_table = match cell.path {
+                Path::HardDrawCounts if !faulty && !cell.estimator.keeps_moving_average() => {
+                    cell.estimator.counts_table(ctx)
+                }
+                _ => None,
+            };
+            // The counts lowering, and a hard-draw cell's table, run a batch of repetitions at
+            // a time (the same estimates).
+            let batched =
+                (cell.path == Path::Counts && !faulty) || constant || hard_table.is_some();
             // The joint draws of repetition `r` of the block, as the generic path reads them.
             let joint_draws = |family: Family, r: usize| {
                 let noise = Noise {
@@ -923,7 +936,17 @@ pub(crate) fn cpu_point_cells(
                         .min(COUNT_TASK - r0 % COUNT_TASK);
                     let tile = r0 / COUNT_TASK * COUNT_TASK * k + r0 % COUNT_TASK;
                     // Straight into the batch's columns in_batch..in_batch + n.
-                    if !constant {
+                    if let Some(table) = hard_table.as_deref() {
+                        average_with_table_batch(
+                            table,
+                            k,
+                            &counts_t[tile..],
+                            COUNT_TASK,
+                            n,
+                            s,
+                            &mut batch[in_batch..],
+                        );
+                    } else if !constant {
                         estimate_counts_batch(
                             cell.estimator,
                             ctx,
@@ -943,25 +966,11 @@ pub(crate) fn cpu_point_cells(
                     r0 += n;
                 }
             }
-            // A hard-draw cell's per-category estimates, built once for the block (the same
-            // bits as its `estimate_from_counts`, which would rebuild them every repetition).
-            let hard_table = match cell.path {
-                Path::HardDrawCounts if !batched => cell.estimator.counts_table(ctx),
-                _ => None,
-            };
             for r in 0..if batched { 0 } else { nbu } {
                 let estimate = &mut stage[staged * dim..(staged + 1) * dim];
                 match cell.path {
                     // Computed above, in parallel: unstaged from there.
                     Path::Generic(_) if parallel.is_some() => {}
-                    Path::HardDrawCounts if hard_table.is_some() => {
-                        let c = &counts[r * k..(r + 1) * k];
-                        let table = hard_table.as_deref().unwrap_or_default();
-                        average_with_table(table, c, s, estimate);
-                        if let Some(signal) = cell.estimator.baseline_signal(ctx, c, s) {
-                            cell.baseline.push(signal);
-                        }
-                    }
                     Path::Counts | Path::HardDrawCounts => {
                         let c = &counts[r * k..(r + 1) * k];
                         let b = cell.baseline.value();

@@ -63,7 +63,7 @@ pub use reinmax::ReinMax;
 pub use relax::Relax;
 pub use relaxed_reps::{relaxed_sums_reps, with_scratch, RelaxedReps, RELAXED_REPS};
 pub use rloo::Rloo;
-pub use st::{average_with_table, StraightThrough, TableCache};
+pub use st::{average_with_table, average_with_table_batch, StraightThrough, TableCache};
 pub use st_gumbel::StGumbel;
 pub use sum_and_sample::SumAndSample;
 pub use unordered_set::{set_block, set_integrals, SetIntegrals, UnorderedSet, QUADRATURE_STEP};

@@ -13,7 +13,7 @@
 
 use rayon::prelude::*;
 
-use super::{Context, Estimator, ExactMoments, Family, JointDraws, Lowering};
+use super::{Context, Estimator, ExactMoments, Family, JointDraws, Lowering, COUNTS_BATCH};
 use crate::oracle::{self, Method, MAX_ENUMERATION};
 
 /// Plain straight-through.
@@ -319,6 +319,99 @@ pub fn average_with_table(table: &[f64], counts: &[u32], s: u32, out: &mut [f64]
     }
 }
 
+/// [`average_with_table`] for a batch of `n <= COUNTS_BATCH` repetitions at once, vectorised
+/// across repetitions (AVX-512 or AVX2 where present), with the layouts of
+/// [`super::estimate_counts_batch`]: `counts` holds their category counts in f64,
+/// category-major (`counts[c * stride + r]`), and `out` receives their estimates
+/// coordinate-major (`out[j * COUNTS_BATCH + r]`). Each repetition's estimate has the bits of
+/// [`average_with_table`] on its counts (tested): the same products `(n_c / S) g_j(e_c)`, added
+/// in the same order of categories, a category with no draw leaving the sum as it is.
+///
+/// # Panics
+/// If `n` is out of range or a slice is too short for `k` categories.
+pub fn average_with_table_batch(
+    table: &[f64],
+    k: usize,
+    counts: &[f64],
+    stride: usize,
+    n: usize,
+    s: u32,
+    out: &mut [f64],
+) {
+    const B: usize = COUNTS_BATCH;
+    assert!((1..=B).contains(&n) && n <= stride && k > 0);
+    assert!(table.len() >= k * k && counts.len() >= (k - 1) * stride + n);
+    assert!(out.len() >= (k - 1) * B + n);
+    #[cfg(target_arch = "x86_64")]
+    {
+        #[target_feature(enable = "avx512f")]
+        fn avx512(t: &[f64], k: usize, c: (&[f64], usize, usize), s: u32, out: &mut [f64]) {
+            table_batch_lanes(t, k, c, s, out);
+        }
+        #[target_feature(enable = "avx2")]
+        fn avx2(t: &[f64], k: usize, c: (&[f64], usize, usize), s: u32, out: &mut [f64]) {
+            table_batch_lanes(t, k, c, s, out);
+        }
+        if crate::fastmath::has_avx512() {
+            // SAFETY: the CPU has AVX-512F, checked just above.
+            return unsafe { avx512(table, k, (counts, stride, n), s, out) };
+        }
+        if crate::fastmath::has_avx2() {
+            // SAFETY: the CPU has AVX2, checked just above.
+            return unsafe { avx2(table, k, (counts, stride, n), s, out) };
+        }
+    }
+    table_batch_lanes(table, k, (counts, stride, n), s, out);
+}
+
+/// The body of [`average_with_table_batch`], one lane per repetition; a full batch takes the
+/// constant length, so that every loop is whole vectors.
+#[inline(always)]
+fn table_batch_lanes(
+    table: &[f64],
+    k: usize,
+    (counts, stride, n): (&[f64], usize, usize),
+    s: u32,
+    out: &mut [f64],
+) {
+    if n == COUNTS_BATCH {
+        table_batch_rows::<true>(table, k, (counts, stride, n), s, out);
+    } else {
+        table_batch_rows::<false>(table, k, (counts, stride, n), s, out);
+    }
+}
+
+#[inline(always)]
+fn table_batch_rows<const FULL: bool>(
+    table: &[f64],
+    k: usize,
+    (counts, stride, n): (&[f64], usize, usize),
+    s: u32,
+    out: &mut [f64],
+) {
+    const B: usize = COUNTS_BATCH;
+    let n = if FULL { B } else { n };
+    let s = f64::from(s);
+    for j in 0..k {
+        out[j * B..j * B + n].fill(0.0);
+    }
+    let mut w = [0.0f64; B];
+    for c in 0..k {
+        let nc = &counts[c * stride..c * stride + n];
+        for (w, &nc) in w.iter_mut().zip(nc) {
+            *w = nc / s;
+        }
+        for j in 0..k {
+            let g = table[c * k + j];
+            let o = &mut out[j * B..j * B + n];
+            for ((o, &w), &nc) in o.iter_mut().zip(&w).zip(nc) {
+                let sum = *o + w * g;
+                *o = if nc > 0.0 { sum } else { *o };
+            }
+        }
+    }
+}
+
 /// The S-draw average of a hard-draw estimator from one variable's category counts:
 /// `sum_k (n_k / S) g(e_k)`.
 pub(super) fn average_over_counts(
@@ -552,6 +645,59 @@ pub(super) mod tests {
                                 |v: &[f64]| v.iter().map(|g| g.to_bits()).collect::<Vec<_>>();
                             assert_eq!(bits(&got), bits(&want), "{} {loss:?} {counts:?}", est.id());
                         }
+                    }
+                }
+            }
+        }
+    }
+
+    /// The batched table average (the engine's path for `st` and `reinmax` with one variable)
+    /// gives each repetition the bits of [`average_with_table`], on the dispatched (AVX-512
+    /// here) and the portable path, for full batches and a batch's tail. The table's rows of
+    /// categories that some repetitions never draw hold infinities and NaNs, which a product
+    /// with a zero weight would carry into the sum: their repetitions must skip them.
+    #[test]
+    fn batched_table_averages_are_each_repetitions_bits() {
+        let (k, stride) = (7, COUNTS_BATCH + 3);
+        let mut x = 0x9e37_79b9_u32;
+        let mut next = || {
+            x ^= x << 13;
+            x ^= x >> 17;
+            x ^= x << 5;
+            x
+        };
+        let mut table: Vec<f64> = (0..k * k)
+            .map(|_| (f64::from(next()) / 1e9 - 2.1) * 1e-3)
+            .collect();
+        table[5 * k + 2] = f64::INFINITY;
+        table[6 * k] = f64::NAN;
+        for s in [1u32, 3, 64, 1000] {
+            for n in [COUNTS_BATCH, 1, 13] {
+                // Counts summing to s; categories 5 and 6 drawn by odd repetitions only.
+                let mut counts_t = vec![-1.0; k * stride];
+                let mut per_rep = vec![vec![0u32; k]; n];
+                for (r, c) in per_rep.iter_mut().enumerate() {
+                    for _ in 0..s {
+                        let cat = next() as usize % if r % 2 == 1 { k } else { k - 2 };
+                        c[cat] += 1;
+                    }
+                    for (j, &nj) in c.iter().enumerate() {
+                        counts_t[j * stride + r] = f64::from(nj);
+                    }
+                }
+                let bits = |v: &[f64]| v.iter().map(|g| g.to_bits()).collect::<Vec<_>>();
+                let mut want = vec![0.0; k];
+                for portable in [false, true] {
+                    let mut out = vec![7.0; k * COUNTS_BATCH];
+                    if portable {
+                        table_batch_lanes(&table, k, (&counts_t, stride, n), s, &mut out);
+                    } else {
+                        average_with_table_batch(&table, k, &counts_t, stride, n, s, &mut out);
+                    }
+                    for (r, c) in per_rep.iter().enumerate() {
+                        average_with_table(&table, c, s, &mut want);
+                        let got: Vec<f64> = (0..k).map(|j| out[j * COUNTS_BATCH + r]).collect();
+                        assert_eq!(bits(&got), bits(&want), "s {s} n {n} r {r} {portable}");
                     }
                 }
             }
