@@ -5,8 +5,11 @@
 //! quadratic-loss formulas) runs eight repetitions per instruction with no transposes of
 //! the results. Each lane performs exactly the operations, in exactly the order, of the
 //! one-repetition path ([`super::apply::relaxed_moments`] then
-//! [`super::apply::estimate_one`]), so every estimate has the same bits (tested); the
-//! engine runs its relaxed-sums pass through [`relaxed_sums_reps`] where the CPU has
+//! [`super::apply::estimate_one`]), so every estimate has the same bits (tested). The draws
+//! themselves run two draws of the eight repetitions per AVX-512 step
+//! ([`crate::draws::relaxed_avx512::step`], one repetition per lane of each half), so they
+//! land repetition-minor with no transposes (K <= 64; per-repetition batches and 8 x 8
+//! transposes past it). The engine runs its relaxed-sums pass through [`relaxed_sums_reps`] where the CPU has
 //! AVX-512F and FMA and S is at most [`RELAXED_REPS_MAX_S`], and the one-repetition path
 //! elsewhere and for a block's last repetitions.
 
