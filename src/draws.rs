@@ -1095,7 +1095,7 @@ impl RelaxedTable {
 /// registers. The operations and their order are those of `draw_batch_lanes`, so the bits are
 /// the same (tested).
 #[cfg(target_arch = "x86_64")]
-mod relaxed_avx2 {
+pub(crate) mod relaxed_avx2 {
     use super::RelaxedTable;
     use crate::fastmath::avx2::{exp_nonpositive, ln};
     use crate::philox::x8::{philox, RoundKeys};
@@ -1216,11 +1216,12 @@ mod relaxed_avx2 {
 /// for the comparisons, blends and the last step's partial stores. The operations and their
 /// order are those of `draw_batch_lanes`, so the bits are the same (tested).
 #[cfg(target_arch = "x86_64")]
-mod relaxed_avx512 {
-    use super::relaxed_avx2::MAX_K;
+pub(crate) mod relaxed_avx512 {
+    pub(crate) use super::relaxed_avx2::MAX_K;
     use super::RelaxedTable;
     use crate::fastmath::avx512::{exp_nonpositive, ln};
-    use crate::philox::x16::{philox, RoundKeys};
+    use crate::philox::x16::philox;
+    pub(crate) use crate::philox::x16::RoundKeys;
     use crate::philox::STREAM_GUMBEL;
     use std::arch::x86_64::*;
 
@@ -1242,6 +1243,61 @@ mod relaxed_avx512 {
             ))
         };
         neg(ln(neg(ln(u))))
+    }
+
+    /// One step of sixteen draws, lane i's Philox counters `[draw[i], rep[i], STREAM_GUMBEL
+    /// << 16 | group, point]`: leaves `h[c] = exp((a_c + G_c - max) / tau)` (c < K) and
+    /// returns `1 / sum_c h[c]` and the argmax `z` of every lane. The arithmetic of
+    /// `draw_batch_lanes` (`y_c = h[c] * inv`), whatever the lanes' draws and repetitions:
+    /// [`draw_batch`] runs sixteen draws of one repetition, the eight-repetition moments
+    /// (`crate::estimators::relaxed_reps`) two draws of eight repetitions.
+    ///
+    /// # Safety
+    /// The CPU must have AVX-512F; K at most [`MAX_K`].
+    #[inline(always)]
+    pub(crate) unsafe fn step(
+        table: &RelaxedTable,
+        keys: &RoundKeys,
+        draw: __m512i,
+        rep: __m512i,
+        point: u32,
+        h: &mut [std::mem::MaybeUninit<__m512>; MAX_K],
+    ) -> (__m512, __m512i) {
+        let k = table.shifted_logits.len();
+        assert!(k <= MAX_K);
+        let inv_tau = _mm512_set1_ps(table.inv_tau);
+        let mut hmax = _mm512_set1_ps(f32::NEG_INFINITY);
+        let mut zl = _mm512_setzero_si512();
+        for group in 0..k.div_ceil(4) {
+            let words = philox(
+                keys,
+                [
+                    draw,
+                    rep,
+                    _mm512_set1_epi32(((STREAM_GUMBEL << 16) | group as u32) as i32),
+                    _mm512_set1_epi32(point as i32),
+                ],
+            );
+            for (w, &word) in words.iter().enumerate().take(k - 4 * group) {
+                let c = 4 * group + w;
+                let v = _mm512_add_ps(_mm512_set1_ps(table.shifted_logits[c]), gumbel(word));
+                h[c].write(v);
+                let better = _mm512_cmp_ps_mask::<_CMP_GT_OQ>(v, hmax);
+                hmax = _mm512_mask_blend_ps(better, hmax, v);
+                zl = _mm512_mask_blend_epi32(better, zl, _mm512_set1_epi32(c as i32));
+            }
+        }
+        let mut sum = _mm512_setzero_ps();
+        for hc in h[..k].iter_mut() {
+            // Written above for every c < K.
+            let e = exp_nonpositive(_mm512_mul_ps(
+                _mm512_sub_ps(hc.assume_init(), hmax),
+                inv_tau,
+            ));
+            hc.write(e);
+            sum = _mm512_add_ps(sum, e);
+        }
+        (_mm512_div_ps(_mm512_set1_ps(1.0), sum), zl)
     }
 
     /// See [`RelaxedTable::draw_batch`]; K at most [`MAX_K`].
@@ -1266,7 +1322,6 @@ mod relaxed_avx512 {
         // Left uninitialised (zeroing MAX_K registers' worth was a memset per batch): lane
         // c is written for every c < K before it is read, and only those are read.
         let mut h = [std::mem::MaybeUninit::<__m512>::uninit(); MAX_K];
-        let inv_tau = _mm512_set1_ps(table.inv_tau);
         let lane_index = _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
         let keys = RoundKeys::new(key);
         for base in (0..n).step_by(16) {
@@ -1279,38 +1334,14 @@ mod relaxed_avx512 {
             };
             let draw0 = first.wrapping_add(base as u32);
             let ctr0 = _mm512_add_epi32(_mm512_set1_epi32(draw0 as i32), lane_index);
-            let mut hmax = _mm512_set1_ps(f32::NEG_INFINITY);
-            let mut zl = _mm512_setzero_si512();
-            for group in 0..k.div_ceil(4) {
-                let words = philox(
-                    &keys,
-                    [
-                        ctr0,
-                        _mm512_set1_epi32(rep as i32),
-                        _mm512_set1_epi32(((STREAM_GUMBEL << 16) | group as u32) as i32),
-                        _mm512_set1_epi32(point as i32),
-                    ],
-                );
-                for (w, &word) in words.iter().enumerate().take(k - 4 * group) {
-                    let c = 4 * group + w;
-                    let v = _mm512_add_ps(_mm512_set1_ps(table.shifted_logits[c]), gumbel(word));
-                    h[c].write(v);
-                    let better = _mm512_cmp_ps_mask::<_CMP_GT_OQ>(v, hmax);
-                    hmax = _mm512_mask_blend_ps(better, hmax, v);
-                    zl = _mm512_mask_blend_epi32(better, zl, _mm512_set1_epi32(c as i32));
-                }
-            }
-            let mut sum = _mm512_setzero_ps();
-            for hc in h[..k].iter_mut() {
-                // Written above for every c < K.
-                let e = exp_nonpositive(_mm512_mul_ps(
-                    _mm512_sub_ps(hc.assume_init(), hmax),
-                    inv_tau,
-                ));
-                hc.write(e);
-                sum = _mm512_add_ps(sum, e);
-            }
-            let inv = _mm512_div_ps(_mm512_set1_ps(1.0), sum);
+            let (inv, zl) = step(
+                table,
+                &keys,
+                ctr0,
+                _mm512_set1_epi32(rep as i32),
+                point,
+                &mut h,
+            );
             let mut yz = _mm512_setzero_ps();
             for (c, hc) in h[..k].iter().enumerate() {
                 let yc = _mm512_mul_ps(hc.assume_init(), inv);

@@ -5,8 +5,11 @@
 //! quadratic-loss formulas) runs eight repetitions per instruction with no transposes of
 //! the results. Each lane performs exactly the operations, in exactly the order, of the
 //! one-repetition path ([`super::apply::relaxed_moments`] then
-//! [`super::apply::estimate_one`]), so every estimate has the same bits (tested); the
-//! engine runs its relaxed-sums pass through [`relaxed_sums_reps`] where the CPU has
+//! [`super::apply::estimate_one`]), so every estimate has the same bits (tested). The draws
+//! themselves run two draws of the eight repetitions per AVX-512 step
+//! ([`crate::draws::relaxed_avx512::step`], one repetition per lane of each half), so they
+//! land repetition-minor with no transposes (K <= 64; per-repetition batches and 8 x 8
+//! transposes past it). The engine runs its relaxed-sums pass through [`relaxed_sums_reps`] where the CPU has
 //! AVX-512F and FMA and S is at most [`RELAXED_REPS_MAX_S`], and the one-repetition path
 //! elsewhere and for a block's last repetitions.
 
@@ -48,10 +51,13 @@ pub struct RelaxedReps {
     draw_z: Vec<u32>,
     draw_y_z: Vec<f32>,
     /// The batch in f64, repetition-minor: row j (0..K: `y_j`; K: `||y||^2`; K + 1: `y_z`),
-    /// draw d, repetition r at `(j * B + d) * 8 + r`.
+    /// draw d, repetition r at `avx512::at(K, j, d) + r`.
     rows: Vec<f64>,
     /// The categories, repetition-minor: draw d, repetition r at `d * 8 + r`.
     z: Vec<i64>,
+    /// Each pair `(c, c')` of rows' `dot` summed over the lanes so far (`(c * (K + 2) +
+    /// c') * 8 + r`).
+    lane_tot: Vec<f64>,
     /// The sums, 8 lanes each: `sum_y` (K), `sum_yy` (K*K), `sum_y_norm_sq` (K),
     /// `sum_y_yz` (K), `sum_hit` (K).
     sums: Vec<f64>,
@@ -72,6 +78,7 @@ impl RelaxedReps {
             draw_y_z: vec![0.0; RELAXED_REPS * B],
             rows: vec![0.0; (k + 2) * B * RELAXED_REPS],
             z: vec![0; B * RELAXED_REPS],
+            lane_tot: vec![0.0; k * (k + 2) * RELAXED_REPS],
             sums: vec![0.0; (k * k + 4 * k) * RELAXED_REPS],
             out: vec![0.0; k * RELAXED_REPS],
             ydb: Vec::new(),
@@ -152,28 +159,43 @@ pub fn relaxed_sums_reps(
     let mut first = 0u32;
     while first < s {
         let n = (s - first).min(B as u32) as usize;
-        for r in 0..RELAXED_REPS {
-            table.draw_batch(
-                key,
-                rep0.wrapping_add(r as u32),
-                point,
-                first,
-                n,
-                &mut sc.draw_y[r * k * B..r * k * B + k * n],
-                &mut sc.draw_z[r * B..r * B + n],
-                &mut sc.draw_y_z[r * B..r * B + n],
-            );
-        }
         #[cfg(target_arch = "x86_64")]
         {
             #[target_feature(enable = "avx512f,fma")]
-            fn add(sc: &mut RelaxedReps, n: usize) {
+            fn add(
+                table: &RelaxedTable,
+                key: [u32; 2],
+                at: (u32, u32, u32),
+                sc: &mut RelaxedReps,
+                n: usize,
+            ) {
                 // SAFETY: compiled for AVX-512F and FMA, called only where the CPU has them
-                // (asserted above).
-                unsafe { avx512::add_batch(sc, n) }
+                // (asserted above); n <= B; `draw_rows` only for K <= MAX_K.
+                unsafe {
+                    if sc.k <= crate::draws::relaxed_avx512::MAX_K {
+                        avx512::draw_rows(table, key, at, sc, n);
+                    } else {
+                        let (rep0, point, first) = at;
+                        let k = sc.k;
+                        for r in 0..RELAXED_REPS {
+                            table.draw_batch(
+                                key,
+                                rep0.wrapping_add(r as u32),
+                                point,
+                                first,
+                                n,
+                                &mut sc.draw_y[r * k * B..r * k * B + k * n],
+                                &mut sc.draw_z[r * B..r * B + n],
+                                &mut sc.draw_y_z[r * B..r * B + n],
+                            );
+                        }
+                        avx512::fill_rows(sc, n);
+                    }
+                    avx512::add_batch(sc, n);
+                }
             }
             // SAFETY: the CPU has AVX-512F and FMA (asserted above).
-            unsafe { add(sc, n) };
+            unsafe { add(table, key, (rep0, point, first), sc, n) };
         }
         first += n as u32;
     }
@@ -224,7 +246,7 @@ pub fn relaxed_sums_reps(
 
 #[cfg(target_arch = "x86_64")]
 mod avx512 {
-    use super::{Cell, RelaxedReps, B, RELAXED_REPS};
+    use super::{Cell, RelaxedReps, RelaxedTable, B, RELAXED_REPS};
     use std::arch::x86_64::*;
 
     /// `r[i]` lane j to `t[j]` lane i.
@@ -266,24 +288,34 @@ mod avx512 {
         ]
     }
 
-    /// Adds the batch of n draws in `sc.draw_*` to `sc.sums`: per lane, the arithmetic of
-    /// [`crate::estimators::RelaxedMoments::add_batch_lanes`] (products of two f32 numbers
-    /// are exact in f64, so a fused multiply-add of two f32 factors rounds as its separate
-    /// multiply and add; the partner `||y||^2` keeps them separate).
+    /// Where row j (0..K: `y_j`; K: `||y||^2`; K + 1: `y_z`), draw d of a batch starts in
+    /// `sc.rows` (eight repetitions from there): grouped by `d % 8` first, so that the draws
+    /// of one lane of every row (what [`tile`] reads for one `l`) lie together, 6 KiB at
+    /// K = 10. The row-major layout of earlier versions put row j at j * 4 KiB: the nine or
+    /// more rows one tile streamed per lane overflowed the 32 KiB L1 (and fell in one cache
+    /// set), so every tile reread them from L2.
+    #[inline(always)]
+    fn at(k: usize, j: usize, d: usize) -> usize {
+        (((d % 8) * (k + 2) + j) * (B / 8) + d / 8) * RELAXED_REPS
+    }
+
+    /// The rows and categories of a batch of n draws (`sc.rows`, `sc.z`) from the eight
+    /// repetitions' batches in `sc.draw_*` (the path of K above
+    /// [`crate::draws::relaxed_avx512::MAX_K`]), through 8 x 8 transposes.
     ///
     /// # Safety
     /// The CPU must have AVX-512F and FMA; n <= B.
     #[inline(always)]
-    pub(super) unsafe fn add_batch(sc: &mut RelaxedReps, n: usize) {
+    pub(super) unsafe fn fill_rows(sc: &mut RelaxedReps, n: usize) {
         let k = sc.k;
         assert!(n <= B && sc.rows.len() >= (k + 2) * B * 8 && sc.z.len() >= B * 8);
         assert!(sc.draw_y.len() >= 8 * k * B && sc.draw_y_z.len() >= 8 * B);
-        assert!(sc.draw_z.len() >= 8 * B && sc.sums.len() >= (k * k + 4 * k) * 8);
+        assert!(sc.draw_z.len() >= 8 * B);
         let chunks = n / 8;
         let full = 8 * chunks;
         let rows = sc.rows.as_mut_ptr();
         // In bounds: row j < K + 2, draw d < n <= B.
-        let at = |j: usize, d: usize| (j * B + d) * RELAXED_REPS;
+        let at = |j: usize, d: usize| at(k, j, d);
         // y_c (rows 0..K) and y_z (row K + 1), repetition-minor.
         for j in 0..=k {
             let (src, stride, dst) = if j < k {
@@ -309,8 +341,21 @@ mod avx512 {
                 _mm512_storeu_pd(rows.add(at(dst, d)), _mm512_loadu_pd(lanes.as_ptr()));
             }
         }
-        // ||y||^2 (row K): sum over c in order from +0.0 of the exact squares.
-        for d in 0..n {
+        // ||y||^2 (row K): sum over c in order from +0.0 of the exact squares, eight draws
+        // at once (independent chains), then the rest one at a time.
+        for i in 0..chunks {
+            let mut q = [_mm512_setzero_pd(); 8];
+            for c in 0..k {
+                for (l, q) in q.iter_mut().enumerate() {
+                    let v = _mm512_loadu_pd(rows.add(at(c, 8 * i + l)));
+                    *q = _mm512_fmadd_pd(v, v, *q);
+                }
+            }
+            for (l, q) in q.iter().enumerate() {
+                _mm512_storeu_pd(rows.add(at(k, 8 * i + l)), *q);
+            }
+        }
+        for d in full..n {
             let mut q = _mm512_setzero_pd();
             for c in 0..k {
                 let v = _mm512_loadu_pd(rows.add(at(c, d)));
@@ -318,6 +363,111 @@ mod avx512 {
             }
             _mm512_storeu_pd(rows.add(at(k, d)), q);
         }
+        // The categories, repetition-minor.
+        let z = sc.z.as_mut_ptr();
+        let stride = _mm256_setr_epi32(
+            0,
+            B as i32,
+            2 * B as i32,
+            3 * B as i32,
+            4 * B as i32,
+            5 * B as i32,
+            6 * B as i32,
+            7 * B as i32,
+        );
+        for d in 0..n {
+            // In bounds: repetition r's z of draw d is at r * B + d < 8 B.
+            let zs = _mm256_i32gather_epi32::<4>(sc.draw_z.as_ptr().add(d).cast(), stride);
+            _mm512_storeu_si512(z.add(d * 8).cast(), _mm512_cvtepu32_epi64(zs));
+        }
+    }
+
+    /// The rows and categories of draws `first .. first + n` of repetitions `rep0 .. rep0 +
+    /// 8` straight from the draws, two draws of the eight repetitions a step
+    /// ([`crate::draws::relaxed_avx512::step`], lane i: draw `first + d + i / 8`, repetition
+    /// `rep0 + i % 8`), so already repetition-minor: each lane's numbers are those of
+    /// [`RelaxedTable::draw_batch`], and `||y||^2` is the sum of [`fill_rows`].
+    ///
+    /// # Safety
+    /// The CPU must have AVX-512F and FMA; n <= B; K at most
+    /// [`crate::draws::relaxed_avx512::MAX_K`].
+    #[inline(always)]
+    pub(super) unsafe fn draw_rows(
+        table: &RelaxedTable,
+        key: [u32; 2],
+        (rep0, point, first): (u32, u32, u32),
+        sc: &mut RelaxedReps,
+        n: usize,
+    ) {
+        use crate::draws::relaxed_avx512::{step, RoundKeys, MAX_K};
+        let k = sc.k;
+        assert!(n <= B && k <= MAX_K && table.shifted_logits().len() == k);
+        assert!(sc.rows.len() >= (k + 2) * B * 8 && sc.z.len() >= B * 8);
+        let keys = RoundKeys::new(key);
+        let mut h = [std::mem::MaybeUninit::<__m512>::uninit(); MAX_K];
+        let half = _mm512_setr_epi32(0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 1, 1, 1, 1);
+        let reps = _mm512_add_epi32(
+            _mm512_set1_epi32(rep0 as i32),
+            _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 0, 1, 2, 3, 4, 5, 6, 7),
+        );
+        let rows = sc.rows.as_mut_ptr();
+        let z = sc.z.as_mut_ptr();
+        for d in (0..n).step_by(2) {
+            // In bounds: rows j < K + 2, draws d (and d + 1 where it is below n) < n <= B.
+            let second = d + 1 < n;
+            let draw =
+                _mm512_add_epi32(_mm512_set1_epi32(first.wrapping_add(d as u32) as i32), half);
+            let (inv, zl) = step(table, &keys, draw, reps, point, &mut h);
+            let (mut q0, mut q1) = (_mm512_setzero_pd(), _mm512_setzero_pd());
+            let mut yz = _mm512_setzero_ps();
+            for (c, hc) in h[..k].iter().enumerate() {
+                // Written by `step` for every c < K.
+                let yc = _mm512_mul_ps(hc.assume_init(), inv);
+                let hit = _mm512_cmpeq_epi32_mask(zl, _mm512_set1_epi32(c as i32));
+                yz = _mm512_mask_blend_ps(hit, yz, yc);
+                let y0 = _mm512_cvtps_pd(_mm512_castps512_ps256(yc));
+                q0 = _mm512_fmadd_pd(y0, y0, q0);
+                _mm512_storeu_pd(rows.add(at(k, c, d)), y0);
+                if second {
+                    let y1 = _mm512_cvtps_pd(_mm256_castpd_ps(_mm512_extractf64x4_pd::<1>(
+                        _mm512_castps_pd(yc),
+                    )));
+                    q1 = _mm512_fmadd_pd(y1, y1, q1);
+                    _mm512_storeu_pd(rows.add(at(k, c, d + 1)), y1);
+                }
+            }
+            let z0 = _mm512_cvtepu32_epi64(_mm512_castsi512_si256(zl));
+            let yz0 = _mm512_cvtps_pd(_mm512_castps512_ps256(yz));
+            _mm512_storeu_pd(rows.add(at(k, k, d)), q0);
+            _mm512_storeu_pd(rows.add(at(k, k + 1, d)), yz0);
+            _mm512_storeu_si512(z.add(d * 8).cast(), z0);
+            if second {
+                let z1 = _mm512_cvtepu32_epi64(_mm512_extracti64x4_epi64::<1>(zl));
+                let yz1 = _mm512_cvtps_pd(_mm256_castpd_ps(_mm512_extractf64x4_pd::<1>(
+                    _mm512_castps_pd(yz),
+                )));
+                _mm512_storeu_pd(rows.add(at(k, k, d + 1)), q1);
+                _mm512_storeu_pd(rows.add(at(k, k + 1, d + 1)), yz1);
+                _mm512_storeu_si512(z.add((d + 1) * 8).cast(), z1);
+            }
+        }
+    }
+
+    /// Adds the batch of n draws in `sc.rows` and `sc.z` to `sc.sums`: per lane, the arithmetic of
+    /// [`crate::estimators::RelaxedMoments::add_batch_lanes`] (products of two f32 numbers
+    /// are exact in f64, so a fused multiply-add of two f32 factors rounds as its separate
+    /// multiply and add; the partner `||y||^2` keeps them separate).
+    ///
+    /// # Safety
+    /// The CPU must have AVX-512F and FMA; n <= B.
+    #[inline(always)]
+    pub(super) unsafe fn add_batch(sc: &mut RelaxedReps, n: usize) {
+        let k = sc.k;
+        assert!(n <= B && sc.rows.len() >= (k + 2) * B * 8 && sc.z.len() >= B * 8);
+        assert!(sc.sums.len() >= (k * k + 4 * k) * 8 && sc.lane_tot.len() >= k * (k + 2) * 8);
+        let chunks = n / 8;
+        let full = 8 * chunks;
+        let at = |j: usize, d: usize| at(k, j, d);
         let rows = sc.rows.as_ptr();
         let sums = sc.sums.as_mut_ptr();
         let (sy, shit) = (0, 3 * k + k * k);
@@ -343,69 +493,109 @@ mod avx512 {
             _mm512_storeu_pd(p, _mm512_add_pd(_mm512_loadu_pd(p), tot));
         }
         // Every `dot` of row c with its partners c..K + 2 (K: ||y||^2, K + 1: y_z), up to
-        // eight partners a step (8, 4, 2 or 1: no partner computed twice).
+        // eight partners a step (8, 4, 2 or 1: no partner computed twice), one lane l of
+        // every pair at a time (what that reads stays in L1), the lanes' sums in order in
+        // `lane_tot`.
+        let lane_tot = sc.lane_tot.as_mut_ptr();
+        for l in 0..8 {
+            for c in 0..k {
+                let mut p = c;
+                while p < k + 2 {
+                    let left = k + 2 - p;
+                    let geo = Tile {
+                        rows,
+                        lane_tot,
+                        k,
+                        c,
+                        p,
+                        n,
+                        l,
+                    };
+                    p += if left >= 8 {
+                        tile::<8>(&geo)
+                    } else if left >= 4 {
+                        tile::<4>(&geo)
+                    } else if left >= 2 {
+                        tile::<2>(&geo)
+                    } else {
+                        tile::<1>(&geo)
+                    };
+                }
+            }
+        }
+        // Each pair's lane sum, plus the remainder's sum (from -0.0) where there is one,
+        // added to its sums.
+        let (syy, snorm, syz) = (k, k + k * k, 2 * k + k * k);
         for c in 0..k {
-            let mut p = c;
-            while p < k + 2 {
-                let left = k + 2 - p;
-                let geo = Tile {
-                    rows,
-                    sums,
-                    k,
-                    c,
-                    p,
-                    n,
-                };
-                p += if left >= 8 {
-                    tile::<8>(&geo)
-                } else if left >= 4 {
-                    tile::<4>(&geo)
-                } else if left >= 2 {
-                    tile::<2>(&geo)
+            for c2 in c..k + 2 {
+                let mut v = _mm512_loadu_pd(lane_tot.add((c * (k + 2) + c2) * 8));
+                if full < n {
+                    let mut rest = _mm512_set1_pd(-0.0);
+                    for d in full..n {
+                        let a = _mm512_loadu_pd(rows.add(at(c, d)));
+                        let b = _mm512_loadu_pd(rows.add(at(c2, d)));
+                        rest = _mm512_add_pd(rest, _mm512_mul_pd(a, b));
+                    }
+                    v = _mm512_add_pd(v, rest);
+                }
+                // A macro, not a closure (which would not inherit the target features).
+                macro_rules! add_to {
+                    ($slot:expr) => {{
+                        let q = sums.add($slot * 8);
+                        _mm512_storeu_pd(q, _mm512_add_pd(_mm512_loadu_pd(q), v));
+                    }};
+                }
+                if c2 < k {
+                    add_to!(syy + c * k + c2);
+                    if c2 != c {
+                        add_to!(syy + c2 * k + c);
+                    }
+                } else if c2 == k {
+                    add_to!(snorm + c);
                 } else {
-                    tile::<1>(&geo)
-                };
+                    add_to!(syz + c);
+                }
             }
         }
         // sum_hit: per category, the y_z of the draws that landed there, in draw order.
-        let z = sc.z.as_mut_ptr();
-        for d in 0..n {
-            let mut lanes = [0i64; 8];
-            for (rep, v) in lanes.iter_mut().enumerate() {
-                *v = i64::from(sc.draw_z[rep * B + d]);
+        let z = sc.z.as_ptr();
+        // Eight categories at once (independent chains), each in draw order.
+        for c0 in (0..k).step_by(8) {
+            let m = (k - c0).min(8);
+            let mut h = [_mm512_setzero_pd(); 8];
+            for (j, h) in h.iter_mut().enumerate().take(m) {
+                *h = _mm512_loadu_pd(sums.add((shit + c0 + j) * 8));
             }
-            _mm512_storeu_si512(
-                z.add(d * 8).cast(),
-                _mm512_loadu_si512(lanes.as_ptr().cast()),
-            );
-        }
-        for c in 0..k {
-            let q = sums.add((shit + c) * 8);
-            let mut h = _mm512_loadu_pd(q);
-            let cv = _mm512_set1_epi64(c as i64);
             for d in 0..n {
-                let hit = _mm512_cmpeq_epi64_mask(_mm512_loadu_si512(z.add(d * 8).cast()), cv);
-                h = _mm512_mask_add_pd(h, hit, h, _mm512_loadu_pd(rows.add(at(k + 1, d))));
+                let zd = _mm512_loadu_si512(z.add(d * 8).cast());
+                let yz = _mm512_loadu_pd(rows.add(at(k + 1, d)));
+                for (j, h) in h.iter_mut().enumerate().take(m) {
+                    let hit = _mm512_cmpeq_epi64_mask(zd, _mm512_set1_epi64((c0 + j) as i64));
+                    *h = _mm512_mask_add_pd(*h, hit, *h, yz);
+                }
             }
-            _mm512_storeu_pd(q, h);
+            for (j, h) in h.iter().enumerate().take(m) {
+                _mm512_storeu_pd(sums.add((shit + c0 + j) * 8), *h);
+            }
         }
     }
 
-    /// Where [`tile`] reads and writes: the rows and sums of [`add_batch`], row `c` and its
-    /// partners `p..`, a batch of n draws.
+    /// Where [`tile`] reads and writes: the rows of [`add_batch`] and its lane sums, row `c`
+    /// and its partners `p..`, lane `l` of a batch of n draws.
     struct Tile {
         rows: *const f64,
-        sums: *mut f64,
+        lane_tot: *mut f64,
         k: usize,
         c: usize,
         p: usize,
         n: usize,
+        l: usize,
     }
 
-    /// The `dot`s of row c with its W partners `p..p + W` (in bounds: p + W <= K + 2),
-    /// added to their sums; returns W. Per lane, the arithmetic of `dot`: lane l (the draws
-    /// `8 i + l`) over the chunks from +0.0, the lanes summed in order, then the remainder's
-    /// sum (from -0.0) added where there is one.
+    /// Lane l of the `dot`s of row c with its W partners `p..p + W` (in bounds: p + W <= K +
+    /// 2), into their lane sums; returns W. Per lane, the arithmetic of `dot`: lane l (the
+    /// draws `8 i + l`) over the chunks from +0.0, the lanes summed in order (lane 0 stored,
+    /// the others added); the remainder is [`add_batch`]'s.
     ///
     /// # Safety
     /// The CPU must have AVX-512F and FMA; the pointers as in [`add_batch`].
@@ -413,76 +603,43 @@ mod avx512 {
     unsafe fn tile<const W: usize>(g: &Tile) -> usize {
         let Tile {
             rows,
-            sums,
+            lane_tot,
             k,
             c,
             p,
             n,
+            l,
         } = *g;
         let chunks = n / 8;
-        let full = 8 * chunks;
-        let at = |j: usize, d: usize| (j * B + d) * RELAXED_REPS;
+        let at = |j: usize, d: usize| at(k, j, d);
         let norm_slot = if (p..p + W).contains(&k) { k - p } else { W };
-        let mut tot = [_mm512_setzero_pd(); W];
-        for l in 0..8 {
-            let mut lane = [_mm512_setzero_pd(); W];
+        let mut lane = [_mm512_setzero_pd(); W];
+        for i in 0..chunks {
+            let a = _mm512_loadu_pd(rows.add(at(c, 8 * i + l)));
+            for (t, v) in lane.iter_mut().enumerate() {
+                let b = _mm512_loadu_pd(rows.add(at(p + t, 8 * i + l)));
+                *v = _mm512_fmadd_pd(a, b, *v);
+            }
+        }
+        if norm_slot < W {
+            // The partner ||y||^2 is no f32 number: done again with a separate
+            // multiply and add (no branch in the loop above).
+            let mut v = _mm512_setzero_pd();
             for i in 0..chunks {
                 let a = _mm512_loadu_pd(rows.add(at(c, 8 * i + l)));
-                for (t, v) in lane.iter_mut().enumerate() {
-                    let b = _mm512_loadu_pd(rows.add(at(p + t, 8 * i + l)));
-                    *v = _mm512_fmadd_pd(a, b, *v);
-                }
+                let b = _mm512_loadu_pd(rows.add(at(k, 8 * i + l)));
+                v = _mm512_add_pd(v, _mm512_mul_pd(a, b));
             }
-            if norm_slot < W {
-                // The partner ||y||^2 is no f32 number: done again with a separate
-                // multiply and add (no branch in the loop above).
-                let mut v = _mm512_setzero_pd();
-                for i in 0..chunks {
-                    let a = _mm512_loadu_pd(rows.add(at(c, 8 * i + l)));
-                    let b = _mm512_loadu_pd(rows.add(at(k, 8 * i + l)));
-                    v = _mm512_add_pd(v, _mm512_mul_pd(a, b));
-                }
-                lane[norm_slot] = v;
-            }
-            for (t, v) in tot.iter_mut().enumerate() {
-                *v = if l == 0 {
-                    lane[t]
-                } else {
-                    _mm512_add_pd(*v, lane[t])
-                };
-            }
+            lane[norm_slot] = v;
         }
-        if full < n {
-            for (t, v) in tot.iter_mut().enumerate() {
-                let mut rest = _mm512_set1_pd(-0.0);
-                for d in full..n {
-                    let a = _mm512_loadu_pd(rows.add(at(c, d)));
-                    let b = _mm512_loadu_pd(rows.add(at(p + t, d)));
-                    rest = _mm512_add_pd(rest, _mm512_mul_pd(a, b));
-                }
-                *v = _mm512_add_pd(*v, rest);
-            }
-        }
-        let (syy, snorm, syz) = (k, k + k * k, 2 * k + k * k);
-        for (t, v) in tot.iter().enumerate() {
-            let c2 = p + t;
-            // A macro, not a closure (which would not inherit the target features).
-            macro_rules! add_to {
-                ($slot:expr) => {{
-                    let q = sums.add($slot * 8);
-                    _mm512_storeu_pd(q, _mm512_add_pd(_mm512_loadu_pd(q), *v));
-                }};
-            }
-            if c2 < k {
-                add_to!(syy + c * k + c2);
-                if c2 != c {
-                    add_to!(syy + c2 * k + c);
-                }
-            } else if c2 == k {
-                add_to!(snorm + c);
+        for (t, v) in lane.iter().enumerate() {
+            let q = lane_tot.add((c * (k + 2) + p + t) * 8);
+            let sum = if l == 0 {
+                *v
             } else {
-                add_to!(syz + c);
-            }
+                _mm512_add_pd(_mm512_loadu_pd(q), *v)
+            };
+            _mm512_storeu_pd(q, sum);
         }
         W
     }
@@ -585,7 +742,15 @@ mod tests {
             by_id("st-gumbel").unwrap(),
         ];
         let mut checked = 0;
-        for (k, tau) in [(1usize, 1.0), (3, 0.5), (10, 1.0), (10, 0.3), (17, 2.0)] {
+        // K = 70: past the draws' MAX_K, the per-repetition batches and their transposes.
+        for (k, tau) in [
+            (1usize, 1.0),
+            (3, 0.5),
+            (10, 1.0),
+            (10, 0.3),
+            (17, 2.0),
+            (70, 1.0),
+        ] {
             let a: Vec<f64> = (0..k).map(|c| (c as f64 * 0.7).sin() * 2.0).collect();
             let t: Vec<f64> = (0..k).map(|c| if c == k / 2 { 1.0 } else { 0.0 }).collect();
             let contexts: Vec<Context> = Loss::QUADRATIC
@@ -639,6 +804,6 @@ mod tests {
                 }
             }
         }
-        assert_eq!(checked, (1 + 3 + 10 + 10 + 17) * 6 * 8 * 3 * 8);
+        assert_eq!(checked, (1 + 3 + 10 + 10 + 17 + 70) * 6 * 8 * 3 * 8);
     }
 }
