@@ -540,7 +540,9 @@ pub fn draw_joint_categories(
     #[cfg(target_arch = "x86_64")]
     if fastmath::has_avx2() {
         // SAFETY: the CPU has AVX2, checked just above.
-        return unsafe { joint_avx2::draw(tables, key, rep, point, samples, z, Layout::DrawMajor) };
+        return unsafe {
+            joint_avx2::draw(tables, key, rep, point, samples, z, Layout::DrawMajor, 0)
+        };
     }
     draw_joint_lanes(tables, key, rep, point, samples, z);
 }
@@ -557,12 +559,197 @@ pub fn draw_joint_categories_by_variable(
 ) {
     #[cfg(target_arch = "x86_64")]
     if fastmath::has_avx2() {
+        // Whole groups of 64 draws in AVX-512 where the CPU has it, the rest (or all) in AVX2.
+        let from = if fastmath::has_avx512() {
+            // SAFETY: the CPU has AVX-512F, checked just above.
+            unsafe { joint_avx512::draw_by_variable(tables, key, rep, point, samples, zt) }
+        } else {
+            0
+        };
         // SAFETY: the CPU has AVX2, checked just above.
         return unsafe {
-            joint_avx2::draw(tables, key, rep, point, samples, zt, Layout::VariableMajor)
+            joint_avx2::draw(
+                tables,
+                key,
+                rep,
+                point,
+                samples,
+                zt,
+                Layout::VariableMajor,
+                from,
+            )
         };
     }
     draw_by_variable_scalar(tables, key, rep, point, samples, zt);
+}
+
+/// [`draw_joint_categories_by_variable`] in AVX2 alone (no AVX-512), for the tests that
+/// compare the paths; `None` without AVX2.
+#[cfg(test)]
+fn draw_by_variable_avx2(
+    tables: &[CategoricalTable],
+    key: [u32; 2],
+    rep: u32,
+    point: u32,
+    samples: u32,
+    zt: &mut [u32],
+) -> Option<()> {
+    #[cfg(target_arch = "x86_64")]
+    if fastmath::has_avx2() {
+        // SAFETY: the CPU has AVX2, checked just above.
+        unsafe {
+            joint_avx2::draw(
+                tables,
+                key,
+                rep,
+                point,
+                samples,
+                zt,
+                Layout::VariableMajor,
+                0,
+            )
+        };
+        return Some(());
+    }
+    let _ = (tables, key, rep, point, samples, zt);
+    None
+}
+
+/// The joint draws variable-major in AVX-512F registers, 64 draws (sixteen Philox blocks) of
+/// a variable a step and two variables at once ([`philox::x16::philox_n`]): the categories
+/// by unsigned comparisons into mask registers, stored in draw order by a 4x16 transpose.
+/// Each draw's category is that of the same word under the same thresholds and clamp as in
+/// [`joint_avx2`] (tested).
+#[cfg(target_arch = "x86_64")]
+mod joint_avx512 {
+    use std::arch::x86_64::*;
+
+    use super::CategoricalTable;
+    use crate::philox::{x16, STREAM_CATEGORICAL};
+
+    /// The categories of the words in four registers under `table`: `#{j : w > S_j}`
+    /// clamped to `[first_nonzero, last_nonzero]`.
+    ///
+    /// # Safety
+    /// AVX-512F only.
+    #[inline(always)]
+    unsafe fn classify(words: [__m512i; 4], table: &CategoricalTable) -> [__m512i; 4] {
+        let one = _mm512_set1_epi32(1);
+        let mut above = [_mm512_setzero_si512(); 4];
+        for &t in table.thresholds() {
+            let tb = _mm512_set1_epi32(t as i32);
+            for w in 0..4 {
+                let passed = _mm512_cmpgt_epu32_mask(words[w], tb);
+                above[w] = _mm512_mask_add_epi32(above[w], passed, above[w], one);
+            }
+        }
+        let lo = _mm512_set1_epi32(table.first_nonzero() as i32);
+        let hi = _mm512_set1_epi32(table.last_nonzero() as i32);
+        for a in above.iter_mut() {
+            *a = _mm512_min_epu32(_mm512_max_epu32(*a, lo), hi);
+        }
+        above
+    }
+
+    /// Stores sixteen blocks' categories (`cats[w]` word `w` of blocks 0..16) in draw order:
+    /// `out[4 b + w]` is word `w` of block `b`.
+    ///
+    /// # Safety
+    /// AVX-512F only.
+    #[inline(always)]
+    unsafe fn store_draw_order(cats: [__m512i; 4], out: &mut [u32; 64]) {
+        // Within each 128-bit lane k: blocks 4k, 4k + 1, 4k + 2, 4k + 3 (four words each).
+        let t01l = _mm512_unpacklo_epi32(cats[0], cats[1]);
+        let t01h = _mm512_unpackhi_epi32(cats[0], cats[1]);
+        let t23l = _mm512_unpacklo_epi32(cats[2], cats[3]);
+        let t23h = _mm512_unpackhi_epi32(cats[2], cats[3]);
+        let b0 = _mm512_unpacklo_epi64(t01l, t23l);
+        let b1 = _mm512_unpackhi_epi64(t01l, t23l);
+        let b2 = _mm512_unpacklo_epi64(t01h, t23h);
+        let b3 = _mm512_unpackhi_epi64(t01h, t23h);
+        // Then the 4x4 transpose of the 128-bit lanes: output j holds lane j of b0..b3.
+        let u0 = _mm512_shuffle_i32x4::<0x44>(b0, b1);
+        let u1 = _mm512_shuffle_i32x4::<0x44>(b2, b3);
+        let u2 = _mm512_shuffle_i32x4::<0xee>(b0, b1);
+        let u3 = _mm512_shuffle_i32x4::<0xee>(b2, b3);
+        let p = out.as_mut_ptr().cast::<__m512i>();
+        _mm512_storeu_si512(p, _mm512_shuffle_i32x4::<0x88>(u0, u1));
+        _mm512_storeu_si512(p.add(1), _mm512_shuffle_i32x4::<0xdd>(u0, u1));
+        _mm512_storeu_si512(p.add(2), _mm512_shuffle_i32x4::<0x88>(u2, u3));
+        _mm512_storeu_si512(p.add(3), _mm512_shuffle_i32x4::<0xdd>(u2, u3));
+    }
+
+    /// The counters of Philox blocks `b0 .. b0 + 16` of variable `var`.
+    ///
+    /// # Safety
+    /// AVX-512F only.
+    #[inline(always)]
+    unsafe fn counters(b0: u32, rep: u32, var: usize, point: u32) -> [__m512i; 4] {
+        let lane = (STREAM_CATEGORICAL << 16) | var as u32;
+        [
+            _mm512_add_epi32(
+                _mm512_set1_epi32(b0 as i32),
+                _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15),
+            ),
+            _mm512_set1_epi32(rep as i32),
+            _mm512_set1_epi32(lane as i32),
+            _mm512_set1_epi32(point as i32),
+        ]
+    }
+
+    /// Draws `0 .. 64 floor(S / 64)` of every variable into `zt` (`zt[l * S + i]`); returns
+    /// how many draws of each variable it wrote.
+    ///
+    /// # Safety
+    /// AVX-512F only.
+    #[target_feature(enable = "avx512f")]
+    pub(super) unsafe fn draw_by_variable(
+        tables: &[CategoricalTable],
+        key: [u32; 2],
+        rep: u32,
+        point: u32,
+        samples: u32,
+        zt: &mut [u32],
+    ) -> usize {
+        let keys = x16::RoundKeys::new(key);
+        let (l, su) = (tables.len(), samples as usize);
+        assert!(zt.len() >= l * su, "the joint draws need S * L numbers");
+        let whole = su / 64 * 64;
+        // A plain function, not a closure, which would be compiled without AVX-512.
+        #[inline(always)]
+        unsafe fn store(
+            tables: &[CategoricalTable],
+            zt: &mut [u32],
+            su: usize,
+            (var, first): (usize, usize),
+            words: [__m512i; 4],
+        ) {
+            let cats = classify(words, &tables[var]);
+            let row = &mut zt[var * su + first..var * su + first + 64];
+            store_draw_order(cats, <&mut [u32; 64]>::try_from(row).expect("64 draws"));
+        }
+        for first in (0..whole).step_by(64) {
+            let b0 = (first / 4) as u32;
+            let mut var = 0;
+            while var + 2 <= l {
+                let [a, b] = x16::philox_n(
+                    &keys,
+                    [
+                        counters(b0, rep, var, point),
+                        counters(b0, rep, var + 1, point),
+                    ],
+                );
+                store(tables, zt, su, (var, first), a);
+                store(tables, zt, su, (var + 1, first), b);
+                var += 2;
+            }
+            if var < l {
+                let [a] = x16::philox_n(&keys, [counters(b0, rep, var, point)]);
+                store(tables, zt, su, (var, first), a);
+            }
+        }
+        whole
+    }
 }
 
 /// Where [`joint_avx2::draw`] puts variable `l` of draw `i`.
@@ -681,11 +868,13 @@ mod joint_avx2 {
     }
 
     /// [`super::draw_joint_categories`] (`DrawMajor`) or
-    /// [`super::draw_joint_categories_by_variable`] (`VariableMajor`).
+    /// [`super::draw_joint_categories_by_variable`] (`VariableMajor`), from draw `from` (a
+    /// multiple of 32) of every variable on.
     ///
     /// # Safety
     /// AVX2 only.
     #[target_feature(enable = "avx2")]
+    #[allow(clippy::too_many_arguments)]
     pub(super) unsafe fn draw(
         tables: &[CategoricalTable],
         key: [u32; 2],
@@ -694,7 +883,12 @@ mod joint_avx2 {
         samples: u32,
         z: &mut [u32],
         layout: Layout,
+        from: usize,
     ) {
+        assert!(
+            from.is_multiple_of(32),
+            "the AVX2 joint draws start at a block of 32"
+        );
         let keys = x8::RoundKeys::new(key);
         let (l, su) = (tables.len(), samples as usize);
         assert!(z.len() >= l * su, "the joint draws need S * L numbers");
@@ -709,7 +903,7 @@ mod joint_avx2 {
                 _mm256_set1_epi32(table.first_nonzero() as i32),
                 _mm256_set1_epi32(table.last_nonzero() as i32),
             );
-            let mut first = 0usize;
+            let mut first = from;
             while first < su {
                 let n = (su - first).min(32);
                 if layout == Layout::VariableMajor && n == 32 {
@@ -1663,7 +1857,7 @@ mod tests {
             for l in [1usize, 2, 6] {
                 let tables: Vec<CategoricalTable> =
                     (0..l).map(|_| CategoricalTable::new(p)).collect();
-                for s in [1u32, 3, 4, 31, 32, 33, 64, 100] {
+                for s in [1u32, 3, 4, 31, 32, 33, 63, 64, 65, 100, 128, 160, 192] {
                     let su = s as usize;
                     // By definition: variable `var` of draw `i` reads word `i % 4` of block
                     // `i / 4` on lane `var`.
@@ -1698,10 +1892,18 @@ mod tests {
                     draw_joint_categories_by_variable(&tables, [5, 6], 9, 2, s, &mut zt);
                     let mut scalar = vec![u32::MAX; su * l];
                     draw_by_variable_scalar(&tables, [5, 6], 9, 2, s, &mut scalar);
+                    // The AVX2 path alone (where the CPU has AVX-512, the dispatch above runs
+                    // whole groups of 64 draws in it).
+                    let mut avx2 = vec![u32::MAX; su * l];
+                    let avx2 =
+                        draw_by_variable_avx2(&tables, [5, 6], 9, 2, s, &mut avx2).map(|()| avx2);
                     for (n, &c) in want.iter().enumerate() {
                         let (i, var) = (n / l, n % l);
                         assert_eq!(zt[var * su + i], c, "by variable, draw {i} var {var}");
                         assert_eq!(scalar[var * su + i], c, "scalar, draw {i} var {var}");
+                        if let Some(avx2) = &avx2 {
+                            assert_eq!(avx2[var * su + i], c, "AVX2, draw {i} var {var}");
+                        }
                     }
                 }
             }
