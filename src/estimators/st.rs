@@ -381,6 +381,9 @@ fn table_batch_lanes(
     }
 }
 
+/// Eight repetitions at a time, each coordinate's sum over the categories kept in one
+/// register (a sum stored and reloaded for every category, through masked stores, was most
+/// of the time), from the batch's weights `n_c / S` computed once, a row of 64 at a time.
 #[inline(always)]
 fn table_batch_rows<const FULL: bool>(
     table: &[f64],
@@ -390,26 +393,81 @@ fn table_batch_rows<const FULL: bool>(
     out: &mut [f64],
 ) {
     const B: usize = COUNTS_BATCH;
+    const L: usize = 8;
+    const STACK_K: usize = 16;
     let n = if FULL { B } else { n };
     let s = f64::from(s);
-    for j in 0..k {
-        out[j * B..j * B + n].fill(0.0);
-    }
-    let mut w = [0.0f64; B];
-    for c in 0..k {
-        let nc = &counts[c * stride..c * stride + n];
-        for (w, &nc) in w.iter_mut().zip(nc) {
-            *w = nc / s;
+    let mut stack = [0.0f64; STACK_K * B];
+    let mut heap = Vec::new();
+    let w: &mut [f64] = if k <= STACK_K {
+        &mut stack[..k * B]
+    } else {
+        heap.resize(k * B, 0.0);
+        &mut heap
+    };
+    // `w > 0` exactly where `n_c > 0` (S >= 1); lanes past the batch weigh 0.
+    for (c, wc) in w.chunks_exact_mut(B).enumerate() {
+        let wc: &mut [f64; B] = wc.try_into().expect("B weights");
+        if FULL {
+            let nc: &[f64; B] = counts[c * stride..c * stride + B]
+                .try_into()
+                .expect("B counts");
+            for (wi, &ni) in wc.iter_mut().zip(nc) {
+                *wi = ni / s;
+            }
+        } else {
+            for (wi, &ni) in wc.iter_mut().zip(&counts[c * stride..c * stride + n]) {
+                *wi = ni / s;
+            }
+            wc[n..].fill(0.0);
         }
-        for j in 0..k {
-            let g = table[c * k + j];
-            let o = &mut out[j * B..j * B + n];
-            for ((o, &w), &nc) in o.iter_mut().zip(&w).zip(nc) {
-                let sum = *o + w * g;
-                *o = if nc > 0.0 { sum } else { *o };
+    }
+    for r0 in (0..n).step_by(L) {
+        let m = if FULL { L } else { L.min(n - r0) };
+        // J coordinates at once: J independent chains of additions (each coordinate's
+        // categories still in order), where one chain waited on each addition.
+        let mut j0 = 0;
+        while j0 + J <= k {
+            let acc = table_chains::<J>(table, k, w, r0, j0);
+            for (jj, a) in acc.iter().enumerate() {
+                let j = j0 + jj;
+                out[j * B + r0..j * B + r0 + m].copy_from_slice(&a[..m]);
+            }
+            j0 += J;
+        }
+        for j in j0..k {
+            let [a] = table_chains::<1>(table, k, w, r0, j);
+            out[j * B + r0..j * B + r0 + m].copy_from_slice(&a[..m]);
+        }
+    }
+}
+
+/// Coordinates per block of [`table_chains`].
+const J: usize = 4;
+
+/// The sums over the categories of coordinates `j0..j0 + N` for the eight repetitions from
+/// `r0` with weights `w` (`w[c * COUNTS_BATCH + r]`; a category with weight 0 is skipped).
+#[inline(always)]
+fn table_chains<const N: usize>(
+    table: &[f64],
+    k: usize,
+    w: &[f64],
+    r0: usize,
+    j0: usize,
+) -> [[f64; 8]; N] {
+    let mut acc = [[0.0f64; 8]; N];
+    for c in 0..k {
+        let at = c * COUNTS_BATCH + r0;
+        let wc: &[f64; 8] = w[at..at + 8].try_into().expect("8 weights");
+        let g: &[f64; N] = table[c * k + j0..c * k + j0 + N].try_into().expect("N");
+        for (a, &g) in acc.iter_mut().zip(g) {
+            for (a, &wi) in a.iter_mut().zip(wc) {
+                let sum = *a + wi * g;
+                *a = if wi > 0.0 { sum } else { *a };
             }
         }
     }
+    acc
 }
 
 /// The S-draw average of a hard-draw estimator from one variable's category counts:
@@ -658,7 +716,7 @@ pub(super) mod tests {
     /// with a zero weight would carry into the sum: their repetitions must skip them.
     #[test]
     fn batched_table_averages_are_each_repetitions_bits() {
-        let (k, stride) = (7, COUNTS_BATCH + 3);
+        let stride = COUNTS_BATCH + 3;
         let mut x = 0x9e37_79b9_u32;
         let mut next = || {
             x ^= x << 13;
@@ -666,14 +724,18 @@ pub(super) mod tests {
             x ^= x << 5;
             x
         };
-        let mut table: Vec<f64> = (0..k * k)
-            .map(|_| (f64::from(next()) / 1e9 - 2.1) * 1e-3)
-            .collect();
-        table[5 * k + 2] = f64::INFINITY;
-        table[6 * k] = f64::NAN;
-        for s in [1u32, 3, 64, 1000] {
+        // K = 40 past the weights' stack buffer (16 categories).
+        for (k, s) in [7usize, 40]
+            .into_iter()
+            .flat_map(|k| [1u32, 3, 64, 1000].map(|s| (k, s)))
+        {
+            let mut table: Vec<f64> = (0..k * k)
+                .map(|_| (f64::from(next()) / 1e9 - 2.1) * 1e-3)
+                .collect();
+            table[(k - 2) * k + 2] = f64::INFINITY;
+            table[(k - 1) * k] = f64::NAN;
             for n in [COUNTS_BATCH, 1, 13] {
-                // Counts summing to s; categories 5 and 6 drawn by odd repetitions only.
+                // Counts summing to s; the last two categories drawn by odd repetitions only.
                 let mut counts_t = vec![-1.0; k * stride];
                 let mut per_rep = vec![vec![0u32; k]; n];
                 for (r, c) in per_rep.iter_mut().enumerate() {
@@ -697,7 +759,11 @@ pub(super) mod tests {
                     for (r, c) in per_rep.iter().enumerate() {
                         average_with_table(&table, c, s, &mut want);
                         let got: Vec<f64> = (0..k).map(|j| out[j * COUNTS_BATCH + r]).collect();
-                        assert_eq!(bits(&got), bits(&want), "s {s} n {n} r {r} {portable}");
+                        assert_eq!(
+                            bits(&got),
+                            bits(&want),
+                            "k {k} s {s} n {n} r {r} {portable}"
+                        );
                     }
                 }
             }
