@@ -63,7 +63,7 @@ pub use reinmax::ReinMax;
 pub use relax::Relax;
 pub use relaxed_reps::{relaxed_sums_reps, with_scratch, RelaxedReps, RELAXED_REPS};
 pub use rloo::Rloo;
-pub use st::{average_with_table, average_with_table_batch, StraightThrough, TableCache};
+pub use st::{average_with_table_batch, StraightThrough, TableCache};
 pub use st_gumbel::StGumbel;
 pub use sum_and_sample::SumAndSample;
 pub use unordered_set::{set_block, set_integrals, SetIntegrals, UnorderedSet, QUADRATURE_STEP};
@@ -1603,7 +1603,7 @@ pub trait Estimator: Send + Sync {
     }
 
     /// Counts lowering of a hard-draw estimator (one variable): its per-category estimates
-    /// `g(e_c)` (row c of K numbers), from which [`average_with_table`] gives the bits of
+    /// `g(e_c)` (row c of K numbers), from which [`average_with_table_batch`] gives the bits of
     /// [`Estimator::estimate_from_counts`] without recomputing them every repetition; `None`
     /// for an estimator whose counts estimate is not such an average. Depends only on `ctx`:
     /// the engine builds it for each sweep point and block.

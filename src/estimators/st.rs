@@ -308,8 +308,11 @@ pub(super) fn category_table(ctx: &Context, pre: &[f64], f: PerDraw) -> Vec<f64>
 }
 
 /// [`average_over_counts`] from the rows of [`category_table`]: the same operations in the
-/// same order, so the same bits (tested), without recomputing `g(e_c)` or allocating.
-pub fn average_with_table(table: &[f64], counts: &[u32], s: u32, out: &mut [f64]) {
+/// same order, so the same bits (tested), without recomputing `g(e_c)` or allocating. One
+/// repetition at a time: the tests' reference for [`average_with_table_batch`], which the
+/// engine runs.
+#[cfg(test)]
+pub(super) fn average_with_table(table: &[f64], counts: &[u32], s: u32, out: &mut [f64]) {
     let k = out.len();
     out.iter_mut().for_each(|o| *o = 0.0);
     for (c, &n) in counts.iter().enumerate().filter(|(_, &n)| n > 0) {
@@ -319,13 +322,15 @@ pub fn average_with_table(table: &[f64], counts: &[u32], s: u32, out: &mut [f64]
     }
 }
 
-/// [`average_with_table`] for a batch of `n <= COUNTS_BATCH` repetitions at once, vectorised
+/// The S-draw average `sum_c (n_c / S) g(e_c)` of a hard-draw estimator from the rows of
+/// `category_table`, for a batch of `n <= COUNTS_BATCH` repetitions at once, vectorised
 /// across repetitions (AVX-512 or AVX2 where present), with the layouts of
 /// [`super::estimate_counts_batch`]: `counts` holds their category counts in f64,
 /// category-major (`counts[c * stride + r]`), and `out` receives their estimates
 /// coordinate-major (`out[j * COUNTS_BATCH + r]`). Each repetition's estimate has the bits of
-/// [`average_with_table`] on its counts (tested): the same products `(n_c / S) g_j(e_c)`, added
-/// in the same order of categories, a category with no draw leaving the sum as it is.
+/// `average_over_counts` on its counts (tested against the tests' one-repetition
+/// `average_with_table`): the same products `(n_c / S) g_j(e_c)`, added in the same order of
+/// categories, a category with no draw leaving the sum as it is.
 ///
 /// # Panics
 /// If `n` is out of range or a slice is too short for `k` categories.
