@@ -1414,8 +1414,8 @@ pub(crate) mod relaxed_avx512 {
     pub(crate) use super::relaxed_avx2::MAX_K;
     use super::RelaxedTable;
     use crate::fastmath::avx512::{exp_nonpositive, ln};
-    use crate::philox::x16::philox;
     pub(crate) use crate::philox::x16::RoundKeys;
+    use crate::philox::x16::{philox, philox_n};
     use crate::philox::STREAM_GUMBEL;
     use std::arch::x86_64::*;
 
@@ -1462,17 +1462,39 @@ pub(crate) mod relaxed_avx512 {
         let inv_tau = _mm512_set1_ps(table.inv_tau);
         let mut hmax = _mm512_set1_ps(f32::NEG_INFINITY);
         let mut zl = _mm512_setzero_si512();
-        for group in 0..k.div_ceil(4) {
-            let words = philox(
-                keys,
-                [
-                    draw,
-                    rep,
-                    _mm512_set1_epi32(((STREAM_GUMBEL << 16) | group as u32) as i32),
-                    _mm512_set1_epi32(point as i32),
-                ],
-            );
-            for (w, &word) in words.iter().enumerate().take(k - 4 * group) {
+        let counters = |group: usize| {
+            [
+                draw,
+                rep,
+                _mm512_set1_epi32(((STREAM_GUMBEL << 16) | group as u32) as i32),
+                _mm512_set1_epi32(point as i32),
+            ]
+        };
+        let groups = k.div_ceil(4);
+        let mut group = 0;
+        while group < groups {
+            // Up to three groups' Philox rounds interleaved (independent dependency chains;
+            // the same words as one group at a time).
+            let mut words = [_mm512_setzero_si512(); 12];
+            let n = (groups - group).min(3);
+            match n {
+                3 => {
+                    let [a, b, c] = philox_n(
+                        keys,
+                        [counters(group), counters(group + 1), counters(group + 2)],
+                    );
+                    words[..4].copy_from_slice(&a);
+                    words[4..8].copy_from_slice(&b);
+                    words[8..].copy_from_slice(&c);
+                }
+                2 => {
+                    let [a, b] = philox_n(keys, [counters(group), counters(group + 1)]);
+                    words[..4].copy_from_slice(&a);
+                    words[4..8].copy_from_slice(&b);
+                }
+                _ => words[..4].copy_from_slice(&philox(keys, counters(group))),
+            }
+            for (w, &word) in words.iter().enumerate().take((k - 4 * group).min(4 * n)) {
                 let c = 4 * group + w;
                 let v = _mm512_add_ps(_mm512_set1_ps(table.shifted_logits[c]), gumbel(word));
                 h[c].write(v);
@@ -1480,6 +1502,7 @@ pub(crate) mod relaxed_avx512 {
                 hmax = _mm512_mask_blend_ps(better, hmax, v);
                 zl = _mm512_mask_blend_epi32(better, zl, _mm512_set1_epi32(c as i32));
             }
+            group += n;
         }
         let mut sum = _mm512_setzero_ps();
         for hc in h[..k].iter_mut() {
