@@ -497,7 +497,10 @@ mod avx512 {
         // every pair at a time (what that reads stays in L1), the lanes' sums in order in
         // `lane_tot`.
         let lane_tot = sc.lane_tot.as_mut_ptr();
-        for l in 0..8 {
+        // A small batch's rows fit in L1 whole: every lane of a tile's pairs at once, their
+        // lane sums kept in registers (the same additions in the same order).
+        let lanes_inner = n <= LANES_INNER_MAX_N;
+        for l in 0..if lanes_inner { 1 } else { 8 } {
             for c in 0..k {
                 let mut p = c;
                 while p < k + 2 {
@@ -511,14 +514,15 @@ mod avx512 {
                         n,
                         l,
                     };
-                    p += if left >= 8 {
-                        tile::<8>(&geo)
-                    } else if left >= 4 {
-                        tile::<4>(&geo)
-                    } else if left >= 2 {
-                        tile::<2>(&geo)
-                    } else {
-                        tile::<1>(&geo)
+                    p += match (lanes_inner, left) {
+                        (true, 8..) => tile_lanes::<8>(&geo),
+                        (true, 4..) => tile_lanes::<4>(&geo),
+                        (true, 2..) => tile_lanes::<2>(&geo),
+                        (true, _) => tile_lanes::<1>(&geo),
+                        (false, 8..) => tile::<8>(&geo),
+                        (false, 4..) => tile::<4>(&geo),
+                        (false, 2..) => tile::<2>(&geo),
+                        (false, _) => tile::<1>(&geo),
                     };
                 }
             }
@@ -640,6 +644,62 @@ mod avx512 {
                 _mm512_add_pd(_mm512_loadu_pd(q), *v)
             };
             _mm512_storeu_pd(q, sum);
+        }
+        W
+    }
+
+    /// The most draws of a batch for which [`add_batch`] runs [`tile_lanes`]: the batch's
+    /// rows are then at most (K + 2) x 32 x 64 bytes, 24 KiB at K = 10, within the 32 KiB L1.
+    const LANES_INNER_MAX_N: usize = 32;
+
+    /// [`tile`] for every lane l at once (`g.l` unused): per lane the same FMAs over the
+    /// chunks, and the lanes' sums added in order in registers, stored once.
+    ///
+    /// # Safety
+    /// As [`tile`].
+    #[inline(always)]
+    unsafe fn tile_lanes<const W: usize>(g: &Tile) -> usize {
+        let Tile {
+            rows,
+            lane_tot,
+            k,
+            c,
+            p,
+            n,
+            ..
+        } = *g;
+        let chunks = n / 8;
+        let at = |j: usize, d: usize| at(k, j, d);
+        let norm_slot = if (p..p + W).contains(&k) { k - p } else { W };
+        let mut tot = [_mm512_setzero_pd(); W];
+        for l in 0..8 {
+            let mut lane = [_mm512_setzero_pd(); W];
+            for i in 0..chunks {
+                let a = _mm512_loadu_pd(rows.add(at(c, 8 * i + l)));
+                for (t, v) in lane.iter_mut().enumerate() {
+                    let b = _mm512_loadu_pd(rows.add(at(p + t, 8 * i + l)));
+                    *v = _mm512_fmadd_pd(a, b, *v);
+                }
+            }
+            if norm_slot < W {
+                let mut v = _mm512_setzero_pd();
+                for i in 0..chunks {
+                    let a = _mm512_loadu_pd(rows.add(at(c, 8 * i + l)));
+                    let b = _mm512_loadu_pd(rows.add(at(k, 8 * i + l)));
+                    v = _mm512_add_pd(v, _mm512_mul_pd(a, b));
+                }
+                lane[norm_slot] = v;
+            }
+            for (t, v) in lane.iter().enumerate() {
+                tot[t] = if l == 0 {
+                    *v
+                } else {
+                    _mm512_add_pd(tot[t], *v)
+                };
+            }
+        }
+        for (t, v) in tot.iter().enumerate() {
+            _mm512_storeu_pd(lane_tot.add((c * (k + 2) + p + t) * 8), *v);
         }
         W
     }
