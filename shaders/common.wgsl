@@ -151,9 +151,16 @@ fn accurate_log(x: f32) -> f32 {
     return 2.0 * s * (poly * s2 + 1.0);
 }
 
-// Gumbel noise -log(-log u) of one random word.
+// Gumbel noise -log(-log u) of one random word: -log E of `exponential`'s E.
 fn gumbel(word: u32) -> f32 {
-    return -accurate_log(-accurate_log(open_uniform(word)));
+    return -accurate_log(exponential(word));
+}
+
+// Exponential noise E = -log u of one random word. At tau = 1 the relaxed draws take the race
+// form (CPU twin: `draws::RelaxedTable`): exp(a_c + G_c) = exp(a_c) / E_c, so softmax(a + G)
+// is r / sum(r) with r_c = exp(a_c - max a) / E_c, and argmax(a + G) = argmax r.
+fn exponential(word: u32) -> f32 {
+    return -accurate_log(open_uniform(word));
 }
 
 fn moments_of(x: f32, valid: bool) -> PartialMoments {

@@ -37,6 +37,8 @@ fn main(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: v
     let lane = lid % lanes;
     let rep_local = wid.x * (RELAXED_WG / lanes) + lid / lanes;
     let in_chunk = rep_local < params.chunk_reps;
+    // tau = 1: the race form (see `exponential` in common.wgsl).
+    let race = params.inv_tau == 1.0;
     var acc: array<f32, 96>;
     if in_chunk {
         let rep = params.rep_begin + rep_local;
@@ -55,7 +57,11 @@ fn main(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: v
                 if c % 4u == 0u {
                     words = philox4x32_10(philox_counter(draw, rep, STREAM_GUMBEL, c / 4u, params.point), params.key);
                 }
-                h[c] = table.shifted_logits[c] + gumbel(words[c % 4u]);
+                if race {
+                    h[c] = exp(table.shifted_logits[c]) / exponential(words[c % 4u]);
+                } else {
+                    h[c] = table.shifted_logits[c] + gumbel(words[c % 4u]);
+                }
                 if h[c] > hmax {
                     hmax = h[c];
                     z = c;
@@ -63,9 +69,10 @@ fn main(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: v
             }
             var total = 0.0;
             for (var c = 0u; c < k; c++) {
-                let e = exp((h[c] - hmax) * params.inv_tau);
-                h[c] = e;
-                total += e;
+                if !race {
+                    h[c] = exp((h[c] - hmax) * params.inv_tau);
+                }
+                total += h[c];
             }
             let inv = 1.0 / total;
             var y: array<f32, 16>;

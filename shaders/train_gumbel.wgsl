@@ -32,7 +32,12 @@ fn main(@builtin(global_invocation_id) gid: vec3<u32>) {
                     params.key,
                 );
             }
-            h[c] = (logits[b * k + c] - amax) + gumbel(words[c % 4u]);
+            // tau = 1: the race form (see `exponential` in common.wgsl).
+            if params.inv_tau == 1.0 {
+                h[c] = exp(logits[b * k + c] - amax) / exponential(words[c % 4u]);
+            } else {
+                h[c] = (logits[b * k + c] - amax) + gumbel(words[c % 4u]);
+            }
             if h[c] > hmax {
                 hmax = h[c];
                 z = c;
@@ -40,7 +45,9 @@ fn main(@builtin(global_invocation_id) gid: vec3<u32>) {
         }
         var total = 0.0;
         for (var c = 0u; c < k; c++) {
-            h[c] = exp((h[c] - hmax) * params.inv_tau);
+            if params.inv_tau != 1.0 {
+                h[c] = exp((h[c] - hmax) * params.inv_tau);
+            }
             total += h[c];
         }
         let row = b * params.samples + s;

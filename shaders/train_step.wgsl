@@ -265,7 +265,12 @@ fn row_estimate(run: u32, row: u32, b: u32, step: u32, s_in_chunk: u32, label: u
                 if c % 4u == 0u {
                     words = philox4x32_10(philox_counter(d, b, STREAM_GUMBEL, c / 4u, step), params.key);
                 }
-                h[c] = (a[c] - amax) + gumbel(words[c % 4u]);
+                // tau = 1: the race form (see `exponential` in common.wgsl).
+                if params.inv_tau == 1.0 {
+                    h[c] = exp(a[c] - amax) / exponential(words[c % 4u]);
+                } else {
+                    h[c] = (a[c] - amax) + gumbel(words[c % 4u]);
+                }
                 if h[c] > hmax {
                     hmax = h[c];
                     z = c;
@@ -273,7 +278,9 @@ fn row_estimate(run: u32, row: u32, b: u32, step: u32, s_in_chunk: u32, label: u
             }
             var htot = 0.0;
             for (var c = 0u; c < k; c++) {
-                h[c] = exp((h[c] - hmax) * params.inv_tau);
+                if params.inv_tau != 1.0 {
+                    h[c] = exp((h[c] - hmax) * params.inv_tau);
+                }
                 htot += h[c];
             }
             var v: array<f32, 16>;

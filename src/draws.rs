@@ -1031,11 +1031,21 @@ enum BatchPath {
     Avx512,
 }
 
-/// Gumbel-softmax inputs: `(a - max a)` in f32 and `1 / tau`.
+/// Gumbel-softmax inputs: `(a - max a)` in f32 and `1 / tau`, and at `tau = 1` the
+/// exponential race's weights `exp(a - max a)`.
+///
+/// At `tau = 1` a draw takes the race form: with `E_c = -ln u_c` (standard exponentials, so
+/// that `G_c = -ln E_c`), `exp(a_c + G_c) = e^{a_c} / E_c`, hence `y = softmax(a + G)` is
+/// `r / sum(r)` with `r_c = w_c / E_c`, `w_c = exp(a_c - max a)`, and `argmax(a + G) =
+/// argmax r`. One logarithm and one division per category replace two logarithms and an
+/// exponential; the same numbers in exact arithmetic, and in f32 within a few units in the
+/// last place of the softmax form (tested).
 #[derive(Clone, Debug)]
 pub struct RelaxedTable {
     shifted_logits: Vec<f32>,
     inv_tau: f32,
+    /// `exp(a - max a)` (computed in f64, rounded to f32) at `tau = 1`; empty otherwise.
+    race_weights: Vec<f32>,
 }
 
 impl RelaxedTable {
@@ -1043,10 +1053,26 @@ impl RelaxedTable {
     pub fn new(a: &[f64], tau: f64) -> Self {
         let max = a.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
         let shifted_logits: Vec<f32> = a.iter().map(|v| (v - max) as f32).collect();
+        let race_weights = if tau == 1.0 {
+            a.iter().map(|v| (v - max).exp() as f32).collect()
+        } else {
+            Vec::new()
+        };
         Self {
             shifted_logits,
             inv_tau: (1.0 / tau) as f32,
+            race_weights,
         }
+    }
+
+    /// Whether draws take the race form (`tau = 1`, see the type's doc).
+    pub fn race(&self) -> bool {
+        !self.race_weights.is_empty()
+    }
+
+    /// The race form's weights `exp(a - max a)` in f32 (empty unless [`Self::race`]).
+    pub fn race_weights(&self) -> &[f32] {
+        &self.race_weights
     }
 
     /// `a - max(a)` in f32.
@@ -1060,8 +1086,9 @@ impl RelaxedTable {
     }
 
     /// One relaxed draw: fills `y = softmax((a + G) / tau)` from the draw's Gumbel noise
-    /// `G_c = -ln(-ln u_c)` and returns `z = argmax(a + G)` (the lowest index on ties).
-    /// `h` is scratch of K floats. Arithmetic in f32, as on the GPU.
+    /// `G_c = -ln(-ln u_c)` and returns `z = argmax(a + G)` (the lowest index on ties); at
+    /// `tau = 1` in the race form (see the type's doc). `h` is scratch of K floats.
+    /// Arithmetic in f32, as on the GPU.
     pub fn draw(
         &self,
         key: [u32; 2],
@@ -1089,6 +1116,39 @@ impl RelaxedTable {
     ) -> usize {
         let k = self.shifted_logits.len();
         let mut words = [0u32; 4];
+        if self.race() {
+            let mut perturbed = perturbed;
+            for c in 0..k {
+                if c % 4 == 0 {
+                    words = philox4x32_10(
+                        philox::counter(
+                            draw,
+                            rep,
+                            STREAM_GUMBEL,
+                            first_lane + (c / 4) as u32,
+                            point,
+                        ),
+                        key,
+                    );
+                }
+                let e = exponential(words[c % 4]);
+                h[c] = self.race_weights[c] / e;
+                if let Some(out) = perturbed.as_deref_mut() {
+                    // `a - max a + G` with G = -ln E: the bits of `gumbel`.
+                    out[c] = f64::from(self.shifted_logits[c] + -fastmath::ln(e));
+                }
+            }
+            let (z, _) = argmax(&h[..k]);
+            let mut sum = 0.0f32;
+            for &hc in &h[..k] {
+                sum += hc;
+            }
+            let inv = 1.0 / sum;
+            for (yc, hc) in y.iter_mut().zip(&h[..k]) {
+                *yc = f64::from(hc * inv);
+            }
+            return z;
+        }
         for c in 0..k {
             if c % 4 == 0 {
                 words = philox4x32_10(
@@ -1229,6 +1289,7 @@ impl RelaxedTable {
     ) {
         const W: usize = 8;
         let k = self.shifted_logits.len();
+        let race = self.race();
         let mut h = vec![[0f32; W]; k];
         for base in (0..n).step_by(W) {
             let lanes = W.min(n - base);
@@ -1247,7 +1308,11 @@ impl RelaxedTable {
                     let c = 4 * group + w;
                     let logit = self.shifted_logits[c];
                     for l in 0..W {
-                        let v = logit + gumbel(words[w][l]);
+                        let v = if race {
+                            self.race_weights[c] / exponential(words[w][l])
+                        } else {
+                            logit + gumbel(words[w][l])
+                        };
                         h[c][l] = v;
                         let better = v > hmax[l];
                         hmax[l] = if better { v } else { hmax[l] };
@@ -1258,7 +1323,9 @@ impl RelaxedTable {
             let mut sum = [0f32; W];
             for hc in h.iter_mut() {
                 for l in 0..W {
-                    hc[l] = exp_nonpositive((hc[l] - hmax[l]) * self.inv_tau);
+                    if !race {
+                        hc[l] = exp_nonpositive((hc[l] - hmax[l]) * self.inv_tau);
+                    }
                     sum[l] += hc[l];
                 }
             }
@@ -1313,6 +1380,19 @@ pub(crate) mod relaxed_avx2 {
         _mm256_xor_ps(ln(_mm256_xor_ps(ln(u), sign)), sign)
     }
 
+    /// `-ln u` with `u = ((w >> 9) + 0.5) 2^-23`, as [`super::exponential`].
+    #[inline(always)]
+    unsafe fn exponential(words: __m256i) -> __m256 {
+        let u = _mm256_mul_ps(
+            _mm256_add_ps(
+                _mm256_cvtepi32_ps(_mm256_srli_epi32::<9>(words)),
+                _mm256_set1_ps(0.5),
+            ),
+            _mm256_set1_ps(1.0 / 8_388_608.0),
+        );
+        _mm256_xor_ps(ln(u), _mm256_set1_ps(-0.0))
+    }
+
     /// Stores the first `lanes` of `v` at `out` (all eight when `lanes == 8`).
     #[inline(always)]
     unsafe fn store(out: &mut [f32], v: __m256, lanes: usize) {
@@ -1348,6 +1428,7 @@ pub(crate) mod relaxed_avx2 {
         // c is written for every c < K before it is read, and only those are read.
         let mut h = [std::mem::MaybeUninit::<__m256>::uninit(); MAX_K];
         let inv_tau = _mm256_set1_ps(table.inv_tau);
+        let race = table.race();
         let lane_index = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
         let keys = RoundKeys::new(key);
         for base in (0..n).step_by(8) {
@@ -1368,7 +1449,11 @@ pub(crate) mod relaxed_avx2 {
                 );
                 for (w, &word) in words.iter().enumerate().take(k - 4 * group) {
                     let c = 4 * group + w;
-                    let v = _mm256_add_ps(_mm256_set1_ps(table.shifted_logits[c]), gumbel(word));
+                    let v = if race {
+                        _mm256_div_ps(_mm256_set1_ps(table.race_weights[c]), exponential(word))
+                    } else {
+                        _mm256_add_ps(_mm256_set1_ps(table.shifted_logits[c]), gumbel(word))
+                    };
                     h[c].write(v);
                     let better = _mm256_cmp_ps::<_CMP_GT_OQ>(v, hmax);
                     hmax = _mm256_blendv_ps(hmax, v, better);
@@ -1382,10 +1467,14 @@ pub(crate) mod relaxed_avx2 {
             let mut sum = _mm256_setzero_ps();
             for hc in h[..k].iter_mut() {
                 // Written above for every c < K.
-                let e = exp_nonpositive(_mm256_mul_ps(
-                    _mm256_sub_ps(hc.assume_init(), hmax),
-                    inv_tau,
-                ));
+                let e = if race {
+                    hc.assume_init()
+                } else {
+                    exp_nonpositive(_mm256_mul_ps(
+                        _mm256_sub_ps(hc.assume_init(), hmax),
+                        inv_tau,
+                    ))
+                };
                 hc.write(e);
                 sum = _mm256_add_ps(sum, e);
             }
@@ -1439,9 +1528,26 @@ pub(crate) mod relaxed_avx512 {
         neg(ln(neg(ln(u))))
     }
 
+    /// `-ln u` with `u = ((w >> 9) + 0.5) 2^-23`, as [`super::exponential`].
+    #[inline(always)]
+    unsafe fn exponential(words: __m512i) -> __m512 {
+        let u = _mm512_mul_ps(
+            _mm512_add_ps(
+                _mm512_cvtepi32_ps(_mm512_srli_epi32::<9>(words)),
+                _mm512_set1_ps(0.5),
+            ),
+            _mm512_set1_ps(1.0 / 8_388_608.0),
+        );
+        _mm512_castsi512_ps(_mm512_xor_si512(
+            _mm512_castps_si512(ln(u)),
+            _mm512_set1_epi32(i32::MIN),
+        ))
+    }
+
     /// One step of sixteen draws, lane i's Philox counters `[draw[i], rep[i], STREAM_GUMBEL
-    /// << 16 | group, point]`: leaves `h[c] = exp((a_c + G_c - max) / tau)` (c < K) and
-    /// returns `1 / sum_c h[c]` and the argmax `z` of every lane. The arithmetic of
+    /// << 16 | group, point]`: leaves `h[c] = exp((a_c + G_c - max) / tau)` (c < K; at `tau =
+    /// 1` the race form's `r_c = w_c / E_c`, see [`RelaxedTable`]) and returns `1 / sum_c
+    /// h[c]` and the argmax `z` of every lane. The arithmetic of
     /// `draw_batch_lanes` (`y_c = h[c] * inv`), whatever the lanes' draws and repetitions:
     /// [`draw_batch`] runs sixteen draws of one repetition, the eight-repetition moments
     /// (`crate::estimators::relaxed_reps`) two draws of eight repetitions.
@@ -1460,6 +1566,7 @@ pub(crate) mod relaxed_avx512 {
         let k = table.shifted_logits.len();
         assert!(k <= MAX_K);
         let inv_tau = _mm512_set1_ps(table.inv_tau);
+        let race = table.race();
         let mut hmax = _mm512_set1_ps(f32::NEG_INFINITY);
         let mut zl = _mm512_setzero_si512();
         let counters = |group: usize| {
@@ -1496,7 +1603,11 @@ pub(crate) mod relaxed_avx512 {
             }
             for (w, &word) in words.iter().enumerate().take((k - 4 * group).min(4 * n)) {
                 let c = 4 * group + w;
-                let v = _mm512_add_ps(_mm512_set1_ps(table.shifted_logits[c]), gumbel(word));
+                let v = if race {
+                    _mm512_div_ps(_mm512_set1_ps(table.race_weights[c]), exponential(word))
+                } else {
+                    _mm512_add_ps(_mm512_set1_ps(table.shifted_logits[c]), gumbel(word))
+                };
                 h[c].write(v);
                 let better = _mm512_cmp_ps_mask::<_CMP_GT_OQ>(v, hmax);
                 hmax = _mm512_mask_blend_ps(better, hmax, v);
@@ -1507,6 +1618,10 @@ pub(crate) mod relaxed_avx512 {
         let mut sum = _mm512_setzero_ps();
         for hc in h[..k].iter_mut() {
             // Written above for every c < K.
+            if race {
+                sum = _mm512_add_ps(sum, hc.assume_init());
+                continue;
+            }
             let e = exp_nonpositive(_mm512_mul_ps(
                 _mm512_sub_ps(hc.assume_init(), hmax),
                 inv_tau,
@@ -1619,10 +1734,18 @@ impl JointRelaxedTable {
     }
 }
 
-/// A standard Gumbel variable `-ln(-ln u)` from one random word, `u` in (0, 1).
+/// A standard Gumbel variable `-ln(-ln u)` from one random word, `u` in (0, 1): `-ln E` of
+/// [`exponential`]'s `E`.
 #[inline(always)]
 pub fn gumbel(word: u32) -> f32 {
-    -fastmath::ln(-fastmath::ln(philox::open_uniform_f32(word)))
+    -fastmath::ln(exponential(word))
+}
+
+/// A standard exponential variable `E = -ln u` from one random word, `u` in (0, 1) (the race
+/// form's noise; [`gumbel`] is `-ln E`).
+#[inline(always)]
+pub fn exponential(word: u32) -> f32 {
+    -fastmath::ln(philox::open_uniform_f32(word))
 }
 
 /// Index and value of the first maximum.
@@ -1779,9 +1902,13 @@ mod tests {
 
     #[test]
     fn batched_relaxed_draws_equal_single_draws_bit_for_bit() {
-        for k in [2usize, 3, 10, 17, 21] {
+        for (k, tau) in [2usize, 3, 10, 17, 21, 70]
+            .into_iter()
+            .flat_map(|k| [(k, 0.5), (k, 1.0)])
+        {
             let a: Vec<f64> = (0..k).map(|c| (c as f64 * 0.7).sin() * 3.0).collect();
-            let table = RelaxedTable::new(&a, 0.5);
+            let table = RelaxedTable::new(&a, tau);
+            assert_eq!(table.race(), tau == 1.0);
             let n = 45;
             let (mut y, mut z, mut y_z) = (vec![0f32; k * n], vec![0u32; n], vec![0f32; n]);
             table.draw_batch([7, 9], 3, 2, 100, n, &mut y, &mut z, &mut y_z);
@@ -1794,6 +1921,52 @@ mod tests {
                 }
                 assert_eq!(y_z[d], yd[zd] as f32);
             }
+        }
+    }
+
+    /// The race form at tau = 1 against the softmax form at tau = 1 (the table without race
+    /// weights) on the same words: the same perturbed logits bit for bit (so the same
+    /// exponential noise), the same argmax wherever the two largest `a + G` are not within
+    /// 1e-5 of each other, and each `y_c` within 2^-17 (7.6e-6) of the softmax form's
+    /// relative to it, plus 1e-30 absolute. The softmax form's own rounding error grows with
+    /// `|a_c + G_c - max|` (up to about 20 here; the largest relative gap measured is 2.2e-6
+    /// at K = 10), the race form's is a few units in the last place (6e-8). One weight off by
+    /// 2^-16 relative fails it (a common factor cancels in `r / sum(r)`).
+    #[test]
+    fn race_form_is_the_softmax_form_at_tau_one() {
+        for k in [1usize, 2, 5, 10, 17] {
+            let a: Vec<f64> = (0..k).map(|c| (c as f64 * 1.7).sin() * 6.0).collect();
+            let race = JointRelaxedTable::new(&a, k, 1.0);
+            assert!(race.variables[0].race());
+            let mut softmax = race.clone();
+            softmax.variables[0].race_weights.clear();
+            assert!(!softmax.variables[0].race());
+            let (mut h, mut ties) = (vec![0f32; k], 0);
+            let (mut y0, mut g0, mut z0) = (vec![0f64; k], vec![0f64; k], [0u32]);
+            let (mut y1, mut g1, mut z1) = (vec![0f64; k], vec![0f64; k], [0u32]);
+            for d in 0..20_000u32 {
+                race.draw([5, 6], 7, 8, d, &mut h, &mut y0, &mut g0, &mut z0);
+                softmax.draw([5, 6], 7, 8, d, &mut h, &mut y1, &mut g1, &mut z1);
+                let bits = |v: &[f64]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+                assert_eq!(bits(&g0), bits(&g1), "K = {k}, draw {d}");
+                let mut sorted = g1.clone();
+                sorted.sort_by(|a, b| b.total_cmp(a));
+                if k > 1 && sorted[0] - sorted[1] < 1e-5 {
+                    ties += 1;
+                } else {
+                    assert_eq!(z0, z1, "K = {k}, draw {d}");
+                }
+                for c in 0..k {
+                    let tol = y1[c].abs() * 2f64.powi(-17) + 1e-30;
+                    assert!(
+                        (y0[c] - y1[c]).abs() <= tol,
+                        "K = {k}, draw {d}, class {c}: {} against {}",
+                        y0[c],
+                        y1[c]
+                    );
+                }
+            }
+            assert!(ties < 10, "K = {k}: {ties} near ties");
         }
     }
 
