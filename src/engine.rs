@@ -980,6 +980,8 @@ pub(crate) fn cpu_point_cells(
                             cell.baseline.push(signal);
                         }
                     }
+                    // Unstaged straight from the relaxed pass's sums (below).
+                    Path::RelaxedSums if !faulty => {}
                     Path::RelaxedSums => {
                         // Element by element: K numbers, where a `memcpy` call costs more.
                         let off = r * sums_width + cell.path_index * k;
@@ -1018,13 +1020,21 @@ pub(crate) fn cpu_point_cells(
                 in_batch += 1;
                 if staged == STAGE || in_batch == PUSH_BATCH || r + 1 == nbu {
                     // The staged repetitions r + 1 - staged ..= r, repetition-major either way.
-                    let staged_estimates = if parallel.is_some() {
-                        &cell.estimates[(r + 1 - staged) * dim..(r + 1) * dim]
+                    let first = r + 1 - staged;
+                    let (staged_estimates, stride) = if parallel.is_some() {
+                        (&cell.estimates[first * dim..(r + 1) * dim], dim)
+                    } else if cell.path == Path::RelaxedSums && !faulty {
+                        // The relaxed pass's sums: repetition-major, `sums_width` apart.
+                        (
+                            &sums[first * sums_width + cell.path_index * k..],
+                            sums_width,
+                        )
                     } else {
-                        &stage[..]
+                        (&stage[..], dim)
                     };
                     unstage(
                         staged_estimates,
+                        stride,
                         staged,
                         dim,
                         &mut batch[in_batch - staged..],
@@ -1108,23 +1118,24 @@ const STAGE: usize = 8;
 /// parallel (fixed, so that the tasks do not depend on the thread count).
 const PARALLEL_REPS_TASK: usize = 4;
 
-/// Writes the `staged` estimates of `stage` (repetition-major, `dim` each) to the first
-/// `staged` columns of `batch` (coordinate-major, rows of [`PUSH_BATCH`]): a full stage
-/// through 4x4 transposes in AVX2 registers where the CPU has them (the same numbers moved).
-fn unstage(stage: &[f64], staged: usize, dim: usize, batch: &mut [f64]) {
+/// Writes the `staged` estimates of `stage` (repetition-major, `dim` each, repetition r's at
+/// `r * stride`) to the first `staged` columns of `batch` (coordinate-major, rows of
+/// [`PUSH_BATCH`]): a full stage through 4x4 transposes in AVX2 registers where the CPU has
+/// them (the same numbers moved).
+fn unstage(stage: &[f64], stride: usize, staged: usize, dim: usize, batch: &mut [f64]) {
     #[cfg(target_arch = "x86_64")]
     if staged == STAGE && crate::fastmath::has_avx2() {
         // SAFETY: the CPU has AVX2, checked just above.
-        return unsafe { unstage_avx2(stage, dim, batch) };
+        return unsafe { unstage_avx2(stage, stride, dim, batch) };
     }
-    unstage_scalar(stage, staged, dim, batch);
+    unstage_scalar(stage, stride, staged, dim, batch);
 }
 
-fn unstage_scalar(stage: &[f64], staged: usize, dim: usize, batch: &mut [f64]) {
+fn unstage_scalar(stage: &[f64], stride: usize, staged: usize, dim: usize, batch: &mut [f64]) {
     for j in 0..dim {
         let row = &mut batch[j * PUSH_BATCH..j * PUSH_BATCH + staged];
         for (r, v) in row.iter_mut().enumerate() {
-            *v = stage[r * dim + j];
+            *v = stage[r * stride + j];
         }
     }
 }
@@ -1135,10 +1146,11 @@ fn unstage_scalar(stage: &[f64], staged: usize, dim: usize, batch: &mut [f64]) {
 /// AVX2 only.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2")]
-unsafe fn unstage_avx2(stage: &[f64], dim: usize, batch: &mut [f64]) {
+unsafe fn unstage_avx2(stage: &[f64], stride: usize, dim: usize, batch: &mut [f64]) {
     use std::arch::x86_64::*;
     const _: () = assert!(STAGE == 8);
-    let stage = &stage[..STAGE * dim];
+    assert!(stride >= dim);
+    let stage = &stage[..(STAGE - 1) * stride + dim];
     // Every row written below is `batch[j * PUSH_BATCH .. j * PUSH_BATCH + 8]`, j < dim.
     assert!(dim == 0 || batch.len() >= (dim - 1) * PUSH_BATCH + STAGE);
     let mut j = 0;
@@ -1147,7 +1159,7 @@ unsafe fn unstage_avx2(stage: &[f64], dim: usize, batch: &mut [f64]) {
             // SAFETY: rows `4 half .. 4 half + 4` of the stage, coordinates `j .. j + 4`
             // (in bounds: `j + 4 <= dim`), and the batch rows checked above.
             unsafe {
-                let row = |r: usize| stage.as_ptr().add((4 * half + r) * dim + j);
+                let row = |r: usize| stage.as_ptr().add((4 * half + r) * stride + j);
                 let (a0, a1, a2, a3) = (
                     _mm256_loadu_pd(row(0)),
                     _mm256_loadu_pd(row(1)),
@@ -1173,7 +1185,7 @@ unsafe fn unstage_avx2(stage: &[f64], dim: usize, batch: &mut [f64]) {
     for j in j..dim {
         let row = &mut batch[j * PUSH_BATCH..j * PUSH_BATCH + STAGE];
         for (r, v) in row.iter_mut().enumerate() {
-            *v = stage[r * dim + j];
+            *v = stage[r * stride + j];
         }
     }
 }
@@ -1226,18 +1238,23 @@ mod stage_tests {
 
     #[test]
     fn unstaged_estimates_land_in_their_batch_columns() {
-        for dim in [1usize, 3, 4, 7, 60, 61] {
+        // Rows `dim` apart (a stage), and wider apart with `dim` of them read (the relaxed
+        // pass's sums, one cell's K numbers of each repetition's row).
+        for (dim, stride) in [1usize, 3, 4, 7, 60, 61]
+            .into_iter()
+            .flat_map(|d| [(d, d), (d, d + 5)])
+        {
             for staged in 1..=STAGE {
-                let stage: Vec<f64> = (0..STAGE * dim).map(|i| i as f64 + 0.5).collect();
+                let stage: Vec<f64> = (0..STAGE * stride).map(|i| i as f64 + 0.5).collect();
                 let mut got = vec![f64::NAN; dim * PUSH_BATCH];
                 let mut scalar = got.clone();
                 // At an odd column, as after a block that ended mid-stage.
-                unstage(&stage, staged, dim, &mut got[3..]);
-                unstage_scalar(&stage, staged, dim, &mut scalar[3..]);
+                unstage(&stage, stride, staged, dim, &mut got[3..]);
+                unstage_scalar(&stage, stride, staged, dim, &mut scalar[3..]);
                 for j in 0..dim {
                     for c in 0..PUSH_BATCH {
                         let want = if (3..3 + staged).contains(&c) {
-                            stage[(c - 3) * dim + j]
+                            stage[(c - 3) * stride + j]
                         } else {
                             f64::NAN
                         };
