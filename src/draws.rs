@@ -1366,18 +1366,11 @@ pub(crate) mod relaxed_avx2 {
     /// Largest K this path serves (the perturbed logits of a step stay on the stack).
     pub const MAX_K: usize = 64;
 
-    /// `-ln(-ln u)` with `u = ((w >> 9) + 0.5) 2^-23`, as [`super::gumbel`].
+    /// `-ln(-ln u)` with `u = ((w >> 9) + 0.5) 2^-23`, as [`super::gumbel`]: `-ln E` of
+    /// [`exponential`]'s `E`.
     #[inline(always)]
     unsafe fn gumbel(words: __m256i) -> __m256 {
-        let u = _mm256_mul_ps(
-            _mm256_add_ps(
-                _mm256_cvtepi32_ps(_mm256_srli_epi32::<9>(words)),
-                _mm256_set1_ps(0.5),
-            ),
-            _mm256_set1_ps(1.0 / 8_388_608.0),
-        );
-        let sign = _mm256_set1_ps(-0.0);
-        _mm256_xor_ps(ln(_mm256_xor_ps(ln(u), sign)), sign)
+        _mm256_xor_ps(ln(exponential(words)), _mm256_set1_ps(-0.0))
     }
 
     /// `-ln u` with `u = ((w >> 9) + 0.5) 2^-23`, as [`super::exponential`].
@@ -1508,24 +1501,14 @@ pub(crate) mod relaxed_avx512 {
     use crate::philox::STREAM_GUMBEL;
     use std::arch::x86_64::*;
 
-    /// `-ln(-ln u)` with `u = ((w >> 9) + 0.5) 2^-23`, as [`super::gumbel`].
+    /// `-ln(-ln u)` with `u = ((w >> 9) + 0.5) 2^-23`, as [`super::gumbel`]: `-ln E` of
+    /// [`exponential`]'s `E`.
     #[inline(always)]
     unsafe fn gumbel(words: __m512i) -> __m512 {
-        let u = _mm512_mul_ps(
-            _mm512_add_ps(
-                _mm512_cvtepi32_ps(_mm512_srli_epi32::<9>(words)),
-                _mm512_set1_ps(0.5),
-            ),
-            _mm512_set1_ps(1.0 / 8_388_608.0),
-        );
-        let sign = _mm512_castsi512_ps(_mm512_set1_epi32(i32::MIN));
-        let neg = |v: __m512| {
-            _mm512_castsi512_ps(_mm512_xor_si512(
-                _mm512_castps_si512(v),
-                _mm512_castps_si512(sign),
-            ))
-        };
-        neg(ln(neg(ln(u))))
+        _mm512_castsi512_ps(_mm512_xor_si512(
+            _mm512_castps_si512(ln(exponential(words))),
+            _mm512_set1_epi32(i32::MIN),
+        ))
     }
 
     /// `-ln u` with `u = ((w >> 9) + 0.5) 2^-23`, as [`super::exponential`].

@@ -606,13 +606,37 @@ mod avx512 {
     #[inline(always)]
     unsafe fn tile<const W: usize>(g: &Tile) -> usize {
         let Tile {
-            rows,
             lane_tot,
             k,
             c,
             p,
-            n,
             l,
+            ..
+        } = *g;
+        let lane = lane_dots::<W>(g, l);
+        for (t, v) in lane.iter().enumerate() {
+            let q = lane_tot.add((c * (k + 2) + p + t) * 8);
+            let sum = if l == 0 {
+                *v
+            } else {
+                _mm512_add_pd(_mm512_loadu_pd(q), *v)
+            };
+            _mm512_storeu_pd(q, sum);
+        }
+        W
+    }
+
+    /// Lane l's sums of the `dot`s of row c with its W partners `p..p + W` (`g.l` unused):
+    /// over the chunks from +0.0, one FMA a draw (the products of two f32 numbers are exact in
+    /// f64), but a separate multiply and add for the partner `||y||^2`, which is no f32
+    /// number (done again, so that the loop has no branch).
+    ///
+    /// # Safety
+    /// As [`tile`].
+    #[inline(always)]
+    unsafe fn lane_dots<const W: usize>(g: &Tile, l: usize) -> [__m512d; W] {
+        let Tile {
+            rows, k, c, p, n, ..
         } = *g;
         let chunks = n / 8;
         let at = |j: usize, d: usize| at(k, j, d);
@@ -626,8 +650,6 @@ mod avx512 {
             }
         }
         if norm_slot < W {
-            // The partner ||y||^2 is no f32 number: done again with a separate
-            // multiply and add (no branch in the loop above).
             let mut v = _mm512_setzero_pd();
             for i in 0..chunks {
                 let a = _mm512_loadu_pd(rows.add(at(c, 8 * i + l)));
@@ -636,16 +658,7 @@ mod avx512 {
             }
             lane[norm_slot] = v;
         }
-        for (t, v) in lane.iter().enumerate() {
-            let q = lane_tot.add((c * (k + 2) + p + t) * 8);
-            let sum = if l == 0 {
-                *v
-            } else {
-                _mm512_add_pd(_mm512_loadu_pd(q), *v)
-            };
-            _mm512_storeu_pd(q, sum);
-        }
-        W
+        lane
     }
 
     /// The most draws of a batch for which [`add_batch`] runs [`tile_lanes`]: the batch's
@@ -660,36 +673,11 @@ mod avx512 {
     #[inline(always)]
     unsafe fn tile_lanes<const W: usize>(g: &Tile) -> usize {
         let Tile {
-            rows,
-            lane_tot,
-            k,
-            c,
-            p,
-            n,
-            ..
+            lane_tot, k, c, p, ..
         } = *g;
-        let chunks = n / 8;
-        let at = |j: usize, d: usize| at(k, j, d);
-        let norm_slot = if (p..p + W).contains(&k) { k - p } else { W };
         let mut tot = [_mm512_setzero_pd(); W];
         for l in 0..8 {
-            let mut lane = [_mm512_setzero_pd(); W];
-            for i in 0..chunks {
-                let a = _mm512_loadu_pd(rows.add(at(c, 8 * i + l)));
-                for (t, v) in lane.iter_mut().enumerate() {
-                    let b = _mm512_loadu_pd(rows.add(at(p + t, 8 * i + l)));
-                    *v = _mm512_fmadd_pd(a, b, *v);
-                }
-            }
-            if norm_slot < W {
-                let mut v = _mm512_setzero_pd();
-                for i in 0..chunks {
-                    let a = _mm512_loadu_pd(rows.add(at(c, 8 * i + l)));
-                    let b = _mm512_loadu_pd(rows.add(at(k, 8 * i + l)));
-                    v = _mm512_add_pd(v, _mm512_mul_pd(a, b));
-                }
-                lane[norm_slot] = v;
-            }
+            let lane = lane_dots::<W>(g, l);
             for (t, v) in lane.iter().enumerate() {
                 tot[t] = if l == 0 {
                     *v
