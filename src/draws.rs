@@ -1070,11 +1070,6 @@ impl RelaxedTable {
         !self.race_weights.is_empty()
     }
 
-    /// The race form's weights `exp(a - max a)` in f32 (empty unless [`Self::race`]).
-    pub fn race_weights(&self) -> &[f32] {
-        &self.race_weights
-    }
-
     /// `a - max(a)` in f32.
     pub fn shifted_logits(&self) -> &[f32] {
         &self.shifted_logits
@@ -1115,40 +1110,9 @@ impl RelaxedTable {
         perturbed: Option<&mut [f64]>,
     ) -> usize {
         let k = self.shifted_logits.len();
+        let race = self.race();
+        let mut perturbed = perturbed;
         let mut words = [0u32; 4];
-        if self.race() {
-            let mut perturbed = perturbed;
-            for c in 0..k {
-                if c % 4 == 0 {
-                    words = philox4x32_10(
-                        philox::counter(
-                            draw,
-                            rep,
-                            STREAM_GUMBEL,
-                            first_lane + (c / 4) as u32,
-                            point,
-                        ),
-                        key,
-                    );
-                }
-                let e = exponential(words[c % 4]);
-                h[c] = self.race_weights[c] / e;
-                if let Some(out) = perturbed.as_deref_mut() {
-                    // `a - max a + G` with G = -ln E: the bits of `gumbel`.
-                    out[c] = f64::from(self.shifted_logits[c] + -fastmath::ln(e));
-                }
-            }
-            let (z, _) = argmax(&h[..k]);
-            let mut sum = 0.0f32;
-            for &hc in &h[..k] {
-                sum += hc;
-            }
-            let inv = 1.0 / sum;
-            for (yc, hc) in y.iter_mut().zip(&h[..k]) {
-                *yc = f64::from(hc * inv);
-            }
-            return z;
-        }
         for c in 0..k {
             if c % 4 == 0 {
                 words = philox4x32_10(
@@ -1156,17 +1120,24 @@ impl RelaxedTable {
                     key,
                 );
             }
-            h[c] = self.shifted_logits[c] + gumbel(words[c % 4]);
-        }
-        if let Some(out) = perturbed {
-            for (o, &v) in out.iter_mut().zip(&h[..k]) {
-                *o = f64::from(v);
+            let e = exponential(words[c % 4]);
+            // `a - max a + G` with G = -ln E: the bits of `shifted + gumbel(word)`.
+            let logit_plus_gumbel = || self.shifted_logits[c] + -fastmath::ln(e);
+            h[c] = if race {
+                self.race_weights[c] / e
+            } else {
+                logit_plus_gumbel()
+            };
+            if let Some(out) = perturbed.as_deref_mut() {
+                out[c] = f64::from(if race { logit_plus_gumbel() } else { h[c] });
             }
         }
         let (z, hmax) = argmax(&h[..k]);
         let mut sum = 0.0f32;
         for hc in h[..k].iter_mut() {
-            *hc = exp_nonpositive((*hc - hmax) * self.inv_tau);
+            if !race {
+                *hc = exp_nonpositive((*hc - hmax) * self.inv_tau);
+            }
             sum += *hc;
         }
         let inv = 1.0 / sum;
@@ -1601,14 +1572,14 @@ pub(crate) mod relaxed_avx512 {
         let mut sum = _mm512_setzero_ps();
         for hc in h[..k].iter_mut() {
             // Written above for every c < K.
-            if race {
-                sum = _mm512_add_ps(sum, hc.assume_init());
-                continue;
-            }
-            let e = exp_nonpositive(_mm512_mul_ps(
-                _mm512_sub_ps(hc.assume_init(), hmax),
-                inv_tau,
-            ));
+            let e = if race {
+                hc.assume_init()
+            } else {
+                exp_nonpositive(_mm512_mul_ps(
+                    _mm512_sub_ps(hc.assume_init(), hmax),
+                    inv_tau,
+                ))
+            };
             hc.write(e);
             sum = _mm512_add_ps(sum, e);
         }
