@@ -19,10 +19,10 @@ bin=target/release/mcgrad
 # evaluations per estimate, from that run.
 python3 scripts/equal-cost-table.py results/indecater-6x10/summary.json 64 256 \
   >results/indecater-6x10-equal-cost.md
-# The baseline: removed first, so that `--update` writes the default configuration (with an
-# existing file it reruns that file's configuration).
-rm -f results/baseline.json
-"$bin" check --update --baseline results/baseline.json >/dev/null
+# The baseline, of the default configuration: this CPU's instruction tier's speed figures
+# are measured, the other tiers' kept from the file (each comes from the last machine of its
+# tier that ran this).
+"$bin" check --update --default-config --baseline results/baseline.json >/dev/null
 echo "regenerated results/reference, results/indecater-6x10 (and its equal-cost table) and results/baseline.json"
 if [ "${REPRODUCE:-1}" != 0 ]; then
   # The published experiments, one folder each under results/papers/ (mcgrad reproduce --list).

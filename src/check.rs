@@ -32,7 +32,12 @@
 //! uncontended pace (the median of per-repetition ratios that earlier versions took tripped
 //! the check on unchanged code when a burst covered half the repetitions of a few
 //! milliseconds each); the check fails when a path's ratio falls below the baseline's
-//! divided by the slowdown limit (default 1.5).
+//! divided by the slowdown limit (default 1.5). The hot loops run on the widest instruction
+//! tier the CPU has ([`crate::fastmath::SimdTier`]: AVX-512, AVX2 or portable; the same bits
+//! on each), and a tier's pace relative to the calibration is its own (the relaxed pass is
+//! 1.6 times slower relative to it on an AVX2-only Zen 3 than on a Zen 4 with AVX-512), so a
+//! baseline keeps one figure per (path, tier) and a check compares only the figures of the
+//! tier it runs on; `--update` writes that tier's figures and keeps the other tiers'.
 //!
 //! A baseline is refused (bad input, exit 2) unless it covers its configuration exactly: one
 //! quality record per cell its sweeps run, no duplicates, no strays; `alpha` in (0, 1), a
@@ -48,6 +53,7 @@ use serde::{Deserialize, Serialize};
 use crate::engine::{run_sweep, CpuEngine, Engine, SweepSpec};
 use crate::error::{Error, Result};
 use crate::estimators::{self, Context, Estimator, Family, Lowering};
+use crate::fastmath::{simd_tier, SimdTier};
 use crate::loss::Loss;
 use crate::philox::{self, philox4x32_10};
 use crate::problem::Problem;
@@ -55,7 +61,7 @@ use crate::record::{erfc, normal_two_sided, records, Record};
 use crate::summary::SweepConfig;
 
 /// Version tag of the baseline file format.
-pub const SCHEMA: &str = "mcgrad-baseline/2";
+pub const SCHEMA: &str = "mcgrad-baseline/3";
 
 /// The second temperature of the default configuration's `tau=0.5` sweep.
 pub const SECOND_TAU: f64 = 0.5;
@@ -85,7 +91,7 @@ pub struct Baseline {
     pub slowdown_limit: f64,
     /// Quality figures per (sweep, loss, estimator, S): exactly one per cell of the sweeps.
     pub quality: Vec<QualityFigure>,
-    /// Speed ratios per hot path (empty: no speed comparison).
+    /// Speed ratios per (hot path, instruction tier) (empty: no speed comparison).
     pub speed: Vec<SpeedFigure>,
 }
 
@@ -128,6 +134,9 @@ pub struct QualityFigure {
 pub struct SpeedFigure {
     /// Path name (`cpu/score-function`, `cpu/relaxed`).
     pub path: String,
+    /// The instruction tier the hot loops ran on ([`SimdTier::name`]: `avx512`, `avx2`,
+    /// `portable`).
+    pub tier: String,
     /// Best draws per second of the repetitions.
     pub draws_per_second: f64,
     /// (Best path draws per second) / (best calibration units per second).
@@ -164,6 +173,10 @@ pub struct CheckReport {
     pub quality_tests: usize,
     /// Every comparison.
     pub findings: Vec<Finding>,
+    /// The instruction tier this run's hot loops ran on ([`SimdTier::name`]).
+    pub speed_tier: String,
+    /// Why speed was not compared, where it was not.
+    pub speed_not_compared: Option<String>,
 }
 
 impl CheckReport {
@@ -183,12 +196,13 @@ impl CheckReport {
             self.quality_tests,
             speed.len()
         ));
-        if speed.is_empty() {
-            out.push_str(
-                "\nspeed: not compared (no speed figures in the baseline, or --no-speed)\n",
-            );
+        if let Some(why) = &self.speed_not_compared {
+            out.push_str(&format!("\nspeed: not compared ({why})\n"));
         } else {
-            out.push_str("\nspeed (draws/s relative to the calibration workload):\n");
+            out.push_str(&format!(
+                "\nspeed (draws/s relative to the calibration workload, {} tier):\n",
+                self.speed_tier
+            ));
         }
         for f in &speed {
             out.push_str(&format!(
@@ -535,8 +549,17 @@ impl Baseline {
                     known.join(", ")
                 ));
             }
-            if !paths.insert(s.path.as_str()) {
-                return Err(format!("two speed records for `{}`", s.path));
+            if SimdTier::from_name(&s.tier).is_none() {
+                return Err(format!(
+                    "speed `{}`: tier `{}` is none of portable, avx2, avx512",
+                    s.path, s.tier
+                ));
+            }
+            if !paths.insert((s.path.as_str(), s.tier.as_str())) {
+                return Err(format!(
+                    "two speed records for `{}` on the {} tier",
+                    s.path, s.tier
+                ));
             }
             for (name, v) in [("ratio", s.ratio), ("draws_per_second", s.draws_per_second)] {
                 if !(v > 0.0 && v.is_finite()) {
@@ -609,6 +632,19 @@ impl Baseline {
             ));
         }
         Ok(())
+    }
+
+    /// Takes over `previous`'s speed figures of the tiers this baseline has none of (what
+    /// `mcgrad check --update` keeps of the file it rewrites: one machine measures one tier).
+    pub fn keep_other_tiers(&mut self, previous: &Baseline) {
+        let ours: BTreeSet<String> = self.speed.iter().map(|f| f.tier.clone()).collect();
+        self.speed.extend(
+            previous
+                .speed
+                .iter()
+                .filter(|f| !ours.contains(&f.tier))
+                .cloned(),
+        );
     }
 
     /// Writes the baseline (to a temporary file renamed into place).
@@ -685,9 +721,26 @@ pub fn run_check(baseline: &Baseline, options: &CheckOptions) -> Result<CheckRep
     let runs = run_plan(&plan, &engine)?;
     let mut findings = quality_findings(baseline, &plan, &runs)?;
     let quality_tests = findings.len();
-    if options.speed && !baseline.speed.is_empty() {
+    let tier = simd_tier().name();
+    let here: Vec<&SpeedFigure> = baseline.speed.iter().filter(|f| f.tier == tier).collect();
+    let speed_not_compared = if !options.speed {
+        Some("--no-speed".to_string())
+    } else if baseline.speed.is_empty() {
+        Some("the baseline has no speed figures".to_string())
+    } else if here.is_empty() {
+        let mut tiers: Vec<&str> = baseline.speed.iter().map(|f| f.tier.as_str()).collect();
+        tiers.sort_unstable();
+        tiers.dedup();
+        Some(format!(
+            "the baseline's speed figures are for the {} tier, this CPU runs the {tier} tier; `mcgrad check --update` adds its figures",
+            tiers.join(" and ")
+        ))
+    } else {
+        None
+    };
+    if speed_not_compared.is_none() {
         let measured = measure_speed(&engine, options.speed_repeats)?;
-        for reference in &baseline.speed {
+        for reference in here {
             let Some(m) = measured.iter().find(|m| m.path == reference.path) else {
                 continue;
             };
@@ -708,6 +761,8 @@ pub fn run_check(baseline: &Baseline, options: &CheckOptions) -> Result<CheckRep
         seed: options.seed,
         quality_tests,
         findings,
+        speed_tier: tier.into(),
+        speed_not_compared,
     })
 }
 
@@ -915,6 +970,7 @@ pub fn measure_speed(engine: &CpuEngine, repeats: usize) -> Result<Vec<SpeedFigu
         .zip(best_rate.into_iter().zip(best_calibration))
         .map(|((name, _), (rate, calibration_rate))| SpeedFigure {
             path: (*name).into(),
+            tier: simd_tier().name().into(),
             draws_per_second: rate,
             ratio: rate / calibration_rate,
         })

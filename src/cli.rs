@@ -318,9 +318,14 @@ pub struct CheckArgs {
     #[arg(long, value_name = "FILE", default_value = "results/baseline.json")]
     pub baseline: PathBuf,
     /// Write a new baseline to FILE instead of checking (reuses FILE's configuration if it
-    /// exists, else the default check configuration).
+    /// exists, else the default check configuration). Speed is measured on this CPU's
+    /// instruction tier (`mcgrad info` names it); FILE's figures for other tiers are kept.
     #[arg(long)]
     pub update: bool,
+    /// With --update: write the default check configuration even where FILE has another
+    /// (FILE's speed figures for other tiers are still kept).
+    #[arg(long, requires = "update")]
+    pub default_config: bool,
     /// Print the report as JSON on stdout.
     #[arg(long)]
     pub json: bool,
@@ -589,6 +594,7 @@ fn list_problems() -> Result<()> {
 /// # Errors
 /// Whatever the subcommand returns; [`Error::exit_code`] says how the process should exit.
 pub fn dispatch(cli: Cli) -> Result<()> {
+    mcgrad::fastmath::simd_cap_from_env().map_err(Error::InvalidArgument)?;
     match cli.command.unwrap_or(Command::Run(cli.run)) {
         Command::Run(args) => run(args),
         Command::Train(args) if args.problem.is_some() => {
@@ -678,7 +684,7 @@ fn info() -> Result<()> {
     let hardware = adapters.iter().any(|a| a.hardware);
     let _ = writeln!(
         text,
-        "--backend auto uses {}; --backend gpu uses {}; CPU engine: {} threads",
+        "--backend auto uses {}; --backend gpu uses {}; CPU engine: {} threads, {} loops",
         if hardware {
             "the hardware GPU"
         } else {
@@ -687,7 +693,8 @@ fn info() -> Result<()> {
         adapters
             .first()
             .map_or("nothing (no adapter)", |a| a.name.as_str()),
-        rayon::current_num_threads()
+        rayon::current_num_threads(),
+        mcgrad::fastmath::simd_tier().name()
     );
     print_stdout(&text)
 }
@@ -703,18 +710,28 @@ fn check(args: CheckArgs) -> Result<()> {
         options.seed = seed;
     }
     if args.update {
-        let plan = if args.baseline.exists() {
-            Baseline::load(&args.baseline)?.plan(options.seed)?
+        let previous = if args.baseline.exists() {
+            Some(Baseline::load(&args.baseline)?)
         } else {
-            default_plan(options.seed)
+            None
         };
-        let baseline = Baseline::measure(&plan, &options)?;
+        let plan = match &previous {
+            Some(p) if !args.default_config => p.plan(options.seed)?,
+            _ => default_plan(options.seed),
+        };
+        let mut baseline = Baseline::measure(&plan, &options)?;
+        let tier = mcgrad::fastmath::simd_tier().name();
+        if let Some(p) = &previous {
+            baseline.keep_other_tiers(p);
+        }
         baseline.save(&args.baseline)?;
         return print_stdout(&format!(
-            "wrote baseline {} ({} quality figures, {} speed paths, seed {})\n",
+            "wrote baseline {} ({} quality figures, {} speed figures of which {} measured on the {} tier, seed {})\n",
             args.baseline.display(),
             baseline.quality.len(),
             baseline.speed.len(),
+            baseline.speed.iter().filter(|f| f.tier == tier).count(),
+            tier,
             baseline.seed
         ));
     }

@@ -196,21 +196,106 @@ pub mod avx512 {
     }
 }
 
-/// Whether the CPU has AVX-512F (std caches the answer); the relaxed draws then run sixteen
-/// lanes a step, with the same bits as the AVX2 and portable paths.
-#[inline(always)]
-pub fn has_avx512() -> bool {
-    #[cfg(target_arch = "x86_64")]
-    {
-        std::is_x86_feature_detected!("avx512f")
+/// The widest vector instructions the engine's hot loops dispatch on: every tier gives the
+/// same bits (tested path by path), only the pace differs, so speed figures are comparable
+/// only within a tier (`mcgrad check` keeps one per tier).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum SimdTier {
+    /// Plain Rust, vectorised by the compiler for the x86-64 baseline (SSE2) or any other
+    /// target.
+    Portable,
+    /// AVX2 loops (eight f32 lanes).
+    Avx2,
+    /// AVX-512F with FMA (sixteen f32 lanes; the relaxed pass's eight-repetition lowering).
+    Avx512,
+}
+
+impl SimdTier {
+    /// Every tier, narrowest first.
+    pub const ALL: [SimdTier; 3] = [SimdTier::Portable, SimdTier::Avx2, SimdTier::Avx512];
+
+    /// Its name in baselines and in `MCGRAD_SIMD` (`portable`, `avx2`, `avx512`).
+    pub fn name(self) -> &'static str {
+        match self {
+            SimdTier::Portable => "portable",
+            SimdTier::Avx2 => "avx2",
+            SimdTier::Avx512 => "avx512",
+        }
     }
-    #[cfg(not(target_arch = "x86_64"))]
-    {
-        false
+
+    /// The tier of a name ([`SimdTier::name`]).
+    pub fn from_name(name: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|t| t.name() == name)
     }
 }
 
-/// Whether the CPU has AVX2 (std caches the answer).
+/// The environment variable that lowers [`simd_tier`] (`portable` or `avx2`), to time or
+/// test a narrower tier's loops on a wider CPU.
+pub const SIMD_ENV: &str = "MCGRAD_SIMD";
+
+/// The widest tier this CPU has (std caches the feature tests).
+pub fn detected_tier() -> SimdTier {
+    #[cfg(target_arch = "x86_64")]
+    {
+        let avx2 = std::is_x86_feature_detected!("avx2");
+        if avx2 && std::is_x86_feature_detected!("avx512f") && std::is_x86_feature_detected!("fma")
+        {
+            SimdTier::Avx512
+        } else if avx2 {
+            SimdTier::Avx2
+        } else {
+            SimdTier::Portable
+        }
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        SimdTier::Portable
+    }
+}
+
+/// The tier `MCGRAD_SIMD` names: `Ok(None)` when unset or empty, an error naming the
+/// accepted values when it names no tier.
+///
+/// # Errors
+/// A one-line message for a value that names no tier.
+pub fn simd_cap_from_env() -> Result<Option<SimdTier>, String> {
+    match std::env::var(SIMD_ENV) {
+        Err(std::env::VarError::NotPresent) => Ok(None),
+        Ok(v) if v.is_empty() => Ok(None),
+        Ok(v) => SimdTier::from_name(&v).map(Some).ok_or_else(|| {
+            format!("{SIMD_ENV}={v} names no instruction tier (portable, avx2 or avx512)")
+        }),
+        Err(std::env::VarError::NotUnicode(_)) => Err(format!(
+            "{SIMD_ENV} is not valid text (portable, avx2 or avx512)"
+        )),
+    }
+}
+
+/// The tier the hot loops run on: [`detected_tier`], lowered to `MCGRAD_SIMD` where that
+/// names a narrower one (a wider one changes nothing; a value naming no tier is ignored
+/// here, and refused by the command line). Read once per process.
+#[inline]
+pub fn simd_tier() -> SimdTier {
+    static TIER: std::sync::OnceLock<SimdTier> = std::sync::OnceLock::new();
+    *TIER.get_or_init(|| {
+        let detected = detected_tier();
+        match simd_cap_from_env() {
+            Ok(Some(cap)) => cap.min(detected),
+            _ => detected,
+        }
+    })
+}
+
+/// Whether the hot loops take their AVX-512 paths ([`simd_tier`] is [`SimdTier::Avx512`]:
+/// AVX-512F, FMA and AVX2); the relaxed draws then run sixteen lanes a step, with the same
+/// bits as the AVX2 and portable paths.
+#[inline(always)]
+pub fn has_avx512() -> bool {
+    simd_tier() >= SimdTier::Avx512
+}
+
+/// Whether the hot loops take their AVX2 paths ([`simd_tier`] is at least
+/// [`SimdTier::Avx2`]).
 ///
 /// The hot loops dispatch on it to a `#[target_feature(enable = "avx2")]` function whose body
 /// is an `#[inline(always)]` function, so that the body is compiled for AVX2 (a closure handed
@@ -220,14 +305,7 @@ pub fn has_avx512() -> bool {
 /// contracts `a * b + c` into one on its own.
 #[inline(always)]
 pub fn has_avx2() -> bool {
-    #[cfg(target_arch = "x86_64")]
-    {
-        std::is_x86_feature_detected!("avx2")
-    }
-    #[cfg(not(target_arch = "x86_64"))]
-    {
-        false
-    }
+    simd_tier() >= SimdTier::Avx2
 }
 
 #[cfg(test)]

@@ -255,3 +255,45 @@ fn a_one_percent_scale_error_in_any_unbiased_estimator_is_caught_in_19_of_20_che
     // `exact`, left alone, is not flagged (beyond the check's own false-alarm rate).
     assert!(others_flagged.len() <= 1, "{others_flagged:?}");
 }
+
+#[test]
+fn speed_is_compared_only_within_the_instruction_tier_the_check_runs_on() {
+    use mcgrad::check::SpeedFigure;
+    use mcgrad::fastmath::{simd_tier, SimdTier};
+    let _lock = FAULTS.lock().unwrap_or_else(|e| e.into_inner());
+    faults::clear();
+    let here = simd_tier();
+    let other = if here == SimdTier::Portable {
+        SimdTier::Avx2
+    } else {
+        SimdTier::Portable
+    };
+    let figure = |tier: SimdTier, ratio: f64| SpeedFigure {
+        path: "cpu/relaxed".into(),
+        tier: tier.name().into(),
+        draws_per_second: 1e9,
+        ratio,
+    };
+    let mut baseline = baseline(false);
+    // Another tier's figure, so high that this machine would fail it: not compared.
+    baseline.speed = vec![figure(other, 1e9)];
+    let report = run_check(&baseline, &options(81, true)).unwrap();
+    assert!(!report.regressed(), "{}", report.table());
+    assert!(report.findings.iter().all(|f| f.kind != "speed"));
+    let why = report.speed_not_compared.as_deref().unwrap_or("");
+    assert!(
+        why.contains(other.name()) && why.contains(here.name()),
+        "{why}"
+    );
+    // This tier's figure beside it: compared, and it fails.
+    baseline.speed.push(figure(here, 1e9));
+    let report = run_check(&baseline, &options(82, true)).unwrap();
+    assert_eq!(report.speed_not_compared, None);
+    assert_eq!(
+        regressed(&report, "speed"),
+        vec!["cpu/relaxed"],
+        "{}",
+        report.table()
+    );
+    assert_eq!(report.speed_tier, here.name());
+}

@@ -1000,7 +1000,7 @@ impl RelaxedMoments {
     /// the same results either way, see [`crate::fastmath::has_avx2`]).
     pub fn add_batch(&mut self, batch: &RelaxedBatch<'_>) {
         #[cfg(target_arch = "x86_64")]
-        if std::is_x86_feature_detected!("avx2") {
+        if crate::fastmath::has_avx2() {
             #[target_feature(enable = "avx2")]
             fn avx2(m: &mut RelaxedMoments, batch: &RelaxedBatch<'_>) {
                 // SAFETY: compiled for AVX2, called only where the CPU has it.

@@ -92,16 +92,9 @@ impl RelaxedReps {
         s <= RELAXED_REPS_MAX_S && Self::available()
     }
 
-    /// Whether this CPU runs [`relaxed_sums_reps`] (AVX-512F and FMA).
+    /// Whether this CPU runs [`relaxed_sums_reps`] (the AVX-512 tier: AVX-512F and FMA).
     pub fn available() -> bool {
-        #[cfg(target_arch = "x86_64")]
-        {
-            crate::fastmath::has_avx512() && std::is_x86_feature_detected!("fma")
-        }
-        #[cfg(not(target_arch = "x86_64"))]
-        {
-            false
-        }
+        crate::fastmath::has_avx512()
     }
 }
 

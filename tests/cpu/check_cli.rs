@@ -106,8 +106,9 @@ fn small_baseline() -> serde_json::Value {
         Baseline::measure(&[("main".into(), spec), ("tau=0.5".into(), tau)], &options).unwrap();
     let mut json = serde_json::to_value(&baseline).unwrap();
     json["speed"] = serde_json::json!([
-        {"path": "cpu/score-function", "draws_per_second": 2.0e8, "ratio": 2.0},
-        {"path": "cpu/relaxed", "draws_per_second": 2.0e7, "ratio": 0.2}
+        {"path": "cpu/score-function", "tier": "avx2", "draws_per_second": 2.0e8, "ratio": 2.0},
+        {"path": "cpu/relaxed", "tier": "avx2", "draws_per_second": 2.0e7, "ratio": 0.2},
+        {"path": "cpu/relaxed", "tier": "avx512", "draws_per_second": 4.0e7, "ratio": 0.4}
     ]);
     json
 }
@@ -168,6 +169,15 @@ fn a_baseline_that_does_not_cover_its_configuration_or_has_bad_levels_is_refused
         duplicate_speed,
         "two speed records",
     ));
+    let mut unknown_tier = good.clone();
+    unknown_tier["speed"][0]["tier"] = serde_json::json!("sse9");
+    cases.push(("an unknown instruction tier", unknown_tier, "tier `sse9`"));
+    let mut no_tier = good.clone();
+    no_tier["speed"][0].as_object_mut().unwrap().remove("tier");
+    cases.push(("a speed record without its tier", no_tier, "tier"));
+    let mut old_schema = good.clone();
+    old_schema["schema"] = serde_json::json!("mcgrad-baseline/2");
+    cases.push(("the format before tiers", old_schema, "mcgrad-baseline/2"));
     for (field, bad) in [
         ("alpha", 0.0),
         ("alpha", -0.001),
@@ -192,4 +202,81 @@ fn a_baseline_that_does_not_cover_its_configuration_or_has_bad_levels_is_refused
         assert!(stderr.contains(needle), "{what}: {stderr}");
         assert!(out.stdout.is_empty(), "{what}: nothing checked");
     }
+}
+
+#[test]
+fn an_instruction_tier_cap_that_names_no_tier_is_bad_input() {
+    let out = Command::new(env!("CARGO_BIN_EXE_mcgrad"))
+        .args(["info"])
+        .env("MCGRAD_SIMD", "avx3")
+        .output()
+        .expect("the mcgrad binary runs");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert_eq!(error_lines(&out), 1, "{stderr}");
+    assert!(stderr.contains("MCGRAD_SIMD=avx3"), "{stderr}");
+    assert!(out.stdout.is_empty());
+    let out = Command::new(env!("CARGO_BIN_EXE_mcgrad"))
+        .args(["info"])
+        .env("MCGRAD_SIMD", "portable")
+        .output()
+        .expect("the mcgrad binary runs");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(0));
+    assert!(stdout.contains("portable loops"), "{stdout}");
+}
+
+#[test]
+fn an_update_writes_its_own_tier_and_keeps_the_others() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("baseline.json");
+    std::fs::write(&path, small_baseline().to_string()).unwrap();
+    // Capped to the portable tier, which every CPU runs: the file has only avx2 and avx512.
+    let out = Command::new(env!("CARGO_BIN_EXE_mcgrad"))
+        .args(["check", "--update", "--baseline"])
+        .arg(&path)
+        .args(["--seed", "8"])
+        .env("MCGRAD_SIMD", "portable")
+        .output()
+        .expect("the mcgrad binary runs");
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let written: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+    let mut records: Vec<(String, String, f64)> = written["speed"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| {
+            (
+                f["tier"].as_str().unwrap().to_string(),
+                f["path"].as_str().unwrap().to_string(),
+                f["ratio"].as_f64().unwrap(),
+            )
+        })
+        .collect();
+    records.sort_by(|a, b| (&a.0, &a.1).cmp(&(&b.0, &b.1)));
+    let kept: Vec<(&str, &str, f64)> = records
+        .iter()
+        .filter(|r| r.0 != "portable")
+        .map(|r| (r.0.as_str(), r.1.as_str(), r.2))
+        .collect();
+    assert_eq!(
+        kept,
+        vec![
+            ("avx2", "cpu/relaxed", 0.2),
+            ("avx2", "cpu/score-function", 2.0),
+            ("avx512", "cpu/relaxed", 0.4)
+        ]
+    );
+    let measured: Vec<&str> = records
+        .iter()
+        .filter(|r| r.0 == "portable")
+        .map(|r| r.1.as_str())
+        .collect();
+    assert_eq!(measured, vec!["cpu/relaxed", "cpu/score-function"]);
 }
