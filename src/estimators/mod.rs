@@ -917,7 +917,65 @@ impl RelaxedMoments {
             // SAFETY: the CPU has AVX-512F, checked just above.
             return unsafe { avx512(self, b, out) };
         }
+        #[cfg(target_arch = "x86_64")]
+        if self.k <= 16 && crate::fastmath::has_avx2() {
+            #[target_feature(enable = "avx2")]
+            fn avx2(m: &RelaxedMoments, b: &[f64], out: &mut [f64]) {
+                // SAFETY: compiled for AVX2, called only where the CPU has it; K <= 16.
+                unsafe { m.sum_yy_dot_avx2(b, out) }
+            }
+            // SAFETY: the CPU has AVX2, checked just above.
+            return unsafe { avx2(self, b, out) };
+        }
         self.sum_yy_dot_portable(b, out);
+    }
+
+    /// [`Self::sum_yy_dot`] for K <= 16 in AVX2: the K sums in four registers for the whole
+    /// loop over rows (masked loads of each row; a sum kept in memory waited on its own store
+    /// every row), the same additions in the same order (no fused multiply-add), so the same
+    /// bits as [`Self::sum_yy_dot_portable`] (tested).
+    ///
+    /// # Safety
+    /// The CPU must have AVX2, and K <= 16.
+    #[cfg(target_arch = "x86_64")]
+    #[inline(always)]
+    unsafe fn sum_yy_dot_avx2(&self, b: &[f64], out: &mut [f64]) {
+        use std::arch::x86_64::*;
+        assert!(out.len() >= self.k);
+        let masks = avx2_masks(self.k);
+        let acc = self.sum_yy_dot_avx2_registers(b, &masks);
+        for (j, a) in acc.iter().enumerate() {
+            _mm256_maskstore_pd(out.as_mut_ptr().wrapping_add(4 * j), masks[j], *a);
+        }
+    }
+
+    /// [`Self::sum_yy_dot_avx2`] left in its four registers (coordinate `4 j + i` in lane i
+    /// of register j; lanes at or past K hold `-0.0`).
+    ///
+    /// # Safety
+    /// The CPU must have AVX2, and K <= 16; `masks` are [`avx2_masks`] of K.
+    #[cfg(target_arch = "x86_64")]
+    #[inline(always)]
+    unsafe fn sum_yy_dot_avx2_registers(
+        &self,
+        b: &[f64],
+        masks: &[std::arch::x86_64::__m256i; 4],
+    ) -> [std::arch::x86_64::__m256d; 4] {
+        use std::arch::x86_64::*;
+        let k = self.k;
+        assert!(k <= 16 && b.len() >= k && self.sum_yy.len() == k * k);
+        let mut acc = [_mm256_set1_pd(-0.0); 4];
+        let rows = self.sum_yy.as_ptr();
+        for (c2, &bc) in b[..k].iter().enumerate() {
+            let bv = _mm256_set1_pd(bc);
+            let r = rows.add(c2 * k);
+            for (j, a) in acc.iter_mut().enumerate() {
+                // In bounds: lanes at or past K are masked off (no access).
+                let v = _mm256_maskload_pd(r.wrapping_add(4 * j), masks[j]);
+                *a = _mm256_add_pd(*a, _mm256_mul_pd(v, bv));
+            }
+        }
+        acc
     }
 
     /// [`Self::sum_yy_dot`] for K <= 16 in AVX-512F: the K sums in two registers for the
@@ -957,7 +1015,8 @@ impl RelaxedMoments {
     }
 
     /// [`Self::sum_yy_dot`] in portable code (its reference, and the path of any K on any
-    /// CPU).
+    /// CPU; compiled for AVX2 where the CPU has it, the same bits, see
+    /// [`crate::fastmath::has_avx2`]).
     #[inline(always)]
     fn sum_yy_dot_portable(&self, b: &[f64], out: &mut [f64]) {
         let k = self.k;
@@ -1242,7 +1301,112 @@ pub fn add_quadratic_relaxed_sum(
         // SAFETY: the CPU has AVX-512F, checked just above.
         return unsafe { avx512(m, alpha2, beta, tau, straight_through, acc) };
     }
+    #[cfg(target_arch = "x86_64")]
+    if k <= QUADRATIC_STACK && crate::fastmath::has_avx2() {
+        #[target_feature(enable = "avx2")]
+        fn avx2(
+            m: &RelaxedMoments,
+            alpha2: f64,
+            beta: &[f64],
+            tau: f64,
+            straight_through: bool,
+            acc: &mut [f64],
+        ) {
+            if m.k <= 16 {
+                // SAFETY: compiled for AVX2, called only where the CPU has it; K <= 16 and
+                // the slices hold K numbers (asserted by the caller).
+                return unsafe {
+                    quadratic_relaxed_sum_avx2(m, alpha2, beta, tau, straight_through, acc)
+                };
+            }
+            // The portable path's operations, compiled for AVX2 (the same bits).
+            let mut ydb = [0f64; QUADRATIC_STACK];
+            m.sum_yy_dot_portable(beta, &mut ydb);
+            quadratic_relaxed_terms(m, alpha2, beta, tau, straight_through, &ydb, acc);
+        }
+        // SAFETY: the CPU has AVX2, checked just above.
+        return unsafe { avx2(m, alpha2, beta, tau, straight_through, acc) };
+    }
     quadratic_relaxed_sum_portable(m, alpha2, beta, tau, straight_through, acc);
+}
+
+/// K up to which [`add_quadratic_relaxed_sum`]'s AVX2 path keeps `sum_yy beta` on the stack.
+const QUADRATIC_STACK: usize = 32;
+
+/// The load and store masks of four AVX2 registers of f64 over K <= 16 coordinates: lane i of
+/// register j (coordinate `4 j + i`) set where it is below K.
+#[cfg(target_arch = "x86_64")]
+#[inline(always)]
+fn avx2_masks(k: usize) -> [std::arch::x86_64::__m256i; 4] {
+    use std::arch::x86_64::_mm256_set_epi64x;
+    let mask = |j: usize| {
+        let lane = |i: usize| if 4 * j + i < k { -1i64 } else { 0 };
+        // SAFETY: AVX, which every AVX2 CPU has; only called from AVX2 paths.
+        unsafe { _mm256_set_epi64x(lane(3), lane(2), lane(1), lane(0)) }
+    };
+    [mask(0), mask(1), mask(2), mask(3)]
+}
+
+/// [`add_quadratic_relaxed_sum`] in AVX2: the K coordinates in four registers (masked past
+/// K), `sum_yy beta` as [`RelaxedMoments::sum_yy_dot`]'s AVX2 path computes it, left in its
+/// registers; per coordinate the portable loop's operations in its order (same bits, tested).
+///
+/// # Safety
+/// The CPU must have AVX2; K <= 16; `beta` and `acc` hold at least K numbers.
+#[cfg(target_arch = "x86_64")]
+#[inline(always)]
+unsafe fn quadratic_relaxed_sum_avx2(
+    m: &RelaxedMoments,
+    alpha2: f64,
+    beta: &[f64],
+    tau: f64,
+    straight_through: bool,
+    acc: &mut [f64],
+) {
+    use std::arch::x86_64::*;
+    let k = m.k;
+    assert!(k <= 16 && beta.len() >= k && acc.len() >= k);
+    let masks = avx2_masks(k);
+    let ydb = m.sum_yy_dot_avx2_registers(beta, &masks);
+    let mut x = [0f64; 16];
+    for (c, xc) in x[..k].iter_mut().enumerate() {
+        *xc = if straight_through {
+            m.sum_hit[c]
+        } else {
+            m.sum_yy[c * k + c]
+        };
+    }
+    let w = if straight_through {
+        &m.sum_y_yz
+    } else {
+        &m.sum_y_norm_sq
+    };
+    let (a2, t) = (_mm256_set1_pd(alpha2), _mm256_set1_pd(tau));
+    for (j, &ydb) in ydb.iter().enumerate() {
+        let at = 4 * j;
+        if at >= k {
+            break;
+        }
+        // In bounds: lanes at or past K are masked off (no access). A macro, not a closure
+        // (a closure would not inherit the caller's target features).
+        macro_rules! load {
+            ($p:expr) => {
+                _mm256_maskload_pd($p.wrapping_add(at), masks[j])
+            };
+        }
+        let term = _mm256_sub_pd(
+            _mm256_sub_pd(
+                _mm256_add_pd(
+                    _mm256_mul_pd(a2, load!(x.as_ptr())),
+                    _mm256_mul_pd(load!(beta.as_ptr()), load!(m.sum_y.as_ptr())),
+                ),
+                _mm256_mul_pd(a2, load!(w.as_ptr())),
+            ),
+            ydb,
+        );
+        let sum = _mm256_add_pd(load!(acc.as_ptr()), _mm256_div_pd(term, t));
+        _mm256_maskstore_pd(acc.as_mut_ptr().wrapping_add(at), masks[j], sum);
+    }
 }
 
 /// [`add_quadratic_relaxed_sum`] in portable code (its reference).
@@ -1254,17 +1418,32 @@ fn quadratic_relaxed_sum_portable(
     straight_through: bool,
     acc: &mut [f64],
 ) {
-    let k = m.k;
     with_sum_yy_dot(m, beta, |y_dot_beta| {
-        for (c, a) in acc[..k].iter_mut().enumerate() {
-            let (x, w) = if straight_through {
-                (m.sum_hit[c], m.sum_y_yz[c])
-            } else {
-                (m.sum_yy[c * k + c], m.sum_y_norm_sq[c])
-            };
-            *a += (alpha2 * x + beta[c] * m.sum_y[c] - alpha2 * w - y_dot_beta[c]) / tau;
-        }
+        quadratic_relaxed_terms(m, alpha2, beta, tau, straight_through, y_dot_beta, acc);
     });
+}
+
+/// The per-coordinate formula of [`add_quadratic_relaxed_sum`] given `sum_yy beta`
+/// (`y_dot_beta`, at least K numbers).
+#[inline(always)]
+fn quadratic_relaxed_terms(
+    m: &RelaxedMoments,
+    alpha2: f64,
+    beta: &[f64],
+    tau: f64,
+    straight_through: bool,
+    y_dot_beta: &[f64],
+    acc: &mut [f64],
+) {
+    let k = m.k;
+    for (c, a) in acc[..k].iter_mut().enumerate() {
+        let (x, w) = if straight_through {
+            (m.sum_hit[c], m.sum_y_yz[c])
+        } else {
+            (m.sum_yy[c * k + c], m.sum_y_norm_sq[c])
+        };
+        *a += (alpha2 * x + beta[c] * m.sum_y[c] - alpha2 * w - y_dot_beta[c]) / tau;
+    }
 }
 
 /// [`add_quadratic_relaxed_sum`] in AVX-512F: the K coordinates in two registers (masked
