@@ -1302,7 +1302,7 @@ pub fn add_quadratic_relaxed_sum(
         return unsafe { avx512(m, alpha2, beta, tau, straight_through, acc) };
     }
     #[cfg(target_arch = "x86_64")]
-    if k <= QUADRATIC_STACK && crate::fastmath::has_avx2() {
+    if k <= 16 && crate::fastmath::has_avx2() {
         #[target_feature(enable = "avx2")]
         fn avx2(
             m: &RelaxedMoments,
@@ -1312,26 +1312,15 @@ pub fn add_quadratic_relaxed_sum(
             straight_through: bool,
             acc: &mut [f64],
         ) {
-            if m.k <= 16 {
-                // SAFETY: compiled for AVX2, called only where the CPU has it; K <= 16 and
-                // the slices hold K numbers (asserted by the caller).
-                return unsafe {
-                    quadratic_relaxed_sum_avx2(m, alpha2, beta, tau, straight_through, acc)
-                };
-            }
-            // The portable path's operations, compiled for AVX2 (the same bits).
-            let mut ydb = [0f64; QUADRATIC_STACK];
-            m.sum_yy_dot_portable(beta, &mut ydb);
-            quadratic_relaxed_terms(m, alpha2, beta, tau, straight_through, &ydb, acc);
+            // SAFETY: compiled for AVX2, called only where the CPU has it; K <= 16 and the
+            // slices hold K numbers (asserted above).
+            unsafe { quadratic_relaxed_sum_avx2(m, alpha2, beta, tau, straight_through, acc) }
         }
         // SAFETY: the CPU has AVX2, checked just above.
         return unsafe { avx2(m, alpha2, beta, tau, straight_through, acc) };
     }
     quadratic_relaxed_sum_portable(m, alpha2, beta, tau, straight_through, acc);
 }
-
-/// K up to which [`add_quadratic_relaxed_sum`]'s AVX2 path keeps `sum_yy beta` on the stack.
-const QUADRATIC_STACK: usize = 32;
 
 /// The load and store masks of four AVX2 registers of f64 over K <= 16 coordinates: lane i of
 /// register j (coordinate `4 j + i`) set where it is below K.
@@ -1368,19 +1357,7 @@ unsafe fn quadratic_relaxed_sum_avx2(
     assert!(k <= 16 && beta.len() >= k && acc.len() >= k);
     let masks = avx2_masks(k);
     let ydb = m.sum_yy_dot_avx2_registers(beta, &masks);
-    let mut x = [0f64; 16];
-    for (c, xc) in x[..k].iter_mut().enumerate() {
-        *xc = if straight_through {
-            m.sum_hit[c]
-        } else {
-            m.sum_yy[c * k + c]
-        };
-    }
-    let w = if straight_through {
-        &m.sum_y_yz
-    } else {
-        &m.sum_y_norm_sq
-    };
+    let (x, w) = quadratic_x_w(m, straight_through);
     let (a2, t) = (_mm256_set1_pd(alpha2), _mm256_set1_pd(tau));
     for (j, &ydb) in ydb.iter().enumerate() {
         let at = 4 * j;
@@ -1418,32 +1395,39 @@ fn quadratic_relaxed_sum_portable(
     straight_through: bool,
     acc: &mut [f64],
 ) {
+    let k = m.k;
     with_sum_yy_dot(m, beta, |y_dot_beta| {
-        quadratic_relaxed_terms(m, alpha2, beta, tau, straight_through, y_dot_beta, acc);
+        for (c, a) in acc[..k].iter_mut().enumerate() {
+            let (x, w) = if straight_through {
+                (m.sum_hit[c], m.sum_y_yz[c])
+            } else {
+                (m.sum_yy[c * k + c], m.sum_y_norm_sq[c])
+            };
+            *a += (alpha2 * x + beta[c] * m.sum_y[c] - alpha2 * w - y_dot_beta[c]) / tau;
+        }
     });
 }
 
-/// The per-coordinate formula of [`add_quadratic_relaxed_sum`] given `sum_yy beta`
-/// (`y_dot_beta`, at least K numbers).
+/// The per-coordinate inputs of [`add_quadratic_relaxed_sum`]'s SIMD paths (K <= 16): `X`
+/// (the diagonal of `sum_yy`, or `sum_hit` for `st-gumbel`) gathered into an array, and `W`
+/// (`sum_y_norm_sq`, or `sum_y_yz`).
 #[inline(always)]
-fn quadratic_relaxed_terms(
-    m: &RelaxedMoments,
-    alpha2: f64,
-    beta: &[f64],
-    tau: f64,
-    straight_through: bool,
-    y_dot_beta: &[f64],
-    acc: &mut [f64],
-) {
+fn quadratic_x_w(m: &RelaxedMoments, straight_through: bool) -> ([f64; 16], &[f64]) {
     let k = m.k;
-    for (c, a) in acc[..k].iter_mut().enumerate() {
-        let (x, w) = if straight_through {
-            (m.sum_hit[c], m.sum_y_yz[c])
+    let mut x = [0f64; 16];
+    for (c, xc) in x[..k].iter_mut().enumerate() {
+        *xc = if straight_through {
+            m.sum_hit[c]
         } else {
-            (m.sum_yy[c * k + c], m.sum_y_norm_sq[c])
+            m.sum_yy[c * k + c]
         };
-        *a += (alpha2 * x + beta[c] * m.sum_y[c] - alpha2 * w - y_dot_beta[c]) / tau;
     }
+    let w = if straight_through {
+        &m.sum_y_yz
+    } else {
+        &m.sum_y_norm_sq
+    };
+    (x, w)
 }
 
 /// [`add_quadratic_relaxed_sum`] in AVX-512F: the K coordinates in two registers (masked
@@ -1465,19 +1449,7 @@ unsafe fn quadratic_relaxed_sum_avx512(
     let k = m.k;
     let mut ydb = [0f64; 16];
     m.sum_yy_dot_avx512(beta, &mut ydb);
-    let mut x = [0f64; 16];
-    for (c, xc) in x[..k].iter_mut().enumerate() {
-        *xc = if straight_through {
-            m.sum_hit[c]
-        } else {
-            m.sum_yy[c * k + c]
-        };
-    }
-    let w = if straight_through {
-        &m.sum_y_yz
-    } else {
-        &m.sum_y_norm_sq
-    };
+    let (x, w) = quadratic_x_w(m, straight_through);
     let (a2, t) = (_mm512_set1_pd(alpha2), _mm512_set1_pd(tau));
     for half in 0..2 {
         let at = 8 * half;

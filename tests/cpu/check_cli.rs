@@ -11,6 +11,15 @@ fn mcgrad(args: &[&str]) -> std::process::Output {
         .expect("the mcgrad binary runs")
 }
 
+/// `mcgrad ARGS` with `MCGRAD_SIMD` set to `tier`.
+fn mcgrad_simd(tier: &str, args: &[&str]) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_mcgrad"))
+        .args(args)
+        .env("MCGRAD_SIMD", tier)
+        .output()
+        .expect("the mcgrad binary runs")
+}
+
 fn error_lines(out: &std::process::Output) -> usize {
     String::from_utf8_lossy(&out.stderr)
         .lines()
@@ -206,21 +215,13 @@ fn a_baseline_that_does_not_cover_its_configuration_or_has_bad_levels_is_refused
 
 #[test]
 fn an_instruction_tier_cap_that_names_no_tier_is_bad_input() {
-    let out = Command::new(env!("CARGO_BIN_EXE_mcgrad"))
-        .args(["info"])
-        .env("MCGRAD_SIMD", "avx3")
-        .output()
-        .expect("the mcgrad binary runs");
+    let out = mcgrad_simd("avx3", &["info"]);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(2), "{stderr}");
     assert_eq!(error_lines(&out), 1, "{stderr}");
     assert!(stderr.contains("MCGRAD_SIMD=avx3"), "{stderr}");
     assert!(out.stdout.is_empty());
-    let out = Command::new(env!("CARGO_BIN_EXE_mcgrad"))
-        .args(["info"])
-        .env("MCGRAD_SIMD", "portable")
-        .output()
-        .expect("the mcgrad binary runs");
+    let out = mcgrad_simd("portable", &["info"]);
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert_eq!(out.status.code(), Some(0));
     assert!(stdout.contains("portable loops"), "{stdout}");
@@ -232,13 +233,17 @@ fn an_update_writes_its_own_tier_and_keeps_the_others() {
     let path = dir.path().join("baseline.json");
     std::fs::write(&path, small_baseline().to_string()).unwrap();
     // Capped to the portable tier, which every CPU runs: the file has only avx2 and avx512.
-    let out = Command::new(env!("CARGO_BIN_EXE_mcgrad"))
-        .args(["check", "--update", "--baseline"])
-        .arg(&path)
-        .args(["--seed", "8"])
-        .env("MCGRAD_SIMD", "portable")
-        .output()
-        .expect("the mcgrad binary runs");
+    let out = mcgrad_simd(
+        "portable",
+        &[
+            "check",
+            "--update",
+            "--baseline",
+            path.to_str().unwrap(),
+            "--seed",
+            "8",
+        ],
+    );
     assert_eq!(
         out.status.code(),
         Some(0),
