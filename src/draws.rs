@@ -1330,7 +1330,8 @@ impl RelaxedTable {
 pub(crate) mod relaxed_avx2 {
     use super::RelaxedTable;
     use crate::fastmath::avx2::{exp_nonpositive, ln};
-    use crate::philox::x8::{philox, RoundKeys};
+    pub(crate) use crate::philox::x8::RoundKeys;
+    use crate::philox::x8::{philox, philox_n};
     use crate::philox::STREAM_GUMBEL;
     use std::arch::x86_64::*;
 
@@ -1369,6 +1370,98 @@ pub(crate) mod relaxed_avx2 {
         }
     }
 
+    /// One step of eight draws, lane i's Philox counters `[draw[i], rep[i], STREAM_GUMBEL <<
+    /// 16 | group, point]`: leaves `h[c] = exp((a_c + G_c - max) / tau)` (c < K; at `tau = 1`
+    /// the race form's `r_c = w_c / E_c`, see [`RelaxedTable`]) and returns `1 / sum_c h[c]`
+    /// and the argmax `z` of every lane. The arithmetic of `draw_batch_lanes` (`y_c = h[c] *
+    /// inv`), whatever the lanes' draws and repetitions: [`draw_batch`] runs eight draws of
+    /// one repetition, the eight-repetition moments (`crate::estimators::relaxed_reps`) one
+    /// draw of eight repetitions.
+    ///
+    /// # Safety
+    /// The CPU must have AVX2; K at most [`MAX_K`].
+    #[inline(always)]
+    pub(crate) unsafe fn step(
+        table: &RelaxedTable,
+        keys: &RoundKeys,
+        draw: __m256i,
+        rep: __m256i,
+        point: u32,
+        h: &mut [std::mem::MaybeUninit<__m256>; MAX_K],
+    ) -> (__m256, __m256i) {
+        let k = table.shifted_logits.len();
+        assert!(k <= MAX_K);
+        let inv_tau = _mm256_set1_ps(table.inv_tau);
+        let race = table.race();
+        let mut hmax = _mm256_set1_ps(f32::NEG_INFINITY);
+        let mut zl = _mm256_setzero_si256();
+        let counters = |group: usize| {
+            [
+                draw,
+                rep,
+                _mm256_set1_epi32(((STREAM_GUMBEL << 16) | group as u32) as i32),
+                _mm256_set1_epi32(point as i32),
+            ]
+        };
+        let groups = k.div_ceil(4);
+        let mut group = 0;
+        while group < groups {
+            // Up to three groups' Philox rounds interleaved (independent dependency chains;
+            // the same words as one group at a time).
+            let mut words = [_mm256_setzero_si256(); 12];
+            let n = (groups - group).min(3);
+            match n {
+                3 => {
+                    let [a, b, c] = philox_n(
+                        keys,
+                        [counters(group), counters(group + 1), counters(group + 2)],
+                    );
+                    words[..4].copy_from_slice(&a);
+                    words[4..8].copy_from_slice(&b);
+                    words[8..].copy_from_slice(&c);
+                }
+                2 => {
+                    let [a, b] = philox_n(keys, [counters(group), counters(group + 1)]);
+                    words[..4].copy_from_slice(&a);
+                    words[4..8].copy_from_slice(&b);
+                }
+                _ => words[..4].copy_from_slice(&philox(keys, counters(group))),
+            }
+            for (w, &word) in words.iter().enumerate().take((k - 4 * group).min(4 * n)) {
+                let c = 4 * group + w;
+                let v = if race {
+                    _mm256_div_ps(_mm256_set1_ps(table.race_weights[c]), exponential(word))
+                } else {
+                    _mm256_add_ps(_mm256_set1_ps(table.shifted_logits[c]), gumbel(word))
+                };
+                h[c].write(v);
+                let better = _mm256_cmp_ps::<_CMP_GT_OQ>(v, hmax);
+                hmax = _mm256_blendv_ps(hmax, v, better);
+                zl = _mm256_castps_si256(_mm256_blendv_ps(
+                    _mm256_castsi256_ps(zl),
+                    _mm256_castsi256_ps(_mm256_set1_epi32(c as i32)),
+                    better,
+                ));
+            }
+            group += n;
+        }
+        let mut sum = _mm256_setzero_ps();
+        for hc in h[..k].iter_mut() {
+            // Written above for every c < K.
+            let e = if race {
+                hc.assume_init()
+            } else {
+                exp_nonpositive(_mm256_mul_ps(
+                    _mm256_sub_ps(hc.assume_init(), hmax),
+                    inv_tau,
+                ))
+            };
+            hc.write(e);
+            sum = _mm256_add_ps(sum, e);
+        }
+        (_mm256_div_ps(_mm256_set1_ps(1.0), sum), zl)
+    }
+
     /// See [`RelaxedTable::draw_batch`]; K at most [`MAX_K`].
     ///
     /// # Safety
@@ -1391,60 +1484,23 @@ pub(crate) mod relaxed_avx2 {
         // Left uninitialised (zeroing MAX_K registers' worth was a memset per batch): lane
         // c is written for every c < K before it is read, and only those are read.
         let mut h = [std::mem::MaybeUninit::<__m256>::uninit(); MAX_K];
-        let inv_tau = _mm256_set1_ps(table.inv_tau);
-        let race = table.race();
         let lane_index = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
         let keys = RoundKeys::new(key);
         for base in (0..n).step_by(8) {
             let lanes = 8.min(n - base);
             let draw0 = first.wrapping_add(base as u32);
             let ctr0 = _mm256_add_epi32(_mm256_set1_epi32(draw0 as i32), lane_index);
-            let mut hmax = _mm256_set1_ps(f32::NEG_INFINITY);
-            let mut zl = _mm256_setzero_si256();
-            for group in 0..k.div_ceil(4) {
-                let words = philox(
-                    &keys,
-                    [
-                        ctr0,
-                        _mm256_set1_epi32(rep as i32),
-                        _mm256_set1_epi32(((STREAM_GUMBEL << 16) | group as u32) as i32),
-                        _mm256_set1_epi32(point as i32),
-                    ],
-                );
-                for (w, &word) in words.iter().enumerate().take(k - 4 * group) {
-                    let c = 4 * group + w;
-                    let v = if race {
-                        _mm256_div_ps(_mm256_set1_ps(table.race_weights[c]), exponential(word))
-                    } else {
-                        _mm256_add_ps(_mm256_set1_ps(table.shifted_logits[c]), gumbel(word))
-                    };
-                    h[c].write(v);
-                    let better = _mm256_cmp_ps::<_CMP_GT_OQ>(v, hmax);
-                    hmax = _mm256_blendv_ps(hmax, v, better);
-                    zl = _mm256_castps_si256(_mm256_blendv_ps(
-                        _mm256_castsi256_ps(zl),
-                        _mm256_castsi256_ps(_mm256_set1_epi32(c as i32)),
-                        better,
-                    ));
-                }
-            }
-            let mut sum = _mm256_setzero_ps();
-            for hc in h[..k].iter_mut() {
-                // Written above for every c < K.
-                let e = if race {
-                    hc.assume_init()
-                } else {
-                    exp_nonpositive(_mm256_mul_ps(
-                        _mm256_sub_ps(hc.assume_init(), hmax),
-                        inv_tau,
-                    ))
-                };
-                hc.write(e);
-                sum = _mm256_add_ps(sum, e);
-            }
-            let inv = _mm256_div_ps(_mm256_set1_ps(1.0), sum);
+            let (inv, zl) = step(
+                table,
+                &keys,
+                ctr0,
+                _mm256_set1_epi32(rep as i32),
+                point,
+                &mut h,
+            );
             let mut yz = _mm256_setzero_ps();
             for (c, hc) in h[..k].iter().enumerate() {
+                // Written by `step` for every c < K.
                 let yc = _mm256_mul_ps(hc.assume_init(), inv);
                 store(&mut y[c * n + base..c * n + base + lanes], yc, lanes);
                 let hit = _mm256_castsi256_ps(_mm256_cmpeq_epi32(zl, _mm256_set1_epi32(c as i32)));

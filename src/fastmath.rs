@@ -204,9 +204,11 @@ pub enum SimdTier {
     /// Plain Rust, vectorised by the compiler for the x86-64 baseline (SSE2) or any other
     /// target.
     Portable,
-    /// AVX2 loops (eight f32 lanes).
+    /// AVX2 loops (eight f32 lanes; with FMA, the relaxed pass's eight-repetition lowering
+    /// in two registers of four repetitions).
     Avx2,
-    /// AVX-512F with FMA (sixteen f32 lanes; the relaxed pass's eight-repetition lowering).
+    /// AVX-512F with FMA (sixteen f32 lanes; the relaxed pass's eight-repetition lowering in
+    /// one register).
     Avx512,
 }
 

@@ -1,17 +1,19 @@
 //! The relaxed-sums lowering eight repetitions at a time: the sums of [`RelaxedMoments`] and
 //! the Gumbel estimators' estimates of eight repetitions in structure-of-arrays form, one
-//! repetition per f64 lane of an AVX-512 register, so that every per-repetition step (the
-//! moments of every pair of categories, their in-order lane sums, the hit sums, the cells'
-//! quadratic-loss formulas) runs eight repetitions per instruction with no transposes of
-//! the results. Each lane performs exactly the operations, in exactly the order, of the
-//! one-repetition path ([`super::apply::relaxed_moments`] then
-//! [`super::apply::estimate_one`]), so every estimate has the same bits (tested). The draws
-//! themselves run two draws of the eight repetitions per AVX-512 step
-//! ([`crate::draws::relaxed_avx512::step`], one repetition per lane of each half), so they
-//! land repetition-minor with no transposes (K <= 64; per-repetition batches and 8 x 8
-//! transposes past it). The engine runs its relaxed-sums pass through [`relaxed_sums_reps`] where the CPU has
-//! AVX-512F and FMA and S is at most [`RELAXED_REPS_MAX_S`], and the one-repetition path
-//! elsewhere and for a block's last repetitions.
+//! repetition per f64 lane (of one AVX-512 register, or of two AVX2 registers: repetitions
+//! 0..4 and 4..8), so that every per-repetition step (the moments of every pair of
+//! categories, their in-order lane sums, the hit sums, the cells' quadratic-loss formulas)
+//! runs four or eight repetitions per instruction with no transposes of the results. Each
+//! lane performs exactly the operations, in exactly the order, of the one-repetition path
+//! ([`super::apply::relaxed_moments`] then [`super::apply::estimate_one`]), so every
+//! estimate has the same bits on either instruction set (tested). The draws themselves run
+//! eight repetitions per step (two draws of them per AVX-512 step,
+//! [`crate::draws::relaxed_avx512::step`], one draw per AVX2 step,
+//! [`crate::draws::relaxed_avx2::step`]), so they land repetition-minor with no transposes
+//! (K <= 64; per-repetition batches past it). The engine runs its relaxed-sums pass
+//! through [`relaxed_sums_reps`] where [`RelaxedReps::serves`] says so (a CPU with AVX2 and
+//! FMA; on AVX-512 only for S at most [`RELAXED_REPS_MAX_S`]), and the
+//! one-repetition path elsewhere and for a block's last repetitions.
 
 use super::{Context, Estimator, Lowering, RELAXED_BATCH};
 use crate::draws::RelaxedTable;
@@ -41,6 +43,54 @@ struct Cell<'a> {
     loss: usize,
 }
 
+/// A zeroed buffer of numbers that starts on a 64-byte boundary (a cache line), so that no
+/// slot of eight repetitions (64 bytes of f64 or i64) straddles two lines. The heap aligns
+/// to 16 bytes: unless an allocation happened to start on a line, every slot straddled two,
+/// so every AVX-512 load of one touched two lines, and at 16 or 48 bytes past a line one
+/// AVX2 load of each pair did.
+#[derive(Debug)]
+struct Lines<T> {
+    buf: Vec<T>,
+    off: usize,
+    len: usize,
+}
+
+impl<T: Copy + Default> Lines<T> {
+    /// `len` zeroes (`T::default()`), the first on a 64-byte boundary.
+    fn new(len: usize) -> Self {
+        let per_line = 64 / std::mem::size_of::<T>();
+        let buf = vec![T::default(); len + per_line];
+        let off = buf.as_ptr().align_offset(64);
+        assert!(
+            off < per_line,
+            "a heap allocation is aligned to its element"
+        );
+        Self { buf, off, len }
+    }
+}
+
+impl<T: Copy + Default> Clone for Lines<T> {
+    /// A fresh buffer (the clone's own boundary), with the same numbers.
+    fn clone(&self) -> Self {
+        let mut copy = Self::new(self.len);
+        copy.copy_from_slice(self);
+        copy
+    }
+}
+
+impl<T> std::ops::Deref for Lines<T> {
+    type Target = [T];
+    fn deref(&self) -> &[T] {
+        &self.buf[self.off..self.off + self.len]
+    }
+}
+
+impl<T> std::ops::DerefMut for Lines<T> {
+    fn deref_mut(&mut self) -> &mut [T] {
+        &mut self.buf[self.off..self.off + self.len]
+    }
+}
+
 /// Scratch of [`relaxed_sums_reps`] for K categories, kept between calls (one per worker).
 #[derive(Clone, Debug)]
 pub struct RelaxedReps {
@@ -52,17 +102,17 @@ pub struct RelaxedReps {
     draw_y_z: Vec<f32>,
     /// The batch in f64, repetition-minor: row j (0..K: `y_j`; K: `||y||^2`; K + 1: `y_z`),
     /// draw d, repetition r at `avx512::at(K, j, d) + r`.
-    rows: Vec<f64>,
+    rows: Lines<f64>,
     /// The categories, repetition-minor: draw d, repetition r at `d * 8 + r`.
-    z: Vec<i64>,
+    z: Lines<i64>,
     /// Each pair `(c, c')` of rows' `dot` summed over the lanes so far (`(c * (K + 2) +
     /// c') * 8 + r`).
-    lane_tot: Vec<f64>,
+    lane_tot: Lines<f64>,
     /// The sums, 8 lanes each: `sum_y` (K), `sum_yy` (K*K), `sum_y_norm_sq` (K),
     /// `sum_y_yz` (K), `sum_hit` (K).
-    sums: Vec<f64>,
+    sums: Lines<f64>,
     /// One cell's estimates, category-major (`c * 8 + r`).
-    out: Vec<f64>,
+    out: Lines<f64>,
     /// `sum_yy beta` of each loss (`(loss * K + c) * 8 + r`), and whether it is computed.
     ydb: Vec<f64>,
     ydb_done: Vec<bool>,
@@ -76,26 +126,60 @@ impl RelaxedReps {
             draw_y: vec![0.0; RELAXED_REPS * k * B],
             draw_z: vec![0; RELAXED_REPS * B],
             draw_y_z: vec![0.0; RELAXED_REPS * B],
-            rows: vec![0.0; (k + 2) * B * RELAXED_REPS],
-            z: vec![0; B * RELAXED_REPS],
-            lane_tot: vec![0.0; k * (k + 2) * RELAXED_REPS],
-            sums: vec![0.0; (k * k + 4 * k) * RELAXED_REPS],
-            out: vec![0.0; k * RELAXED_REPS],
+            rows: Lines::new((k + 2) * B * RELAXED_REPS),
+            z: Lines::new(B * RELAXED_REPS),
+            lane_tot: Lines::new(k * (k + 2) * RELAXED_REPS),
+            sums: Lines::new((k * k + 4 * k) * RELAXED_REPS),
+            out: Lines::new(k * RELAXED_REPS),
             ydb: Vec::new(),
             ydb_done: Vec::new(),
         }
     }
 
     /// Whether the engine's relaxed-sums pass takes [`relaxed_sums_reps`] at S draws: where
-    /// the CPU runs it and S is at most [`RELAXED_REPS_MAX_S`].
+    /// the CPU runs it, and on AVX-512 where S is at most [`RELAXED_REPS_MAX_S`] (on AVX2 at
+    /// every S).
     pub fn serves(s: u32) -> bool {
-        s <= RELAXED_REPS_MAX_S && Self::available()
+        match Self::path() {
+            Some(RepsPath::Avx512) => s <= RELAXED_REPS_MAX_S,
+            // Every S: measured on a 2-core Zen 3 without AVX-512 (criterion medians, M
+            // draws/s, three rounds alternated in one sitting), the eight-repetition path is
+            // faster than the one-repetition path at every S of the bench, S = 4096 included
+            // (37.7 / 35.2 / 36.9 against 33.5 / 33.3 / 33.2): there the one-repetition path
+            // sums each dot product's eight lanes across registers (transposes), which the
+            // repetition-minor layout does not need.
+            Some(RepsPath::Avx2) => true,
+            None => false,
+        }
     }
 
-    /// Whether this CPU runs [`relaxed_sums_reps`] (the AVX-512 tier: AVX-512F and FMA).
+    /// Whether this CPU runs [`relaxed_sums_reps`] (AVX2 and FMA at least).
     pub fn available() -> bool {
-        crate::fastmath::has_avx512()
+        Self::path().is_some()
     }
+
+    /// The instructions [`relaxed_sums_reps`] runs on here: AVX-512 in the AVX-512 tier,
+    /// AVX2 in the AVX2 tier where the CPU also has FMA (see
+    /// [`crate::fastmath::simd_tier`]), none otherwise.
+    pub fn path() -> Option<RepsPath> {
+        if crate::fastmath::has_avx512() {
+            return Some(RepsPath::Avx512);
+        }
+        #[cfg(target_arch = "x86_64")]
+        if crate::fastmath::has_avx2() && std::is_x86_feature_detected!("fma") {
+            return Some(RepsPath::Avx2);
+        }
+        None
+    }
+}
+
+/// The instruction sets of [`relaxed_sums_reps`] (the same bits on each).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RepsPath {
+    /// One repetition per lane of an AVX-512 register (AVX-512F and FMA).
+    Avx512,
+    /// Repetitions 0..4 and 4..8 in two AVX2 registers (AVX2 and FMA).
+    Avx2,
 }
 
 thread_local! {
@@ -123,10 +207,10 @@ pub fn with_scratch<R>(k: usize, f: impl FnOnce(&mut RelaxedReps) -> R) -> R {
 /// `acc[r * W + i * K ..][..K]` (W = K times the number of cells) receives repetition
 /// `rep0 + r`'s estimate of cell i, bit for bit what
 /// [`super::apply::relaxed_moments`] and [`super::apply::estimate_one`] give for that
-/// repetition.
+/// repetition. Runs on [`RelaxedReps::path`].
 ///
 /// # Panics
-/// If the CPU lacks AVX-512F or FMA ([`RelaxedReps::available`]), if `acc` does not hold 8 W
+/// If the CPU lacks AVX2 and FMA ([`RelaxedReps::available`]), if `acc` does not hold 8 W
 /// numbers, or if a cell's estimator has no relaxed lowering or its context no quadratic
 /// loss.
 #[allow(clippy::too_many_arguments)]
@@ -141,11 +225,38 @@ pub fn relaxed_sums_reps(
     scratch: &mut RelaxedReps,
     acc: &mut [f64],
 ) {
+    let path = RelaxedReps::path().expect("relaxed_sums_reps needs AVX2 and FMA");
+    let draws = (key, rep0, point, s);
+    relaxed_sums_reps_on(path, table, contexts, cells, draws, scratch, acc);
+}
+
+/// [`relaxed_sums_reps`] on a given path (`at`: key, first repetition, point, S).
+///
+/// # Panics
+/// As [`relaxed_sums_reps`], and if the CPU lacks the path's instructions.
+fn relaxed_sums_reps_on(
+    path: RepsPath,
+    table: &RelaxedTable,
+    contexts: &[Context],
+    cells: &[(usize, &'static dyn Estimator)],
+    (key, rep0, point, s): ([u32; 2], u32, u32, u32),
+    scratch: &mut RelaxedReps,
+    acc: &mut [f64],
+) {
     let k = scratch.k;
     assert!(table.shifted_logits().len() == k && acc.len() == RELAXED_REPS * cells.len() * k);
+    #[cfg(target_arch = "x86_64")]
+    let runs = match path {
+        RepsPath::Avx512 => crate::fastmath::detected_tier() >= crate::fastmath::SimdTier::Avx512,
+        RepsPath::Avx2 => {
+            std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma")
+        }
+    };
+    #[cfg(not(target_arch = "x86_64"))]
+    let runs = false;
     assert!(
-        RelaxedReps::available(),
-        "relaxed_sums_reps needs AVX-512F and FMA"
+        runs,
+        "relaxed_sums_reps: this CPU lacks the {path:?} path's instructions"
     );
     let sc = scratch;
     sc.sums.iter_mut().for_each(|v| *v = 0.0);
@@ -155,7 +266,7 @@ pub fn relaxed_sums_reps(
         #[cfg(target_arch = "x86_64")]
         {
             #[target_feature(enable = "avx512f,fma")]
-            fn add(
+            fn add512(
                 table: &RelaxedTable,
                 key: [u32; 2],
                 at: (u32, u32, u32),
@@ -168,27 +279,39 @@ pub fn relaxed_sums_reps(
                     if sc.k <= crate::draws::relaxed_avx512::MAX_K {
                         avx512::draw_rows(table, key, at, sc, n);
                     } else {
-                        let (rep0, point, first) = at;
-                        let k = sc.k;
-                        for r in 0..RELAXED_REPS {
-                            table.draw_batch(
-                                key,
-                                rep0.wrapping_add(r as u32),
-                                point,
-                                first,
-                                n,
-                                &mut sc.draw_y[r * k * B..r * k * B + k * n],
-                                &mut sc.draw_z[r * B..r * B + n],
-                                &mut sc.draw_y_z[r * B..r * B + n],
-                            );
-                        }
+                        draw_batches(table, key, at, sc, n);
                         avx512::fill_rows(sc, n);
                     }
                     avx512::add_batch(sc, n);
                 }
             }
-            // SAFETY: the CPU has AVX-512F and FMA (asserted above).
-            unsafe { add(table, key, (rep0, point, first), sc, n) };
+            #[target_feature(enable = "avx2,fma")]
+            fn add2(
+                table: &RelaxedTable,
+                key: [u32; 2],
+                at: (u32, u32, u32),
+                sc: &mut RelaxedReps,
+                n: usize,
+            ) {
+                // SAFETY: compiled for AVX2 and FMA, called only where the CPU has them
+                // (asserted above); n <= B; `draw_rows` only for K <= MAX_K.
+                unsafe {
+                    if sc.k <= crate::draws::relaxed_avx2::MAX_K {
+                        avx2::draw_rows(table, key, at, sc, n);
+                    } else {
+                        draw_batches(table, key, at, sc, n);
+                        fill_rows_portable(sc, n);
+                    }
+                    avx2::add_batch(sc, n);
+                }
+            }
+            // SAFETY: the CPU has the path's instructions (asserted above).
+            unsafe {
+                match path {
+                    RepsPath::Avx512 => add512(table, key, (rep0, point, first), sc, n),
+                    RepsPath::Avx2 => add2(table, key, (rep0, point, first), sc, n),
+                }
+            }
         }
         first += n as u32;
     }
@@ -218,7 +341,7 @@ pub fn relaxed_sums_reps(
         #[cfg(target_arch = "x86_64")]
         {
             #[target_feature(enable = "avx512f")]
-            fn estimate(
+            fn estimate512(
                 sc: &mut RelaxedReps,
                 cell: &Cell<'_>,
                 acc: &mut [f64],
@@ -231,15 +354,284 @@ pub fn relaxed_sums_reps(
                     avx512::store(sc, acc, at, width);
                 }
             }
-            // SAFETY: the CPU has AVX-512F (asserted above).
-            unsafe { estimate(sc, &cell, acc, i * k, width) };
+            #[target_feature(enable = "avx2")]
+            fn estimate2(
+                sc: &mut RelaxedReps,
+                cell: &Cell<'_>,
+                acc: &mut [f64],
+                at: usize,
+                width: usize,
+            ) {
+                // SAFETY: compiled for AVX2, called only where the CPU has it.
+                unsafe {
+                    avx2::estimate(sc, cell);
+                    avx2::store(sc, acc, at, width);
+                }
+            }
+            // SAFETY: the CPU has the path's instructions (asserted above).
+            unsafe {
+                match path {
+                    RepsPath::Avx512 => estimate512(sc, &cell, acc, i * k, width),
+                    RepsPath::Avx2 => estimate2(sc, &cell, acc, i * k, width),
+                }
+            }
         }
+    }
+}
+
+/// Where row j (0..K: `y_j`; K: `||y||^2`; K + 1: `y_z`), draw d of a batch of n draws
+/// starts in `sc.rows` (eight repetitions from there), `nc = ceil(n / 8)`: grouped by `d % 8`
+/// first, so that the draws of one lane of every row (what a tile of `add_batch` reads for
+/// one `l`) lie together, 6 KiB at K = 10 and n = 64; and packed to the batch's n, so that a
+/// short batch's rows are one block (12 KiB at K = 10 and n = 16). The row-major layout of
+/// earlier versions put row j at j * 4 KiB: the nine or more rows one tile streamed per lane
+/// overflowed the 32 KiB L1 (and fell in one cache set), so every tile reread them from L2;
+/// and a layout of a full batch's stride (`nc = 8`) for n = 16 used two cache lines in eight,
+/// all of them in a quarter of the L1's sets, so the 192 lines of the batch fought over
+/// 16 sets of 8 ways.
+#[inline(always)]
+fn at(k: usize, nc: usize, j: usize, d: usize) -> usize {
+    (((d % 8) * (k + 2) + j) * nc + d / 8) * RELAXED_REPS
+}
+
+/// The most draws of a batch for which `add_batch` runs its tiles with every lane inside
+/// (`tile_lanes`): the batch's rows are then at most (K + 2) x 32 x 64 bytes, 24 KiB at K =
+/// 10, within the 32 KiB L1.
+const LANES_INNER_MAX_N: usize = 32;
+
+/// Draws `first .. first + n` of each of the eight repetitions into `sc.draw_*`, one
+/// [`RelaxedTable::draw_batch`] per repetition (the path of K above the draws' `MAX_K`).
+fn draw_batches(
+    table: &RelaxedTable,
+    key: [u32; 2],
+    (rep0, point, first): (u32, u32, u32),
+    sc: &mut RelaxedReps,
+    n: usize,
+) {
+    let k = sc.k;
+    for r in 0..RELAXED_REPS {
+        table.draw_batch(
+            key,
+            rep0.wrapping_add(r as u32),
+            point,
+            first,
+            n,
+            &mut sc.draw_y[r * k * B..r * k * B + k * n],
+            &mut sc.draw_z[r * B..r * B + n],
+            &mut sc.draw_y_z[r * B..r * B + n],
+        );
+    }
+}
+
+/// The rows and categories of a batch of n draws (`sc.rows`, `sc.z`) from the eight
+/// repetitions' batches in `sc.draw_*`, one number at a time (the AVX2 path's K above the
+/// draws' `MAX_K`): `||y||^2` summed over c in order from +0.0, as everywhere (the squares
+/// of f32 numbers are exact in f64, so this is also the fused form's sum).
+fn fill_rows_portable(sc: &mut RelaxedReps, n: usize) {
+    let (k, nc) = (sc.k, n.div_ceil(8));
+    for r in 0..RELAXED_REPS {
+        for d in 0..n {
+            let mut q = 0.0f64;
+            for c in 0..k {
+                let v = f64::from(sc.draw_y[r * k * B + c * n + d]);
+                sc.rows[at(k, nc, c, d) + r] = v;
+                q += v * v;
+            }
+            sc.rows[at(k, nc, k, d) + r] = q;
+            sc.rows[at(k, nc, k + 1, d) + r] = f64::from(sc.draw_y_z[r * B + d]);
+            sc.z[d * RELAXED_REPS + r] = i64::from(sc.draw_z[r * B + d]);
+        }
+    }
+}
+
+/// The f64 vector operations of the pair sums' tiles on one register of repetitions (eight
+/// in AVX-512, four in AVX2), so that [`tiles`] is written once for both paths. Every
+/// method is `#[inline(always)]` into the path's `#[target_feature]` function.
+#[cfg(target_arch = "x86_64")]
+trait Lanes: Copy {
+    /// All lanes +0.0.
+    unsafe fn zero() -> Self;
+    /// The lanes at `p` (unaligned).
+    unsafe fn load(p: *const f64) -> Self;
+    /// Stores the lanes at `p` (unaligned).
+    unsafe fn store(p: *mut f64, v: Self);
+    /// `a + b` per lane.
+    unsafe fn add(a: Self, b: Self) -> Self;
+    /// `a * b` per lane.
+    unsafe fn mul(a: Self, b: Self) -> Self;
+    /// `a * b + c` per lane, rounded once.
+    unsafe fn fmadd(a: Self, b: Self, c: Self) -> Self;
+}
+
+#[cfg(target_arch = "x86_64")]
+macro_rules! impl_lanes {
+    ($t:ty, $zero:ident, $load:ident, $store:ident, $add:ident, $mul:ident, $fmadd:ident) => {
+        impl Lanes for $t {
+            #[inline(always)]
+            unsafe fn zero() -> Self {
+                std::arch::x86_64::$zero()
+            }
+            #[inline(always)]
+            unsafe fn load(p: *const f64) -> Self {
+                std::arch::x86_64::$load(p)
+            }
+            #[inline(always)]
+            unsafe fn store(p: *mut f64, v: Self) {
+                std::arch::x86_64::$store(p, v)
+            }
+            #[inline(always)]
+            unsafe fn add(a: Self, b: Self) -> Self {
+                std::arch::x86_64::$add(a, b)
+            }
+            #[inline(always)]
+            unsafe fn mul(a: Self, b: Self) -> Self {
+                std::arch::x86_64::$mul(a, b)
+            }
+            #[inline(always)]
+            unsafe fn fmadd(a: Self, b: Self, c: Self) -> Self {
+                std::arch::x86_64::$fmadd(a, b, c)
+            }
+        }
+    };
+}
+
+#[cfg(target_arch = "x86_64")]
+impl_lanes!(
+    std::arch::x86_64::__m512d,
+    _mm512_setzero_pd,
+    _mm512_loadu_pd,
+    _mm512_storeu_pd,
+    _mm512_add_pd,
+    _mm512_mul_pd,
+    _mm512_fmadd_pd
+);
+#[cfg(target_arch = "x86_64")]
+impl_lanes!(
+    std::arch::x86_64::__m256d,
+    _mm256_setzero_pd,
+    _mm256_loadu_pd,
+    _mm256_storeu_pd,
+    _mm256_add_pd,
+    _mm256_mul_pd,
+    _mm256_fmadd_pd
+);
+
+/// The tiles of the pair sums (every `dot` of a row with its partners, one lane of draws
+/// or all eight at once), on either path's registers ([`Lanes`]).
+#[cfg(target_arch = "x86_64")]
+mod tiles {
+    use super::{at, Lanes};
+
+    /// Where [`tile`] reads and writes: the rows of an `add_batch` and its lane sums (from
+    /// the first repetition of the register, a half's on AVX2), row `c` and its partners
+    /// `p..`, lane `l` of a batch of n draws.
+    pub(super) struct Tile {
+        pub(super) rows: *const f64,
+        pub(super) lane_tot: *mut f64,
+        pub(super) k: usize,
+        pub(super) c: usize,
+        pub(super) p: usize,
+        pub(super) n: usize,
+        pub(super) l: usize,
+    }
+
+    /// Lane l of the `dot`s of row c with its W partners `p..p + W` (in bounds: p + W <= K +
+    /// 2), into their lane sums; returns W. Per lane, the arithmetic of `dot`: lane l (the
+    /// draws `8 i + l`) over the chunks from +0.0, the lanes summed in order (lane 0 stored,
+    /// the others added); the remainder is `add_batch`'s.
+    ///
+    /// # Safety
+    /// The CPU must have `V`'s instructions and FMA; the pointers in bounds of the rows (K +
+    /// 2 of n draws) and the lane sums (K x (K + 2)).
+    #[inline(always)]
+    pub(super) unsafe fn tile<V: Lanes, const W: usize>(g: &Tile) -> usize {
+        let Tile {
+            lane_tot,
+            k,
+            c,
+            p,
+            l,
+            ..
+        } = *g;
+        let lane = lane_dots::<V, W>(g, l);
+        for (t, v) in lane.iter().enumerate() {
+            let q = lane_tot.add((c * (k + 2) + p + t) * 8);
+            let sum = if l == 0 { *v } else { V::add(V::load(q), *v) };
+            V::store(q, sum);
+        }
+        W
+    }
+
+    /// Lane l's sums of the `dot`s of row c with its W partners `p..p + W` (`g.l` unused):
+    /// over the chunks from +0.0, one FMA a draw (the products of two f32 numbers are exact in
+    /// f64), but a separate multiply and add for the partner `||y||^2`, which is no f32
+    /// number (done again, so that the loop has no branch).
+    ///
+    /// # Safety
+    /// As [`tile`].
+    #[inline(always)]
+    unsafe fn lane_dots<V: Lanes, const W: usize>(g: &Tile, l: usize) -> [V; W] {
+        let Tile {
+            rows, k, c, p, n, ..
+        } = *g;
+        let chunks = n / 8;
+        let nc = n.div_ceil(8);
+        let at = |j: usize, d: usize| at(k, nc, j, d);
+        let norm_slot = if (p..p + W).contains(&k) { k - p } else { W };
+        let mut lane = [V::zero(); W];
+        for i in 0..chunks {
+            let a = V::load(rows.add(at(c, 8 * i + l)));
+            for (t, v) in lane.iter_mut().enumerate() {
+                let b = V::load(rows.add(at(p + t, 8 * i + l)));
+                *v = V::fmadd(a, b, *v);
+            }
+        }
+        if norm_slot < W {
+            let mut v = V::zero();
+            for i in 0..chunks {
+                let a = V::load(rows.add(at(c, 8 * i + l)));
+                let b = V::load(rows.add(at(k, 8 * i + l)));
+                v = V::add(v, V::mul(a, b));
+            }
+            // Every slot by a constant index (an index known only at run time kept the
+            // whole array in memory, a store after every FMA of the loop above).
+            for (t, slot) in lane.iter_mut().enumerate() {
+                if t == norm_slot {
+                    *slot = v;
+                }
+            }
+        }
+        lane
+    }
+
+    /// [`tile`] for every lane l at once (`g.l` unused): per lane the same FMAs over the
+    /// chunks, and the lanes' sums added in order in registers, stored once.
+    ///
+    /// # Safety
+    /// As [`tile`].
+    #[inline(always)]
+    pub(super) unsafe fn tile_lanes<V: Lanes, const W: usize>(g: &Tile) -> usize {
+        let Tile {
+            lane_tot, k, c, p, ..
+        } = *g;
+        let mut tot = [V::zero(); W];
+        for l in 0..8 {
+            let lane = lane_dots::<V, W>(g, l);
+            for (t, v) in lane.iter().enumerate() {
+                tot[t] = if l == 0 { *v } else { V::add(tot[t], *v) };
+            }
+        }
+        for (t, v) in tot.iter().enumerate() {
+            V::store(lane_tot.add((c * (k + 2) + p + t) * 8), *v);
+        }
+        W
     }
 }
 
 #[cfg(target_arch = "x86_64")]
 mod avx512 {
-    use super::{Cell, RelaxedReps, RelaxedTable, B, RELAXED_REPS};
+    use super::tiles::{tile, tile_lanes, Tile};
+    use super::{at, Cell, RelaxedReps, RelaxedTable, B, RELAXED_REPS};
     use std::arch::x86_64::*;
 
     /// `r[i]` lane j to `t[j]` lane i.
@@ -281,17 +673,6 @@ mod avx512 {
         ]
     }
 
-    /// Where row j (0..K: `y_j`; K: `||y||^2`; K + 1: `y_z`), draw d of a batch starts in
-    /// `sc.rows` (eight repetitions from there): grouped by `d % 8` first, so that the draws
-    /// of one lane of every row (what [`tile`] reads for one `l`) lie together, 6 KiB at
-    /// K = 10. The row-major layout of earlier versions put row j at j * 4 KiB: the nine or
-    /// more rows one tile streamed per lane overflowed the 32 KiB L1 (and fell in one cache
-    /// set), so every tile reread them from L2.
-    #[inline(always)]
-    fn at(k: usize, j: usize, d: usize) -> usize {
-        (((d % 8) * (k + 2) + j) * (B / 8) + d / 8) * RELAXED_REPS
-    }
-
     /// The rows and categories of a batch of n draws (`sc.rows`, `sc.z`) from the eight
     /// repetitions' batches in `sc.draw_*` (the path of K above
     /// [`crate::draws::relaxed_avx512::MAX_K`]), through 8 x 8 transposes.
@@ -308,7 +689,8 @@ mod avx512 {
         let full = 8 * chunks;
         let rows = sc.rows.as_mut_ptr();
         // In bounds: row j < K + 2, draw d < n <= B.
-        let at = |j: usize, d: usize| at(k, j, d);
+        let nc = n.div_ceil(8);
+        let at = |j: usize, d: usize| at(k, nc, j, d);
         // y_c (rows 0..K) and y_z (row K + 1), repetition-minor.
         for j in 0..=k {
             let (src, stride, dst) = if j < k {
@@ -393,7 +775,7 @@ mod avx512 {
         n: usize,
     ) {
         use crate::draws::relaxed_avx512::{step, RoundKeys, MAX_K};
-        let k = sc.k;
+        let (k, nc) = (sc.k, n.div_ceil(8));
         assert!(n <= B && k <= MAX_K && table.shifted_logits().len() == k);
         assert!(sc.rows.len() >= (k + 2) * B * 8 && sc.z.len() >= B * 8);
         let keys = RoundKeys::new(key);
@@ -420,27 +802,27 @@ mod avx512 {
                 yz = _mm512_mask_blend_ps(hit, yz, yc);
                 let y0 = _mm512_cvtps_pd(_mm512_castps512_ps256(yc));
                 q0 = _mm512_fmadd_pd(y0, y0, q0);
-                _mm512_storeu_pd(rows.add(at(k, c, d)), y0);
+                _mm512_storeu_pd(rows.add(at(k, nc, c, d)), y0);
                 if second {
                     let y1 = _mm512_cvtps_pd(_mm256_castpd_ps(_mm512_extractf64x4_pd::<1>(
                         _mm512_castps_pd(yc),
                     )));
                     q1 = _mm512_fmadd_pd(y1, y1, q1);
-                    _mm512_storeu_pd(rows.add(at(k, c, d + 1)), y1);
+                    _mm512_storeu_pd(rows.add(at(k, nc, c, d + 1)), y1);
                 }
             }
             let z0 = _mm512_cvtepu32_epi64(_mm512_castsi512_si256(zl));
             let yz0 = _mm512_cvtps_pd(_mm512_castps512_ps256(yz));
-            _mm512_storeu_pd(rows.add(at(k, k, d)), q0);
-            _mm512_storeu_pd(rows.add(at(k, k + 1, d)), yz0);
+            _mm512_storeu_pd(rows.add(at(k, nc, k, d)), q0);
+            _mm512_storeu_pd(rows.add(at(k, nc, k + 1, d)), yz0);
             _mm512_storeu_si512(z.add(d * 8).cast(), z0);
             if second {
                 let z1 = _mm512_cvtepu32_epi64(_mm512_extracti64x4_epi64::<1>(zl));
                 let yz1 = _mm512_cvtps_pd(_mm256_castpd_ps(_mm512_extractf64x4_pd::<1>(
                     _mm512_castps_pd(yz),
                 )));
-                _mm512_storeu_pd(rows.add(at(k, k, d + 1)), q1);
-                _mm512_storeu_pd(rows.add(at(k, k + 1, d + 1)), yz1);
+                _mm512_storeu_pd(rows.add(at(k, nc, k, d + 1)), q1);
+                _mm512_storeu_pd(rows.add(at(k, nc, k + 1, d + 1)), yz1);
                 _mm512_storeu_si512(z.add((d + 1) * 8).cast(), z1);
             }
         }
@@ -460,7 +842,8 @@ mod avx512 {
         assert!(sc.sums.len() >= (k * k + 4 * k) * 8 && sc.lane_tot.len() >= k * (k + 2) * 8);
         let chunks = n / 8;
         let full = 8 * chunks;
-        let at = |j: usize, d: usize| at(k, j, d);
+        let nc = n.div_ceil(8);
+        let at = |j: usize, d: usize| at(k, nc, j, d);
         let rows = sc.rows.as_ptr();
         let sums = sc.sums.as_mut_ptr();
         let (sy, shit) = (0, 3 * k + k * k);
@@ -492,7 +875,7 @@ mod avx512 {
         let lane_tot = sc.lane_tot.as_mut_ptr();
         // A small batch's rows fit in L1 whole: every lane of a tile's pairs at once, their
         // lane sums kept in registers (the same additions in the same order).
-        let lanes_inner = n <= LANES_INNER_MAX_N;
+        let lanes_inner = n <= super::LANES_INNER_MAX_N;
         for l in 0..if lanes_inner { 1 } else { 8 } {
             for c in 0..k {
                 let mut p = c;
@@ -508,14 +891,14 @@ mod avx512 {
                         l,
                     };
                     p += match (lanes_inner, left) {
-                        (true, 8..) => tile_lanes::<8>(&geo),
-                        (true, 4..) => tile_lanes::<4>(&geo),
-                        (true, 2..) => tile_lanes::<2>(&geo),
-                        (true, _) => tile_lanes::<1>(&geo),
-                        (false, 8..) => tile::<8>(&geo),
-                        (false, 4..) => tile::<4>(&geo),
-                        (false, 2..) => tile::<2>(&geo),
-                        (false, _) => tile::<1>(&geo),
+                        (true, 8..) => tile_lanes::<__m512d, 8>(&geo),
+                        (true, 4..) => tile_lanes::<__m512d, 4>(&geo),
+                        (true, 2..) => tile_lanes::<__m512d, 2>(&geo),
+                        (true, _) => tile_lanes::<__m512d, 1>(&geo),
+                        (false, 8..) => tile::<__m512d, 8>(&geo),
+                        (false, 4..) => tile::<__m512d, 4>(&geo),
+                        (false, 2..) => tile::<__m512d, 2>(&geo),
+                        (false, _) => tile::<__m512d, 1>(&geo),
                     };
                 }
             }
@@ -575,114 +958,6 @@ mod avx512 {
                 _mm512_storeu_pd(sums.add((shit + c0 + j) * 8), *h);
             }
         }
-    }
-
-    /// Where [`tile`] reads and writes: the rows of [`add_batch`] and its lane sums, row `c`
-    /// and its partners `p..`, lane `l` of a batch of n draws.
-    struct Tile {
-        rows: *const f64,
-        lane_tot: *mut f64,
-        k: usize,
-        c: usize,
-        p: usize,
-        n: usize,
-        l: usize,
-    }
-
-    /// Lane l of the `dot`s of row c with its W partners `p..p + W` (in bounds: p + W <= K +
-    /// 2), into their lane sums; returns W. Per lane, the arithmetic of `dot`: lane l (the
-    /// draws `8 i + l`) over the chunks from +0.0, the lanes summed in order (lane 0 stored,
-    /// the others added); the remainder is [`add_batch`]'s.
-    ///
-    /// # Safety
-    /// The CPU must have AVX-512F and FMA; the pointers as in [`add_batch`].
-    #[inline(always)]
-    unsafe fn tile<const W: usize>(g: &Tile) -> usize {
-        let Tile {
-            lane_tot,
-            k,
-            c,
-            p,
-            l,
-            ..
-        } = *g;
-        let lane = lane_dots::<W>(g, l);
-        for (t, v) in lane.iter().enumerate() {
-            let q = lane_tot.add((c * (k + 2) + p + t) * 8);
-            let sum = if l == 0 {
-                *v
-            } else {
-                _mm512_add_pd(_mm512_loadu_pd(q), *v)
-            };
-            _mm512_storeu_pd(q, sum);
-        }
-        W
-    }
-
-    /// Lane l's sums of the `dot`s of row c with its W partners `p..p + W` (`g.l` unused):
-    /// over the chunks from +0.0, one FMA a draw (the products of two f32 numbers are exact in
-    /// f64), but a separate multiply and add for the partner `||y||^2`, which is no f32
-    /// number (done again, so that the loop has no branch).
-    ///
-    /// # Safety
-    /// As [`tile`].
-    #[inline(always)]
-    unsafe fn lane_dots<const W: usize>(g: &Tile, l: usize) -> [__m512d; W] {
-        let Tile {
-            rows, k, c, p, n, ..
-        } = *g;
-        let chunks = n / 8;
-        let at = |j: usize, d: usize| at(k, j, d);
-        let norm_slot = if (p..p + W).contains(&k) { k - p } else { W };
-        let mut lane = [_mm512_setzero_pd(); W];
-        for i in 0..chunks {
-            let a = _mm512_loadu_pd(rows.add(at(c, 8 * i + l)));
-            for (t, v) in lane.iter_mut().enumerate() {
-                let b = _mm512_loadu_pd(rows.add(at(p + t, 8 * i + l)));
-                *v = _mm512_fmadd_pd(a, b, *v);
-            }
-        }
-        if norm_slot < W {
-            let mut v = _mm512_setzero_pd();
-            for i in 0..chunks {
-                let a = _mm512_loadu_pd(rows.add(at(c, 8 * i + l)));
-                let b = _mm512_loadu_pd(rows.add(at(k, 8 * i + l)));
-                v = _mm512_add_pd(v, _mm512_mul_pd(a, b));
-            }
-            lane[norm_slot] = v;
-        }
-        lane
-    }
-
-    /// The most draws of a batch for which [`add_batch`] runs [`tile_lanes`]: the batch's
-    /// rows are then at most (K + 2) x 32 x 64 bytes, 24 KiB at K = 10, within the 32 KiB L1.
-    const LANES_INNER_MAX_N: usize = 32;
-
-    /// [`tile`] for every lane l at once (`g.l` unused): per lane the same FMAs over the
-    /// chunks, and the lanes' sums added in order in registers, stored once.
-    ///
-    /// # Safety
-    /// As [`tile`].
-    #[inline(always)]
-    unsafe fn tile_lanes<const W: usize>(g: &Tile) -> usize {
-        let Tile {
-            lane_tot, k, c, p, ..
-        } = *g;
-        let mut tot = [_mm512_setzero_pd(); W];
-        for l in 0..8 {
-            let lane = lane_dots::<W>(g, l);
-            for (t, v) in lane.iter().enumerate() {
-                tot[t] = if l == 0 {
-                    *v
-                } else {
-                    _mm512_add_pd(tot[t], *v)
-                };
-            }
-        }
-        for (t, v) in tot.iter().enumerate() {
-            _mm512_storeu_pd(lane_tot.add((c * (k + 2) + p + t) * 8), *v);
-        }
-        W
     }
 
     /// One cell's estimates of the eight repetitions into `sc.out`: per lane,
@@ -766,6 +1041,339 @@ mod avx512 {
     }
 }
 
+/// The AVX2 twin of [`avx512`]: the same layout (eight repetitions per slot), each slot in
+/// two registers of four repetitions, every pass over the batch run once per half
+/// (repetitions 0..4, then 4..8). Per lane the arithmetic of [`avx512`], so of the
+/// one-repetition path.
+#[cfg(target_arch = "x86_64")]
+mod avx2 {
+    use super::tiles::{tile, tile_lanes, Tile};
+    use super::{at, Cell, RelaxedReps, RelaxedTable, B, RELAXED_REPS};
+    use std::arch::x86_64::*;
+
+    /// Where each half of a slot starts: repetitions 0..4 and 4..8.
+    const HALVES: [usize; 2] = [0, 4];
+
+    /// The rows and categories of draws `first .. first + n` of repetitions `rep0 .. rep0 +
+    /// 8` straight from the draws, one draw of the eight repetitions a step
+    /// ([`crate::draws::relaxed_avx2::step`], lane r: repetition `rep0 + r`), so already
+    /// repetition-minor: each lane's numbers are those of [`RelaxedTable::draw_batch`], and
+    /// `||y||^2` is summed over c in order from +0.0 (fused, which rounds as the separate
+    /// square and add: the square of an f32 number is exact in f64).
+    ///
+    /// # Safety
+    /// The CPU must have AVX2 and FMA; n <= B; K at most
+    /// [`crate::draws::relaxed_avx2::MAX_K`].
+    #[inline(always)]
+    pub(super) unsafe fn draw_rows(
+        table: &RelaxedTable,
+        key: [u32; 2],
+        (rep0, point, first): (u32, u32, u32),
+        sc: &mut RelaxedReps,
+        n: usize,
+    ) {
+        use crate::draws::relaxed_avx2::{step, RoundKeys, MAX_K};
+        let (k, nc) = (sc.k, n.div_ceil(8));
+        assert!(n <= B && k <= MAX_K && table.shifted_logits().len() == k);
+        assert!(sc.rows.len() >= (k + 2) * B * 8 && sc.z.len() >= B * 8);
+        let keys = RoundKeys::new(key);
+        let mut h = [std::mem::MaybeUninit::<__m256>::uninit(); MAX_K];
+        let reps = _mm256_add_epi32(
+            _mm256_set1_epi32(rep0 as i32),
+            _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7),
+        );
+        let rows = sc.rows.as_mut_ptr();
+        let z = sc.z.as_mut_ptr();
+        for d in 0..n {
+            // In bounds: rows j < K + 2, draw d < n <= B.
+            let draw = _mm256_set1_epi32(first.wrapping_add(d as u32) as i32);
+            let (inv, zl) = step(table, &keys, draw, reps, point, &mut h);
+            let (mut q0, mut q1) = (_mm256_setzero_pd(), _mm256_setzero_pd());
+            let mut yz = _mm256_setzero_ps();
+            for (c, hc) in h[..k].iter().enumerate() {
+                // Written by `step` for every c < K.
+                let yc = _mm256_mul_ps(hc.assume_init(), inv);
+                let hit = _mm256_castsi256_ps(_mm256_cmpeq_epi32(zl, _mm256_set1_epi32(c as i32)));
+                yz = _mm256_blendv_ps(yz, yc, hit);
+                let y0 = _mm256_cvtps_pd(_mm256_castps256_ps128(yc));
+                let y1 = _mm256_cvtps_pd(_mm256_extractf128_ps::<1>(yc));
+                q0 = _mm256_fmadd_pd(y0, y0, q0);
+                q1 = _mm256_fmadd_pd(y1, y1, q1);
+                let p = rows.add(at(k, nc, c, d));
+                _mm256_storeu_pd(p, y0);
+                _mm256_storeu_pd(p.add(4), y1);
+            }
+            let p = rows.add(at(k, nc, k, d));
+            _mm256_storeu_pd(p, q0);
+            _mm256_storeu_pd(p.add(4), q1);
+            let p = rows.add(at(k, nc, k + 1, d));
+            _mm256_storeu_pd(p, _mm256_cvtps_pd(_mm256_castps256_ps128(yz)));
+            _mm256_storeu_pd(p.add(4), _mm256_cvtps_pd(_mm256_extractf128_ps::<1>(yz)));
+            let zp = z.add(d * 8).cast::<__m256i>();
+            _mm256_storeu_si256(zp, _mm256_cvtepu32_epi64(_mm256_castsi256_si128(zl)));
+            _mm256_storeu_si256(
+                zp.add(1),
+                _mm256_cvtepu32_epi64(_mm256_extracti128_si256::<1>(zl)),
+            );
+        }
+    }
+
+    /// Adds the batch of n draws in `sc.rows` and `sc.z` to `sc.sums`, one half of the
+    /// repetitions at a time ([`add_half`]).
+    ///
+    /// # Safety
+    /// The CPU must have AVX2 and FMA; n <= B.
+    #[inline(always)]
+    pub(super) unsafe fn add_batch(sc: &mut RelaxedReps, n: usize) {
+        let k = sc.k;
+        assert!(n <= B && sc.rows.len() >= (k + 2) * B * 8 && sc.z.len() >= B * 8);
+        assert!(sc.sums.len() >= (k * k + 4 * k) * 8 && sc.lane_tot.len() >= k * (k + 2) * 8);
+        for half in HALVES {
+            add_half(sc, n, half);
+        }
+    }
+
+    /// [`super::avx512::add_batch`] on the four repetitions from `half` (every pointer below
+    /// starts there, and a slot's four numbers are one register): per lane the arithmetic of
+    /// [`crate::estimators::RelaxedMoments::add_batch_lanes`].
+    ///
+    /// # Safety
+    /// As [`add_batch`], whose asserts cover every access; `half` is 0 or 4.
+    #[inline(always)]
+    unsafe fn add_half(sc: &mut RelaxedReps, n: usize, half: usize) {
+        let k = sc.k;
+        let chunks = n / 8;
+        let full = 8 * chunks;
+        let nc = n.div_ceil(8);
+        let at = |j: usize, d: usize| at(k, nc, j, d);
+        let rows = sc.rows.as_ptr().add(half);
+        let sums = sc.sums.as_mut_ptr().add(half);
+        let (sy, shit) = (0, 3 * k + k * k);
+        // sum_y: `lane_sum` of each row: lane l over the chunks from +0.0, the lanes in
+        // order, then the remainder one term at a time.
+        for c in 0..k {
+            let mut tot = _mm256_setzero_pd();
+            for l in 0..8 {
+                let mut lane = _mm256_setzero_pd();
+                for i in 0..chunks {
+                    lane = _mm256_add_pd(lane, _mm256_loadu_pd(rows.add(at(c, 8 * i + l))));
+                }
+                tot = if l == 0 {
+                    lane
+                } else {
+                    _mm256_add_pd(tot, lane)
+                };
+            }
+            for d in full..n {
+                tot = _mm256_add_pd(tot, _mm256_loadu_pd(rows.add(at(c, d))));
+            }
+            let p = sums.add((sy + c) * 8);
+            _mm256_storeu_pd(p, _mm256_add_pd(_mm256_loadu_pd(p), tot));
+        }
+        // Every `dot` of row c with its partners c..K + 2, as in the AVX-512 path (here up
+        // to four partners a step when the lanes run inside, eight otherwise: what fits in
+        // sixteen registers).
+        let lane_tot = sc.lane_tot.as_mut_ptr().add(half);
+        let lanes_inner = n <= super::LANES_INNER_MAX_N;
+        for l in 0..if lanes_inner { 1 } else { 8 } {
+            for c in 0..k {
+                let mut p = c;
+                while p < k + 2 {
+                    let left = k + 2 - p;
+                    let geo = Tile {
+                        rows,
+                        lane_tot,
+                        k,
+                        c,
+                        p,
+                        n,
+                        l,
+                    };
+                    p += match (lanes_inner, left) {
+                        (true, 4..) => tile_lanes::<__m256d, 4>(&geo),
+                        (true, 2..) => tile_lanes::<__m256d, 2>(&geo),
+                        (true, _) => tile_lanes::<__m256d, 1>(&geo),
+                        (false, 8..) => tile::<__m256d, 8>(&geo),
+                        (false, 4..) => tile::<__m256d, 4>(&geo),
+                        (false, 2..) => tile::<__m256d, 2>(&geo),
+                        (false, _) => tile::<__m256d, 1>(&geo),
+                    };
+                }
+            }
+        }
+        // Each pair's lane sum, plus the remainder's sum (from -0.0) where there is one,
+        // added to its sums.
+        let (syy, snorm, syz) = (k, k + k * k, 2 * k + k * k);
+        for c in 0..k {
+            for c2 in c..k + 2 {
+                let mut v = _mm256_loadu_pd(lane_tot.add((c * (k + 2) + c2) * 8));
+                if full < n {
+                    let mut rest = _mm256_set1_pd(-0.0);
+                    for d in full..n {
+                        let a = _mm256_loadu_pd(rows.add(at(c, d)));
+                        let b = _mm256_loadu_pd(rows.add(at(c2, d)));
+                        rest = _mm256_add_pd(rest, _mm256_mul_pd(a, b));
+                    }
+                    v = _mm256_add_pd(v, rest);
+                }
+                // A macro, not a closure (which would not inherit the target features).
+                macro_rules! add_to {
+                    ($slot:expr) => {{
+                        let q = sums.add($slot * 8);
+                        _mm256_storeu_pd(q, _mm256_add_pd(_mm256_loadu_pd(q), v));
+                    }};
+                }
+                if c2 < k {
+                    add_to!(syy + c * k + c2);
+                    if c2 != c {
+                        add_to!(syy + c2 * k + c);
+                    }
+                } else if c2 == k {
+                    add_to!(snorm + c);
+                } else {
+                    add_to!(syz + c);
+                }
+            }
+        }
+        // sum_hit: per category, the y_z of the draws that landed there, in draw order,
+        // eight categories at once (independent chains); a blend keeps the sum of a lane
+        // that missed as it was.
+        let z = sc.z.as_ptr().add(half);
+        for c0 in (0..k).step_by(8) {
+            let m = (k - c0).min(8);
+            let mut h = [_mm256_setzero_pd(); 8];
+            for (j, h) in h.iter_mut().enumerate().take(m) {
+                *h = _mm256_loadu_pd(sums.add((shit + c0 + j) * 8));
+            }
+            for d in 0..n {
+                let zd = _mm256_loadu_si256(z.add(d * 8).cast());
+                let yz = _mm256_loadu_pd(rows.add(at(k + 1, d)));
+                for (j, h) in h.iter_mut().enumerate().take(m) {
+                    let hit = _mm256_castsi256_pd(_mm256_cmpeq_epi64(
+                        zd,
+                        _mm256_set1_epi64x((c0 + j) as i64),
+                    ));
+                    *h = _mm256_blendv_pd(*h, _mm256_add_pd(*h, yz), hit);
+                }
+            }
+            for (j, h) in h.iter().enumerate().take(m) {
+                _mm256_storeu_pd(sums.add((shit + c0 + j) * 8), *h);
+            }
+        }
+    }
+
+    /// One cell's estimates of the eight repetitions into `sc.out` (category-major, `c * 8
+    /// + r`): per lane, [`crate::estimators::add_quadratic_relaxed_sum`] into zeros, then
+    /// the scaling by `1 / S` of `estimate_one`, as the AVX-512 path's `estimate`.
+    ///
+    /// # Safety
+    /// The CPU must have AVX2.
+    #[inline(always)]
+    pub(super) unsafe fn estimate(sc: &mut RelaxedReps, cell: &Cell<'_>) {
+        let k = sc.k;
+        assert!(cell.beta.len() == k && sc.out.len() >= k * 8);
+        assert!(sc.sums.len() >= (k * k + 4 * k) * 8);
+        assert!(sc.ydb.len() >= (cell.loss + 1) * k * 8 && sc.ydb_done.len() > cell.loss);
+        let (sy, syy) = (0, k);
+        let (snorm, syz, shit) = (k + k * k, 2 * k + k * k, 3 * k + k * k);
+        let a2 = _mm256_set1_pd(cell.alpha2);
+        let (tau, inv) = (_mm256_set1_pd(cell.tau), _mm256_set1_pd(cell.inv));
+        let ydb_done = sc.ydb_done[cell.loss];
+        for half in HALVES {
+            let s = sc.sums.as_ptr().add(half);
+            let ydbs = sc.ydb.as_mut_ptr().add(cell.loss * k * 8 + half);
+            if !ydb_done {
+                // `sum_yy_dot`: for each c, the sum over c' in order from -0.0 of
+                // sum_yy[c'][c] beta[c']; four c at once (independent chains of additions).
+                for c0 in (0..k).step_by(4) {
+                    let m = (k - c0).min(4);
+                    let mut ydb = [_mm256_set1_pd(-0.0); 4];
+                    for (c2, &b) in cell.beta.iter().enumerate() {
+                        let b = _mm256_set1_pd(b);
+                        for (j, y) in ydb.iter_mut().enumerate().take(m) {
+                            let v = _mm256_loadu_pd(s.add((syy + c2 * k + c0 + j) * 8));
+                            *y = _mm256_add_pd(*y, _mm256_mul_pd(v, b));
+                        }
+                    }
+                    for (j, y) in ydb.iter().enumerate().take(m) {
+                        _mm256_storeu_pd(ydbs.add((c0 + j) * 8), *y);
+                    }
+                }
+            }
+            let out = sc.out.as_mut_ptr().add(half);
+            for c in 0..k {
+                let ydb = _mm256_loadu_pd(ydbs.add(c * 8));
+                let (x, w) = if cell.straight_through {
+                    (shit + c, syz + c)
+                } else {
+                    (syy + c * k + c, snorm + c)
+                };
+                let term = _mm256_sub_pd(
+                    _mm256_sub_pd(
+                        _mm256_add_pd(
+                            _mm256_mul_pd(a2, _mm256_loadu_pd(s.add(x * 8))),
+                            _mm256_mul_pd(
+                                _mm256_set1_pd(cell.beta[c]),
+                                _mm256_loadu_pd(s.add((sy + c) * 8)),
+                            ),
+                        ),
+                        _mm256_mul_pd(a2, _mm256_loadu_pd(s.add(w * 8))),
+                    ),
+                    ydb,
+                );
+                let v = _mm256_add_pd(_mm256_setzero_pd(), _mm256_div_pd(term, tau));
+                _mm256_storeu_pd(out.add(c * 8), _mm256_mul_pd(v, inv));
+            }
+        }
+        sc.ydb_done[cell.loss] = true;
+    }
+
+    /// `sc.out` (category-major, `c * 8 + r`) into `acc[r * width + at ..][..K]` for every
+    /// repetition r, four categories of four repetitions at a time through a 4 x 4 transpose
+    /// (masked stores past K).
+    ///
+    /// # Safety
+    /// The CPU must have AVX2.
+    #[inline(always)]
+    pub(super) unsafe fn store(sc: &RelaxedReps, acc: &mut [f64], at: usize, width: usize) {
+        let k = sc.k;
+        assert!(at + k <= width && acc.len() >= RELAXED_REPS * width && sc.out.len() >= 8 * k);
+        for half in HALVES {
+            let out = sc.out.as_ptr().add(half);
+            for c0 in (0..k).step_by(4) {
+                // Categories past K repeat the last (their lanes are not stored).
+                let mut r = [_mm256_setzero_pd(); 4];
+                for (j, v) in r.iter_mut().enumerate() {
+                    *v = _mm256_loadu_pd(out.add((c0 + j).min(k - 1) * 8));
+                }
+                let t0 = _mm256_unpacklo_pd(r[0], r[1]);
+                let t1 = _mm256_unpackhi_pd(r[0], r[1]);
+                let t2 = _mm256_unpacklo_pd(r[2], r[3]);
+                let t3 = _mm256_unpackhi_pd(r[2], r[3]);
+                let t = [
+                    _mm256_permute2f128_pd::<0x20>(t0, t2),
+                    _mm256_permute2f128_pd::<0x20>(t1, t3),
+                    _mm256_permute2f128_pd::<0x31>(t0, t2),
+                    _mm256_permute2f128_pd::<0x31>(t1, t3),
+                ];
+                let m = (k - c0).min(4);
+                let mask = _mm256_setr_epi64x(
+                    -1,
+                    if m > 1 { -1 } else { 0 },
+                    if m > 2 { -1 } else { 0 },
+                    if m > 3 { -1 } else { 0 },
+                );
+                for (rep, v) in t.iter().enumerate() {
+                    // In bounds: (half + rep) * width + at + c0 + m <= 8 width (asserted
+                    // above); lanes past m are masked off.
+                    let p = acc.as_mut_ptr().add((half + rep) * width + at + c0);
+                    _mm256_maskstore_pd(p, mask, *v);
+                }
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -773,9 +1381,27 @@ mod tests {
     use crate::estimators::{by_id, DrawSource, RelaxedMoments};
     use crate::loss::Loss;
 
+    /// The paths this CPU runs (whatever `MCGRAD_SIMD` says).
+    fn runnable_paths() -> Vec<RepsPath> {
+        let mut paths = Vec::new();
+        #[cfg(target_arch = "x86_64")]
+        {
+            use crate::fastmath::{detected_tier, SimdTier};
+            if detected_tier() >= SimdTier::Avx512 {
+                paths.push(RepsPath::Avx512);
+            }
+            if std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma") {
+                paths.push(RepsPath::Avx2);
+            }
+        }
+        paths
+    }
+
     #[test]
     fn eight_repetitions_at_once_give_each_repetitions_bits() {
-        if !RelaxedReps::available() {
+        let paths = runnable_paths();
+        if paths.is_empty() {
+            eprintln!("skipped: this CPU has neither AVX2 with FMA nor AVX-512");
             return;
         }
         let ests: Vec<&'static dyn Estimator> = vec![
@@ -806,19 +1432,13 @@ mod tests {
             let mut sc = RelaxedReps::new(k);
             let mut m = RelaxedMoments::new(k);
             for s in [1u32, 5, 8, 16, 23, 64, 100, 136] {
-                for rep0 in [0u32, 8, 4_000_000_000] {
+                for (rep0, &path) in [0u32, 8, 4_000_000_000]
+                    .into_iter()
+                    .flat_map(|rep0| paths.iter().map(move |p| (rep0, p)))
+                {
                     let mut got = vec![f64::NAN; RELAXED_REPS * width];
-                    relaxed_sums_reps(
-                        &table,
-                        &contexts,
-                        &cells,
-                        [3, 4],
-                        rep0,
-                        2,
-                        s,
-                        &mut sc,
-                        &mut got,
-                    );
+                    let draws = ([3, 4], rep0, 2, s);
+                    relaxed_sums_reps_on(path, &table, &contexts, &cells, draws, &mut sc, &mut got);
                     for r in 0..RELAXED_REPS {
                         let rep = rep0.wrapping_add(r as u32);
                         relaxed_moments(&table, [3, 4], rep, 2, s, &mut m);
@@ -836,7 +1456,7 @@ mod tests {
                                 assert_eq!(
                                     got[at + c].to_bits(),
                                     want[c].to_bits(),
-                                    "K {k}, S {s}, rep {rep}, cell {i}, c {c}"
+                                    "{path:?}: K {k}, S {s}, rep {rep}, cell {i}, c {c}"
                                 );
                                 checked += 1;
                             }
@@ -845,6 +1465,9 @@ mod tests {
                 }
             }
         }
-        assert_eq!(checked, (1 + 3 + 10 + 10 + 17 + 70) * 6 * 8 * 3 * 8);
+        assert_eq!(
+            checked,
+            (1 + 3 + 10 + 10 + 17 + 70) * 6 * 8 * 3 * 8 * paths.len()
+        );
     }
 }
