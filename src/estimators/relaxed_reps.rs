@@ -444,32 +444,42 @@ fn fill_rows_portable(sc: &mut RelaxedReps, n: usize) {
     }
 }
 
-/// The f64 vector operations of the pair sums' tiles on one register of repetitions (eight
-/// in AVX-512, four in AVX2), so that [`tiles`] is written once for both paths. Every
+/// The f64 vector operations of [`shared`] on one register of repetitions (eight
+/// in AVX-512, four in AVX2), so that [`shared`] is written once for both paths. Every
 /// method is `#[inline(always)]` into the path's `#[target_feature]` function.
 #[cfg(target_arch = "x86_64")]
 trait Lanes: Copy {
     /// All lanes +0.0.
     unsafe fn zero() -> Self;
+    /// All lanes `v`.
+    unsafe fn splat(v: f64) -> Self;
     /// The lanes at `p` (unaligned).
     unsafe fn load(p: *const f64) -> Self;
     /// Stores the lanes at `p` (unaligned).
     unsafe fn store(p: *mut f64, v: Self);
     /// `a + b` per lane.
     unsafe fn add(a: Self, b: Self) -> Self;
+    /// `a - b` per lane.
+    unsafe fn sub(a: Self, b: Self) -> Self;
     /// `a * b` per lane.
     unsafe fn mul(a: Self, b: Self) -> Self;
+    /// `a / b` per lane.
+    unsafe fn div(a: Self, b: Self) -> Self;
     /// `a * b + c` per lane, rounded once.
     unsafe fn fmadd(a: Self, b: Self, c: Self) -> Self;
 }
 
 #[cfg(target_arch = "x86_64")]
 macro_rules! impl_lanes {
-    ($t:ty, $zero:ident, $load:ident, $store:ident, $add:ident, $mul:ident, $fmadd:ident) => {
+    ($t:ty, $zero:ident, $splat:ident, $load:ident, $store:ident, $add:ident, $sub:ident, $mul:ident, $div:ident, $fmadd:ident $(,)?) => {
         impl Lanes for $t {
             #[inline(always)]
             unsafe fn zero() -> Self {
                 std::arch::x86_64::$zero()
+            }
+            #[inline(always)]
+            unsafe fn splat(v: f64) -> Self {
+                std::arch::x86_64::$splat(v)
             }
             #[inline(always)]
             unsafe fn load(p: *const f64) -> Self {
@@ -484,8 +494,16 @@ macro_rules! impl_lanes {
                 std::arch::x86_64::$add(a, b)
             }
             #[inline(always)]
+            unsafe fn sub(a: Self, b: Self) -> Self {
+                std::arch::x86_64::$sub(a, b)
+            }
+            #[inline(always)]
             unsafe fn mul(a: Self, b: Self) -> Self {
                 std::arch::x86_64::$mul(a, b)
+            }
+            #[inline(always)]
+            unsafe fn div(a: Self, b: Self) -> Self {
+                std::arch::x86_64::$div(a, b)
             }
             #[inline(always)]
             unsafe fn fmadd(a: Self, b: Self, c: Self) -> Self {
@@ -499,28 +517,36 @@ macro_rules! impl_lanes {
 impl_lanes!(
     std::arch::x86_64::__m512d,
     _mm512_setzero_pd,
+    _mm512_set1_pd,
     _mm512_loadu_pd,
     _mm512_storeu_pd,
     _mm512_add_pd,
+    _mm512_sub_pd,
     _mm512_mul_pd,
-    _mm512_fmadd_pd
+    _mm512_div_pd,
+    _mm512_fmadd_pd,
 );
 #[cfg(target_arch = "x86_64")]
 impl_lanes!(
     std::arch::x86_64::__m256d,
     _mm256_setzero_pd,
+    _mm256_set1_pd,
     _mm256_loadu_pd,
     _mm256_storeu_pd,
     _mm256_add_pd,
+    _mm256_sub_pd,
     _mm256_mul_pd,
-    _mm256_fmadd_pd
+    _mm256_div_pd,
+    _mm256_fmadd_pd,
 );
 
-/// The tiles of the pair sums (every `dot` of a row with its partners, one lane of draws
-/// or all eight at once), on either path's registers ([`Lanes`]).
+/// The steps both paths share, on one register of repetitions ([`Lanes`]): the pair sums
+/// through their tiles (every `dot` of a row with its partners, one lane of draws or all
+/// eight at once) and the cells' estimates. Each path adds its draws, its hit sums and its
+/// stores around them.
 #[cfg(target_arch = "x86_64")]
-mod tiles {
-    use super::{at, Lanes};
+mod shared {
+    use super::{at, Cell, Lanes, LANES_INNER_MAX_N};
 
     /// Where [`tile`] reads and writes: the rows of an `add_batch` and its lane sums (from
     /// the first repetition of the register, a half's on AVX2), row `c` and its partners
@@ -626,11 +652,176 @@ mod tiles {
         }
         W
     }
+
+    /// Adds every sum of a batch of n draws but the hit sums, on one register of
+    /// repetitions from `rows`, `sums` and `lane_tot` (each at its first repetition: a
+    /// half's on AVX2): `sum_y`, then every pair's `dot` through the tiles (with every lane
+    /// inside up to `INNER_W` partners a step: what the path's registers hold), then each
+    /// pair's lane sum and remainder into `sum_yy`, `sum_y_norm_sq` and `sum_y_yz`. Per
+    /// lane the arithmetic of [`crate::estimators::RelaxedMoments::add_batch_lanes`].
+    ///
+    /// # Safety
+    /// The CPU must have `V`'s instructions and FMA; the pointers in bounds of the rows (K +
+    /// 2 of n draws, n <= B), the sums and the lane sums (K x (K + 2)).
+    #[inline(always)]
+    pub(super) unsafe fn add_pair_sums<V: Lanes, const INNER_W: usize>(
+        (rows, sums, lane_tot): (*const f64, *mut f64, *mut f64),
+        k: usize,
+        n: usize,
+    ) {
+        let chunks = n / 8;
+        let full = 8 * chunks;
+        let nc = n.div_ceil(8);
+        let at = |j: usize, d: usize| at(k, nc, j, d);
+        let sy = 0;
+        // sum_y: `lane_sum` of each row: lane l over the chunks from +0.0, the lanes in
+        // order, then the remainder one term at a time.
+        for c in 0..k {
+            let mut tot = V::zero();
+            for l in 0..8 {
+                let mut lane = V::zero();
+                for i in 0..chunks {
+                    lane = V::add(lane, V::load(rows.add(at(c, 8 * i + l))));
+                }
+                tot = if l == 0 { lane } else { V::add(tot, lane) };
+            }
+            for d in full..n {
+                tot = V::add(tot, V::load(rows.add(at(c, d))));
+            }
+            let p = sums.add((sy + c) * 8);
+            V::store(p, V::add(V::load(p), tot));
+        }
+        // Every `dot` of row c with its partners c..K + 2 (K: ||y||^2, K + 1: y_z), up to
+        // eight partners a step (8, 4, 2 or 1: no partner computed twice), one lane l of
+        // every pair at a time (what that reads stays in L1), the lanes' sums in order in
+        // `lane_tot`.
+        // A small batch's rows fit in L1 whole: every lane of a tile's pairs at once, their
+        // lane sums kept in registers (the same additions in the same order).
+        let lanes_inner = n <= LANES_INNER_MAX_N;
+        for l in 0..if lanes_inner { 1 } else { 8 } {
+            for c in 0..k {
+                let mut p = c;
+                while p < k + 2 {
+                    let left = k + 2 - p;
+                    let geo = Tile {
+                        rows,
+                        lane_tot,
+                        k,
+                        c,
+                        p,
+                        n,
+                        l,
+                    };
+                    p += match (lanes_inner, left) {
+                        (true, 8..) if INNER_W >= 8 => tile_lanes::<V, 8>(&geo),
+                        (true, 4..) => tile_lanes::<V, 4>(&geo),
+                        (true, 2..) => tile_lanes::<V, 2>(&geo),
+                        (true, _) => tile_lanes::<V, 1>(&geo),
+                        (false, 8..) => tile::<V, 8>(&geo),
+                        (false, 4..) => tile::<V, 4>(&geo),
+                        (false, 2..) => tile::<V, 2>(&geo),
+                        (false, _) => tile::<V, 1>(&geo),
+                    };
+                }
+            }
+        }
+        // Each pair's lane sum, plus the remainder's sum (from -0.0) where there is one,
+        // added to its sums.
+        let (syy, snorm, syz) = (k, k + k * k, 2 * k + k * k);
+        for c in 0..k {
+            for c2 in c..k + 2 {
+                let mut v = V::load(lane_tot.add((c * (k + 2) + c2) * 8));
+                if full < n {
+                    let mut rest = V::splat(-0.0);
+                    for d in full..n {
+                        let a = V::load(rows.add(at(c, d)));
+                        let b = V::load(rows.add(at(c2, d)));
+                        rest = V::add(rest, V::mul(a, b));
+                    }
+                    v = V::add(v, rest);
+                }
+                let add_to = |slot: usize| {
+                    let q = sums.add(slot * 8);
+                    V::store(q, V::add(V::load(q), v));
+                };
+                if c2 < k {
+                    add_to(syy + c * k + c2);
+                    if c2 != c {
+                        add_to(syy + c2 * k + c);
+                    }
+                } else if c2 == k {
+                    add_to(snorm + c);
+                } else {
+                    add_to(syz + c);
+                }
+            }
+        }
+    }
+
+    /// One cell's estimates of the repetitions of one register into `out` (category-major,
+    /// `c * 8`), from the sums at `s` and each category's `sum_yy beta` at `ydbs` (computed
+    /// there first unless `ydb_done`): per lane,
+    /// [`crate::estimators::add_quadratic_relaxed_sum`] into zeros, then the scaling by `1 /
+    /// S` of `estimate_one`.
+    ///
+    /// # Safety
+    /// The CPU must have `V`'s instructions; the pointers in bounds of K categories' sums,
+    /// `sum_yy beta` and estimates.
+    #[inline(always)]
+    pub(super) unsafe fn estimate<V: Lanes>(
+        (s, ydbs, out): (*const f64, *mut f64, *mut f64),
+        cell: &Cell<'_>,
+        k: usize,
+        ydb_done: bool,
+    ) {
+        let (sy, syy) = (0, k);
+        let (snorm, syz, shit) = (k + k * k, 2 * k + k * k, 3 * k + k * k);
+        let a2 = V::splat(cell.alpha2);
+        let (tau, inv) = (V::splat(cell.tau), V::splat(cell.inv));
+        if !ydb_done {
+            // `sum_yy_dot`: for each c, the sum over c' in order from -0.0 of
+            // sum_yy[c'][c] beta[c']; four c at once (independent chains of additions).
+            for c0 in (0..k).step_by(4) {
+                let m = (k - c0).min(4);
+                let mut ydb = [V::splat(-0.0); 4];
+                for (c2, &b) in cell.beta.iter().enumerate() {
+                    let b = V::splat(b);
+                    for (j, y) in ydb.iter_mut().enumerate().take(m) {
+                        let v = V::load(s.add((syy + c2 * k + c0 + j) * 8));
+                        *y = V::add(*y, V::mul(v, b));
+                    }
+                }
+                for (j, y) in ydb.iter().enumerate().take(m) {
+                    V::store(ydbs.add((c0 + j) * 8), *y);
+                }
+            }
+        }
+        for c in 0..k {
+            let ydb = V::load(ydbs.add(c * 8));
+            let (x, w) = if cell.straight_through {
+                (shit + c, syz + c)
+            } else {
+                (syy + c * k + c, snorm + c)
+            };
+            let term = V::sub(
+                V::sub(
+                    V::add(
+                        V::mul(a2, V::load(s.add(x * 8))),
+                        V::mul(V::splat(cell.beta[c]), V::load(s.add((sy + c) * 8))),
+                    ),
+                    V::mul(a2, V::load(s.add(w * 8))),
+                ),
+                ydb,
+            );
+            let v = V::add(V::zero(), V::div(term, tau));
+            V::store(out.add(c * 8), V::mul(v, inv));
+        }
+    }
 }
 
 #[cfg(target_arch = "x86_64")]
 mod avx512 {
-    use super::tiles::{tile, tile_lanes, Tile};
+    use super::shared::add_pair_sums;
     use super::{at, Cell, RelaxedReps, RelaxedTable, B, RELAXED_REPS};
     use std::arch::x86_64::*;
 
@@ -840,103 +1031,13 @@ mod avx512 {
         let k = sc.k;
         assert!(n <= B && sc.rows.len() >= (k + 2) * B * 8 && sc.z.len() >= B * 8);
         assert!(sc.sums.len() >= (k * k + 4 * k) * 8 && sc.lane_tot.len() >= k * (k + 2) * 8);
-        let chunks = n / 8;
-        let full = 8 * chunks;
-        let nc = n.div_ceil(8);
-        let at = |j: usize, d: usize| at(k, nc, j, d);
         let rows = sc.rows.as_ptr();
         let sums = sc.sums.as_mut_ptr();
-        let (sy, shit) = (0, 3 * k + k * k);
-        // sum_y: `lane_sum` of each row: lane l over the chunks from +0.0, the lanes in
-        // order, then the remainder one term at a time.
-        for c in 0..k {
-            let mut tot = _mm512_setzero_pd();
-            for l in 0..8 {
-                let mut lane = _mm512_setzero_pd();
-                for i in 0..chunks {
-                    lane = _mm512_add_pd(lane, _mm512_loadu_pd(rows.add(at(c, 8 * i + l))));
-                }
-                tot = if l == 0 {
-                    lane
-                } else {
-                    _mm512_add_pd(tot, lane)
-                };
-            }
-            for d in full..n {
-                tot = _mm512_add_pd(tot, _mm512_loadu_pd(rows.add(at(c, d))));
-            }
-            let p = sums.add((sy + c) * 8);
-            _mm512_storeu_pd(p, _mm512_add_pd(_mm512_loadu_pd(p), tot));
-        }
-        // Every `dot` of row c with its partners c..K + 2 (K: ||y||^2, K + 1: y_z), up to
-        // eight partners a step (8, 4, 2 or 1: no partner computed twice), one lane l of
-        // every pair at a time (what that reads stays in L1), the lanes' sums in order in
-        // `lane_tot`.
         let lane_tot = sc.lane_tot.as_mut_ptr();
-        // A small batch's rows fit in L1 whole: every lane of a tile's pairs at once, their
-        // lane sums kept in registers (the same additions in the same order).
-        let lanes_inner = n <= super::LANES_INNER_MAX_N;
-        for l in 0..if lanes_inner { 1 } else { 8 } {
-            for c in 0..k {
-                let mut p = c;
-                while p < k + 2 {
-                    let left = k + 2 - p;
-                    let geo = Tile {
-                        rows,
-                        lane_tot,
-                        k,
-                        c,
-                        p,
-                        n,
-                        l,
-                    };
-                    p += match (lanes_inner, left) {
-                        (true, 8..) => tile_lanes::<__m512d, 8>(&geo),
-                        (true, 4..) => tile_lanes::<__m512d, 4>(&geo),
-                        (true, 2..) => tile_lanes::<__m512d, 2>(&geo),
-                        (true, _) => tile_lanes::<__m512d, 1>(&geo),
-                        (false, 8..) => tile::<__m512d, 8>(&geo),
-                        (false, 4..) => tile::<__m512d, 4>(&geo),
-                        (false, 2..) => tile::<__m512d, 2>(&geo),
-                        (false, _) => tile::<__m512d, 1>(&geo),
-                    };
-                }
-            }
-        }
-        // Each pair's lane sum, plus the remainder's sum (from -0.0) where there is one,
-        // added to its sums.
-        let (syy, snorm, syz) = (k, k + k * k, 2 * k + k * k);
-        for c in 0..k {
-            for c2 in c..k + 2 {
-                let mut v = _mm512_loadu_pd(lane_tot.add((c * (k + 2) + c2) * 8));
-                if full < n {
-                    let mut rest = _mm512_set1_pd(-0.0);
-                    for d in full..n {
-                        let a = _mm512_loadu_pd(rows.add(at(c, d)));
-                        let b = _mm512_loadu_pd(rows.add(at(c2, d)));
-                        rest = _mm512_add_pd(rest, _mm512_mul_pd(a, b));
-                    }
-                    v = _mm512_add_pd(v, rest);
-                }
-                // A macro, not a closure (which would not inherit the target features).
-                macro_rules! add_to {
-                    ($slot:expr) => {{
-                        let q = sums.add($slot * 8);
-                        _mm512_storeu_pd(q, _mm512_add_pd(_mm512_loadu_pd(q), v));
-                    }};
-                }
-                if c2 < k {
-                    add_to!(syy + c * k + c2);
-                    if c2 != c {
-                        add_to!(syy + c2 * k + c);
-                    }
-                } else if c2 == k {
-                    add_to!(snorm + c);
-                } else {
-                    add_to!(syz + c);
-                }
-            }
-        }
+        add_pair_sums::<__m512d, 8>((rows, sums, lane_tot), k, n);
+        let nc = n.div_ceil(8);
+        let at = |j: usize, d: usize| at(k, nc, j, d);
+        let shit = 3 * k + k * k;
         // sum_hit: per category, the y_z of the draws that landed there, in draw order.
         let z = sc.z.as_ptr();
         // Eight categories at once (independent chains), each in draw order.
@@ -960,9 +1061,8 @@ mod avx512 {
         }
     }
 
-    /// One cell's estimates of the eight repetitions into `sc.out`: per lane,
-    /// [`crate::estimators::add_quadratic_relaxed_sum`] into zeros, then the scaling by
-    /// `1 / S` of `estimate_one`.
+    /// One cell's estimates of the eight repetitions into `sc.out` (category-major, `c * 8
+    /// + r`): the shared [`estimate`](super::shared::estimate) on one register.
     ///
     /// # Safety
     /// The CPU must have AVX-512F.
@@ -971,48 +1071,13 @@ mod avx512 {
         let k = sc.k;
         assert!(cell.beta.len() == k && sc.out.len() >= k * 8);
         assert!(sc.sums.len() >= (k * k + 4 * k) * 8);
-        let s = sc.sums.as_ptr();
-        let (sy, syy) = (0, k);
-        let (snorm, syz, shit) = (k + k * k, 2 * k + k * k, 3 * k + k * k);
-        let a2 = _mm512_set1_pd(cell.alpha2);
-        let (tau, inv) = (_mm512_set1_pd(cell.tau), _mm512_set1_pd(cell.inv));
         assert!(sc.ydb.len() >= (cell.loss + 1) * k * 8 && sc.ydb_done.len() > cell.loss);
+        let s = sc.sums.as_ptr();
         let ydbs = sc.ydb.as_mut_ptr().add(cell.loss * k * 8);
-        if !sc.ydb_done[cell.loss] {
-            for c in 0..k {
-                // `sum_yy_dot`: sum over c' in order from -0.0 of sum_yy[c'][c] beta[c'].
-                let mut ydb = _mm512_set1_pd(-0.0);
-                for (c2, &b) in cell.beta.iter().enumerate() {
-                    let v = _mm512_loadu_pd(s.add((syy + c2 * k + c) * 8));
-                    ydb = _mm512_add_pd(ydb, _mm512_mul_pd(v, _mm512_set1_pd(b)));
-                }
-                _mm512_storeu_pd(ydbs.add(c * 8), ydb);
-            }
-            sc.ydb_done[cell.loss] = true;
-        }
-        for c in 0..k {
-            let ydb = _mm512_loadu_pd(ydbs.add(c * 8));
-            let (x, w) = if cell.straight_through {
-                (shit + c, syz + c)
-            } else {
-                (syy + c * k + c, snorm + c)
-            };
-            let term = _mm512_sub_pd(
-                _mm512_sub_pd(
-                    _mm512_add_pd(
-                        _mm512_mul_pd(a2, _mm512_loadu_pd(s.add(x * 8))),
-                        _mm512_mul_pd(
-                            _mm512_set1_pd(cell.beta[c]),
-                            _mm512_loadu_pd(s.add((sy + c) * 8)),
-                        ),
-                    ),
-                    _mm512_mul_pd(a2, _mm512_loadu_pd(s.add(w * 8))),
-                ),
-                ydb,
-            );
-            let v = _mm512_add_pd(_mm512_setzero_pd(), _mm512_div_pd(term, tau));
-            _mm512_storeu_pd(sc.out.as_mut_ptr().add(c * 8), _mm512_mul_pd(v, inv));
-        }
+        let out = sc.out.as_mut_ptr();
+        let done = sc.ydb_done[cell.loss];
+        super::shared::estimate::<__m512d>((s, ydbs, out), cell, k, done);
+        sc.ydb_done[cell.loss] = true;
     }
 
     /// `sc.out` (category-major) into `acc[r * width + at ..][..K]` for every repetition r,
@@ -1047,7 +1112,7 @@ mod avx512 {
 /// one-repetition path.
 #[cfg(target_arch = "x86_64")]
 mod avx2 {
-    use super::tiles::{tile, tile_lanes, Tile};
+    use super::shared::add_pair_sums;
     use super::{at, Cell, RelaxedReps, RelaxedTable, B, RELAXED_REPS};
     use std::arch::x86_64::*;
 
@@ -1142,99 +1207,13 @@ mod avx2 {
     #[inline(always)]
     unsafe fn add_half(sc: &mut RelaxedReps, n: usize, half: usize) {
         let k = sc.k;
-        let chunks = n / 8;
-        let full = 8 * chunks;
-        let nc = n.div_ceil(8);
-        let at = |j: usize, d: usize| at(k, nc, j, d);
         let rows = sc.rows.as_ptr().add(half);
         let sums = sc.sums.as_mut_ptr().add(half);
-        let (sy, shit) = (0, 3 * k + k * k);
-        // sum_y: `lane_sum` of each row: lane l over the chunks from +0.0, the lanes in
-        // order, then the remainder one term at a time.
-        for c in 0..k {
-            let mut tot = _mm256_setzero_pd();
-            for l in 0..8 {
-                let mut lane = _mm256_setzero_pd();
-                for i in 0..chunks {
-                    lane = _mm256_add_pd(lane, _mm256_loadu_pd(rows.add(at(c, 8 * i + l))));
-                }
-                tot = if l == 0 {
-                    lane
-                } else {
-                    _mm256_add_pd(tot, lane)
-                };
-            }
-            for d in full..n {
-                tot = _mm256_add_pd(tot, _mm256_loadu_pd(rows.add(at(c, d))));
-            }
-            let p = sums.add((sy + c) * 8);
-            _mm256_storeu_pd(p, _mm256_add_pd(_mm256_loadu_pd(p), tot));
-        }
-        // Every `dot` of row c with its partners c..K + 2, as in the AVX-512 path (here up
-        // to four partners a step when the lanes run inside, eight otherwise: what fits in
-        // sixteen registers).
         let lane_tot = sc.lane_tot.as_mut_ptr().add(half);
-        let lanes_inner = n <= super::LANES_INNER_MAX_N;
-        for l in 0..if lanes_inner { 1 } else { 8 } {
-            for c in 0..k {
-                let mut p = c;
-                while p < k + 2 {
-                    let left = k + 2 - p;
-                    let geo = Tile {
-                        rows,
-                        lane_tot,
-                        k,
-                        c,
-                        p,
-                        n,
-                        l,
-                    };
-                    p += match (lanes_inner, left) {
-                        (true, 4..) => tile_lanes::<__m256d, 4>(&geo),
-                        (true, 2..) => tile_lanes::<__m256d, 2>(&geo),
-                        (true, _) => tile_lanes::<__m256d, 1>(&geo),
-                        (false, 8..) => tile::<__m256d, 8>(&geo),
-                        (false, 4..) => tile::<__m256d, 4>(&geo),
-                        (false, 2..) => tile::<__m256d, 2>(&geo),
-                        (false, _) => tile::<__m256d, 1>(&geo),
-                    };
-                }
-            }
-        }
-        // Each pair's lane sum, plus the remainder's sum (from -0.0) where there is one,
-        // added to its sums.
-        let (syy, snorm, syz) = (k, k + k * k, 2 * k + k * k);
-        for c in 0..k {
-            for c2 in c..k + 2 {
-                let mut v = _mm256_loadu_pd(lane_tot.add((c * (k + 2) + c2) * 8));
-                if full < n {
-                    let mut rest = _mm256_set1_pd(-0.0);
-                    for d in full..n {
-                        let a = _mm256_loadu_pd(rows.add(at(c, d)));
-                        let b = _mm256_loadu_pd(rows.add(at(c2, d)));
-                        rest = _mm256_add_pd(rest, _mm256_mul_pd(a, b));
-                    }
-                    v = _mm256_add_pd(v, rest);
-                }
-                // A macro, not a closure (which would not inherit the target features).
-                macro_rules! add_to {
-                    ($slot:expr) => {{
-                        let q = sums.add($slot * 8);
-                        _mm256_storeu_pd(q, _mm256_add_pd(_mm256_loadu_pd(q), v));
-                    }};
-                }
-                if c2 < k {
-                    add_to!(syy + c * k + c2);
-                    if c2 != c {
-                        add_to!(syy + c2 * k + c);
-                    }
-                } else if c2 == k {
-                    add_to!(snorm + c);
-                } else {
-                    add_to!(syz + c);
-                }
-            }
-        }
+        add_pair_sums::<__m256d, 4>((rows, sums, lane_tot), k, n);
+        let nc = n.div_ceil(8);
+        let at = |j: usize, d: usize| at(k, nc, j, d);
+        let shit = 3 * k + k * k;
         // sum_hit: per category, the y_z of the draws that landed there, in draw order,
         // eight categories at once (independent chains); a blend keeps the sum of a lane
         // that missed as it was.
@@ -1263,8 +1242,7 @@ mod avx2 {
     }
 
     /// One cell's estimates of the eight repetitions into `sc.out` (category-major, `c * 8
-    /// + r`): per lane, [`crate::estimators::add_quadratic_relaxed_sum`] into zeros, then
-    /// the scaling by `1 / S` of `estimate_one`, as the AVX-512 path's `estimate`.
+    /// + r`): the shared [`estimate`](super::shared::estimate) on each half.
     ///
     /// # Safety
     /// The CPU must have AVX2.
@@ -1274,56 +1252,12 @@ mod avx2 {
         assert!(cell.beta.len() == k && sc.out.len() >= k * 8);
         assert!(sc.sums.len() >= (k * k + 4 * k) * 8);
         assert!(sc.ydb.len() >= (cell.loss + 1) * k * 8 && sc.ydb_done.len() > cell.loss);
-        let (sy, syy) = (0, k);
-        let (snorm, syz, shit) = (k + k * k, 2 * k + k * k, 3 * k + k * k);
-        let a2 = _mm256_set1_pd(cell.alpha2);
-        let (tau, inv) = (_mm256_set1_pd(cell.tau), _mm256_set1_pd(cell.inv));
-        let ydb_done = sc.ydb_done[cell.loss];
+        let done = sc.ydb_done[cell.loss];
         for half in HALVES {
             let s = sc.sums.as_ptr().add(half);
             let ydbs = sc.ydb.as_mut_ptr().add(cell.loss * k * 8 + half);
-            if !ydb_done {
-                // `sum_yy_dot`: for each c, the sum over c' in order from -0.0 of
-                // sum_yy[c'][c] beta[c']; four c at once (independent chains of additions).
-                for c0 in (0..k).step_by(4) {
-                    let m = (k - c0).min(4);
-                    let mut ydb = [_mm256_set1_pd(-0.0); 4];
-                    for (c2, &b) in cell.beta.iter().enumerate() {
-                        let b = _mm256_set1_pd(b);
-                        for (j, y) in ydb.iter_mut().enumerate().take(m) {
-                            let v = _mm256_loadu_pd(s.add((syy + c2 * k + c0 + j) * 8));
-                            *y = _mm256_add_pd(*y, _mm256_mul_pd(v, b));
-                        }
-                    }
-                    for (j, y) in ydb.iter().enumerate().take(m) {
-                        _mm256_storeu_pd(ydbs.add((c0 + j) * 8), *y);
-                    }
-                }
-            }
             let out = sc.out.as_mut_ptr().add(half);
-            for c in 0..k {
-                let ydb = _mm256_loadu_pd(ydbs.add(c * 8));
-                let (x, w) = if cell.straight_through {
-                    (shit + c, syz + c)
-                } else {
-                    (syy + c * k + c, snorm + c)
-                };
-                let term = _mm256_sub_pd(
-                    _mm256_sub_pd(
-                        _mm256_add_pd(
-                            _mm256_mul_pd(a2, _mm256_loadu_pd(s.add(x * 8))),
-                            _mm256_mul_pd(
-                                _mm256_set1_pd(cell.beta[c]),
-                                _mm256_loadu_pd(s.add((sy + c) * 8)),
-                            ),
-                        ),
-                        _mm256_mul_pd(a2, _mm256_loadu_pd(s.add(w * 8))),
-                    ),
-                    ydb,
-                );
-                let v = _mm256_add_pd(_mm256_setzero_pd(), _mm256_div_pd(term, tau));
-                _mm256_storeu_pd(out.add(c * 8), _mm256_mul_pd(v, inv));
-            }
+            super::shared::estimate::<__m256d>((s, ydbs, out), cell, k, done);
         }
         sc.ydb_done[cell.loss] = true;
     }
@@ -1415,6 +1349,8 @@ mod tests {
             (3, 0.5),
             (10, 1.0),
             (10, 0.3),
+            // x * (1 / 0.7) is not x / 0.7 for about a quarter of x (for 0.3 it always is).
+            (10, 0.7),
             (17, 2.0),
             (70, 1.0),
         ] {
@@ -1467,7 +1403,7 @@ mod tests {
         }
         assert_eq!(
             checked,
-            (1 + 3 + 10 + 10 + 17 + 70) * 6 * 8 * 3 * 8 * paths.len()
+            (1 + 3 + 10 + 10 + 10 + 17 + 70) * 6 * 8 * 3 * 8 * paths.len()
         );
     }
 }
