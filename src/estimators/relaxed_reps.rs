@@ -1264,7 +1264,7 @@ mod avx2 {
 
     /// `sc.out` (category-major, `c * 8 + r`) into `acc[r * width + at ..][..K]` for every
     /// repetition r, four categories of four repetitions at a time through a 4 x 4 transpose
-    /// (masked stores past K).
+    /// (the last group's first `K % 4` lanes where K is not a multiple of 4).
     ///
     /// # Safety
     /// The CPU must have AVX2.
@@ -1291,17 +1291,21 @@ mod avx2 {
                     _mm256_permute2f128_pd::<0x31>(t1, t3),
                 ];
                 let m = (k - c0).min(4);
-                let mask = _mm256_setr_epi64x(
-                    -1,
-                    if m > 1 { -1 } else { 0 },
-                    if m > 2 { -1 } else { 0 },
-                    if m > 3 { -1 } else { 0 },
-                );
-                for (rep, v) in t.iter().enumerate() {
+                for (rep, &v) in t.iter().enumerate() {
                     // In bounds: (half + rep) * width + at + c0 + m <= 8 width (asserted
-                    // above); lanes past m are masked off.
+                    // above); lanes past m are not stored. Plain 32-, 16- and 8-byte stores:
+                    // a masked store (`vmaskmovpd`) took half of this pass on a Zen 3.
                     let p = acc.as_mut_ptr().add((half + rep) * width + at + c0);
-                    _mm256_maskstore_pd(p, mask, *v);
+                    let low = _mm256_castpd256_pd128(v);
+                    match m {
+                        4 => _mm256_storeu_pd(p, v),
+                        3 => {
+                            _mm_storeu_pd(p, low);
+                            _mm_store_sd(p.add(2), _mm256_extractf128_pd::<1>(v));
+                        }
+                        2 => _mm_storeu_pd(p, low),
+                        _ => _mm_store_sd(p, low),
+                    }
                 }
             }
         }
