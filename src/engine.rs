@@ -415,6 +415,9 @@ struct CellState {
     /// A block's estimates, repetition-major, where they are computed in parallel (a
     /// generic cell that keeps no moving average); kept across blocks.
     estimates: Vec<f64>,
+    /// Whether this block's `estimates` were computed together with the other losses' cells
+    /// of its estimator ([`Estimator::shares_work_across_losses`]).
+    shared: bool,
 }
 
 /// Runs the cells of `spec` at point `point` that `select(context, estimator)` keeps (all of
@@ -461,6 +464,7 @@ pub(crate) fn cpu_point_cells(
                 batch: vec![0.0; dim * PUSH_BATCH],
                 in_batch: 0,
                 estimates: Vec::new(),
+                shared: false,
             });
         }
     }
@@ -814,6 +818,56 @@ pub(crate) fn cpu_point_cells(
             pass_seconds[3] += t0.elapsed().as_secs_f64();
             progress(u64::from(nb) * u64::from(s));
         }
+        // An estimator that does a draw's work once for every loss (Gumbel-Rao's conditional
+        // draws): the block's estimates of its generic cells of every loss at once, in
+        // parallel over repetitions as below, each cell's bit for bit its own; the time is
+        // shared equally among those cells.
+        for group in shared_loss_groups(&cells, faults::any()) {
+            let t0 = Instant::now();
+            let estimator = cells[group[0]].estimator;
+            let ctxs: Vec<&Context> = group
+                .iter()
+                .map(|&ci| &contexts[cells[ci].loss_index])
+                .collect();
+            let width = group.len() * dim;
+            let task = PARALLEL_REPS_TASK;
+            let mut joint = vec![0.0; nbu * width];
+            joint
+                .par_chunks_mut(width * task)
+                .enumerate()
+                .for_each(|(t, chunk)| {
+                    for (j, estimates) in chunk.chunks_exact_mut(width).enumerate() {
+                        let r = t * task + j;
+                        let draws = JointDraws {
+                            s: su,
+                            z: &rel_z[r * su * l..(r + 1) * su * l],
+                            f: &[],
+                            y: &rel_y[r * su * dim..(r + 1) * su * dim],
+                            perturbed: &rel_g[r * su * dim..(r + 1) * su * dim],
+                            noise: Noise {
+                                key,
+                                rep: block_start + r as u32,
+                                point: point_id,
+                            },
+                        };
+                        estimator.estimate_losses(&ctxs, &draws, estimates);
+                    }
+                });
+            let share = t0.elapsed().as_secs_f64() / group.len() as f64;
+            for (gi, &ci) in group.iter().enumerate() {
+                let cell = &mut cells[ci];
+                cell.estimates.resize(nbu * dim, 0.0);
+                for (to, from) in cell
+                    .estimates
+                    .chunks_exact_mut(dim)
+                    .zip(joint.chunks_exact(width))
+                {
+                    to.copy_from_slice(&from[gi * dim..(gi + 1) * dim]);
+                }
+                cell.shared = true;
+                cell.seconds += share;
+            }
+        }
         cells.par_iter_mut().for_each(|cell| {
             let t0 = Instant::now();
             if cell.sums.is_none() {
@@ -898,7 +952,7 @@ pub(crate) fn cpu_point_cells(
                 }
                 _ => None,
             };
-            if let Some(family) = parallel {
+            if let Some(family) = parallel.filter(|_| !cell.shared) {
                 let b = cell.baseline.value();
                 let estimator = cell.estimator;
                 let task = PARALLEL_REPS_TASK;
@@ -1058,6 +1112,7 @@ pub(crate) fn cpu_point_cells(
                 }
             }
             cell.in_batch = in_batch;
+            cell.shared = false;
             cell.seconds += t0.elapsed().as_secs_f64();
         });
         block_start += nb;
@@ -1117,6 +1172,36 @@ const STAGE: usize = 8;
 /// Repetitions per parallel task where a generic cell computes a block's estimates in
 /// parallel (fixed, so that the tasks do not depend on the thread count).
 const PARALLEL_REPS_TASK: usize = 4;
+
+/// The cells (indices into `cells`) whose estimates a block computes together, one group per
+/// estimator that shares its per-draw work across losses
+/// ([`Estimator::shares_work_across_losses`]): its generic relaxed cells of two or more
+/// losses, without a moving average or a warm-up of their own; none under fault injection.
+fn shared_loss_groups(cells: &[CellState], faulty: bool) -> Vec<Vec<usize>> {
+    let mut groups: Vec<Vec<usize>> = Vec::new();
+    if faulty {
+        return groups;
+    }
+    for (ci, cell) in cells.iter().enumerate() {
+        let e = cell.estimator;
+        if cell.path != Path::Generic(Family::Relaxed)
+            || !e.shares_work_across_losses()
+            || e.keeps_moving_average()
+            || cell.warm_ctx.is_some()
+        {
+            continue;
+        }
+        match groups
+            .iter_mut()
+            .find(|g| cells[g[0]].estimator.id() == e.id())
+        {
+            Some(group) => group.push(ci),
+            None => groups.push(vec![ci]),
+        }
+    }
+    groups.retain(|g| g.len() > 1);
+    groups
+}
 
 /// Writes the `staged` estimates of `stage` (repetition-major, `dim` each, repetition r's at
 /// `r * stride`) to the first `staged` columns of `batch` (coordinate-major, rows of

@@ -41,33 +41,40 @@ pub(super) fn uniforms(noise: &Noise, block: u32, lane: u32, out: &mut [f64]) {
     }
 }
 
+/// `p = exp(log p)` of every variable (L*K numbers), as [`conditional_gumbels`] reads it:
+/// computed once per estimate rather than once per category of every conditional draw.
+pub(super) fn probs_of(log_p: &[f64]) -> Vec<f64> {
+    log_p.iter().map(|lp| lp.exp()).collect()
+}
+
 /// One variable's Gumbels conditioned on `argmax = b`, from uniforms `v` (K numbers), in the
-/// coordinates `log p + G`, into `z`; and `kappa_i = d z~_i / d log p_i` into `kappa`
-/// (0 at `b`, whose value is a standard Gumbel whatever p is). Stable forms:
-/// `z~_i = log p_i - log(-log v_i + W p_i)`, `kappa_i = -log v_i / (-log v_i + W p_i)`,
-/// `W = -log v_b`.
+/// coordinates `log p + G`, into `z`; and, where asked, `kappa_i = d z~_i / d log p_i` into
+/// `kappa` (0 at `b`, whose value is a standard Gumbel whatever p is). `p` is
+/// `exp(log p)` ([`probs_of`]). Stable forms: `z~_i = log p_i - log(-log v_i + W p_i)`,
+/// `kappa_i = -log v_i / (-log v_i + W p_i)`, `W = -log v_b`.
 pub(super) fn conditional_gumbels(
-    log_p: &[f64],
+    (log_p, p): (&[f64], &[f64]),
     b: usize,
     v: &[f64],
     z: &mut [f64],
-    kappa: &mut [f64],
+    mut kappa: Option<&mut [f64]>,
 ) {
+    let k = z.len();
+    assert!(log_p.len() >= k && p.len() >= k && v.len() >= k && b < k);
     let w = -v[b].ln();
-    for (i, ((zi, ki), (&lp, &vi))) in z
-        .iter_mut()
-        .zip(kappa.iter_mut())
-        .zip(log_p.iter().zip(v))
-        .enumerate()
-    {
+    for i in 0..k {
         if i == b {
-            *zi = -w.ln();
-            *ki = 0.0;
+            z[i] = -w.ln();
+            if let Some(kappa) = kappa.as_deref_mut() {
+                kappa[i] = 0.0;
+            }
         } else {
-            let e = -vi.ln();
-            let d = e + w * lp.exp();
-            *zi = lp - d.ln();
-            *ki = e / d;
+            let e = -v[i].ln();
+            let d = e + w * p[i];
+            z[i] = log_p[i] - d.ln();
+            if let Some(kappa) = kappa.as_deref_mut() {
+                kappa[i] = e / d;
+            }
         }
     }
 }
@@ -97,17 +104,48 @@ impl Estimator for GumbelRao {
         true
     }
     fn estimate(&self, ctx: &Context, d: &JointDraws<'_>, _: f64, out: &mut [f64]) -> Option<f64> {
+        self.estimate_losses(&[ctx], d, out);
+        None
+    }
+    fn shares_work_across_losses(&self) -> bool {
+        true
+    }
+    /// None: each estimate reads its own repetition's draws alone (so the CPU's generic path
+    /// computes a block's repetitions in parallel).
+    fn keeps_moving_average(&self) -> bool {
+        false
+    }
+    /// The conditional draws and their tempered softmaxes (the logarithms and exponentials,
+    /// most of the work) once per draw for every loss; each loss's gradient at the hard draw
+    /// and Jacobian product apart, as [`Estimator::estimate`] does them for it alone.
+    fn estimate_losses(&self, ctxs: &[&Context], d: &JointDraws<'_>, out: &mut [f64]) {
+        let Some(&ctx) = ctxs.first() else {
+            return;
+        };
         let (l, k, n) = (ctx.l, ctx.k, ctx.dim());
         let m = ctx.settings.gr_samples.max(1);
+        assert!(
+            ctxs.iter().all(|c| c.l == l
+                && c.k == k
+                && c.logits == ctx.logits
+                && c.tau == ctx.tau
+                && c.settings.gr_samples == ctx.settings.gr_samples),
+            "gumbel-rao shares its draws only across the losses of one problem and temperature"
+        );
+        let g = ctxs.len();
+        let out = &mut out[..g * n];
         let groups = k.div_ceil(4) as u32;
         let log_p = log_probs(ctx);
-        let (mut hard, mut v) = (vec![0.0; n], vec![0.0; n]);
-        let (mut u, mut zt, mut kappa) = (vec![0.0; k], vec![0.0; n], vec![0.0; n]);
-        let mut yt = vec![0.0; n];
-        let mut acc = vec![0.0; n];
+        let p = probs_of(&log_p);
+        // Per loss: the gradient at the hard draw (`v`) and the sum over the M draws (`acc`).
+        let (mut hard, mut v, mut acc) = (vec![0.0; n], vec![0.0; g * n], vec![0.0; g * n]);
+        let (mut u, mut zt, mut yt) = (vec![0.0; k], vec![0.0; n], vec![0.0; n]);
         out.iter_mut().for_each(|o| *o = 0.0);
+        let inv_m = 1.0 / f64::from(m);
         for (i, z) in d.z.chunks_exact(l).enumerate() {
-            grad_at_vertex(ctx, z, &mut hard, &mut v);
+            for (c, v) in ctxs.iter().zip(v.chunks_exact_mut(n)) {
+                grad_at_vertex(c, z, &mut hard, v);
+            }
             acc.iter_mut().for_each(|a| *a = 0.0);
             for draw in 0..m {
                 let block = i as u32 * m + draw;
@@ -115,22 +153,26 @@ impl Estimator for GumbelRao {
                     let r = var * k..(var + 1) * k;
                     uniforms(&d.noise, block, var as u32 * groups, &mut u);
                     conditional_gumbels(
-                        &log_p[r.clone()],
+                        (&log_p[r.clone()], &p[r.clone()]),
                         c as usize,
                         &u,
                         &mut zt[r.clone()],
-                        &mut kappa[r.clone()],
+                        None,
                     );
                     tempered_softmax(&zt[r.clone()], ctx.tau, &mut yt[r]);
                 }
-                add_relaxed_jacobian(ctx, &yt, &v, &mut acc);
+                for ((c, v), acc) in ctxs
+                    .iter()
+                    .zip(v.chunks_exact(n))
+                    .zip(acc.chunks_exact_mut(n))
+                {
+                    add_relaxed_jacobian(c, &yt, v, acc);
+                }
             }
-            let inv_m = 1.0 / f64::from(m);
             out.iter_mut().zip(&acc).for_each(|(o, a)| *o += a * inv_m);
         }
         let inv = 1.0 / d.s as f64;
         out.iter_mut().for_each(|o| *o *= inv);
-        None
     }
 }
 
@@ -146,6 +188,7 @@ mod tests {
     fn conditional_gumbels_keep_the_winner_and_the_losers_race() {
         let p = [0.2f64, 0.3, 0.5];
         let log_p: Vec<f64> = p.iter().map(|v| v.ln()).collect();
+        let p_of = probs_of(&log_p);
         let noise = Noise {
             key: [1, 2],
             rep: 3,
@@ -156,7 +199,7 @@ mod tests {
         let mut wins = 0;
         for i in 0..n {
             uniforms(&noise, i, 0, &mut u);
-            conditional_gumbels(&log_p, 2, &u, &mut z, &mut kappa);
+            conditional_gumbels((&log_p, &p_of), 2, &u, &mut z, Some(&mut kappa));
             assert!(z[2] > z[0] && z[2] > z[1]);
             assert!(kappa.iter().all(|k| (0.0..=1.0).contains(k)));
             wins += u32::from(z[0] > z[1]);

@@ -1708,6 +1708,31 @@ pub trait Estimator: Send + Sync {
         }
     }
 
+    /// Whether [`Estimator::estimate_losses`] does the work of a draw once for every loss
+    /// (rather than once per loss, its default). The CPU's generic path then computes the
+    /// estimates of its cells of one point (one per loss) together.
+    fn shares_work_across_losses(&self) -> bool {
+        false
+    }
+
+    /// The estimates of one repetition under several losses' contexts from the same draws,
+    /// into `out` (`ctxs.len()` estimates of `dim` numbers, in order), each bit for bit
+    /// [`Estimator::estimate`]'s with that context (a baseline of 0). Only for an estimator
+    /// that keeps no moving average, on contexts of one problem, temperature and settings
+    /// (one sweep point's losses). The default calls [`Estimator::estimate`] once per
+    /// context; an estimator whose per-draw work does not depend on the loss (Gumbel-Rao's
+    /// conditional draws) overrides it.
+    fn estimate_losses(&self, ctxs: &[&Context], d: &JointDraws<'_>, out: &mut [f64]) {
+        let Some(first) = ctxs.first() else {
+            return;
+        };
+        let dim = first.dim();
+        assert!(out.len() >= ctxs.len() * dim);
+        for (ctx, out) in ctxs.iter().zip(out.chunks_exact_mut(dim)) {
+            self.estimate(ctx, d, 0.0, out);
+        }
+    }
+
     /// The per-variable conditional form of its generic estimate, if it has one (a GPU kernel
     /// of the generic path; see [`Conditional`]).
     fn conditional(&self) -> Option<Conditional> {

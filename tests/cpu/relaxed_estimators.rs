@@ -474,3 +474,53 @@ fn the_binary_lists_and_passes_the_flags() {
         .unwrap();
     assert_eq!(bad.status.code(), Some(2));
 }
+
+/// Gumbel-Rao does a draw's conditional draws once for every loss of a sweep point: the
+/// records of a sweep of four losses at once equal, bit for bit, those of each loss swept
+/// alone (where there is nothing to share), on a problem of three variables, at S = 1 and 8,
+/// on one thread and on every core.
+#[test]
+fn gumbel_rao_shares_its_draws_across_losses_with_each_losss_own_bits() {
+    let (l, k) = (3, 4);
+    let logits = (0..l * k).map(|i| 0.9 * (i as f64 * 0.7).sin()).collect();
+    let mut problem = Problem::free_logits(l, k, logits);
+    problem.t = (0..l * k).map(|i| (i as f64 * 0.37).cos().abs()).collect();
+    problem.b = vec![0.3, 0.6, 0.9];
+    let losses = [Loss::Squared, Loss::Seed, Loss::Linear, Loss::Pnorm];
+    let together = |threads: usize| {
+        let mut spec = spec(
+            problem.clone(),
+            losses[0],
+            &["gumbel-rao"],
+            &[1, 8],
+            300,
+            0.7,
+        );
+        spec.losses = losses.to_vec();
+        spec.settings.gr_samples = 3;
+        let points = run_sweep(&spec, &CpuEngine::new(threads).unwrap(), &|_| {}).unwrap();
+        records(&spec, &points)
+    };
+    let bits = |mut recs: Vec<Record>| {
+        recs.iter_mut().for_each(|r| r.seconds = 0.0);
+        serde_json::to_string(&recs).unwrap()
+    };
+    let mut alone = Vec::new();
+    for &loss in &losses {
+        let mut spec = spec(problem.clone(), loss, &["gumbel-rao"], &[1, 8], 300, 0.7);
+        spec.settings.gr_samples = 3;
+        alone.extend(sweep(&spec));
+    }
+    // The sweep's records are point-major, then loss by loss; the losses alone, loss-major.
+    let order = |r: &Record| (r.samples, losses.iter().position(|&l| l.name() == r.loss));
+    alone.sort_by_key(order);
+    let mut joint = together(0);
+    joint.sort_by_key(order);
+    assert_eq!(joint.len(), 8);
+    assert!(joint.iter().all(|r| r.var.iter().any(|&v| v > 0.0)));
+    let alone = bits(alone);
+    assert_eq!(bits(joint), alone);
+    let mut one_thread = together(1);
+    one_thread.sort_by_key(order);
+    assert_eq!(bits(one_thread), alone);
+}
