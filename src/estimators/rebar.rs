@@ -272,6 +272,11 @@ impl Estimator for Rebar {
     fn id(&self) -> &'static str {
         "rebar"
     }
+    /// None: each estimate reads its own repetition's draws alone (so the CPU's generic path
+    /// computes a block's repetitions in parallel).
+    fn keeps_moving_average(&self) -> bool {
+        false
+    }
     fn family(&self) -> Family {
         Family::Relaxed
     }

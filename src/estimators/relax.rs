@@ -164,6 +164,11 @@ impl Estimator for Relax {
     fn id(&self) -> &'static str {
         "relax"
     }
+    /// None: each estimate reads its own repetition's draws alone (so the CPU's generic path
+    /// computes a block's repetitions in parallel).
+    fn keeps_moving_average(&self) -> bool {
+        false
+    }
     fn family(&self) -> Family {
         Family::Relaxed
     }

@@ -190,6 +190,11 @@ impl Estimator for UnorderedSet {
     fn id(&self) -> &'static str {
         "unordered-set"
     }
+    /// None: each estimate reads its own repetition's draws alone (so the CPU's generic path
+    /// computes a block's repetitions in parallel).
+    fn keeps_moving_average(&self) -> bool {
+        false
+    }
     fn family(&self) -> Family {
         Family::ScoreFunction
     }
