@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Runs criterion bench binaries alternately, ROUNDS times each (default 2), on one filter,
 # and prints one markdown row per bench with each binary's medians (M elements/s, one per
-# round) in the order given: the before/after tables of results/benchmarks.md where more
-# than two builds are compared in one sitting.
+# round; three significant digits below 1 M) in the order given: the before/after tables
+# of results/benchmarks.md where more than two builds are compared in one sitting.
 #   scripts/bench-alternate.sh FILTER LABEL=BENCH_BINARY [LABEL=BENCH_BINARY ...]
 # e.g. scripts/bench-alternate.sh 'cpu_' before=/path/cpu-old after=target/release/deps/cpu-new
 # (`cargo bench --bench cpu --no-run` prints a checkout's binary). Run it on a quiet machine.
@@ -54,6 +54,8 @@ for label in labels:
 print("| bench | " + " | ".join(labels) + " |")
 print("|---" * (len(labels) + 1) + "|")
 for name in sorted(table):
-    cells = [" / ".join(f"{x:.1f}" for x in table[name].get(l, [])) for l in labels]
+    # One decimal from 1 M up, three significant digits below (a bench of k draws/s).
+    fmt = lambda x: f"{x:.1f}" if x >= 1 else f"{x:.3g}"
+    cells = [" / ".join(fmt(x) for x in table[name].get(l, [])) for l in labels]
     print(f"| `{name}` | " + " | ".join(cells) + " |")
 PY
