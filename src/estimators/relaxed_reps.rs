@@ -656,15 +656,20 @@ mod shared {
     /// Adds every sum of a batch of n draws but the hit sums, on one register of
     /// repetitions from `rows`, `sums` and `lane_tot` (each at its first repetition: a
     /// half's on AVX2): `sum_y`, then every pair's `dot` through the tiles (with every lane
-    /// inside up to `INNER_W` partners a step: what the path's registers hold), then each
-    /// pair's lane sum and remainder into `sum_yy`, `sum_y_norm_sq` and `sum_y_yz`. Per
-    /// lane the arithmetic of [`crate::estimators::RelaxedMoments::add_batch_lanes`].
+    /// inside up to `INNER_W` partners a step: what the path's registers hold) or, where
+    /// `BLOCKED`, through [`pair_dots_blocked`]'s blocks of two rows (the AVX2 path: its
+    /// one-row tiles ran as chains of dependent multiply-adds, their addresses spilled to
+    /// the stack; the blocks gave 10-15% at S = 16 on a Zen 3, measured in the eleventh
+    /// sitting of `results/benchmarks.md`; the AVX-512 path keeps the tiles it was tuned
+    /// with, unmeasured on blocks), then each pair's lane sum and remainder into `sum_yy`,
+    /// `sum_y_norm_sq` and `sum_y_yz`. Per lane the arithmetic of
+    /// [`crate::estimators::RelaxedMoments::add_batch_lanes`], either way.
     ///
     /// # Safety
     /// The CPU must have `V`'s instructions and FMA; the pointers in bounds of the rows (K +
     /// 2 of n draws, n <= B), the sums and the lane sums (K x (K + 2)).
     #[inline(always)]
-    pub(super) unsafe fn add_pair_sums<V: Lanes, const INNER_W: usize>(
+    pub(super) unsafe fn add_pair_sums<V: Lanes, const INNER_W: usize, const BLOCKED: bool>(
         (rows, sums, lane_tot): (*const f64, *mut f64, *mut f64),
         k: usize,
         n: usize,
@@ -698,7 +703,16 @@ mod shared {
         // A small batch's rows fit in L1 whole: every lane of a tile's pairs at once, their
         // lane sums kept in registers (the same additions in the same order).
         let lanes_inner = n <= LANES_INNER_MAX_N;
-        for l in 0..if lanes_inner { 1 } else { 8 } {
+        // The tiles' passes over the lanes: none where the blocks compute the dots.
+        let tile_passes = match (BLOCKED, lanes_inner) {
+            (true, _) => {
+                pair_dots_blocked::<V, 4, 2>((rows, lane_tot), k, n);
+                0
+            }
+            (false, true) => 1,
+            (false, false) => 8,
+        };
+        for l in 0..tile_passes {
             for c in 0..k {
                 let mut p = c;
                 while p < k + 2 {
@@ -754,6 +768,145 @@ mod shared {
                 } else {
                     add_to(syz + c);
                 }
+            }
+        }
+    }
+
+    /// Lane `l`'s sums over the chunks of the dots of C rows with P partners, from +0.0 in
+    /// chunk order: `acc[i][t]` of row `a[i]` with partner `b[t]` (offsets in `rows` of
+    /// each row's lane-l slots, one chunk every eight numbers), by fused multiply-adds
+    /// where `FUSED` (exact: the products of two f32 numbers are exact in f64), else by a
+    /// multiply and an add (the partner `||y||^2`, which is no f32 number). C x P
+    /// independent chains, each row and partner loaded once a chunk.
+    ///
+    /// # Safety
+    /// The CPU must have `V`'s instructions and FMA; every offset plus `8 * chunks` in
+    /// bounds of `rows`.
+    #[inline(always)]
+    unsafe fn block_lane<V: Lanes, const C: usize, const P: usize, const FUSED: bool>(
+        rows: *const f64,
+        a: [usize; C],
+        b: [usize; P],
+        chunks: usize,
+    ) -> [[V; P]; C] {
+        let mut acc = [[V::zero(); P]; C];
+        for i in 0..chunks {
+            let x: [V; C] = std::array::from_fn(|r| V::load(rows.add(a[r] + 8 * i)));
+            for (t, &bt) in b.iter().enumerate() {
+                let y = V::load(rows.add(bt + 8 * i));
+                for (r, row) in acc.iter_mut().enumerate() {
+                    row[t] = if FUSED {
+                        V::fmadd(x[r], y, row[t])
+                    } else {
+                        V::add(row[t], V::mul(x[r], y))
+                    };
+                }
+            }
+        }
+        acc
+    }
+
+    /// The dots of rows `cs` with partners `ps` into their lane sums in `lane_tot`: of lane
+    /// `l` alone (added to the lanes before it, stored as lane 0) or, where `every_lane`,
+    /// of all eight lanes in order in registers. Only pairs `(cs[i], ps[t])` with `keep(i,
+    /// t)` are written (a block's padding and the pairs below the diagonal are computed and
+    /// dropped).
+    ///
+    /// # Safety
+    /// As [`block_lane`], for the lanes' offsets of `at`.
+    #[inline(always)]
+    unsafe fn block<V: Lanes, const C: usize, const P: usize, const FUSED: bool>(
+        (rows, lane_tot): (*const f64, *mut f64),
+        (k, nc, chunks): (usize, usize, usize),
+        cs: [usize; C],
+        ps: [usize; P],
+        l: usize,
+        every_lane: bool,
+        keep: impl Fn(usize, usize) -> bool,
+    ) {
+        let offsets = |l: usize| (cs.map(|c| at(k, nc, c, l)), ps.map(|p| at(k, nc, p, l)));
+        let slot = |i: usize, t: usize| lane_tot.add((cs[i] * (k + 2) + ps[t]) * 8);
+        if every_lane {
+            let (a, b) = offsets(0);
+            let mut tot = block_lane::<V, C, P, FUSED>(rows, a, b, chunks);
+            for l in 1..8 {
+                let (a, b) = offsets(l);
+                let lane = block_lane::<V, C, P, FUSED>(rows, a, b, chunks);
+                for (tr, lr) in tot.iter_mut().zip(&lane) {
+                    for (t, v) in tr.iter_mut().zip(lr) {
+                        *t = V::add(*t, *v);
+                    }
+                }
+            }
+            for (i, tr) in tot.iter().enumerate() {
+                for (t, v) in tr.iter().enumerate() {
+                    if keep(i, t) {
+                        V::store(slot(i, t), *v);
+                    }
+                }
+            }
+        } else {
+            let (a, b) = offsets(l);
+            let lane = block_lane::<V, C, P, FUSED>(rows, a, b, chunks);
+            for (i, lr) in lane.iter().enumerate() {
+                for (t, v) in lr.iter().enumerate() {
+                    if keep(i, t) {
+                        let q = slot(i, t);
+                        V::store(q, if l == 0 { *v } else { V::add(V::load(q), *v) });
+                    }
+                }
+            }
+        }
+    }
+
+    /// Every `dot` of row c < K with its partners c..K + 2 into `lane_tot`, as the tiles of
+    /// [`add_pair_sums`] compute them (the same operations per pair and lane), in blocks of
+    /// two rows and `P` partners (`P_INNER` where every lane runs inside a block): rows
+    /// `c0, c0 + 1` meet the f32 partners `c0..K` and `K + 1` (`y_z`) by fused multiply-adds,
+    /// the pair `(c0 + 1, c0)` and the padding of a short block computed and dropped; then
+    /// four rows at a time meet `||y||^2` (row K) by multiplies and adds.
+    ///
+    /// # Safety
+    /// As [`add_pair_sums`].
+    #[inline(always)]
+    unsafe fn pair_dots_blocked<V: Lanes, const P: usize, const P_INNER: usize>(
+        (rows, lane_tot): (*const f64, *mut f64),
+        k: usize,
+        n: usize,
+    ) {
+        let (chunks, nc) = (n / 8, n.div_ceil(8));
+        let every_lane = n <= LANES_INNER_MAX_N;
+        let dims = (k, nc, chunks);
+        let ptrs = (rows, lane_tot);
+        // The partners of rows c0.. that are f32 numbers: c0..K, then y_z (row K + 1).
+        let partner = |c0: usize, t: usize| if c0 + t < k { c0 + t } else { k + 1 };
+        for l in 0..if every_lane { 1 } else { 8 } {
+            for c0 in (0..k).step_by(2) {
+                let rows_here = (k - c0).min(2);
+                let cs = [c0, (c0 + 1).min(k - 1)];
+                let count = k - c0 + 1;
+                let mut t0 = 0;
+                while t0 < count {
+                    let real = (count - t0).min(if every_lane { P_INNER } else { P });
+                    // Row i meets partner t if both are real and the partner is at or past
+                    // the row (y_z, past the last row, always is).
+                    let keep = |i: usize, t: usize| i < rows_here && t < real && t0 + t >= i;
+                    if every_lane {
+                        let ps = std::array::from_fn(|t| partner(c0, t0 + t.min(real - 1)));
+                        block::<V, 2, P_INNER, true>(ptrs, dims, cs, ps, l, true, keep);
+                        t0 += P_INNER;
+                    } else {
+                        let ps = std::array::from_fn(|t| partner(c0, t0 + t.min(real - 1)));
+                        block::<V, 2, P, true>(ptrs, dims, cs, ps, l, false, keep);
+                        t0 += P;
+                    }
+                }
+            }
+            for c0 in (0..k).step_by(4) {
+                let rows_here = (k - c0).min(4);
+                let cs = std::array::from_fn(|i| (c0 + i).min(k - 1));
+                let keep = |i: usize, _t: usize| i < rows_here;
+                block::<V, 4, 1, false>(ptrs, dims, cs, [k], l, every_lane, keep);
             }
         }
     }
@@ -1034,7 +1187,7 @@ mod avx512 {
         let rows = sc.rows.as_ptr();
         let sums = sc.sums.as_mut_ptr();
         let lane_tot = sc.lane_tot.as_mut_ptr();
-        add_pair_sums::<__m512d, 8>((rows, sums, lane_tot), k, n);
+        add_pair_sums::<__m512d, 8, false>((rows, sums, lane_tot), k, n);
         let nc = n.div_ceil(8);
         let at = |j: usize, d: usize| at(k, nc, j, d);
         let shit = 3 * k + k * k;
@@ -1210,7 +1363,7 @@ mod avx2 {
         let rows = sc.rows.as_ptr().add(half);
         let sums = sc.sums.as_mut_ptr().add(half);
         let lane_tot = sc.lane_tot.as_mut_ptr().add(half);
-        add_pair_sums::<__m256d, 4>((rows, sums, lane_tot), k, n);
+        add_pair_sums::<__m256d, 4, true>((rows, sums, lane_tot), k, n);
         let nc = n.div_ceil(8);
         let at = |j: usize, d: usize| at(k, nc, j, d);
         let shit = 3 * k + k * k;
