@@ -164,6 +164,11 @@ impl SweepSpec {
         let dim = self.problem.dim() as u64;
         let per_draw = self.problem.l as u64 + 2 + 3 * dim;
         for &s in &self.samples {
+            for ctx in &contexts {
+                for e in self.estimators_at(s) {
+                    e.check_samples(ctx, s)?;
+                }
+            }
             let generic = contexts.iter().any(|ctx| {
                 self.estimators_at(s)
                     .iter()

@@ -90,6 +90,9 @@ pub(super) fn tempered_softmax(x: &[f64], tau: f64, y: &mut [f64]) {
     y.iter_mut().for_each(|yi| *yi /= sum);
 }
 
+/// The noise blocks one estimate may read: its block counter's range, 2^32.
+const NOISE_BLOCKS: u64 = 1 << 32;
+
 impl Estimator for GumbelRao {
     fn id(&self) -> &'static str {
         "gumbel-rao"
@@ -107,6 +110,20 @@ impl Estimator for GumbelRao {
         self.estimate_losses(&[ctx], d, out);
         None
     }
+    /// Draw `i`'s conditional draw `j` reads noise block `i M + j` (a 32-bit Philox
+    /// counter): past `S M = 2^32` the blocks would wrap and repeat.
+    fn check_samples(&self, ctx: &Context, s: u32) -> crate::Result<()> {
+        let m = u64::from(ctx.settings.gr_samples.max(1));
+        if u64::from(s) * m > NOISE_BLOCKS {
+            return Err(crate::Error::InvalidArgument(format!(
+                "gumbel-rao at S = {s} with M = {m} conditional draws per draw needs {} noise blocks per estimate; its 32-bit block counter holds 2^32, so S <= {} at this M (or lower --gr-samples)",
+                u64::from(s) * m,
+                NOISE_BLOCKS / m
+            )));
+        }
+        Ok(())
+    }
+
     fn shares_work_across_losses(&self) -> bool {
         true
     }

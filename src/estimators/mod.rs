@@ -1653,6 +1653,15 @@ pub trait Estimator: Send + Sync {
         Ok(())
     }
 
+    /// Refuses a draw count S that its own noise cannot serve, saying why (every S by
+    /// default).
+    ///
+    /// # Errors
+    /// [`Error::InvalidArgument`] naming the estimator, S and the largest S it takes.
+    fn check_samples(&self, _ctx: &Context, _s: u32) -> Result<()> {
+        Ok(())
+    }
+
     /// Loss evaluations of one S-draw estimate (a gradient of the loss counts as one).
     fn loss_evaluations(&self, _ctx: &Context, s: u32) -> f64 {
         f64::from(s)

@@ -272,6 +272,7 @@ impl OptimiseSpec {
         let driver = self.shared.driver();
         for e in self.estimators.iter().chain(driver.as_ref()) {
             e.check(&ctx)?;
+            e.check_samples(&ctx, self.samples)?;
             if self.samples < e.min_samples() {
                 return bad(format!(
                     "{} needs --samples {} or more (got {})",

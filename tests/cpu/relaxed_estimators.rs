@@ -524,3 +524,31 @@ fn gumbel_rao_shares_its_draws_across_losses_with_each_losss_own_bits() {
     one_thread.sort_by_key(order);
     assert_eq!(bits(one_thread), alone);
 }
+
+/// gumbel-rao's conditional draw j of draw i reads noise block `i M + j`, a 32-bit counter:
+/// a sweep whose S x M passes 2^32 (where the blocks would wrap and repeat) is refused with
+/// the largest S it takes, and one at 2^32 - 1 is not.
+#[test]
+fn gumbel_rao_refuses_more_conditional_draws_than_its_noise_blocks() {
+    let problem = indecater_problem();
+    let m = (1u32 << 16) + 1;
+    let with = |s: u32| {
+        let mut spec = spec(
+            problem.clone(),
+            Loss::Pnorm,
+            &["gumbel-rao"],
+            &[1, s],
+            2,
+            1.0,
+        );
+        spec.settings.gr_samples = m;
+        spec.validate()
+    };
+    // 65535 (2^16 + 1) = 2^32 - 1 blocks: taken.
+    assert!(with((1 << 16) - 1).is_ok());
+    let err = with(1 << 16).unwrap_err().to_string();
+    assert!(
+        err.contains("gumbel-rao at S = 65536") && err.contains("S <= 65535"),
+        "{err}"
+    );
+}
