@@ -22,6 +22,10 @@ pub const DEFAULT_EXPONENT: f64 = 2.0;
 /// 2 GiB of f64, so that a problem file cannot ask for unbounded memory.
 pub const MAX_PROBLEM_NUMBERS: usize = 1 << 28;
 
+/// The Philox lanes one draw may read, `L x ceil(K/4)` at most: the 16-bit lane field of
+/// the counter (`[block, repetition, stream << 16 | lane, sweep point]`).
+pub const MAX_DRAW_LANES: u64 = 1 << 16;
+
 /// The `decoder` loss's data: `h = V y + c`, scored against `target` by binary cross-entropy.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Decoder {
@@ -161,6 +165,17 @@ impl Problem {
         if k < 2 {
             return Err(invalid(format!(
                 "K = {k} categories per variable: K must be at least 2 (rows of `w` hold L*K numbers)"
+            )));
+        }
+        // A draw's Philox lanes: one per variable (categorical draws) and one per four
+        // categories of every variable (Gumbel draws, each estimator's own noise), in the
+        // counter's 16-bit lane field (`philox::counter`); past it they would read another
+        // stream's words.
+        let lanes = l as u64 * k.div_ceil(4) as u64;
+        if lanes > MAX_DRAW_LANES {
+            return Err(invalid(format!(
+                "L = {l} variables of K = {k} categories need L x ceil(K/4) = {lanes} random-number lanes per draw; a draw has {MAX_DRAW_LANES} (L*K up to {} at K a multiple of 4)",
+                4 * MAX_DRAW_LANES
             )));
         }
         if self.w.len() != d * l * k {

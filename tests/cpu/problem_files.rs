@@ -70,3 +70,20 @@ fn a_valid_file_loads_and_a_missing_one_is_a_read_error() {
         Err(Error::Read { .. })
     ));
 }
+
+/// A draw's Philox lanes (`L x ceil(K/4)`) live in the counter's 16-bit lane field: a
+/// problem that needs more is refused (its draws would read another stream's words), one
+/// that fills the field exactly is not.
+#[test]
+fn problems_past_the_counters_lanes_are_refused() {
+    let fits = Problem::free_logits(1 << 16, 4, vec![0.0; 1 << 18]);
+    assert!(fits.validate().is_ok());
+    let past = Problem::free_logits((1 << 16) + 1, 2, vec![0.0; ((1 << 16) + 1) * 2]);
+    let err = past.validate().unwrap_err().to_string();
+    assert!(
+        err.contains("L x ceil(K/4) = 65537") && err.contains("a draw has 65536"),
+        "{err}"
+    );
+    let wide = Problem::free_logits(2, (1 << 17) + 1, vec![0.0; 2 * ((1 << 17) + 1)]);
+    assert!(wide.validate().is_err());
+}
