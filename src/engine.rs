@@ -164,13 +164,14 @@ impl SweepSpec {
         let dim = self.problem.dim() as u64;
         let per_draw = self.problem.l as u64 + 2 + 3 * dim;
         for &s in &self.samples {
+            let estimators = self.estimators_at(s);
             for ctx in &contexts {
-                for e in self.estimators_at(s) {
+                for e in &estimators {
                     e.check_samples(ctx, s)?;
                 }
             }
             let generic = contexts.iter().any(|ctx| {
-                self.estimators_at(s)
+                estimators
                     .iter()
                     .any(|e| matches!(path_of(*e, ctx), Path::Generic(_) | Path::JointCounts))
             });
@@ -827,6 +828,19 @@ pub(crate) fn cpu_point_cells(
         // draws): the block's estimates of its generic cells of every loss at once, in
         // parallel over repetitions as below, each cell's bit for bit its own; the time is
         // shared equally among those cells.
+        // Repetition r's relaxed joint draws of this block, as the generic path reads them.
+        let relaxed_draws = |r: usize| JointDraws {
+            s: su,
+            z: &rel_z[r * su * l..(r + 1) * su * l],
+            f: &[],
+            y: &rel_y[r * su * dim..(r + 1) * su * dim],
+            perturbed: &rel_g[r * su * dim..(r + 1) * su * dim],
+            noise: Noise {
+                key,
+                rep: block_start + r as u32,
+                point: point_id,
+            },
+        };
         for group in shared_loss_groups(&cells, faults::any()) {
             let t0 = Instant::now();
             let estimator = cells[group[0]].estimator;
@@ -842,19 +856,7 @@ pub(crate) fn cpu_point_cells(
                 .enumerate()
                 .for_each(|(t, chunk)| {
                     for (j, estimates) in chunk.chunks_exact_mut(width).enumerate() {
-                        let r = t * task + j;
-                        let draws = JointDraws {
-                            s: su,
-                            z: &rel_z[r * su * l..(r + 1) * su * l],
-                            f: &[],
-                            y: &rel_y[r * su * dim..(r + 1) * su * dim],
-                            perturbed: &rel_g[r * su * dim..(r + 1) * su * dim],
-                            noise: Noise {
-                                key,
-                                rep: block_start + r as u32,
-                                point: point_id,
-                            },
-                        };
+                        let draws = relaxed_draws(t * task + j);
                         estimator.estimate_losses(&ctxs, &draws, estimates);
                     }
                 });
@@ -918,34 +920,24 @@ pub(crate) fn cpu_point_cells(
             let batched =
                 (cell.path == Path::Counts && !faulty) || constant || hard_table.is_some();
             // The joint draws of repetition `r` of the block, as the generic path reads them.
-            let joint_draws = |family: Family, r: usize| {
-                let noise = Noise {
-                    key,
-                    rep: block_start + r as u32,
-                    point: point_id,
-                };
-                match family {
-                    Family::ScoreFunction => JointDraws {
-                        s: su,
-                        z: &joint_z[r * su * l..(r + 1) * su * l],
-                        f: if cell.estimator.reads_draw_losses() {
-                            &joint_f[r * f_stride + f_offset * su..][..su]
-                        } else {
-                            &[]
-                        },
-                        y: &[],
-                        perturbed: &[],
-                        noise,
+            let joint_draws = |family: Family, r: usize| match family {
+                Family::ScoreFunction => JointDraws {
+                    s: su,
+                    z: &joint_z[r * su * l..(r + 1) * su * l],
+                    f: if cell.estimator.reads_draw_losses() {
+                        &joint_f[r * f_stride + f_offset * su..][..su]
+                    } else {
+                        &[]
                     },
-                    Family::Relaxed => JointDraws {
-                        s: su,
-                        z: &rel_z[r * su * l..(r + 1) * su * l],
-                        f: &[],
-                        y: &rel_y[r * su * dim..(r + 1) * su * dim],
-                        perturbed: &rel_g[r * su * dim..(r + 1) * su * dim],
-                        noise,
+                    y: &[],
+                    perturbed: &[],
+                    noise: Noise {
+                        key,
+                        rep: block_start + r as u32,
+                        point: point_id,
                     },
-                }
+                },
+                Family::Relaxed => relaxed_draws(r),
             };
             // A generic cell without a moving average (no state from one repetition to the
             // next): the block's estimates in parallel, in tasks of a fixed number of
