@@ -1,6 +1,7 @@
 //! CPU engine throughput, in draws per second, by estimator family and draw count S, at the
 //! default problem size (D = 784, K = 10) and all three losses (the single-variable
-//! lowerings), and of the generic path on `indecater-6x10` in joint draws per second.
+//! lowerings), of the generic path on `indecater-6x10` in joint draws per second, and a
+//! sweep point's fixed cost (`cpu_point_overhead`: 8 repetitions of 16 draws).
 //! `MCGRAD_BENCH_QUICK=1` shrinks every workload so CI only checks that the bench runs.
 
 use std::hint::black_box;
@@ -80,5 +81,34 @@ fn generic(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, families, generic);
+/// A sweep point's fixed cost: the same workloads with R = 8 repetitions of S = 16 draws,
+/// where the contexts, tables, warm-ups, buffers and thread hand-offs of a point outweigh its
+/// 128 draws (throughput in draws; a point's time is 128 over it). What a training loop or a
+/// sweep of many small points pays per point.
+fn overhead(c: &mut Criterion) {
+    let engine = CpuEngine::new(0).unwrap();
+    let mut group = c.benchmark_group("cpu_point_overhead");
+    group.sample_size(if quick() { 10 } else { 50 });
+    if quick() {
+        group
+            .warm_up_time(std::time::Duration::from_millis(100))
+            .measurement_time(std::time::Duration::from_millis(300));
+    }
+    let (s, r) = (16, 8);
+    for (family, name) in [
+        (Family::ScoreFunction, "score-function"),
+        (Family::Relaxed, "relaxed"),
+    ] {
+        let spec = spec(family, s, r);
+        group.throughput(Throughput::Elements(u64::from(s) * u64::from(r)));
+        group.bench_with_input(
+            BenchmarkId::new(name, format!("S={s}/R={r}")),
+            &spec,
+            |b, spec| b.iter(|| black_box(run_sweep(spec, &engine, &|_| {}).unwrap())),
+        );
+    }
+    group.finish();
+}
+
+criterion_group!(benches, families, generic, overhead);
 criterion_main!(benches);

@@ -19,7 +19,6 @@ use crate::draws::{
     CategoricalTable, JointRelaxedTable, RelaxedTable,
 };
 use crate::error::{Error, Result};
-use crate::estimators::warmed_baseline;
 use crate::estimators::{
     average_with_table_batch, estimate_counts_batch, estimate_one, fill_joint_counts,
     fill_joint_counts_by_variable, relaxed_moments, relaxed_sums_reps, transpose_counts_strided,
@@ -27,6 +26,7 @@ use crate::estimators::{
     Constant, Context, DrawSource, Estimator, Family, JointCounts, JointDraws, JointScratch,
     Lowering, MovingAverage, Noise, RelaxedMoments, RelaxedReps, Settings, RELAXED_REPS,
 };
+use crate::estimators::{reads_draws, warmed_baseline, warmed_counts_baselines};
 use crate::faults;
 use crate::loss::Loss;
 use crate::philox::key_of;
@@ -188,10 +188,11 @@ impl SweepSpec {
 
     /// The estimator context of every loss, in sweep order.
     pub fn contexts(&self) -> Vec<Context> {
+        let logits = self.problem.logits();
         self.losses
             .iter()
             .map(|&l| {
-                let mut ctx = Context::new(&self.problem, l, self.tau);
+                let mut ctx = Context::at_logits(&self.problem, &logits, l, self.tau);
                 ctx.settings = self.settings.clone();
                 ctx
             })
@@ -439,8 +440,8 @@ pub(crate) fn cpu_point_cells(
     let dim = spec.problem.dim();
     let key = key_of(spec.seed);
     let point_id = point as u32;
-    let logits = spec.problem.logits();
     let contexts = spec.contexts();
+    let logits = contexts[0].logits.clone();
     let estimators = spec.estimators_at(s);
 
     let mut cells: Vec<CellState> = Vec::new();
@@ -477,7 +478,26 @@ pub(crate) fn cpu_point_cells(
     // Warm-ups (REBAR's and RELAX's tuning), before the measured repetitions and on
     // repetitions past them: reported, not measured.
     let reps = spec.reps;
-    cells.par_iter_mut().for_each(|cell| {
+    // The counts path's moving averages warm up on repetitions whose category counts depend
+    // on p alone: drawn once for all of them (`warmed_counts_baselines`, each baseline the
+    // bits of its own `warmed_baseline`), not once per cell and repetition.
+    let counts_warm: Vec<usize> = (0..cells.len())
+        .filter(|&i| {
+            let c = &cells[i];
+            c.path == Path::Counts
+                && contexts[c.loss_index].l == 1
+                && c.estimator.keeps_moving_average()
+                && reads_draws(c.estimator)
+        })
+        .collect();
+    let counts_warmed = {
+        let warm_cells: Vec<(&dyn Estimator, &Context)> = counts_warm
+            .iter()
+            .map(|&i| (cells[i].estimator, &contexts[cells[i].loss_index]))
+            .collect();
+        warmed_counts_baselines(&warm_cells, key, point_id, s, reps)
+    };
+    cells.par_iter_mut().enumerate().for_each(|(i, cell)| {
         let ctx = &contexts[cell.loss_index];
         let noise_for_rep = |r: u32| Noise {
             key,
@@ -490,7 +510,10 @@ pub(crate) fn cpu_point_cells(
             cell.warm_ctx = Some(local);
         }
         // Moving-average baselines enter the measurement warmed up, not at 0.
-        cell.baseline = warmed_baseline(cell.estimator, ctx, key, point_id, s, reps);
+        cell.baseline = match counts_warm.binary_search(&i) {
+            Ok(at) => counts_warmed[at],
+            Err(_) => warmed_baseline(cell.estimator, ctx, key, point_id, s, reps),
+        };
     });
     let has = |p: Path| cells.iter().any(|c| c.path == p);
     let counts_paths = u64::from(has(Path::Counts)) + u64::from(has(Path::HardDrawCounts));

@@ -11,7 +11,8 @@
 //! sweep point `point`.
 
 use crate::draws::{
-    count_categories, draw_joint_categories, CategoricalTable, JointRelaxedTable, RelaxedTable,
+    count_categories, count_categories_reps, draw_joint_categories, CategoricalTable,
+    JointRelaxedTable, RelaxedTable,
 };
 use crate::engine::{path_of, Path};
 
@@ -334,12 +335,16 @@ pub fn warmed_counts_baselines(
     let reps = ctx0.settings.baseline_warmup;
     let table = CategoricalTable::new(&ctx0.p[..k]);
     let mut counts = vec![0u32; reps as usize * k];
+    // Tasks of WARM_TASK repetitions, each one call of the batched counts (the per-repetition
+    // counts of `count_categories`, tested; one call per repetition spent more on the calls'
+    // scratch than on the draws at small S).
+    const WARM_TASK: usize = 16;
     counts
-        .par_chunks_mut(k.max(1))
+        .par_chunks_mut(k.max(1) * WARM_TASK)
         .enumerate()
-        .for_each(|(r, row)| {
-            let rep = first_rep.wrapping_add(r as u32);
-            count_categories(&table, key, rep, point, s, row);
+        .for_each(|(t, rows)| {
+            let rep = first_rep.wrapping_add((t * WARM_TASK) as u32);
+            count_categories_reps(&table, key, rep, point, s, rows);
         });
     for c in warm {
         let (est, ctx) = cells[c];

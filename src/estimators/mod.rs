@@ -338,15 +338,17 @@ impl Context {
     /// # Panics
     /// If the problem lacks the loss's fields ([`Problem::check_loss`] says so first).
     pub fn new(problem: &Problem, loss: Loss, tau: f64) -> Self {
+        Self::at_logits(problem, &problem.logits(), loss, tau)
+    }
+
+    /// [`Context::new`] with the problem's logits `a = xW` already computed (several losses
+    /// of one problem share them).
+    ///
+    /// # Panics
+    /// As [`Context::new`], and if `a` does not hold L*K numbers.
+    pub fn at_logits(problem: &Problem, a: &[f64], loss: Loss, tau: f64) -> Self {
         let objective = Objective::new(problem, loss);
-        Self::with_objective(
-            problem.l,
-            problem.k,
-            &problem.logits(),
-            objective,
-            tau,
-            true,
-        )
+        Self::with_objective(problem.l, problem.k, a, objective, tau, true)
     }
 
     /// [`Context::new`] without running the oracle for several variables: `fbar` and `grad`

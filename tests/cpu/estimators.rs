@@ -518,3 +518,58 @@ fn moving_average_baselines_are_warmed_up_before_the_measurement() {
         }
     }
 }
+
+#[test]
+fn shared_warm_up_counts_give_each_cells_own_baseline() {
+    // The engines warm up every one-variable moving average on counts drawn once for all
+    // cells (`warmed_counts_baselines`): each baseline must be the bits of the cell's own
+    // warm-up (`warmed_baseline`), whatever the warm-up length (past and short of the shared
+    // draws' tasks of 16 repetitions), S, loss, and first repetition (across the u32 wrap).
+    let problem = spread_problem();
+    let key = mcgrad::philox::key_of(11);
+    let sf: Vec<&'static dyn Estimator> = estimators::REGISTRY
+        .iter()
+        .copied()
+        .filter(|e| {
+            matches!(
+                e.lowering(),
+                Some(estimators::Lowering::ScoreFunction { .. })
+            )
+        })
+        .collect();
+    assert!(sf.iter().any(|e| e.id() == "reinforce-ema"));
+    let mut warmed_any = false;
+    for warmup in [0u32, 1, 15, 16, 17, 50] {
+        for s in [1u32, 16, 100] {
+            for first_rep in [0u32, 7, u32::MAX - 20] {
+                let contexts: Vec<Context> = Loss::QUADRATIC
+                    .iter()
+                    .map(|&loss| {
+                        let mut ctx = Context::new(&problem, loss, 1.0);
+                        ctx.settings.baseline_warmup = warmup;
+                        ctx
+                    })
+                    .collect();
+                let cells: Vec<(&dyn Estimator, &Context)> = contexts
+                    .iter()
+                    .flat_map(|ctx| sf.iter().map(move |&e| (e, ctx)))
+                    .collect();
+                let shared = estimators::warmed_counts_baselines(&cells, key, 3, s, first_rep);
+                for (&(est, ctx), got) in cells.iter().zip(&shared) {
+                    let want = estimators::warmed_baseline(est, ctx, key, 3, s, first_rep);
+                    let (gs, gw) = got.state();
+                    let (ws, ww) = want.state();
+                    assert_eq!(
+                        (gs.to_bits(), gw.to_bits()),
+                        (ws.to_bits(), ww.to_bits()),
+                        "{} under {}: warm-up {warmup}, S = {s}, first repetition {first_rep}",
+                        est.id(),
+                        ctx.loss
+                    );
+                    warmed_any |= ww > 0.0;
+                }
+            }
+        }
+    }
+    assert!(warmed_any, "no cell warmed up: the test compares nothing");
+}
