@@ -334,30 +334,44 @@ pub fn warmed_counts_baselines(
     let k = ctx0.k;
     let reps = ctx0.settings.baseline_warmup;
     let table = CategoricalTable::new(&ctx0.p[..k]);
-    let mut counts = vec![0u32; reps as usize * k];
-    // Tasks of WARM_TASK repetitions, each one call of the batched counts (the per-repetition
-    // counts of `count_categories`, tested; one call per repetition spent more on the calls'
-    // scratch than on the draws at small S).
+    // The warm-up in chunks of at most WARM_NUMBERS counts (at least one repetition), so that
+    // a long warm-up of many categories holds one chunk at a time, not reps x K numbers (8 GB
+    // at the largest --baseline-warmup and K = 20000); each chunk in tasks of WARM_TASK
+    // repetitions, each one call of the batched counts (the per-repetition counts of
+    // `count_categories`, tested; one call per repetition spent more on the calls' scratch
+    // than on the draws at small S).
+    const WARM_NUMBERS: usize = 1 << 20;
     const WARM_TASK: usize = 16;
-    counts
-        .par_chunks_mut(k.max(1) * WARM_TASK)
-        .enumerate()
-        .for_each(|(t, rows)| {
-            let rep = first_rep.wrapping_add((t * WARM_TASK) as u32);
-            count_categories_reps(&table, key, rep, point, s, rows);
-        });
-    for c in warm {
-        let (est, ctx) = cells[c];
-        debug_assert!(ctx.l == 1 && ctx.p == ctx0.p && ctx.settings.baseline_warmup == reps);
-        let mut out = vec![0.0; ctx.dim()];
-        let baseline = &mut baselines[c];
-        for row in counts.chunks_exact(k) {
-            let draws = DrawSource::Counts { counts: row, s };
-            match estimate_one(est, ctx, draws, baseline.value(), &mut out) {
-                Some(signal) => baseline.push(signal),
-                None => break,
+    let chunk_reps = (WARM_NUMBERS / k.max(1)).clamp(1, reps.max(1) as usize);
+    let mut counts = vec![0u32; chunk_reps * k];
+    let mut outs: Vec<Vec<f64>> = warm.iter().map(|&c| vec![0.0; cells[c].1.dim()]).collect();
+    // The cells still warming up (an estimator that keeps no moving average stops at once).
+    let mut active: Vec<usize> = (0..warm.len()).collect();
+    let mut done = 0usize;
+    while done < reps as usize && !active.is_empty() {
+        let n = chunk_reps.min(reps as usize - done);
+        let chunk_first = first_rep.wrapping_add(done as u32);
+        counts[..n * k]
+            .par_chunks_mut(k.max(1) * WARM_TASK)
+            .enumerate()
+            .for_each(|(t, rows)| {
+                let rep = chunk_first.wrapping_add((t * WARM_TASK) as u32);
+                count_categories_reps(&table, key, rep, point, s, rows);
+            });
+        active.retain(|&w| {
+            let (est, ctx) = cells[warm[w]];
+            debug_assert!(ctx.l == 1 && ctx.p == ctx0.p && ctx.settings.baseline_warmup == reps);
+            let baseline = &mut baselines[warm[w]];
+            for row in counts[..n * k].chunks_exact(k) {
+                let draws = DrawSource::Counts { counts: row, s };
+                match estimate_one(est, ctx, draws, baseline.value(), &mut outs[w]) {
+                    Some(signal) => baseline.push(signal),
+                    None => return false,
+                }
             }
-        }
+            true
+        });
+        done += n;
     }
     baselines
 }

@@ -572,4 +572,25 @@ fn shared_warm_up_counts_give_each_cells_own_baseline() {
         }
     }
     assert!(warmed_any, "no cell warmed up: the test compares nothing");
+    // At K = 30000 the warm-up's counts come in chunks of 34 repetitions (2^20 numbers): 50
+    // repetitions cross a chunk's end.
+    let wide = Problem::seeded(3, 2, 30_000);
+    for s in [1u32, 16] {
+        let mut ctx = Context::new(&wide, Loss::Squared, 1.0);
+        ctx.settings.baseline_warmup = 50;
+        let cells: Vec<(&dyn Estimator, &Context)> = ["reinforce-ema", "reinforce", "muprop-c"]
+            .iter()
+            .map(|id| (estimators::by_id(id).unwrap(), &ctx))
+            .collect();
+        let shared = estimators::warmed_counts_baselines(&cells, key, 5, s, 9);
+        for (&(est, ctx), got) in cells.iter().zip(&shared) {
+            let want = estimators::warmed_baseline(est, ctx, key, 5, s, 9);
+            assert_eq!(
+                (got.state().0.to_bits(), got.state().1.to_bits()),
+                (want.state().0.to_bits(), want.state().1.to_bits()),
+                "{} at K = 30000, S = {s}",
+                est.id()
+            );
+        }
+    }
 }
