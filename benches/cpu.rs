@@ -18,6 +18,28 @@ fn spec(family: Family, samples: u32, reps: u32) -> SweepSpec {
     SweepSpec::family_workload(family, samples, reps)
 }
 
+/// The two families of the single-variable lowerings, by bench name.
+const FAMILIES: [(Family, &str); 2] = [
+    (Family::ScoreFunction, "score-function"),
+    (Family::Relaxed, "relaxed"),
+];
+
+/// One sweep point of `spec` (one S) as bench `name/S=../R=..`, throughput in its draws.
+fn bench_point(
+    group: &mut criterion::BenchmarkGroup<'_, criterion::measurement::WallTime>,
+    engine: &CpuEngine,
+    name: &str,
+    spec: &SweepSpec,
+) {
+    let (s, r) = (spec.samples[0], spec.reps);
+    group.throughput(Throughput::Elements(u64::from(s) * u64::from(r)));
+    group.bench_with_input(
+        BenchmarkId::new(name, format!("S={s}/R={r}")),
+        spec,
+        |b, spec| b.iter(|| black_box(run_sweep(spec, engine, &|_| {}).unwrap())),
+    );
+}
+
 fn families(c: &mut Criterion) {
     let engine = CpuEngine::new(0).unwrap();
     let mut group = c.benchmark_group("cpu_sweep");
@@ -34,23 +56,14 @@ fn families(c: &mut Criterion) {
     } else {
         &[(16, 20_000), (256, 4000), (4096, 1000)]
     };
-    for (family, name) in [
-        (Family::ScoreFunction, "score-function"),
-        (Family::Relaxed, "relaxed"),
-    ] {
+    for (family, name) in FAMILIES {
         for &(s, r) in sizes {
             let r = if family == Family::Relaxed && !quick() {
                 r / 8
             } else {
                 r
             };
-            let spec = spec(family, s, r);
-            group.throughput(Throughput::Elements(u64::from(s) * u64::from(r)));
-            group.bench_with_input(
-                BenchmarkId::new(name, format!("S={s}/R={r}")),
-                &spec,
-                |b, spec| b.iter(|| black_box(run_sweep(spec, &engine, &|_| {}).unwrap())),
-            );
+            bench_point(&mut group, &engine, name, &spec(family, s, r));
         }
     }
     group.finish();
@@ -72,12 +85,7 @@ fn generic(c: &mut Criterion) {
     let mut spec = SweepSpec::family_workload(Family::ScoreFunction, s, r);
     spec.problem = (mcgrad::problems::by_name("indecater-6x10").unwrap().build)(0);
     spec.losses = vec![mcgrad::loss::Loss::Pnorm];
-    group.throughput(Throughput::Elements(u64::from(s) * u64::from(r)));
-    group.bench_with_input(
-        BenchmarkId::new("indecater-6x10/score-function", format!("S={s}/R={r}")),
-        &spec,
-        |b, spec| b.iter(|| black_box(run_sweep(spec, &engine, &|_| {}).unwrap())),
-    );
+    bench_point(&mut group, &engine, "indecater-6x10/score-function", &spec);
     group.finish();
 }
 
@@ -94,18 +102,8 @@ fn overhead(c: &mut Criterion) {
             .warm_up_time(std::time::Duration::from_millis(100))
             .measurement_time(std::time::Duration::from_millis(300));
     }
-    let (s, r) = (16, 8);
-    for (family, name) in [
-        (Family::ScoreFunction, "score-function"),
-        (Family::Relaxed, "relaxed"),
-    ] {
-        let spec = spec(family, s, r);
-        group.throughput(Throughput::Elements(u64::from(s) * u64::from(r)));
-        group.bench_with_input(
-            BenchmarkId::new(name, format!("S={s}/R={r}")),
-            &spec,
-            |b, spec| b.iter(|| black_box(run_sweep(spec, &engine, &|_| {}).unwrap())),
-        );
+    for (family, name) in FAMILIES {
+        bench_point(&mut group, &engine, name, &spec(family, 16, 8));
     }
     group.finish();
 }

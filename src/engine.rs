@@ -441,7 +441,7 @@ pub(crate) fn cpu_point_cells(
     let key = key_of(spec.seed);
     let point_id = point as u32;
     let contexts = spec.contexts();
-    let logits = contexts[0].logits.clone();
+    let logits = &contexts[0].logits;
     let estimators = spec.estimators_at(s);
 
     let mut cells: Vec<CellState> = Vec::new();
@@ -528,7 +528,7 @@ pub(crate) fn cpu_point_cells(
     let relaxed_table = RelaxedTable::new(&logits[..k], spec.tau);
     let tables: Vec<CategoricalTable> =
         contexts[0].p.chunks(k).map(CategoricalTable::new).collect();
-    let joint_relaxed = JointRelaxedTable::new(&logits, k, spec.tau);
+    let joint_relaxed = JointRelaxedTable::new(logits, k, spec.tau);
     // Losses whose f the generic score-function pass keeps per draw, and those whose joint
     // counts it keeps per repetition.
     let losses_on = |path: Path| -> Vec<usize> {
