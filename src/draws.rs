@@ -190,21 +190,136 @@ fn count_reps_with(
     for (chunk_index, chunk) in counts.chunks_mut(k * TALLY_REPS).enumerate() {
         let rep0 = first_rep.wrapping_add((chunk_index * TALLY_REPS) as u32);
         let n = chunk.len() / k;
-        #[cfg(target_arch = "x86_64")]
-        if avx2 {
-            // SAFETY: the caller checked that the CPU has AVX2.
-            unsafe {
-                tally_x8::tallies(table, key, rep0, point, samples, &mut above[..n]);
-            }
-        }
-        if !avx2 || cfg!(not(target_arch = "x86_64")) {
-            for (r, a) in above[..n].iter_mut().enumerate() {
-                *a = [0; FIXED_K - 1];
-                tally_repetition(table, key, rep0.wrapping_add(r as u32), point, samples, a);
-            }
-        }
+        fill_tallies(avx2, table, key, rep0, point, samples, &mut above[..n]);
         for (a, c) in above[..n].iter().zip(chunk.chunks_exact_mut(k)) {
             counts_from_tallies(table, samples, a, c);
+        }
+    }
+}
+
+/// The threshold tallies of repetitions `rep0 ..` (one per row of `above`, at most
+/// [`TALLY_REPS`]), through the AVX2 tallies where `avx2` (which the caller has checked the
+/// CPU has) and else through the portable lanes.
+fn fill_tallies(
+    avx2: bool,
+    table: &CategoricalTable,
+    key: [u32; 2],
+    rep0: u32,
+    point: u32,
+    samples: u32,
+    above: &mut [[u32; FIXED_K - 1]],
+) {
+    #[cfg(target_arch = "x86_64")]
+    if avx2 {
+        // SAFETY: the caller checked that the CPU has AVX2.
+        unsafe {
+            tally_x8::tallies(table, key, rep0, point, samples, above);
+        }
+    }
+    if !avx2 || cfg!(not(target_arch = "x86_64")) {
+        for (r, a) in above.iter_mut().enumerate() {
+            *a = [0; FIXED_K - 1];
+            tally_repetition(table, key, rep0.wrapping_add(r as u32), point, samples, a);
+        }
+    }
+}
+
+/// The counts of [`count_categories_reps`] for `reps` repetitions from `first_rep` on, written
+/// in f64 and category-major: the count of category j of repetition `first_rep + r` at
+/// `out[j * stride + r]` (the layout [`crate::estimators::estimate_counts_batch`] reads; the
+/// rest of `out` is left as it is). The same counts, without rows of u32 and their
+/// transpose in between.
+///
+/// # Panics
+/// If `stride < reps` or `out` is shorter than `(K - 1) * stride + reps`.
+#[allow(clippy::too_many_arguments)]
+pub fn count_categories_reps_f64(
+    table: &CategoricalTable,
+    key: [u32; 2],
+    first_rep: u32,
+    point: u32,
+    samples: u32,
+    reps: usize,
+    stride: usize,
+    out: &mut [f64],
+) {
+    count_reps_f64_with(
+        fastmath::has_avx2(),
+        table,
+        key,
+        (first_rep, point, samples),
+        reps,
+        stride,
+        out,
+    );
+}
+
+/// [`count_categories_reps_f64`] through the AVX2 tallies where `avx2` (which the caller has
+/// checked the CPU has) and else through the portable lanes.
+fn count_reps_f64_with(
+    avx2: bool,
+    table: &CategoricalTable,
+    key: [u32; 2],
+    (first_rep, point, samples): (u32, u32, u32),
+    reps: usize,
+    stride: usize,
+    out: &mut [f64],
+) {
+    let k = table.thresholds.len() + 1;
+    if reps == 0 {
+        return;
+    }
+    assert!(stride >= reps && out.len() >= (k - 1) * stride + reps);
+    if table.thresholds.len() >= FIXED_K {
+        let mut counts = vec![0u32; k];
+        for r in 0..reps {
+            let rep = first_rep.wrapping_add(r as u32);
+            count_reps_with(avx2, table, key, rep, point, samples, &mut counts);
+            for (j, &c) in counts.iter().enumerate() {
+                out[j * stride + r] = f64::from(c);
+            }
+        }
+        return;
+    }
+    // With the clamp folded into the tallies (`S` below the first drawn category's threshold,
+    // 0 from the last one's on), category m's count is `T(m - 1) - T(m)` for every m, the
+    // telescoped sums of `counts_from_tallies`.
+    let (first, last) = (table.first_nonzero as isize, table.last_nonzero as isize);
+    let column = |j: isize| -> Result<usize, u32> {
+        if j < first {
+            Err(samples)
+        } else if j >= last {
+            Err(0)
+        } else {
+            Ok(j as usize)
+        }
+    };
+    let mut above = [[0u32; FIXED_K - 1]; TALLY_REPS];
+    for r0 in (0..reps).step_by(TALLY_REPS) {
+        let n = (reps - r0).min(TALLY_REPS);
+        let rep0 = first_rep.wrapping_add(r0 as u32);
+        fill_tallies(avx2, table, key, rep0, point, samples, &mut above[..n]);
+        let tallies = &above[..n];
+        for m in 0..k {
+            let row = &mut out[m * stride + r0..m * stride + r0 + n];
+            match (column(m as isize - 1), column(m as isize)) {
+                (Err(a), Err(b)) => row.fill(f64::from(a - b)),
+                (Err(a), Ok(j)) => {
+                    for (o, t) in row.iter_mut().zip(tallies) {
+                        *o = f64::from(a - t[j]);
+                    }
+                }
+                (Ok(i), Err(b)) => {
+                    for (o, t) in row.iter_mut().zip(tallies) {
+                        *o = f64::from(t[i] - b);
+                    }
+                }
+                (Ok(i), Ok(j)) => {
+                    for (o, t) in row.iter_mut().zip(tallies) {
+                        *o = f64::from(t[i] - t[j]);
+                    }
+                }
+            }
         }
     }
 }
@@ -2182,6 +2297,62 @@ mod tests {
                     let mut portable = vec![9u32; n * k];
                     count_reps_with(false, &table, [5, 6], first, 2, s, &mut portable);
                     assert_eq!(portable, want, "portable, K = {k}, S = {s}");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn f64_counts_are_the_u32_counts_category_major() {
+        // The tables above plus one drawn only in its middle classes (both clamps) and one
+        // with a single drawn class; S on both sides of 16 and 32; repetitions within one
+        // tally chunk, exactly one, and across chunks (130 = 2 x 64 + 2), from a start that
+        // wraps at 2^32; a stride past the repetitions (the numbers between are left alone);
+        // the AVX2 tallies (where the CPU has them) and the portable lanes.
+        let tables: Vec<Vec<f64>> = vec![
+            vec![1.0],
+            vec![0.3, 0.7],
+            vec![0.0, 0.1, 0.05, 0.2, 0.15, 0.1, 0.1, 0.1, 0.2, 0.0],
+            vec![0.0, 0.0, 0.5, 0.5, 0.0],
+            vec![0.0, 1.0, 0.0],
+            (0..17).map(|c| (c + 1) as f64 / 153.0).collect(),
+            (0..18).map(|c| (c + 1) as f64 / 171.0).collect(),
+        ];
+        for p in &tables {
+            let table = CategoricalTable::new(p);
+            let k = p.len();
+            for s in [1u32, 5, 16, 17, 33, 100] {
+                for (first, reps) in [(0u32, 7usize), (u32::MAX - 70, 130), (11, 64), (3, 1)] {
+                    let mut rows = vec![0u32; reps * k];
+                    count_categories_reps(&table, [5, 6], first, 2, s, &mut rows);
+                    let stride = reps + 3;
+                    for avx2 in [false, fastmath::has_avx2()] {
+                        let mut out = vec![-1.0f64; (k - 1) * stride + reps + 2];
+                        count_reps_f64_with(
+                            avx2,
+                            &table,
+                            [5, 6],
+                            (first, 2, s),
+                            reps,
+                            stride,
+                            &mut out,
+                        );
+                        for j in 0..k {
+                            for r in 0..reps {
+                                assert_eq!(
+                                    out[j * stride + r],
+                                    f64::from(rows[r * k + j]),
+                                    "K = {k}, S = {s}, reps {reps} from {first}, category {j}, repetition {r}"
+                                );
+                            }
+                            if j + 1 < k {
+                                assert!(out[j * stride + reps..(j + 1) * stride]
+                                    .iter()
+                                    .all(|&v| v == -1.0));
+                            }
+                        }
+                        assert!(out[(k - 1) * stride + reps..].iter().all(|&v| v == -1.0));
+                    }
                 }
             }
         }

@@ -15,8 +15,8 @@ use std::time::Instant;
 use rayon::prelude::*;
 
 use crate::draws::{
-    count_categories_reps, draw_joint_categories, draw_joint_categories_by_variable,
-    CategoricalTable, JointRelaxedTable, RelaxedTable,
+    count_categories_reps, count_categories_reps_f64, draw_joint_categories,
+    draw_joint_categories_by_variable, CategoricalTable, JointRelaxedTable, RelaxedTable,
 };
 use crate::error::{Error, Result};
 use crate::estimators::{
@@ -521,6 +521,11 @@ pub(crate) fn cpu_point_cells(
     // The batched lowerings read the counts in f64 (score-function cells, and hard-draw
     // cells through their tables of per-category estimates).
     let lowered_counts_on = has(Path::Counts) || has(Path::HardDrawCounts);
+    // The counts in u32, one repetition's row after another, are read only by the cells that
+    // take one repetition at a time: a hard-draw cell without a table of per-category
+    // estimates, and every cell under injected faults. Without them the counts pass writes
+    // the f64 tiles alone.
+    let u32_counts_on = counts_on && (has(Path::HardDrawCounts) || faults::any());
     let sums_on = has(Path::RelaxedSums);
     let generic_sf = has(Path::Generic(Family::ScoreFunction));
     let generic_rel = has(Path::Generic(Family::Relaxed));
@@ -610,7 +615,7 @@ pub(crate) fn cpu_point_cells(
     while block_start < spec.reps {
         let nb = block.min(spec.reps - block_start);
         let nbu = nb as usize;
-        let mut counts = vec![0u32; if counts_on { nbu * k } else { 0 }];
+        let mut counts = vec![0u32; if u32_counts_on { nbu * k } else { 0 }];
         if lowered_counts_on {
             counts_t.resize(nbu.div_ceil(COUNT_TASK) * COUNT_TASK * k, 0.0);
         }
@@ -625,7 +630,25 @@ pub(crate) fn cpu_point_cells(
             };
             for _ in 0..faults::repeat_pass("score-function") {
                 // Tasks of COUNT_TASK repetitions (the tallies run several at once).
-                if lowered_counts_on {
+                if !u32_counts_on {
+                    // Straight into the f64 tiles (the same counts).
+                    counts_t[..nbu.div_ceil(COUNT_TASK) * COUNT_TASK * k]
+                        .par_chunks_mut(k * COUNT_TASK)
+                        .enumerate()
+                        .for_each(|(i, tile)| {
+                            let first = i * COUNT_TASK;
+                            count_categories_reps_f64(
+                                &table,
+                                key,
+                                block_start + first as u32,
+                                point_id,
+                                s,
+                                COUNT_TASK.min(nbu - first),
+                                COUNT_TASK,
+                                tile,
+                            );
+                        });
+                } else if lowered_counts_on {
                     counts
                         .par_chunks_mut(k * COUNT_TASK)
                         .zip(counts_t.par_chunks_mut(k * COUNT_TASK))
