@@ -1,7 +1,8 @@
 //! CPU engine throughput, in draws per second, by estimator family and draw count S, at the
 //! default problem size (D = 784, K = 10) and all three losses (the single-variable
 //! lowerings), of the generic path on `indecater-6x10` in joint draws per second, and a
-//! sweep point's fixed cost (`cpu_point_overhead`: 8 repetitions of 16 draws).
+//! sweep point's fixed cost (`cpu_point_overhead`: 8 repetitions of 16 draws), and the
+//! score-function pass's counts of one task (`cpu_counts`).
 //! `MCGRAD_BENCH_QUICK=1` shrinks every workload so CI only checks that the bench runs.
 
 use std::hint::black_box;
@@ -108,5 +109,47 @@ fn overhead(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, families, generic, overhead);
+/// The score-function pass's counts of one task (64 repetitions of S = 16 draws at the
+/// default problem's p, K = 10) in the category-major f64 tile the counts lowering reads:
+/// written straight from the threshold tallies (`f64-tile`, the engine's path), and as u32
+/// rows then transposed (`u32-rows-transposed`, its path where a cell reads the rows, and
+/// the path before); throughput in draws.
+fn counts(c: &mut Criterion) {
+    use mcgrad::draws::{count_categories_reps, count_categories_reps_f64, CategoricalTable};
+    use mcgrad::estimators::transpose_counts_strided;
+    let mut group = c.benchmark_group("cpu_counts");
+    if quick() {
+        group
+            .warm_up_time(std::time::Duration::from_millis(100))
+            .measurement_time(std::time::Duration::from_millis(300));
+    }
+    let spec = spec(Family::ScoreFunction, 16, 64);
+    let contexts = spec.contexts();
+    let k = spec.problem.k;
+    let table = CategoricalTable::new(&contexts[0].p[..k]);
+    let (s, reps) = (16u32, 64usize);
+    let (key, point) = ([1, 2], 0);
+    group.throughput(Throughput::Elements(u64::from(s) * reps as u64));
+    let mut tile = vec![0f64; reps * k];
+    let mut rows = vec![0u32; reps * k];
+    let mut first = 0u32;
+    group.bench_function(format!("f64-tile/S={s}/R={reps}"), |b| {
+        b.iter(|| {
+            first = first.wrapping_add(reps as u32);
+            count_categories_reps_f64(&table, key, first, point, s, reps, reps, &mut tile);
+            black_box(&tile);
+        })
+    });
+    group.bench_function(format!("u32-rows-transposed/S={s}/R={reps}"), |b| {
+        b.iter(|| {
+            first = first.wrapping_add(reps as u32);
+            count_categories_reps(&table, key, first, point, s, &mut rows);
+            transpose_counts_strided(&rows, k, reps, &mut tile);
+            black_box(&tile);
+        })
+    });
+    group.finish();
+}
+
+criterion_group!(benches, families, generic, overhead, counts);
 criterion_main!(benches);
