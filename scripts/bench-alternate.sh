@@ -35,22 +35,15 @@ for round in $(seq "$rounds"); do
 done
 echo "load after: $(cut -d' ' -f1-3 /proc/loadavg)"
 python3 - "$out" "$rounds" "${labels[@]}" <<'PY'
-import re, sys
+import sys
+sys.path.insert(0, "scripts")
+from criterion_medians import medians
 out, rounds, labels = sys.argv[1], int(sys.argv[2]), sys.argv[3:]
-scale = {"elem/s": 1, "Kelem/s": 1e3, "Melem/s": 1e6, "Gelem/s": 1e9}
 table = {}
 for label in labels:
     for r in range(1, rounds + 1):
-        name = None
-        for line in open(f"{out}/{label}.{r}.txt"):
-            s = line.strip()
-            if re.fullmatch(r"[a-z_]+/\S+", s):
-                name = s
-            m = re.match(r"(?:\S+\s+)?thrpt:\s+\[\S+ \S+ (\S+) (\S+) \S+ \S+\]", s)
-            if m and name:
-                table.setdefault(name, {}).setdefault(label, []).append(
-                    float(m.group(1)) * scale[m.group(2)] / 1e6)
-                name = None
+        for name, value in medians(f"{out}/{label}.{r}.txt").items():
+            table.setdefault(name, {}).setdefault(label, []).append(value)
 print("| bench | " + " | ".join(labels) + " |")
 print("|---" * (len(labels) + 1) + "|")
 for name in sorted(table):

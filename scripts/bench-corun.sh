@@ -53,22 +53,10 @@ for round in $(seq "$rounds"); do
 done
 echo "load after: $(cut -d' ' -f1-3 /proc/loadavg)"
 python3 - "$out" "$rounds" <<'PY'
-import re, sys
+import sys
+sys.path.insert(0, "scripts")
+from criterion_medians import medians
 out, rounds = sys.argv[1], int(sys.argv[2])
-scale = {"elem/s": 1, "Kelem/s": 1e3, "Melem/s": 1e6, "Gelem/s": 1e9}
-
-def medians(path):
-    found, name = {}, None
-    for line in open(path):
-        s = line.strip()
-        if re.fullmatch(r"[a-z_]+/\S+", s):
-            name = s
-        m = re.match(r"(?:\S+\s+)?thrpt:\s+\[\S+ \S+ (\S+) (\S+) \S+ \S+\]", s)
-        if m and name:
-            found[name] = float(m.group(1)) * scale[m.group(2)] / 1e6
-            name = None
-    return found
-
 runs = {kind: [medians(f"{out}/{kind}.{r}.txt") for r in range(1, rounds + 1)]
         for kind in ("alone", "first", "second", "all")}
 names = sorted({n for rs in runs.values() for r in rs for n in r})

@@ -50,21 +50,12 @@ echo "load average: $(cut -d' ' -f1-3 /proc/loadavg); $(nproc) cores; $(grep -m1
 echo "before: $before_commit; after: $(git rev-parse --short HEAD); $rounds rounds, alternating"
 python3 - "$out" "$rounds" <<'PY'
 import re, statistics, sys
+sys.path.insert(0, "scripts")
+from criterion_medians import medians
 out, rounds = sys.argv[1], int(sys.argv[2])
-unit = {"elem/s": 1, "Kelem/s": 1e3, "Melem/s": 1e6, "Gelem/s": 1e9}
-def medians(path):
-    res, name = {}, None
-    for line in open(path):
-        if re.match(r"^cpu_\S+$", line.strip()) or re.match(r"^cpu_\S+\s+time:", line):
-            name = line.split()[0]
-        m = re.search(r"thrpt:\s+\[\S+ \S+ (\S+) (\S+) \S+ \S+\]", line)
-        if m and name and "%" not in line:
-            res[name] = float(m.group(1)) * unit[m.group(2)]
-            name = None
-    return res
 runs = {s: [medians(f"{out}/{s}-{r}.txt") for r in range(1, rounds + 1)] for s in ("before", "after")}
 names = sorted({n for r in runs["before"] + runs["after"] for n in r}, key=lambda n: (n.split("/")[1], int(re.search(r"S=(\d+)", n).group(1)) if "S=" in n else 0))
-fmt = lambda v: f"{v / 1e6:.1f} M/s" if v else "—"
+fmt = lambda v: f"{v:.1f} M/s" if v else "—"
 print("| bench | before | after | ratio |")
 print("|---|---|---|---|")
 for n in names:

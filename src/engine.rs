@@ -517,10 +517,10 @@ pub(crate) fn cpu_point_cells(
     });
     let has = |p: Path| cells.iter().any(|c| c.path == p);
     let counts_paths = u64::from(has(Path::Counts)) + u64::from(has(Path::HardDrawCounts));
+    // The counts pass: its tiles of f64 counts are what the batched lowerings read
+    // (score-function cells, and hard-draw cells through their tables of per-category
+    // estimates).
     let counts_on = counts_paths > 0;
-    // The batched lowerings read the counts in f64 (score-function cells, and hard-draw
-    // cells through their tables of per-category estimates).
-    let lowered_counts_on = has(Path::Counts) || has(Path::HardDrawCounts);
     // The counts in u32, one repetition's row after another, are read only by the cells that
     // take one repetition at a time: a hard-draw cell without a table of per-category
     // estimates, and every cell under injected faults. Without them the counts pass writes
@@ -616,49 +616,41 @@ pub(crate) fn cpu_point_cells(
         let nb = block.min(spec.reps - block_start);
         let nbu = nb as usize;
         let mut counts = vec![0u32; if u32_counts_on { nbu * k } else { 0 }];
-        if lowered_counts_on {
+        if counts_on {
             counts_t.resize(nbu.div_ceil(COUNT_TASK) * COUNT_TASK * k, 0.0);
         }
         if counts_on {
             let t0 = Instant::now();
-            let task = |i: usize, c: &mut [u32], tile: Option<&mut [f64]>| {
-                let rep = block_start + (i * COUNT_TASK) as u32;
-                count_categories_reps(&table, key, rep, point_id, s, c);
-                if let Some(tile) = tile {
-                    transpose_counts_strided(c, k, COUNT_TASK, tile);
-                }
-            };
             for _ in 0..faults::repeat_pass("score-function") {
-                // Tasks of COUNT_TASK repetitions (the tallies run several at once).
-                if !u32_counts_on {
-                    // Straight into the f64 tiles (the same counts).
-                    counts_t[..nbu.div_ceil(COUNT_TASK) * COUNT_TASK * k]
+                // Tasks of COUNT_TASK repetitions (the tallies run several at once), each
+                // writing its tile of f64 counts.
+                let tiles = counts_t.par_chunks_mut(k * COUNT_TASK);
+                if u32_counts_on {
+                    // The u32 rows too, and the tile as their transpose.
+                    counts
                         .par_chunks_mut(k * COUNT_TASK)
+                        .zip(tiles)
                         .enumerate()
-                        .for_each(|(i, tile)| {
-                            let first = i * COUNT_TASK;
-                            count_categories_reps_f64(
-                                &table,
-                                key,
-                                block_start + first as u32,
-                                point_id,
-                                s,
-                                COUNT_TASK.min(nbu - first),
-                                COUNT_TASK,
-                                tile,
-                            );
+                        .for_each(|(i, (c, tile))| {
+                            let rep = block_start + (i * COUNT_TASK) as u32;
+                            count_categories_reps(&table, key, rep, point_id, s, c);
+                            transpose_counts_strided(c, k, COUNT_TASK, tile);
                         });
-                } else if lowered_counts_on {
-                    counts
-                        .par_chunks_mut(k * COUNT_TASK)
-                        .zip(counts_t.par_chunks_mut(k * COUNT_TASK))
-                        .enumerate()
-                        .for_each(|(i, (c, tile))| task(i, c, Some(tile)));
                 } else {
-                    counts
-                        .par_chunks_mut(k * COUNT_TASK)
-                        .enumerate()
-                        .for_each(|(i, c)| task(i, c, None));
+                    // Straight into the tiles (the same counts).
+                    tiles.enumerate().for_each(|(i, tile)| {
+                        let first = i * COUNT_TASK;
+                        count_categories_reps_f64(
+                            &table,
+                            key,
+                            block_start + first as u32,
+                            point_id,
+                            s,
+                            COUNT_TASK.min(nbu - first),
+                            COUNT_TASK,
+                            tile,
+                        );
+                    });
                 }
             }
             pass_seconds[0] += t0.elapsed().as_secs_f64();
