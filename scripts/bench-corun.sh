@@ -54,6 +54,7 @@ done
 echo "load after: $(cut -d' ' -f1-3 /proc/loadavg)"
 python3 - "$out" "$rounds" <<'PY'
 import sys
+sys.dont_write_bytecode = True  # no scripts/__pycache__ in the checkout
 sys.path.insert(0, "scripts")
 from criterion_medians import medians
 out, rounds = sys.argv[1], int(sys.argv[2])

@@ -50,6 +50,7 @@ echo "load average: $(cut -d' ' -f1-3 /proc/loadavg); $(nproc) cores; $(grep -m1
 echo "before: $before_commit; after: $(git rev-parse --short HEAD); $rounds rounds, alternating"
 python3 - "$out" "$rounds" <<'PY'
 import re, statistics, sys
+sys.dont_write_bytecode = True  # no scripts/__pycache__ in the checkout
 sys.path.insert(0, "scripts")
 from criterion_medians import medians
 out, rounds = sys.argv[1], int(sys.argv[2])
