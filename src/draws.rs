@@ -1444,7 +1444,7 @@ impl RelaxedTable {
 #[cfg(target_arch = "x86_64")]
 pub(crate) mod relaxed_avx2 {
     use super::RelaxedTable;
-    use crate::fastmath::avx2::{exp_nonpositive, ln};
+    use crate::fastmath::avx2::{exp_nonpositive, ln_n};
     pub(crate) use crate::philox::x8::RoundKeys;
     use crate::philox::x8::{philox, philox_n};
     use crate::philox::STREAM_GUMBEL;
@@ -1453,24 +1453,37 @@ pub(crate) mod relaxed_avx2 {
     /// Largest K this path serves (the perturbed logits of a step stay on the stack).
     pub const MAX_K: usize = 64;
 
-    /// `-ln(-ln u)` with `u = ((w >> 9) + 0.5) 2^-23`, as [`super::gumbel`]: `-ln E` of
-    /// [`exponential`]'s `E`.
+    /// `-ln u` with `u = ((w >> 9) + 0.5) 2^-23`, as [`super::exponential`], of four
+    /// registers of words, their four chains interleaved ([`ln_n`]).
     #[inline(always)]
-    unsafe fn gumbel(words: __m256i) -> __m256 {
-        _mm256_xor_ps(ln(exponential(words)), _mm256_set1_ps(-0.0))
+    unsafe fn exponentials(words: [__m256i; 4]) -> [__m256; 4] {
+        let mut u = [_mm256_setzero_ps(); 4];
+        for i in 0..4 {
+            u[i] = _mm256_mul_ps(
+                _mm256_add_ps(
+                    _mm256_cvtepi32_ps(_mm256_srli_epi32::<9>(words[i])),
+                    _mm256_set1_ps(0.5),
+                ),
+                _mm256_set1_ps(1.0 / 8_388_608.0),
+            );
+        }
+        negated(ln_n(u))
     }
 
-    /// `-ln u` with `u = ((w >> 9) + 0.5) 2^-23`, as [`super::exponential`].
+    /// `-ln(-ln u)`, as [`super::gumbel`]: `-ln E` of [`exponentials`]' `E`, four registers
+    /// at once.
     #[inline(always)]
-    unsafe fn exponential(words: __m256i) -> __m256 {
-        let u = _mm256_mul_ps(
-            _mm256_add_ps(
-                _mm256_cvtepi32_ps(_mm256_srli_epi32::<9>(words)),
-                _mm256_set1_ps(0.5),
-            ),
-            _mm256_set1_ps(1.0 / 8_388_608.0),
-        );
-        _mm256_xor_ps(ln(u), _mm256_set1_ps(-0.0))
+    unsafe fn gumbels(words: [__m256i; 4]) -> [__m256; 4] {
+        negated(ln_n(exponentials(words)))
+    }
+
+    /// `-x` of four registers (the sign bit flipped; no closure, see [`ln_n`]).
+    #[inline(always)]
+    unsafe fn negated(mut x: [__m256; 4]) -> [__m256; 4] {
+        for v in x.iter_mut() {
+            *v = _mm256_xor_ps(*v, _mm256_set1_ps(-0.0));
+        }
+        x
     }
 
     /// Stores the first `lanes` of `v` at `out` (all eight when `lanes == 8`).
@@ -1542,13 +1555,32 @@ pub(crate) mod relaxed_avx2 {
                 }
                 _ => words[..4].copy_from_slice(&philox(keys, counters(group))),
             }
-            for (w, &word) in words.iter().enumerate().take((k - 4 * group).min(4 * n)) {
-                let c = 4 * group + w;
-                let v = if race {
-                    _mm256_div_ps(_mm256_set1_ps(table.race_weights[c]), exponential(word))
+            let cats = (k - 4 * group).min(4 * n);
+            // Four categories' noise at a time, their chains of dependent steps (a logarithm
+            // with its division, then the race's division) interleaved in program order: one
+            // chain at a time filled the core's window of waiting instructions with a single
+            // chain's steps (measured: about 10% more draws a second on a Zen 3). The same
+            // operations per lane; a last quadruple's categories past K are computed and
+            // dropped.
+            let mut vs = [_mm256_setzero_ps(); 12];
+            for q in (0..cats).step_by(4) {
+                let quad: [__m256i; 4] = words[q..q + 4].try_into().expect("four words");
+                if race {
+                    let e = exponentials(quad);
+                    for i in 0..4 {
+                        let c = (4 * group + q + i).min(k - 1);
+                        vs[q + i] = _mm256_div_ps(_mm256_set1_ps(table.race_weights[c]), e[i]);
+                    }
                 } else {
-                    _mm256_add_ps(_mm256_set1_ps(table.shifted_logits[c]), gumbel(word))
-                };
+                    let g = gumbels(quad);
+                    for i in 0..4 {
+                        let c = (4 * group + q + i).min(k - 1);
+                        vs[q + i] = _mm256_add_ps(_mm256_set1_ps(table.shifted_logits[c]), g[i]);
+                    }
+                }
+            }
+            for (w, &v) in vs.iter().enumerate().take(cats) {
+                let c = 4 * group + w;
                 h[c].write(v);
                 let better = _mm256_cmp_ps::<_CMP_GT_OQ>(v, hmax);
                 hmax = _mm256_blendv_ps(hmax, v, better);

@@ -64,30 +64,69 @@ pub mod avx2 {
     /// The CPU must have AVX2.
     #[inline(always)]
     pub unsafe fn ln(x: __m256) -> __m256 {
-        let bits = _mm256_castps_si256(x);
-        let e = _mm256_sub_epi32(
-            _mm256_and_si256(_mm256_srli_epi32::<23>(bits), _mm256_set1_epi32(0xff)),
-            _mm256_set1_epi32(127),
+        ln_n([x])[0]
+    }
+
+    /// [`ln`] of `N` registers at once, each step applied to all `N` before the next: the
+    /// same operations on every lane (so the same bits), with the `N` chains of dependent
+    /// steps interleaved in program order, so that the core's window of waiting
+    /// instructions holds `N` chains' progress rather than one chain's.
+    ///
+    /// # Safety
+    /// The CPU must have AVX2.
+    #[inline(always)]
+    pub unsafe fn ln_n<const N: usize>(x: [__m256; N]) -> [__m256; N] {
+        // Plain loops over the registers, no closures: a closure is compiled apart from the
+        // `#[target_feature]` function that inlines this one, without AVX2.
+        let zero = _mm256_setzero_ps();
+        let (mut m, mut e, mut t, mut t2, mut poly) = (
+            [zero; N],
+            [_mm256_setzero_si256(); N],
+            [zero; N],
+            [zero; N],
+            [zero; N],
         );
-        let m = _mm256_castsi256_ps(_mm256_or_si256(
-            _mm256_and_si256(bits, _mm256_set1_epi32(0x007f_ffff)),
-            _mm256_set1_epi32(0x3f80_0000),
-        ));
-        let big = _mm256_cmp_ps::<_CMP_GT_OQ>(m, _mm256_set1_ps(std::f32::consts::SQRT_2));
-        let m = _mm256_blendv_ps(m, _mm256_mul_ps(m, _mm256_set1_ps(0.5)), big);
-        // `big` is all ones (-1) where set: e + 1 is e - (-1).
-        let e = _mm256_sub_epi32(e, _mm256_castps_si256(big));
+        for i in 0..N {
+            let bits = _mm256_castps_si256(x[i]);
+            e[i] = _mm256_sub_epi32(
+                _mm256_and_si256(_mm256_srli_epi32::<23>(bits), _mm256_set1_epi32(0xff)),
+                _mm256_set1_epi32(127),
+            );
+            m[i] = _mm256_castsi256_ps(_mm256_or_si256(
+                _mm256_and_si256(bits, _mm256_set1_epi32(0x007f_ffff)),
+                _mm256_set1_epi32(0x3f80_0000),
+            ));
+        }
+        for i in 0..N {
+            let big = _mm256_cmp_ps::<_CMP_GT_OQ>(m[i], _mm256_set1_ps(std::f32::consts::SQRT_2));
+            m[i] = _mm256_blendv_ps(m[i], _mm256_mul_ps(m[i], _mm256_set1_ps(0.5)), big);
+            // `big` is all ones (-1) where set: e + 1 is e - (-1).
+            e[i] = _mm256_sub_epi32(e[i], _mm256_castps_si256(big));
+        }
         let one = _mm256_set1_ps(1.0);
-        let t = _mm256_div_ps(_mm256_sub_ps(m, one), _mm256_add_ps(m, one));
-        let t2 = _mm256_mul_ps(t, t);
-        let mut poly = _mm256_add_ps(c(1.0 / 7.0), _mm256_mul_ps(t2, c(1.0 / 9.0)));
-        poly = _mm256_add_ps(c(1.0 / 5.0), _mm256_mul_ps(t2, poly));
-        poly = _mm256_add_ps(c(1.0 / 3.0), _mm256_mul_ps(t2, poly));
-        poly = _mm256_add_ps(one, _mm256_mul_ps(t2, poly));
-        _mm256_add_ps(
-            _mm256_mul_ps(_mm256_cvtepi32_ps(e), c(super::LN2)),
-            _mm256_mul_ps(_mm256_mul_ps(c(2.0), t), poly),
-        )
+        for i in 0..N {
+            t[i] = _mm256_div_ps(_mm256_sub_ps(m[i], one), _mm256_add_ps(m[i], one));
+        }
+        for i in 0..N {
+            t2[i] = _mm256_mul_ps(t[i], t[i]);
+            poly[i] = _mm256_add_ps(c(1.0 / 7.0), _mm256_mul_ps(t2[i], c(1.0 / 9.0)));
+        }
+        for i in 0..N {
+            poly[i] = _mm256_add_ps(c(1.0 / 5.0), _mm256_mul_ps(t2[i], poly[i]));
+        }
+        for i in 0..N {
+            poly[i] = _mm256_add_ps(c(1.0 / 3.0), _mm256_mul_ps(t2[i], poly[i]));
+        }
+        for i in 0..N {
+            poly[i] = _mm256_add_ps(one, _mm256_mul_ps(t2[i], poly[i]));
+        }
+        for i in 0..N {
+            poly[i] = _mm256_add_ps(
+                _mm256_mul_ps(_mm256_cvtepi32_ps(e[i]), c(super::LN2)),
+                _mm256_mul_ps(_mm256_mul_ps(c(2.0), t[i]), poly[i]),
+            );
+        }
+        poly
     }
 
     /// [`super::exp_nonpositive`] of eight lanes (`x <= 0`, not NaN).
