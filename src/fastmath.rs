@@ -46,8 +46,9 @@ pub fn exp_nonpositive(x: f32) -> f32 {
 }
 
 /// [`ln`] and [`exp_nonpositive`] on eight f32 lanes: the same operations in the same order,
-/// so every lane has the scalar function's bits. Callers are `#[target_feature(enable =
-/// "avx2")]` functions (these are `#[inline(always)]` into them).
+/// so every lane has the scalar function's bits; [`avx2::ln_n`] takes several registers at
+/// once, their chains interleaved. Callers are `#[target_feature(enable = "avx2")]` functions
+/// (these are `#[inline(always)]` into them).
 #[cfg(target_arch = "x86_64")]
 pub mod avx2 {
     use std::arch::x86_64::*;
