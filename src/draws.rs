@@ -943,12 +943,21 @@ mod joint_avx2 {
         bounds: (__m256i, __m256i),
         out: &mut [u32; 32],
     ) {
-        let c0 = _mm256_add_epi32(
+        let words = x8::philox(keys, block_counters(b0, ctr));
+        x8::store_block_major(classify(words, table, bounds), out);
+    }
+
+    /// The Philox counters of blocks `b0 .. b0 + 8`: `[block, ctr[0], ctr[1], ctr[2]]`.
+    ///
+    /// # Safety
+    /// AVX2 only.
+    #[inline(always)]
+    unsafe fn block_counters(b0: u32, ctr: [__m256i; 3]) -> [__m256i; 4] {
+        let block = _mm256_add_epi32(
             _mm256_set1_epi32(b0 as i32),
             _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7),
         );
-        let words = x8::philox(keys, [c0, ctr[0], ctr[1], ctr[2]]);
-        x8::store_block_major(classify(words, table, bounds), out);
+        [block, ctr[0], ctr[1], ctr[2]]
     }
 
     /// The categories of the words in four registers under `table` (`bounds` its
@@ -1026,12 +1035,10 @@ mod joint_avx2 {
                     // (`x8::philox_n`): one block's ten rounds are a chain of dependent
                     // multiplies, shifts and exclusive ors that left the vector units idle.
                     // The same words.
-                    let lanes = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
-                    let b0 = _mm256_add_epi32(_mm256_set1_epi32((first / 4) as i32), lanes);
-                    let b1 = _mm256_add_epi32(_mm256_set1_epi32((first / 4 + 8) as i32), lanes);
+                    let b0 = (first / 4) as u32;
                     let [w0, w1] = x8::philox_n(
                         &keys,
-                        [[b0, ctr[0], ctr[1], ctr[2]], [b1, ctr[0], ctr[1], ctr[2]]],
+                        [block_counters(b0, ctr), block_counters(b0 + 8, ctr)],
                     );
                     let row = &mut z[var * su + first..var * su + first + 64];
                     let (r0, r1) = row.split_at_mut(32);

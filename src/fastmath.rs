@@ -112,14 +112,10 @@ pub mod avx2 {
             t2[i] = _mm256_mul_ps(t[i], t[i]);
             poly[i] = _mm256_add_ps(c(1.0 / 7.0), _mm256_mul_ps(t2[i], c(1.0 / 9.0)));
         }
-        for i in 0..N {
-            poly[i] = _mm256_add_ps(c(1.0 / 5.0), _mm256_mul_ps(t2[i], poly[i]));
-        }
-        for i in 0..N {
-            poly[i] = _mm256_add_ps(c(1.0 / 3.0), _mm256_mul_ps(t2[i], poly[i]));
-        }
-        for i in 0..N {
-            poly[i] = _mm256_add_ps(one, _mm256_mul_ps(t2[i], poly[i]));
+        for coefficient in [1.0 / 5.0, 1.0 / 3.0, 1.0] {
+            for i in 0..N {
+                poly[i] = _mm256_add_ps(c(coefficient), _mm256_mul_ps(t2[i], poly[i]));
+            }
         }
         for i in 0..N {
             poly[i] = _mm256_add_ps(
